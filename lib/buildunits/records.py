@@ -1,0 +1,112 @@
+"""Record files: the one encoding every spool entry and state file uses.
+
+A record is one JSON object in a UTF-8 file, ending in a newline, with two
+keys every reader checks first:
+
+    {"format": "build", "version": 1, ...}
+
+Why JSON: any language and `jq` can read it, and its own syntax is the end
+marker a truncated file needs.  A record is an object, so its text must end
+with the "}" that balances its first "{": no proper prefix of a record is
+itself valid JSON.  A file cut short by a crash (or a full disk) is
+therefore always detected as torn, even if it was renamed into place.
+
+Versioning rules (see docs/buildunits-state.5.md for every format):
+
+- new code reads every older version of every format, forever;
+- changes within a major version are additive, and readers ignore (and,
+  when they rewrite a record, keep) keys they do not know, so the previous
+  release can read what this one writes;
+- a reader meeting a *higher* version than it knows still reads the keys
+  it knows; only a format name it does not expect is an error.
+
+The formats and their current versions are listed in FORMATS.
+"""
+
+import json
+
+from . import fsutil
+
+# format name -> current version.  Bump a version only with an entry in
+# docs/buildunits-state.5.md saying what changed.
+FORMATS = {
+    "change": 1,        # spool changes/: a commit, from the poller or sendchange
+    "force": 1,         # spool changes/: an operator's forced build
+    "request": 1,       # spool requests/: a build to run
+    "build": 1,         # state builds/BUILDER/NUMBER/build.json
+    "poller": 1,        # state poller/KEY.json: last seen refs of a repository
+    "scheduler": 1,     # state scheduler/BUILDER.json: pending changes, intents
+    "worker": 1,        # state workers/WORKER.json: what a runner holds
+    "counter": 1,       # state builds/BUILDER/next.json: next build number hint
+}
+
+
+class RecordError(ValueError):
+    """A record file is unreadable, torn, or not the expected format."""
+
+    def __init__(self, path, reason):
+        super().__init__("%s: %s" % (path, reason))
+        self.path = path
+        self.reason = reason
+
+
+def encode(fmt, fields):
+    """The bytes of a record of format FMT with FIELDS (a dict)."""
+    rec = {"format": fmt, "version": FORMATS[fmt]}
+    for k, v in fields.items():
+        if k not in ("format", "version"):
+            rec[k] = v
+    return (json.dumps(rec, ensure_ascii=False, sort_keys=False, indent=1) + "\n").encode("utf-8")
+
+
+def decode(data, path, formats):
+    """Parse DATA (bytes) read from PATH; its format must be in FORMATS."""
+    if isinstance(formats, str):
+        formats = (formats,)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(path, "not UTF-8 (byte %d)" % e.start)
+    if not text.strip():
+        raise RecordError(path, "empty file")
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.pos >= len(text.rstrip()):
+            raise RecordError(path, "truncated record (ends at byte %d)" % len(data))
+        raise RecordError(path, "not a record: %s at line %d column %d" % (e.msg, e.lineno, e.colno))
+    if not isinstance(rec, dict):
+        raise RecordError(path, "not a record: top level is not an object")
+    fmt = rec.get("format")
+    if fmt not in formats:
+        raise RecordError(path, "format %r where %s was expected" % (fmt, " or ".join(map(repr, formats))))
+    version = rec.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RecordError(path, "bad version %r" % (version,))
+    return rec
+
+
+def read(path, formats):
+    """Read and check the record at PATH.  Raises RecordError or OSError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return decode(data, path, formats)
+
+
+def write(path, fmt, fields, durable=True):
+    """Atomically replace the record at PATH (see fsutil.write_atomic)."""
+    fsutil.write_atomic(path, encode(fmt, fields), durable=durable)
+
+
+def require(rec, path, key, types):
+    """REC[KEY], checked to be of TYPES; RecordError naming the field if not."""
+    if key not in rec:
+        raise RecordError(path, "missing field %r" % key)
+    v = rec[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in _tuple(types)):
+        raise RecordError(path, "field %r has the wrong type (%s)" % (key, type(v).__name__))
+    return v
+
+
+def _tuple(t):
+    return t if isinstance(t, tuple) else (t,)
