@@ -1,0 +1,437 @@
+"""buildunits: the operator's command.
+
+NAME
+    buildunits - check the configuration, force builds, hand in changes,
+    show status, check the spool and state
+
+SYNOPSIS
+    buildunits [DIRECTORY OPTIONS] checkconfig
+    buildunits [DIRECTORY OPTIONS] force BUILDER [--branch B] [--revision R] [--reason TEXT]
+                                                 [--property NAME=VALUE]...
+    buildunits [DIRECTORY OPTIONS] sendchange --repository R --branch B --revision SHA
+                                              [--author A] [--message M] [--file F]... [--when EPOCH]
+    buildunits [DIRECTORY OPTIONS] status [--json]
+    buildunits [DIRECTORY OPTIONS] fsck [--repair]
+
+DESCRIPTION
+    checkconfig  parse the configuration without side effects; problems
+                 are printed as FILE:LINE: [Section] Key=: message.
+    force        queue a build of BUILDER now (the scheduler turns it into
+                 a request; without --revision the branch's tip is built).
+    sendchange   hand one commit in directly, as a git post-receive hook
+                 does (share/examples/post-receive).  With a local
+                 repository, the author, message, date and files missing
+                 from the command line are read from git.
+    status       the queue, the running builds and each builder's last
+                 build; --json for scripts.
+    fsck         check the spool and state invariants and say what would
+                 be repaired; --repair does it.
+
+EXIT STATUS
+    0 success; 1 a problem was found (checkconfig, fsck) or the command
+    failed; 2 bad usage.
+"""
+
+import argparse
+import getpass
+import json
+import os
+import re
+import sys
+import time
+
+from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
+from .spool import Spool
+from .state import State
+
+
+def _err(msg):
+    print("buildunits: %s" % msg, file=sys.stderr)
+
+
+# ------------------------------------------------------------ checkconfig
+def cmd_checkconfig(dirs, args):
+    try:
+        cfg = config.load(dirs.config)
+    except config.ConfigError as e:
+        for p in e.problems:
+            print(str(p), file=sys.stderr)
+        print("%s: %d problem%s" % (dirs.config, len(e.problems), "" if len(e.problems) == 1 else "s"),
+              file=sys.stderr)
+        return 1
+    for w in cfg.warnings:
+        print("warning: %s" % w, file=sys.stderr)
+    for b in cfg.builders.values():
+        print("%s: %s%s; %d step%s" % (b.name, b.repository or "no repository",
+                                      (" [%s]" % " ".join(b.branches)) if b.repository else "",
+                                      len(b.steps), "" if len(b.steps) == 1 else "s"))
+    print("%s: configuration OK, %d builder%s" % (dirs.config, len(cfg.builders),
+                                                  "" if len(cfg.builders) == 1 else "s"))
+    return 0
+
+
+def _load(dirs):
+    try:
+        return config.load(dirs.config)
+    except config.ConfigError as e:
+        for p in e.problems:
+            print(str(p), file=sys.stderr)
+        _err("the configuration has problems; run `buildunits checkconfig`")
+        return None
+
+
+# ------------------------------------------------------------------ force
+def cmd_force(dirs, args):
+    cfg = _load(dirs)
+    if cfg is None:
+        return 1
+    b = cfg.builders.get(args.builder)
+    if b is None:
+        _err("no builder %r in %s (builders: %s)" % (args.builder, dirs.config,
+                                                     ", ".join(sorted(cfg.builders)) or "none"))
+        return 1
+    props = {}
+    for p in args.property:
+        k, eq, v = p.partition("=")
+        if not eq or not k:
+            _err("--property wants NAME=VALUE, not %r" % p)
+            return 2
+        props[k] = v
+    if args.branch and b.repository and not b.wants_branch(args.branch):
+        print("note: branch %s is not in %s's Branches= (%s); building it anyway"
+              % (args.branch, b.name, " ".join(b.branches)), file=sys.stderr)
+    sp = Spool(dirs.spool)
+    sp.ensure()
+    fid = sp.deliver("changes", "force", {
+        "builder": b.name, "branch": args.branch or "", "revision": args.revision or "",
+        "reason": args.reason or "", "properties": props, "user": _user()})
+    print("forced build of %s queued (%s)" % (b.name, fid))
+    return 0
+
+
+def _user():
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "uid %d" % os.getuid()
+
+
+# ------------------------------------------------------------- sendchange
+def cmd_sendchange(dirs, args):
+    repo = config.normalize_repository(args.repository)
+    if not re.match(r"^[0-9a-fA-F]{4,64}$", args.revision):
+        _err("--revision must be a commit id (hex), not %r" % args.revision)
+        return 2
+    branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
+    fields = {"source": "sendchange", "repository": repo, "branch": branch, "revision": args.revision,
+              "author": args.author, "message": args.message, "files": args.file or None,
+              "when": args.when}
+    if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
+        try:
+            c = git.commit(git.git_dir_for(repo), args.revision)
+        except git.GitError as e:
+            _err("cannot read %s in %s: %s" % (args.revision, repo, e))
+            return 1
+        for k in ("author", "message", "files", "when"):
+            if fields[k] is None:
+                fields[k] = c[k]
+        fields["revision"] = c["revision"]
+    fields = {k: (v if v is not None else ([] if k == "files" else "" if k != "when" else time.time()))
+              for k, v in fields.items()}
+    sp = Spool(dirs.spool)
+    sp.ensure()
+    cid = sp.deliver("changes", "change", fields)
+    print("change %s on %s queued (%s)" % (fields["revision"][:12], branch, cid))
+    return 0
+
+
+# ----------------------------------------------------------------- status
+def gather_status(dirs, cfg):
+    sp, st = Spool(dirs.spool), State(dirs.state)
+    out = {"changes": [], "queued": [], "running": [], "builders": {}}
+    for cid in sp.pending("changes"):
+        r = _peek(sp.path("changes", "new", cid), ("change", "force"))
+        if r:
+            out["changes"].append({"id": cid, "kind": r["format"], "builder": r.get("builder"),
+                                   "branch": r.get("branch"), "revision": r.get("revision"),
+                                   "queued": r.get("queued")})
+    for rid in sp.pending("requests"):
+        r = _peek(sp.path("requests", "new", rid), ("request",))
+        if r:
+            out["queued"].append({"id": rid, "builder": r.get("builder"), "branch": r.get("branch"),
+                                  "revision": r.get("revision"), "reason": r.get("reason"),
+                                  "queued": r.get("queued")})
+    for worker, ids in sp.all_claimed().items():
+        try:
+            ptr = st.read_worker(worker)
+        except records.RecordError:
+            ptr = None
+        for rid in ids:
+            entry = {"worker": worker, "request": rid, "alive": runner_alive(dirs, worker)}
+            if ptr and ptr.get("request") == rid:
+                b = _peek(st.build_path(ptr["builder"], ptr["number"]), ("build",))
+                entry.update(builder=ptr["builder"], number=ptr["number"])
+                if b:
+                    entry["started"] = b.get("started")
+                    entry["step"] = next((s["name"] for s in b.get("steps", []) if s.get("state") == "running"), None)
+            out["running"].append(entry)
+    names = sorted(set(cfg.builders if cfg else []) | set(st.builders()))
+    for name in names:
+        last = None
+        for n in reversed(st.build_numbers(name)[-20:]):
+            b = _peek(st.build_path(name, n), ("build",))
+            if b and b.get("state") == "finished":
+                last = {"number": n, "result": b.get("result"), "revision": b.get("revision"),
+                        "finished": b.get("finished")}
+                break
+        out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
+    return out
+
+
+def _peek(path, fmts):
+    try:
+        return records.read(path, fmts)
+    except (OSError, records.RecordError):
+        return None
+
+
+def _ago(t):
+    if not t:
+        return ""
+    return config.format_timespan(max(0, time.time() - t)) + " ago"
+
+
+def cmd_status(dirs, args):
+    cfg = None
+    try:
+        cfg = config.load(dirs.config)
+    except config.ConfigError:
+        print("warning: the configuration has problems; run `buildunits checkconfig`", file=sys.stderr)
+    s = gather_status(dirs, cfg)
+    if args.json:
+        json.dump(s, sys.stdout, indent=1, sort_keys=True)
+        print()
+        return 0
+    print("changes waiting for the scheduler: %d" % len(s["changes"]))
+    for c in s["changes"]:
+        what = ("force %s" % c["builder"]) if c["kind"] == "force" else "%s %s" % (c["branch"], (c["revision"] or "")[:12])
+        print("  %s  (%s)" % (what, _ago(c["queued"])))
+    print("queued builds: %d" % len(s["queued"]))
+    for q in s["queued"]:
+        print("  %-20s %s  (%s)" % (q["builder"], q["reason"], _ago(q["queued"])))
+    print("running builds: %d" % len(s["running"]))
+    for r in s["running"]:
+        if "number" in r:
+            print("  %-20s #%d on %s%s  (started %s)%s" % (
+                r["builder"], r["number"], r["worker"], ", step " + r["step"] if r.get("step") else "",
+                _ago(r.get("started")), "" if r["alive"] else "  [runner not running]"))
+        else:
+            print("  request %s claimed by %s%s" % (r["request"], r["worker"], "" if r["alive"] else " [runner not running]"))
+    print("builders:")
+    for name, b in s["builders"].items():
+        last = b["last"]
+        lasts = ("#%d %s (%s)" % (last["number"], last["result"], _ago(last["finished"]))) if last else "no builds yet"
+        print("  %-20s %s%s" % (name, lasts, "" if b["configured"] else "  [not configured]"))
+    return 0
+
+
+def runner_alive(dirs, worker):
+    """True if the runner of WORKER holds its lock (daemon.py) now."""
+    path = os.path.join(dirs.state, "locks", "buildunits-runner@%s.lock" % worker)
+    return _locked(path)
+
+
+def _locked(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    token = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                if token in line.split():
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+# ------------------------------------------------------------------- fsck
+def cmd_fsck(dirs, args):
+    """Check the spool and state; list (or with --repair, make) repairs."""
+    sp, st = Spool(dirs.spool), State(dirs.state)
+    repair = args.repair
+    findings = []   # (repaired?, text)
+
+    def found(text, fix=None):
+        if repair and fix is not None:
+            fix()
+            findings.append(("repaired", text))
+        else:
+            findings.append(("would repair" if fix is not None else "note", text))
+
+    for d in [sp.path(q, s) for q in spoolmod.QUEUES for s in ("tmp", "new")] + \
+             [sp.path("requests", "active"), sp.path("hints"), sp.path("corrupt")]:
+        if not os.path.isdir(d):
+            found("missing spool directory %s" % d, lambda d=d: fsutil.makedirs(d))
+    for p in sp.sweep(dry_run=True):
+        found("stale temporary file %s (older than %ds)" % (p, fsutil.TMP_SWEEP_AGE_SEC),
+              lambda p=p: fsutil._unlink_quietly(p))
+    for q in spoolmod.QUEUES:
+        for name in _listdir(sp.path(q, "new")):
+            _check_spool_file(sp, q, sp.path(q, "new", name), found)
+    for worker, ids in _claims(sp).items():
+        alive = runner_alive(dirs, worker)
+        for name in ids:
+            path = sp.path("requests", "active", worker, name)
+            if _check_spool_file(sp, "requests", path, found) and not alive:
+                found("request %s claimed by worker %s, whose runner is not running; it is handed back "
+                      "when that runner starts" % (name, worker),
+                      lambda w=worker, n=name: sp.unclaim(w, n))
+    for name, reason in sp.corrupted():
+        found("corrupt/%s: %s (kept for inspection)" % (name, reason))
+    for worker in st.workers():
+        try:
+            ptr = st.read_worker(worker)
+        except records.RecordError as e:
+            found("%s" % e, lambda w=worker: st.clear_worker(w))
+            continue
+        if ptr and ptr.get("request") not in sp.claimed(worker) and not runner_alive(dirs, worker):
+            found("worker %s's pointer names request %s, which it no longer holds" % (worker, ptr.get("request")),
+                  lambda w=worker: st.clear_worker(w))
+    holders = {}
+    for worker in st.workers():
+        try:
+            ptr = st.read_worker(worker)
+        except records.RecordError:
+            continue
+        if ptr:
+            holders[(ptr.get("builder"), ptr.get("number"))] = worker
+    for b in st.builders():
+        nums = st.build_numbers(b)
+        for n in nums:
+            try:
+                rec = st.read_build(b, n)
+            except records.RecordError as e:
+                found("%s (history kept as is; the pages skip it)" % e)
+                continue
+            except OSError as e:
+                found("%s: %s" % (st.build_path(b, n), e.strerror))
+                continue
+            if rec is None:
+                found("%s #%d: number taken but no build record (a crash before the build started)" % (b, n))
+                continue
+            if rec.get("state") == "running":
+                w = holders.get((b, n))
+                if w is None or not runner_alive(dirs, w):
+                    if w is not None:
+                        found("%s #%d: running on %s, whose runner is not running; it records the build as "
+                              "interrupted when it starts" % (b, n, w))
+                    else:
+                        found("%s #%d: recorded as running, but no runner holds it" % (b, n),
+                              lambda rec=rec: _mark_lost(st, rec))
+        hint_path = os.path.join(st.builder_dir(b), "next.json")
+        hint = _peek(hint_path, ("counter",))
+        if nums and (hint is None or not isinstance(hint.get("next"), int) or hint["next"] <= nums[-1]):
+            found("%s: next-number hint is behind the highest build #%d" % (b, nums[-1]),
+                  lambda b=b, n=nums[-1]: records.write(os.path.join(st.builder_dir(b), "next.json"),
+                                                        "counter", {"next": n + 1}))
+    for p in _listdir(st.path("poller")):
+        if p.endswith(".json"):
+            try:
+                records.read(st.path("poller", p), "poller")
+            except records.RecordError as e:
+                found("%s (the poller treats the repository as new)" % e)
+    for kind, text in findings:
+        print("%s: %s" % (kind, text))
+    todo = [f for f in findings if f[0] == "would repair"]
+    if not findings:
+        print("fsck: %s and %s are consistent" % (dirs.spool, dirs.state))
+    elif todo:
+        print("fsck: %d thing%s to repair; run `buildunits fsck --repair`" % (len(todo), "" if len(todo) == 1 else "s"))
+    return 1 if todo else 0
+
+
+def _mark_lost(st, rec):
+    rec.update(state="finished", result="exception", finished=time.time(),
+               reason="found running with no runner holding it (buildunits fsck --repair)")
+    for s in rec.get("steps", []):
+        if s.get("state") != "finished":
+            s.update(state="finished", result="skipped" if s.get("state") == "pending" else "exception")
+    st.write_build(rec)
+
+
+def _check_spool_file(sp, queue, path, found):
+    name = os.path.basename(path)
+    if not spoolmod.valid_id(name):
+        found("%s: not a spool id" % path, lambda: sp.corrupt(path, queue, "file name is not a spool id"))
+        return False
+    try:
+        records.read(path, spoolmod.QUEUE_FORMATS[queue])
+    except FileNotFoundError:
+        return False
+    except (records.RecordError, OSError) as e:
+        reason = getattr(e, "reason", None) or str(e)
+        found("%s: %s" % (path, reason), lambda: sp.corrupt(path, queue, reason))
+        return False
+    return True
+
+
+def _claims(sp):
+    out = {}
+    for w in _listdir(sp.path("requests", "active")):
+        out[w] = [n for n in _listdir(sp.path("requests", "active", w))]
+    return out
+
+
+def _listdir(d):
+    try:
+        return sorted(n for n in os.listdir(d) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+# ------------------------------------------------------------------- main
+def parser():
+    p = argparse.ArgumentParser(prog="buildunits", description="Operate buildunits.")
+    paths.add_arguments(p)
+    p.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("checkconfig", help="check the configuration")
+    f = sub.add_parser("force", help="queue a build now")
+    f.add_argument("builder")
+    f.add_argument("--branch", default="")
+    f.add_argument("--revision", default="")
+    f.add_argument("--reason", default="")
+    f.add_argument("--property", action="append", default=[], metavar="NAME=VALUE")
+    s = sub.add_parser("sendchange", help="hand in a change (for a git hook)")
+    s.add_argument("--repository", required=True)
+    s.add_argument("--branch", required=True)
+    s.add_argument("--revision", required=True)
+    s.add_argument("--author")
+    s.add_argument("--message")
+    s.add_argument("--file", action="append")
+    s.add_argument("--when", type=float)
+    st = sub.add_parser("status", help="show the queue, running builds and last results")
+    st.add_argument("--json", action="store_true")
+    k = sub.add_parser("fsck", help="check the spool and state")
+    k.add_argument("--repair", action="store_true")
+    return p
+
+
+COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "sendchange": cmd_sendchange,
+            "status": cmd_status, "fsck": cmd_fsck}
+
+
+def main(argv):
+    args = parser().parse_args(argv)
+    dirs = paths.from_args(args)
+    try:
+        return COMMANDS[args.command](dirs, args)
+    except OSError as e:
+        _err("%s: %s" % (e.filename or "", e.strerror))
+        return 1
+    except KeyboardInterrupt:
+        return 130

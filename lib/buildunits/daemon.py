@@ -1,0 +1,256 @@
+"""What every buildunits daemon does the same way.
+
+A daemon is a GLib main loop in the main thread, woken by:
+
+- inotify on its spool directories (watch.py; the watcher thread only
+  schedules work on the loop),
+- D-Bus signals from the daemon upstream of it (bus.py),
+- a slow rescan timer ([Daemons] RescanIntervalSec=, default 5min),
+- its own timers (poll intervals, tree-stable windows, step timeouts).
+
+Every wake-up runs the same work(), which reads the spool, so a lost
+signal or inotify event costs latency, never data.  Nothing runs while
+idle but those timers.
+
+Startup: load the configuration (a bad one is refused: exit status 1 with
+each problem as FILE:LINE), take the instance lock, recover (startup()),
+rescan (work()), then READY=1.  SIGHUP re-reads the configuration; a bad
+one is refused and the running one kept, with a log line per problem.
+SIGTERM and SIGINT stop: the daemon finishes or hands back what it holds
+(shutdown()), says STOPPING=1 and exits 0.  Signal handlers only schedule
+work on the loop.
+
+EXIT STATUS: 0 after SIGTERM, 1 on a bad configuration or an unusable
+directory, 2 on bad usage, 3 if another instance holds the lock.
+"""
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import time
+import traceback
+
+from gi.repository import GLib
+
+from . import __version__, bus as busmod, config, log, notify, paths, watch
+from .spool import Spool
+from .state import State
+
+
+class Daemon:
+    role = None          # bus role: "Poller", "Scheduler", "Runner", "HTMLGen"
+    program = None       # "buildunits-poller", ...
+    watch_queues = ()    # spool queues whose new entries wake this daemon
+    subscriptions = ()   # (role, signal) pairs that wake this daemon
+
+    def __init__(self, dirs, cfg, bus, notifier, args=None):
+        self.dirs = dirs
+        self.cfg = cfg
+        self.args = args
+        self.bus = bus
+        self.notifier = notifier
+        self.spool = Spool(dirs.spool)
+        self.state = State(dirs.state)
+        self.spool.on_corrupt = self._log_corrupt
+        self.loop = GLib.MainLoop()
+        self.stopping = False
+        self.exit_status = 0
+        self._wake_pending = False
+        self._watcher = None
+        self._rescan_source = None
+
+    # ------------------------------------------------------------- hooks
+    def instance(self):
+        """Name of this instance (runners: the worker), for the lock and bus."""
+        return None
+
+    def methods(self):
+        """D-Bus methods this daemon exports: {name: callable}."""
+        return {}
+
+    def startup(self):
+        """Recovery before the first rescan (e.g. claims of a dead runner)."""
+
+    def work(self):
+        """Process what is queued.  Must be safe to call at any time."""
+
+    def on_config(self, old, new):
+        """A new configuration was accepted."""
+
+    def shutdown(self):
+        """Hand back what is held.  Return True when the loop may quit now;
+        otherwise call self.quit() later."""
+        return True
+
+    def status_text(self):
+        return "idle"
+
+    # -------------------------------------------------------------- loop
+    def wake(self, *_ignored):
+        """Schedule work() once on the main loop (coalescing repeated wakes)."""
+        if not self._wake_pending and not self.stopping:
+            self._wake_pending = True
+            GLib.idle_add(self._do_work)
+
+    def _do_work(self):
+        self._wake_pending = False
+        if self.stopping:
+            return False
+        try:
+            self.work()
+        except Exception as e:
+            # A failure here is a bug or the disk (full, read-only): say so,
+            # keep running, and let the next wake or rescan try again.
+            log.error("%s: work failed: %s" % (self.program, e))
+            for line in traceback.format_exc().rstrip().splitlines():
+                log.error("  " + line)
+            self.notifier.status("error: %s (will retry)" % e)
+        else:
+            self.notifier.status(self.status_text())
+        return False
+
+    def _rescan(self):
+        self.wake()
+        return True
+
+    def _set_rescan_timer(self):
+        if self._rescan_source is not None:
+            GLib.source_remove(self._rescan_source)
+        sec = max(1, int(self.cfg.rescan_interval))
+        self._rescan_source = GLib.timeout_add_seconds(sec, self._rescan)
+
+    def _on_hup(self):
+        self.notifier.reloading()
+        try:
+            new = config.load(self.dirs.config)
+        except config.ConfigError as e:
+            log.error("reload refused, keeping the running configuration (%d problem%s):"
+                      % (len(e.problems), "" if len(e.problems) == 1 else "s"))
+            for p in e.problems:
+                log.error("  %s" % p)
+            self.notifier.reloaded("reload refused: %s" % e.problems[0])
+            return True
+        for w in new.warnings:
+            log.warning(str(w))
+        old, self.cfg = self.cfg, new
+        self.on_config(old, new)
+        self._set_rescan_timer()
+        log.info("configuration reloaded: %d builder%s" % (len(new.builders), "" if len(new.builders) == 1 else "s"))
+        self.notifier.reloaded(self.status_text())
+        self.wake()
+        return True
+
+    def _on_term(self):
+        if self.stopping:
+            return True
+        self.stopping = True
+        log.info("%s: stopping" % self.program)
+        self.notifier.stopping()
+        if self.shutdown():
+            self.quit()
+        return True
+
+    def quit(self):
+        self.loop.quit()
+
+    def _watchdog(self):
+        self.notifier.watchdog()
+        return True
+
+    def _log_corrupt(self, path, dest, reason):
+        log.error("%s: %s; moved to %s" % (path, reason, dest))
+
+    def run(self):
+        lock = self._lock()
+        if lock is None:
+            return 3
+        try:
+            self.bus.publish(self.role, self.instance(), self.methods())
+        except Exception as e:
+            log.error("cannot own bus name %s: %s" % (busmod.bus_name(self.role, self.instance()), e))
+            return 3
+        for role, sig in self.subscriptions:
+            self.bus.subscribe(role, sig, self.wake)
+        dirs = self.spool.watch_dirs(*self.watch_queues)
+        if dirs:
+            self._watcher = watch.Watcher(dirs, lambda _path: busmod.call_soon(self.wake))
+        for signum, handler in ((signal.SIGHUP, self._on_hup), (signal.SIGTERM, self._on_term),
+                                (signal.SIGINT, self._on_term)):
+            GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, handler)
+        self.startup()
+        self.work()
+        self._set_rescan_timer()
+        if self.notifier.watchdog_sec:
+            GLib.timeout_add(max(100, int(self.notifier.watchdog_sec * 1000 / 3)), self._watchdog)
+        self.notifier.ready(self.status_text())
+        log.info("%s %s ready: %s" % (self.program, __version__, self.status_text()))
+        self.loop.run()
+        if self._watcher:
+            self._watcher.stop()
+        self.bus.close()
+        log.info("%s: stopped" % self.program)
+        return self.exit_status
+
+    def _lock(self):
+        """One instance per role (and worker) per state directory."""
+        name = self.program + ("@" + self.instance() if self.instance() else "")
+        ldir = self.state.path("locks")
+        os.makedirs(ldir, exist_ok=True)
+        fd = os.open(os.path.join(ldir, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.error("another %s is running on %s" % (name, self.dirs.state))
+            os.close(fd)
+            return None
+        self._lock_fd = fd  # held until exit
+        return fd
+
+
+def argument_parser(program, description):
+    p = argparse.ArgumentParser(prog=program, description=description)
+    paths.add_arguments(p)
+    p.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return p
+
+
+def main(cls, argv, description, extra_args=None):
+    """Parse ARGV, load the configuration, and run a daemon of class CLS."""
+    parser = argument_parser(cls.program, description)
+    if extra_args:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    dirs = paths.from_args(args)
+    log.setup(cls.program)
+    try:
+        cfg = config.load(dirs.config)
+    except config.ConfigError as e:
+        log.error("configuration refused (%d problem%s):" % (len(e.problems), "" if len(e.problems) == 1 else "s"))
+        for p in e.problems:
+            log.error("  %s" % p)
+        return 1
+    for w in cfg.warnings:
+        log.warning(str(w))
+    try:
+        Spool(dirs.spool).ensure()
+        State(dirs.state).ensure()
+    except OSError as e:
+        log.error("cannot use %s: %s" % (e.filename, e.strerror))
+        return 1
+    bus, why = busmod.connect()
+    if not bus.available:
+        log.notice("no system bus (%s): working with inotify and rescans only" % why)
+    notifier = notify.Notifier()
+    d = cls(dirs, cfg, bus, notifier, args)
+    return d.run()
+
+
+def now():
+    return time.time()
+
+
+def shim(module_main):
+    """Entry point used by bin/: exit with what MODULE_MAIN returns."""
+    sys.exit(module_main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""buildunits-htmlgen: keep the static site up to date.
+
+NAME
+    buildunits-htmlgen - the static HTML generator
+
+DESCRIPTION
+    Renders the waterfall, a page per build and per step log (see site.py
+    for the pages) into the site directory (default STATE/site), as plain
+    files any web server, or a browser on file://, can show.  Every file is
+    written to a temporary name and renamed into place, so a reader never
+    sees half a page.
+
+    It re-renders what changed when a runner says so: a D-Bus signal from
+    a runner, or a hint file SPOOL/hints/BUILDER@NUMBER (inotify), both
+    hints only.  At startup and on the rescan timer it brings the whole
+    site up to date.  Pages of finished builds are written once.
+
+    --rebuild renders everything from state, including finished builds'
+    pages, and exits (with a progress line on a terminal).
+
+FILES
+    SPOOL/hints/             wake-up hints from runners
+    STATE/builds/            what it renders
+    SITE/index.html          the waterfall
+
+SIGNALS
+    SIGHUP re-reads the configuration (titles, builders) and re-renders the
+    waterfall; SIGTERM stops.
+"""
+
+import sys
+
+from . import config, daemon, log
+from .spool import Spool
+from .state import State
+
+
+class HTMLGen(daemon.Daemon):
+    role = "HTMLGen"
+    program = "buildunits-htmlgen"
+    watch_queues = ("hints", "requests")
+    subscriptions = (("Runner", "BuildStarted"), ("Runner", "StepStarted"), ("Runner", "StepFinished"),
+                     ("Runner", "BuildFinished"), ("Scheduler", "BuildRequested"))
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._site = None
+        self._full = True
+        self._renders = 0
+
+    def site(self):
+        if self._site is None:
+            from .site import Site
+            self._site = Site(self.dirs.site, self.state, self.spool, self.cfg)
+        return self._site
+
+    def on_config(self, old, new):
+        self._site = None
+        self._full = True
+
+    def work(self):
+        touched = self.spool.take_hints()
+        if self._full:
+            self._full = False
+            self.site().rebuild()
+        else:
+            self.site().update(touched)
+        self._renders += 1
+        for b, n in touched:
+            self.bus.emit("SiteUpdated", b, n)
+
+    def _rescan(self):
+        self._full = True
+        return super()._rescan()
+
+    def status_text(self):
+        return "site %s; %d updates" % (self.dirs.site, self._renders)
+
+
+def _extra(parser):
+    parser.add_argument("--rebuild", action="store_true",
+                        help="render every page from state (also finished builds) and exit")
+
+
+def rebuild(dirs):
+    """--rebuild: render everything and exit 0 (1 on a bad configuration)."""
+    try:
+        cfg = config.load(dirs.config)
+    except config.ConfigError as e:
+        for p in e.problems:
+            print(str(p), file=sys.stderr)
+        return 1
+    from .site import Site
+    site = Site(dirs.site, State(dirs.state), Spool(dirs.spool), cfg)
+    tty = sys.stderr.isatty()
+
+    def progress(done, total):
+        if tty:
+            width = 40
+            fill = int(width * done / total) if total else width
+            sys.stderr.write("\r[%s%s] %d/%d builds" % ("#" * fill, "." * (width - fill), done, total))
+            sys.stderr.flush()
+
+    site.rebuild(progress=progress, force=True)
+    if tty:
+        sys.stderr.write("\n")
+    print("site written to %s/index.html" % dirs.site)
+    return 0
+
+
+def main(argv):
+    if "--rebuild" in argv:
+        from . import paths
+        parser = daemon.argument_parser(HTMLGen.program, "Render the static site.")
+        _extra(parser)
+        args = parser.parse_args(argv)
+        log.setup(HTMLGen.program)
+        return rebuild(paths.from_args(args))
+    return daemon.main(HTMLGen, argv, "Keep the static site up to date.", extra_args=_extra)

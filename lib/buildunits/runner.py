@@ -1,0 +1,537 @@
+"""buildunits-runner WORKER: claim build requests and run their steps.
+
+NAME
+    buildunits-runner - a worker runner (the design card's "slave runner")
+
+DESCRIPTION
+    One runner runs one build at a time; run several (the systemd template
+    buildunits-runner@WORKER) for parallel builds.  It takes the oldest
+    request in SPOOL/requests/new whose builder accepts this worker
+    (Workers=), claims it by renaming it into requests/active/WORKER/
+    (if the rename fails, another runner won), takes the next build
+    number, and runs the steps:
+
+    - "checkout" first when the builder has a Repository=: the exact
+      revision is fetched into the work directory STATE/work/WORKER/BUILDER
+      and checked out (detached, forced, untracked files removed);
+    - then each [Step] as `/bin/sh -c COMMAND` in its own session, stdout
+      and stderr going straight to the step's log file as they are
+      produced (the runner never holds output in memory).
+
+    A step that runs longer than TimeoutSec= or prints nothing for
+    TimeoutIdleSec= has its whole process tree killed: its process group,
+    and any descendant that left it (the runner is a child subreaper, so
+    orphans stay its descendants).  After each step, processes the step left
+    behind are killed too.  Steps get BUILDUNITS_BUILDER, _BUILD,
+    _REVISION, _BRANCH, _REPOSITORY, _WORKDIR, _WORKER and _STEP.
+
+    Crash safety.  The runner's pointer STATE/workers/WORKER.json names the
+    request and build number it holds; it is written before the build
+    record.  The order of a build:
+        claim (rename)  ->  mkdir number  ->  pointer  ->  build.json running
+        ->  steps (build.json rewritten at each transition)
+        ->  build.json finished (COMMIT POINT of the result)
+        ->  remove the claim  ->  remove the pointer
+    At startup, before READY=1, whatever is in requests/active/WORKER/ was
+    held by this worker's previous, dead, process: if its build record is
+    final the claim is just removed; otherwise the build is recorded as
+    result "retry" with the reason, and the request is handed back to
+    requests/new to be built again under a new number.  Better to run a
+    build twice than to lose it.
+
+    On SIGTERM a running build is stopped the same way: its processes are
+    killed, it is recorded as "retry" (interrupted), and its request is
+    handed back; then the runner exits.
+
+FILES
+    SPOOL/requests/active/WORKER/ID   the claimed request
+    STATE/builds/BUILDER/NUMBER/      the build record and step logs
+    STATE/workers/WORKER.json         the build this runner holds
+    STATE/work/WORKER/BUILDER/        the work directory
+
+SIGNALS
+    SIGHUP re-reads the configuration (a running build keeps the one it
+    started with); SIGTERM stops as above.
+"""
+
+import ctypes
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+from gi.repository import GLib
+
+from . import daemon, fsutil, log, records, results
+
+KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
+_PR_SET_CHILD_SUBREAPER = 36
+WORKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def checkout_script(repository, branch, revision):
+    """The shell commands of the implicit checkout step."""
+    q = shlex.quote
+    target = revision if revision else "FETCH_HEAD"
+    fetch_ref = revision if revision else "refs/heads/" + branch
+    lines = [
+        "set -e",
+        "[ -d .git ] || git init --quiet .",
+        # A revision not on the branch's tip is fetched by name when the
+        # server allows it; otherwise all branches are fetched.
+        "git fetch --quiet --no-tags %s %s 2>/dev/null || git fetch --quiet --no-tags %s '+refs/heads/*:refs/remotes/origin/*'"
+        % (q(repository), q(fetch_ref), q(repository)),
+        "git checkout --quiet --force --detach %s" % q(target),
+        "git clean --quiet -ffdx",
+        "git log -1 --format='checked out %H%n%an: %s'",
+    ]
+    return "\n".join(lines)
+
+
+class _Step:
+    def __init__(self, index, name, command, spec=None):
+        self.index = index
+        self.name = name
+        self.command = command
+        self.spec = spec          # config.Step, or None for checkout
+
+
+class Runner(daemon.Daemon):
+    role = "Runner"
+    program = "buildunits-runner"
+    watch_queues = ("requests",)
+    subscriptions = (("Scheduler", "BuildRequested"), ("Runner", "BuildFinished"))
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.worker = self.args.worker
+        self.build = None          # the build record being run
+        self._steps = []
+        self._proc = None
+        self._halted = False
+        self._sources = []
+        self._builds_run = 0
+        self._skipped = set()      # request ids this worker cannot run (logged once)
+
+    def instance(self):
+        return self.worker
+
+    # ---------------------------------------------------------- recovery
+    def startup(self):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            log.warning("cannot become a child subreaper; escaped step processes may survive a timeout")
+        try:
+            ptr = self.state.read_worker(self.worker)
+        except records.RecordError as e:
+            log.error("%s; ignoring it" % e)
+            ptr = None
+        for rid in self.spool.claimed(self.worker):
+            req = self.spool.read_claimed(self.worker, rid)
+            if req is None:
+                continue       # unreadable: moved to corrupt/
+            if ptr and ptr.get("request") == rid:
+                b, n = ptr.get("builder"), ptr.get("number")
+                try:
+                    rec = self.state.read_build(b, n)
+                except records.RecordError as e:
+                    log.error("%s; recording the build afresh" % e)
+                    rec = None
+                if rec and rec.get("state") == "finished":
+                    self.spool.finish(self.worker, rid)
+                    continue
+                self._record_interrupted(rec, req, b, n, "interrupted: runner %s stopped before the build "
+                                         "finished; the request is queued again" % self.worker)
+            if self.spool.unclaim(self.worker, rid):
+                log.notice("%s: request %s handed back to the queue" % (req.get("builder"), rid),
+                           builder=req.get("builder"))
+        self.state.clear_worker(self.worker)
+
+    def _record_interrupted(self, rec, req, builder, number, reason):
+        now = time.time()
+        if rec is None:
+            rec = self._new_record(req, builder, number, [])
+        for s in rec.get("steps", []):
+            if s.get("state") == "running":
+                s.update(state="finished", result=results.RETRY, finished=now, summary="interrupted")
+            elif s.get("state") == "pending":
+                s.update(state="finished", result=results.SKIPPED)
+        rec.update(state="finished", result=results.RETRY, reason=reason, finished=now)
+        self.state.write_build(rec)
+        self.spool.hint(builder, number)
+        log.warning("%s #%d: %s" % (builder, number, reason), builder=builder, build=number, result=results.RETRY)
+        self.bus.emit("BuildFinished", builder, number, results.RETRY)
+
+    # -------------------------------------------------------------- work
+    def work(self):
+        if self.build is not None or self.stopping:
+            return
+        for rid in self.spool.pending("requests"):
+            req = self.spool.read("requests", rid)
+            if req is None:
+                continue
+            b = self.cfg.builders.get(req.get("builder"))
+            if b is None or not b.runs_on(self.worker):
+                if rid not in self._skipped and b is None:
+                    log.warning("request %s is for builder %r, which is not configured; leaving it queued"
+                                % (rid, req.get("builder")))
+                self._skipped.add(rid)
+                continue
+            claimed = self.spool.claim(rid, self.worker)
+            if claimed is None:
+                continue       # another runner won, or it was corrupt
+            self._start(rid, claimed, b)
+            return
+
+    def _new_record(self, req, builder, number, steps):
+        return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
+                "worker": self.worker, "state": "running", "result": None, "reason": "",
+                "started": time.time(), "finished": None, "repository": req.get("repository", ""),
+                "branch": req.get("branch", ""), "revision": req.get("revision", ""),
+                "steps": [{"name": s.name, "description": (s.spec.description if s.spec else
+                                                           "fetch and check out the revision"),
+                           "command": s.command, "state": "pending", "result": None, "started": None,
+                           "finished": None, "log": None, "exit_status": None, "summary": "",
+                           "timed_out": False} for s in steps]}
+
+    def _start(self, rid, req, b):
+        steps = []
+        if b.repository:
+            steps.append(_Step(1, "checkout", checkout_script(b.repository, req.get("branch") or "main",
+                                                              req.get("revision") or "")))
+        for s in b.steps:
+            steps.append(_Step(len(steps) + 1, s.name, s.command, s))
+        number = self.state.allocate_number(b.name)
+        self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
+                                              "pid": os.getpid()})
+        rec = self._new_record(req, b.name, number, steps)
+        self.state.write_build(rec)
+        self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
+        self._halted = False
+        self._workdir = self.state.work_dir(self.worker, b.name)
+        fsutil.makedirs(self._workdir)
+        self.spool.hint(b.name, number)
+        log.info("%s #%d: build started on worker %s (%s)" % (b.name, number, self.worker, req.get("reason", "")),
+                 builder=b.name, build=number, worker=self.worker)
+        self.bus.emit("BuildStarted", b.name, number, self.worker)
+        self.notifier.status(self.status_text())
+        self._next(0)
+
+    # -------------------------------------------------------------- steps
+    def _next(self, i):
+        rec = self.build
+        while i < len(self._steps):
+            st = self._steps[i]
+            if self._halted and not (st.spec and st.spec.always_run):
+                rec["steps"][i].update(state="finished", result=results.SKIPPED)
+                i += 1
+                continue
+            if self._launch(i):
+                return
+            i += 1
+        self._finish()
+
+    def _env(self, st):
+        rec = self.build
+        env = dict(os.environ)
+        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                  "INVOCATION_ID", "JOURNAL_STREAM"):
+            env.pop(k, None)
+        env.update(self._builder.environment)
+        if st.spec:
+            env.update(st.spec.environment)
+        env.update({"BUILDUNITS_BUILDER": rec["builder"], "BUILDUNITS_BUILD": str(rec["number"]),
+                    "BUILDUNITS_REVISION": rec.get("revision") or "", "BUILDUNITS_BRANCH": rec.get("branch") or "",
+                    "BUILDUNITS_REPOSITORY": rec.get("repository") or "", "BUILDUNITS_WORKDIR": self._workdir,
+                    "BUILDUNITS_WORKER": self.worker, "BUILDUNITS_STEP": st.name})
+        return env
+
+    def _launch(self, i):
+        """Start step I; False if it could not start (recorded as exception)."""
+        rec, st = self.build, self._steps[i]
+        srec = rec["steps"][i]
+        logname = self.state.log_name(st.index, st.name)
+        logpath = os.path.join(self.state.build_dir(rec["builder"], rec["number"]), logname)
+        srec.update(state="running", started=time.time(), log=logname)
+        cwd = self._workdir
+        if st.spec and st.spec.working_directory:
+            cwd = os.path.join(self._workdir, st.spec.working_directory)
+        try:
+            fd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
+        try:
+            self._proc = subprocess.Popen(["/bin/sh", "-c", st.command], cwd=cwd, env=self._env(st),
+                                          stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                          start_new_session=True, close_fds=True)
+        except OSError as e:
+            os.write(fd, ("buildunits: cannot start the step in %s: %s\n" % (cwd, e.strerror)).encode())
+            os.close(fd)
+            return self._step_exception(i, "cannot start: %s" % e.strerror)
+        self._logfd = fd
+        self._step_i = i
+        self._timed_out = None
+        self._last_size, self._last_output = 0, time.monotonic()
+        self.state.write_build(rec)
+        self.spool.hint(rec["builder"], rec["number"])
+        self.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
+        log.info("%s #%d: step %s started" % (rec["builder"], rec["number"], st.name),
+                 builder=rec["builder"], build=rec["number"], step=st.name)
+        self.notifier.status(self.status_text())
+        self._sources = [GLib.child_watch_add(GLib.PRIORITY_DEFAULT, self._proc.pid, self._exited, i)]
+        spec = st.spec
+        timeout = spec.timeout if spec else math.inf
+        idle = spec.timeout_idle if spec else 20 * 60.0
+        if timeout != math.inf:
+            self._sources.append(GLib.timeout_add(max(1, int(timeout * 1000)), self._timeout, "timeout", timeout))
+        if idle != math.inf:
+            tick = max(0.1, min(idle / 4, 10.0))
+            self._idle_limit = idle
+            self._sources.append(GLib.timeout_add(int(tick * 1000), self._idle_check))
+        return True
+
+    def _step_exception(self, i, why):
+        rec = self.build
+        rec["steps"][i].update(state="finished", result=results.EXCEPTION, finished=time.time(), summary=why)
+        self._halted = True
+        rec["_contrib"] = rec.get("_contrib", []) + [results.EXCEPTION]
+        log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], self._steps[i].name, why),
+                  builder=rec["builder"], build=rec["number"], step=self._steps[i].name, result=results.EXCEPTION)
+        self.state.write_build(rec)
+        return False
+
+    def _idle_check(self):
+        try:
+            size = os.fstat(self._logfd).st_size
+        except OSError:
+            return True
+        now = time.monotonic()
+        if size != self._last_size:
+            self._last_size, self._last_output = size, now
+        elif now - self._last_output >= self._idle_limit:
+            self._timeout("idle", self._idle_limit)
+            return False
+        return True
+
+    def _timeout(self, kind, limit):
+        if self._proc is None or self._timed_out:
+            return False
+        from .config import format_timespan
+        self._timed_out = ("timed out after %s" % format_timespan(limit) if kind == "timeout"
+                           else "timed out: no output for %s" % format_timespan(limit))
+        os.write(self._logfd, ("\nbuildunits: %s; killing the step's processes\n" % self._timed_out).encode())
+        self._kill_tree(signal.SIGKILL)
+        return False
+
+    def _kill_tree(self, sig):
+        """Signal the step's process group and every other descendant."""
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _exited(self, pid, status, i):
+        for src in self._sources[1:]:
+            GLib.source_remove(src)
+        self._sources = []
+        proc, self._proc = self._proc, None
+        code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
+        proc.returncode = code
+        # Processes the step left behind (daemonized or backgrounded) do not
+        # outlive it: a step owns nothing after it ends.
+        self._kill_tree_after(proc.pid)
+        try:
+            os.close(self._logfd)
+        except OSError:
+            pass
+        rec, st = self.build, self._steps[i]
+        srec = rec["steps"][i]
+        srec.update(state="finished", finished=time.time(), exit_status=code)
+        if st.name == "checkout" and code == 0 and not rec.get("revision"):
+            rec["revision"] = _head(self._workdir)   # a forced build of a branch tip
+        if self.stopping:
+            return   # shutdown() records the build
+        if self._timed_out:
+            srec.update(result=results.FAILURE, timed_out=True, summary=self._timed_out)
+        elif code == 0:
+            srec.update(result=results.SUCCESS, summary="")
+        else:
+            srec.update(result=results.FAILURE,
+                        summary=("killed by signal %d" % -code) if code < 0 else "exit status %d" % code)
+        contrib = self._contribution(st, srec["result"])
+        rec["_contrib"] = rec.get("_contrib", []) + [contrib]
+        if srec["result"] != results.SUCCESS and (st.spec is None or st.spec.halt_on_failure):
+            self._halted = True
+        self.state.write_build(rec)
+        self.spool.hint(rec["builder"], rec["number"])
+        log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
+                                                     " (%s)" % srec["summary"] if srec["summary"] else ""),
+                 builder=rec["builder"], build=rec["number"], step=st.name, result=srec["result"])
+        if srec["result"] != results.SUCCESS:
+            self._log_tail(rec, srec)
+        self.bus.emit("StepFinished", rec["builder"], rec["number"], st.name, srec["result"])
+        self._next(i + 1)
+
+    def _kill_tree_after(self, pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _reap()
+
+    def _log_tail(self, rec, srec, lines=5):
+        path = os.path.join(self.state.build_dir(rec["builder"], rec["number"]), srec["log"])
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+        except OSError:
+            return
+        for line in tail:
+            log.info("%s #%d: %s| %s" % (rec["builder"], rec["number"], srec["name"], line[:200]),
+                     builder=rec["builder"], build=rec["number"], step=srec["name"])
+
+    @staticmethod
+    def _contribution(st, result):
+        """What a step's result does to the build's result."""
+        if result == results.SUCCESS:
+            return results.SUCCESS
+        if st.spec is None or st.spec.flunk_on_failure:
+            return results.FAILURE
+        if st.spec.warn_on_failure:
+            return results.WARNINGS
+        return results.SUCCESS
+
+    def _finish(self):
+        rec = self.build
+        contrib = rec.pop("_contrib", [])
+        rec.update(state="finished", result=results.worst(contrib), finished=time.time())
+        self.state.write_build(rec)            # commit point of the result
+        self.spool.finish(self.worker, self._rid)
+        self.state.clear_worker(self.worker)
+        self.spool.hint(rec["builder"], rec["number"])
+        self._builds_run += 1
+        log.info("%s #%d: build finished: %s (%s)" % (
+            rec["builder"], rec["number"], rec["result"], _duration(rec)),
+            builder=rec["builder"], build=rec["number"], result=rec["result"])
+        self.bus.emit("BuildFinished", rec["builder"], rec["number"], rec["result"])
+        self.build = None
+        self.notifier.status(self.status_text())
+        self.wake()
+
+    # ----------------------------------------------------------- stopping
+    def shutdown(self):
+        if self.build is None:
+            return True
+        rec = self.build
+        self._kill_tree(signal.SIGKILL)
+        for src in self._sources:
+            GLib.source_remove(src)
+        self._sources = []
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=KILL_GRACE_SEC)
+            except subprocess.TimeoutExpired:
+                pass
+            self._proc = None
+            try:
+                os.close(self._logfd)
+            except OSError:
+                pass
+        _reap()
+        rec.pop("_contrib", None)
+        self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"],
+                                 "interrupted: runner %s was stopped; the request is queued again" % self.worker)
+        self.spool.unclaim(self.worker, self._rid)
+        self.state.clear_worker(self.worker)
+        self.build = None
+        return True
+
+    def status_text(self):
+        if self.build is not None:
+            rec = self.build
+            running = [s["name"] for s in rec["steps"] if s.get("state") == "running"]
+            return "building %s #%d%s" % (rec["builder"], rec["number"],
+                                          ": " + running[0] if running else "")
+        return "idle; %d build%s run" % (self._builds_run, "" if self._builds_run == 1 else "s")
+
+    def methods(self):
+        return {"Status": lambda: json.dumps({"worker": self.worker, "status": self.status_text()})}
+
+
+def _descendants(root):
+    """PIDs of every descendant of ROOT (from /proc), deepest last."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _head(workdir):
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=60).stdout.decode().strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _reap():
+    """Collect orphans reparented to us (we are a child subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _duration(rec):
+    from .config import format_timespan
+    if rec.get("finished") and rec.get("started"):
+        return format_timespan(rec["finished"] - rec["started"])
+    return ""
+
+
+def _worker_arg(parser):
+    def worker(text):
+        if not WORKER_RE.match(text):
+            raise ValueError
+        return text
+    worker.__name__ = "worker name"
+    parser.add_argument("worker", metavar="WORKER", type=worker,
+                        help="this runner's worker name (letters, digits, '.', '_', '-')")
+
+
+def main(argv):
+    return daemon.main(Runner, argv, "Claim build requests and run their steps.", extra_args=_worker_arg)

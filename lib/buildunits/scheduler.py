@@ -1,0 +1,326 @@
+"""buildunits-scheduler: turn changes and forced builds into build requests.
+
+NAME
+    buildunits-scheduler - the scheduler
+
+DESCRIPTION
+    Reads the scheduler's inbox, SPOOL/changes/new: change records (from
+    the poller or `buildunits sendchange`) and force records (from
+    `buildunits force`).  A change goes to every builder whose Repository=
+    is the change's repository and whose Branches= matches its branch.
+
+    TreeStableSec=0: each change becomes one build request at once.
+    Otherwise changes on one branch wait until none has arrived for
+    TreeStableSec (measured from the time each was queued, so the window
+    survives a restart), then all of them become one request for the newest
+    revision.  A forced build becomes a request at once.
+
+    A revision already requested for a builder and branch is not requested
+    again: the poller re-sends after a crash, and a hook and the poller may
+    both report one commit.
+
+    Pending changes are not copied anywhere: they stay in the spool until
+    every builder they match has a request for them, so the spool stays
+    the only durable copy.  The scheduler's own state (STATE/scheduler/
+    BUILDER.json) is a bounded memory of which change ids and revisions
+    each builder has consumed.
+
+    Crash safety, per builder and request:
+        1. deliver the request to SPOOL/requests/new      <- commit point
+        2. record its change ids and revisions as consumed in the state file
+        3. remove each change from the spool once every builder consumed it
+    A crash before 1 leaves the changes queued: they are requested after
+    the restart.  A crash between 1 and 2 would request them twice; so, at
+    startup, before READY=1, the scheduler reads the requests still
+    queued or claimed and the last RECOVERY_BUILDS builds of each builder,
+    and counts the changes they carry as consumed.  (A request that was
+    also built more than RECOVERY_BUILDS times over while the scheduler was
+    down would be built twice: better twice than never.)  A crash between 2
+    and 3 leaves a consumed change in the spool, removed on the next pass.
+
+FILES
+    SPOOL/changes/new/ID      its inbox
+    SPOOL/requests/new/ID     the requests it queues
+    STATE/scheduler/B.json    consumed ids and revisions per builder
+
+SIGNALS
+    SIGHUP re-reads the configuration; SIGTERM stops (nothing is held in
+    memory that the spool does not have).
+"""
+
+import json
+import time
+
+from gi.repository import GLib
+
+from . import config, daemon, log, records
+
+KEEP = 1000             # consumed ids / revisions remembered per builder
+RECOVERY_BUILDS = 20    # recent builds per builder read at startup
+
+
+class _Memory:
+    """What one builder has consumed (bounded, most recent last)."""
+
+    def __init__(self, rec):
+        rec = rec or {}
+        self.rec = rec
+        self.consumed = [x for x in rec.get("consumed", []) if isinstance(x, str)]
+        self.recent = [tuple(x) for x in rec.get("recent", []) if isinstance(x, list) and len(x) == 2]
+        self._c = set(self.consumed)
+        self._r = set(self.recent)
+
+    def has_id(self, cid):
+        return cid in self._c
+
+    def has_revision(self, branch, rev):
+        return (branch, rev) in self._r
+
+    def add(self, ids=(), revisions=()):
+        for i in ids:
+            if i not in self._c:
+                self.consumed.append(i)
+                self._c.add(i)
+        for r in revisions:
+            if r not in self._r:
+                self.recent.append(r)
+                self._r.add(r)
+        del self.consumed[:-KEEP]
+        del self.recent[:-KEEP]
+        self._c = set(self.consumed)
+        self._r = set(self.recent)
+
+    def fields(self):
+        out = {k: v for k, v in self.rec.items() if k not in ("format", "version")}
+        out["consumed"] = self.consumed
+        out["recent"] = [list(r) for r in self.recent]
+        return out
+
+
+class Scheduler(daemon.Daemon):
+    role = "Scheduler"
+    program = "buildunits-scheduler"
+    watch_queues = ("changes",)
+    subscriptions = (("Poller", "ChangeQueued"),)
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._memory = {}
+        self._cache = {}           # change id -> record (the spool file is the truth)
+        self._timer = None
+        self._waiting = {}         # (builder, branch) -> number of changes waiting
+        self._requested = 0
+
+    def memory(self, builder):
+        m = self._memory.get(builder)
+        if m is None:
+            try:
+                rec = self.state.read_scheduler(builder)
+            except records.RecordError as e:
+                log.error("%s; starting %s's memory afresh (recovery scan still applies)" % (e, builder))
+                rec = None
+            m = self._memory[builder] = _Memory(rec)
+        return m
+
+    def _save(self, builder):
+        self.state.write_scheduler(builder, self.memory(builder).fields())
+
+    # ---------------------------------------------------------- recovery
+    def startup(self):
+        """Count what requests and recent builds carry as consumed."""
+        carried = []
+        for rid in self.spool.pending("requests"):
+            carried.append(self.spool.read("requests", rid))
+        for worker, ids in self.spool.all_claimed().items():
+            for rid in ids:
+                carried.append(self.spool.read_claimed(worker, rid))
+        for b in self.cfg.builders:
+            for n in self.state.build_numbers(b)[-RECOVERY_BUILDS:]:
+                try:
+                    build = self.state.read_build(b, n)
+                except (records.RecordError, OSError):
+                    continue
+                if build and isinstance(build.get("request"), dict):
+                    carried.append(build["request"])
+        touched = set()
+        for req in carried:
+            if not req or req.get("builder") not in self.cfg.builders:
+                continue
+            m = self.memory(req["builder"])
+            ids = [c.get("id") for c in req.get("changes", []) if isinstance(c, dict) and c.get("id")]
+            if req.get("force"):
+                ids.append(req["force"])
+            revs = [(req.get("branch", ""), c.get("revision", "")) for c in req.get("changes", [])
+                    if isinstance(c, dict)]
+            new = [i for i in ids if not m.has_id(i)]
+            if new:
+                m.add(new, revs)
+                touched.add(req["builder"])
+        for b in touched:
+            log.info("%s: recovered %s consumed change(s) from queued requests and recent builds" % (b, "some"))
+            self._save(b)
+
+    # -------------------------------------------------------------- work
+    def work(self):
+        now = time.time()
+        pending = {}          # (builder, branch) -> [change records], arrival order
+        ids = self.spool.pending("changes")
+        live = set(ids)
+        for cid in list(self._cache):
+            if cid not in live:
+                del self._cache[cid]
+        for cid in ids:
+            rec = self._cache.get(cid)
+            if rec is None:
+                rec = self.spool.read("changes", cid)
+                if rec is None:
+                    continue
+                self._cache[cid] = rec
+            if rec["format"] == "force":
+                self._force(cid, rec)
+                continue
+            if not self._check_change(cid, rec):
+                continue
+            if self._route(cid, rec, pending):
+                self._done(cid)
+        self._flush(pending, now)
+
+    def _check_change(self, cid, rec):
+        for key in ("repository", "branch", "revision"):
+            if not isinstance(rec.get(key), str) or not rec.get(key):
+                self.spool.corrupt(self.spool.path("changes", "new", cid), "changes",
+                                   "change record without %s" % key)
+                self._cache.pop(cid, None)
+                return False
+        return True
+
+    def _route(self, cid, rec, pending):
+        """Add REC to PENDING for each builder still wanting it; True if none does."""
+        repo = config.normalize_repository(rec["repository"])
+        branch, rev = rec["branch"], rec["revision"]
+        done = True
+        for b in self.cfg.builders_for(repo):
+            if not b.wants_branch(branch):
+                continue
+            m = self.memory(b.name)
+            if m.has_id(cid):
+                continue
+            if m.has_revision(branch, rev):
+                log.info("%s: %s %s already requested; change %s dropped" % (b.name, branch, rev[:12], cid))
+                m.add([cid])
+                self._save(b.name)
+                continue
+            queue = pending.setdefault((b.name, branch), [])
+            if any(c["revision"] == rev for c in queue):
+                m.add([cid])        # the same commit reported twice, both waiting
+                self._save(b.name)
+                continue
+            queue.append(rec)
+            done = False
+        return done
+
+    def _done(self, cid):
+        self.spool.remove("changes", cid)
+        self._cache.pop(cid, None)
+
+    def _flush(self, pending, now):
+        next_deadline = None
+        self._waiting = {}
+        finished = set()
+        for (bname, branch), changes in sorted(pending.items()):
+            b = self.cfg.builders[bname]
+            if b.tree_stable <= 0:
+                for c in changes:
+                    self._request(b, branch, [c])
+                finished.update(c["id"] for c in changes)
+                continue
+            deadline = max(c.get("queued", now) for c in changes) + b.tree_stable
+            if deadline <= now:
+                self._request(b, branch, changes)
+                finished.update(c["id"] for c in changes)
+            else:
+                self._waiting[(bname, branch)] = len(changes)
+                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        for cid in finished:
+            rec = self._cache.get(cid)
+            if rec is not None and self._route(cid, rec, {}):
+                self._done(cid)
+        self._arm(next_deadline, now)
+
+    def _arm(self, deadline, now):
+        if self._timer is not None:
+            GLib.source_remove(self._timer)
+            self._timer = None
+        if deadline is not None:
+            ms = max(1, int((deadline - now) * 1000) + 1)
+            self._timer = GLib.timeout_add(ms, self._fire)
+
+    def _fire(self):
+        self._timer = None
+        self.wake()
+        return False
+
+    def _request(self, b, branch, changes):
+        newest = changes[-1]
+        if len(changes) == 1:
+            reason = "change %s on %s" % (newest["revision"][:12], branch)
+        else:
+            reason = "%d changes on %s" % (len(changes), branch)
+        fields = {"builder": b.name, "repository": b.repository, "branch": branch,
+                  "revision": newest["revision"], "reason": reason, "changes": changes,
+                  "force": None, "properties": {}}
+        rid = self.spool.deliver("requests", "request", fields)   # commit point
+        m = self.memory(b.name)
+        m.add([c["id"] for c in changes], [(branch, c["revision"]) for c in changes])
+        self._save(b.name)
+        self._requested += 1
+        log.info("%s: build requested for %s %s (%s)" % (b.name, branch, newest["revision"][:12], reason),
+                 builder=b.name, request=rid)
+        self.bus.emit("BuildRequested", rid, b.name, branch, newest["revision"])
+
+    def _force(self, fid, rec):
+        name = rec.get("builder")
+        b = self.cfg.builders.get(name) if isinstance(name, str) else None
+        if b is None:
+            self.spool.corrupt(self.spool.path("changes", "new", fid), "changes",
+                               "forced build of unknown builder %r" % (name,))
+            self._cache.pop(fid, None)
+            return
+        m = self.memory(b.name)
+        if not m.has_id(fid):
+            branch = rec.get("branch") or default_branch(b)
+            fields = {"builder": b.name, "repository": b.repository, "branch": branch,
+                      "revision": rec.get("revision") or "", "changes": [], "force": fid,
+                      "reason": "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given"),
+                      "properties": rec.get("properties") if isinstance(rec.get("properties"), dict) else {}}
+            rid = self.spool.deliver("requests", "request", fields)   # commit point
+            m.add([fid])
+            self._save(b.name)
+            self._requested += 1
+            log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
+            self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
+        self._done(fid)
+
+    def status_text(self):
+        waiting = sum(self._waiting.values())
+        return "%d requests made; %d change%s waiting for a stable tree" % (
+            self._requested, waiting, "" if waiting == 1 else "s")
+
+    def methods(self):
+        return {"Status": self._status_json}
+
+    def _status_json(self):
+        return json.dumps({"requested": self._requested,
+                           "waiting": {"%s %s" % k: v for k, v in self._waiting.items()}})
+
+
+def default_branch(builder):
+    """The branch a forced build uses when none is given."""
+    for g in builder.branches:
+        if not any(ch in g for ch in "*?["):
+            return g
+    return "main"
+
+
+def main(argv):
+    return daemon.main(Scheduler, argv, "Turn changes and forced builds into build requests.")

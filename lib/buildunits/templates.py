@@ -1,0 +1,172 @@
+"""Templates: the one module that knows jinja2 and where the templates live.
+
+The templates directory is, in this order:
+
+    $BUILDUNITS_TEMPLATES_DIR                    if set (operators, tests)
+    <package>/../../share/templates              a source checkout
+    <package>/../../../../share/buildunits/templates
+                                                 an install: the package sits in
+                                                 PREFIX/lib/buildunits/python/buildunits/
+
+Every template is autoescaped, whatever its name: the pages show commit
+messages, author names and build logs, which are text from strangers.
+Undefined names are errors (StrictUndefined), so a typo in a template
+fails the render instead of printing an empty string.
+
+    >>> render("base.html", title="t", root="", refresh=0)[:15]
+    '<!DOCTYPE html>'
+"""
+
+import os
+import time
+
+import jinja2
+
+from . import config, results
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_CHECKOUT = os.path.normpath(os.path.join(_PACKAGE, "..", "..", "share", "templates"))
+_INSTALLED = os.path.normpath(os.path.join(_PACKAGE, "..", "..", "..", "..",
+                                           "share", "buildunits", "templates"))
+
+_environments = {}  # directory -> jinja2.Environment
+
+
+def templates_dir(environ=None):
+    """The templates directory (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    if env.get("BUILDUNITS_TEMPLATES_DIR"):
+        return env["BUILDUNITS_TEMPLATES_DIR"]
+    for d in (_CHECKOUT, _INSTALLED):
+        if os.path.isdir(d):
+            return d
+    raise FileNotFoundError("no templates directory: set BUILDUNITS_TEMPLATES_DIR, or install "
+                            "them in %s" % _INSTALLED)
+
+
+def environment(directory=None):
+    """The jinja2 Environment for DIRECTORY (default templates_dir()), made once."""
+    directory = directory or templates_dir()
+    e = _environments.get(directory)
+    if e is None:
+        e = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(directory),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        e.filters.update(FILTERS)
+        _environments[directory] = e
+    return e
+
+
+def render(name, **context):
+    """The page NAME rendered with CONTEXT, as one str."""
+    return environment().get_template(name).render(**context)
+
+
+def generate(name, **context):
+    """The page NAME rendered with CONTEXT, as an iterator of str pieces.
+
+    For pages too big to hold at once (logs): the template pulls from
+    iterators in CONTEXT only as the caller pulls from this one.
+    """
+    return environment().get_template(name).generate(**context)
+
+
+# ------------------------------------------------------------------ filters
+
+def timestamp(t):
+    """Local time of the Unix time T, to the second; "" for None.
+
+    >>> timestamp(None)
+    ''
+    """
+    if t is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def clock(t):
+    """Local time of day of T (the date is shown elsewhere); "" for None."""
+    if t is None:
+        return ""
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def isotime(t):
+    """T as ISO 8601 with its UTC offset, for <time datetime=...>; "" for None."""
+    if t is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def timespan(seconds):
+    """A duration in short human form ("41s", "2min 5s"); "" for None.
+
+    >>> timespan(41), timespan(125), timespan(None)
+    ('41s', '2min 5s', '')
+    """
+    if seconds is None:
+        return ""
+    return config.format_timespan(max(0.0, seconds))
+
+
+def firstline(text):
+    """The first non-empty line of TEXT, stripped.
+
+    >>> firstline("\\n  fix the frobnicator\\n\\nlong story")
+    'fix the frobnicator'
+    """
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def shortrev(rev, n=8):
+    """An abbreviated revision, as git log --oneline shows it.
+
+    >>> shortrev("3f2c9a1b7e0d4c5a")
+    '3f2c9a1b'
+    """
+    return (rev or "")[:n]
+
+
+def who(author):
+    """The name of "Name <mail>", or the address when there is no name.
+
+    >>> who("A U Thor <a@example.org>"), who("<a@example.org>")
+    ('A U Thor', 'a@example.org')
+    """
+    author = author or ""
+    name, lt, rest = author.partition("<")
+    if lt and name.strip():
+        return name.strip()
+    return rest.rstrip(">").strip() if lt else author.strip()
+
+
+_STATUS_WORDS = set(results.RESULTS) | {results.RUNNING, results.QUEUED, "pending"}
+
+
+def status_class(word):
+    """The CSS class of a status word; words from newer releases look neutral.
+
+    >>> status_class("failure"), status_class("frobnicated")
+    ('r-failure', 'r-other')
+    """
+    return "r-" + (word if word in _STATUS_WORDS else "other")
+
+
+FILTERS = {
+    "status_class": status_class,
+    "timestamp": timestamp,
+    "clock": clock,
+    "isotime": isotime,
+    "timespan": timespan,
+    "firstline": firstline,
+    "shortrev": shortrev,
+    "who": who,
+}
