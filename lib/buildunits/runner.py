@@ -104,7 +104,7 @@ class Runner(daemon.Daemon):
     role = "Runner"
     program = "buildunits-runner"
     watch_queues = ("requests",)
-    subscriptions = (("Scheduler", "BuildRequested"), ("Runner", "BuildFinished"))
+    subscriptions = (("Scheduler", "BuildRequested"),)
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)

@@ -1,0 +1,67 @@
+# buildunits
+#
+#   make demo     run the daemons on a built-in example and show the waterfall
+#   make check    install what the tests need (Debian packages), run every test
+#   make install  install programs, library, templates, units (DESTDIR, PREFIX)
+
+# Debian's Python, where python3-pydbus & co. live (a python3 earlier on
+# PATH may be another build that cannot see them).
+PYTHON ?= /usr/bin/python3
+PREFIX ?= /usr/local
+DESTDIR ?=
+PYTEST_ARGS ?=
+
+BINDIR = $(PREFIX)/bin
+LIBDIR = $(PREFIX)/lib/buildunits/python
+SHAREDIR = $(PREFIX)/share/buildunits
+MANDIR = $(PREFIX)/share/man
+
+DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
+	python3-jinja2 python3-pytest python3-systemd dbus-daemon dbus-bin git make
+
+.PHONY: all deps check test demo install man clean
+
+all:
+	@echo "targets: demo check install man clean"
+
+# Installs only what is missing; quick when nothing is.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "deps: run as root, or install: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+check: deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+test: check
+
+demo: deps
+	$(PYTHON) share/examples/demo.py
+
+man:
+	mkdir -p build/man
+	for f in docs/*.[0-9].md; do \
+		b=$$(basename $$f .md); $(PYTHON) docs/mkman.py $$f > build/man/$$b || exit 1; \
+	done
+
+install: man
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/buildunits $(DESTDIR)$(SHAREDIR)/templates \
+		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man5
+	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
+	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
+	install -m 0644 share/templates/* $(DESTDIR)$(SHAREDIR)/templates/
+	install -m 0755 share/examples/post-receive $(DESTDIR)$(SHAREDIR)/examples/
+	install -m 0644 build/man/*.5 $(DESTDIR)$(MANDIR)/man5/
+	@if [ -d units ] && ls units/*.service >/dev/null 2>&1; then \
+		install -d $(DESTDIR)$(PREFIX)/lib/systemd/system; \
+		install -m 0644 units/*.service units/*.target $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
+	install -d $(DESTDIR)/usr/share/dbus-1/system.d
+	install -m 0644 units/dbus/org.buildunits.conf $(DESTDIR)/usr/share/dbus-1/system.d/
+
+clean:
+	rm -rf build demo-output .pytest_cache tests/__pycache__ lib/buildunits/__pycache__

@@ -1,0 +1,191 @@
+#!/usr/bin/python3
+"""make demo: the four daemons on the built-in example, start to finish.
+
+Creates, under demo-output/ in the checkout: a git repository of the
+example project (share/examples/hello), a configuration with one builder
+(share/examples/hello.builder), a spool, a state directory and the site.
+Starts a private D-Bus system bus (when dbus-daemon is installed) and the
+four daemons from bin/, makes a passing and then a failing commit, waits
+for both builds, prints their journal-style log lines and the waterfall's
+address, and stops everything.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "lib"))
+
+from buildunits import records  # noqa: E402
+
+OUT = os.path.join(ROOT, "demo-output")
+PY = sys.executable
+TIMEOUT = 120
+
+
+def say(msg):
+    print("demo: " + msg, flush=True)
+
+
+def git(*args, cwd=None):
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="Demo Developer",
+               GIT_AUTHOR_EMAIL="dev@example.org", GIT_COMMITTER_NAME="Demo Developer",
+               GIT_COMMITTER_EMAIL="dev@example.org")
+    subprocess.run(["git"] + list(args), cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def private_bus(d):
+    """A private system-like bus with buildunits' policy; (process, address) or (None, None)."""
+    if not shutil.which("dbus-daemon"):
+        return None, None
+    sock = os.path.join(d, "bus.sock")
+    policy = os.path.join(d, "policy.d")
+    os.makedirs(policy)
+    shutil.copy(os.path.join(ROOT, "units", "dbus", "org.buildunits.conf"), policy)
+    conf = os.path.join(d, "bus.conf")
+    with open(conf, "w") as f:
+        f.write("""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>system</type><listen>unix:path=%s</listen>
+<auth>EXTERNAL</auth>
+<policy context="default"><allow user="*"/><deny own="*"/><deny send_type="method_call"/>
+<allow send_type="signal"/><allow send_requested_reply="true" send_type="method_return"/>
+<allow send_requested_reply="true" send_type="error"/><allow receive_type="method_call"/>
+<allow receive_type="method_return"/><allow receive_type="error"/><allow receive_type="signal"/>
+<allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+<allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+</policy>
+<policy user="%s"><allow own_prefix="org.buildunits"/><allow send_destination_prefix="org.buildunits"/></policy>
+<includedir>%s</includedir></busconfig>
+""" % (sock, _username(), policy))
+    p = subprocess.Popen(["dbus-daemon", "--config-file=" + conf, "--nofork", "--print-address"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    addr = p.stdout.readline().decode().strip()
+    return p, addr
+
+
+def _username():
+    import pwd
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def wait_build(state, builder, number):
+    path = os.path.join(state, "builds", builder, str(number), "build.json")
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            rec = records.read(path, "build")
+            if rec.get("state") == "finished":
+                return rec
+        except (OSError, records.RecordError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit("demo: build %s #%d did not finish within %ds; see %s/*.log" % (builder, number, TIMEOUT, OUT))
+
+
+def main():
+    start = time.monotonic()
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    repo, wc = os.path.join(OUT, "hello.git"), os.path.join(OUT, "hello")
+    cfg, spool, state, site = (os.path.join(OUT, d) for d in ("config", "spool", "state", "site"))
+    say("creating the example repository %s" % repo)
+    git("init", "--quiet", "--bare", "--initial-branch=main", repo)
+    shutil.copytree(os.path.join(ROOT, "share", "examples", "hello"), wc)
+    git("init", "--quiet", "--initial-branch=main", cwd=wc)
+    git("add", "Makefile", "hello.sh", cwd=wc)
+    git("commit", "--quiet", "-m", "hello: the program", cwd=wc)
+    git("add", "test.sh", cwd=wc)
+    git("commit", "--quiet", "-m", "hello: a test", cwd=wc)
+    git("push", "--quiet", repo, "main", cwd=wc)
+    os.makedirs(os.path.join(cfg, "builders"))
+    with open(os.path.join(ROOT, "share", "examples", "hello.builder")) as f:
+        text = f.read().replace("@REPOSITORY@", repo)
+    with open(os.path.join(cfg, "builders", "hello.builder"), "w") as f:
+        f.write(text)
+    with open(os.path.join(cfg, "buildunits.conf"), "w") as f:
+        f.write("[Site]\nTitle=buildunits demo\n")
+
+    bus, addr = private_bus(OUT)
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=addr or "unix:path=/nonexistent")
+    for k in ("NOTIFY_SOCKET", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):
+        env.pop(k, None)   # the example's own make must not think it is a sub-make of ours
+    say("private D-Bus system bus at %s" % addr if addr else "no dbus-daemon: running without a bus")
+    dirs = ["--config-dir", cfg, "--spool-dir", spool, "--state-dir", state, "--site-dir", site]
+    procs = []
+    monitor = None
+    if addr and shutil.which("dbus-monitor"):
+        monitor = subprocess.Popen(["dbus-monitor", "--address", addr,
+                                    "type='signal',path_namespace='/org/buildunits'"],
+                                   stdout=open(os.path.join(OUT, "signals.txt"), "w"), stderr=subprocess.DEVNULL)
+    try:
+        for prog, extra in (("poller", []), ("scheduler", []), ("runner", ["worker1"]), ("runner", ["worker2"]),
+                            ("htmlgen", [])):
+            logf = open(os.path.join(OUT, "%s%s.log" % (prog, ("-" + extra[0]) if extra else "")), "w")
+            procs.append(subprocess.Popen([PY, os.path.join(ROOT, "bin", "buildunits-" + prog)] + dirs + extra,
+                                          env=env, stdout=logf, stderr=subprocess.STDOUT))
+            say("started buildunits-%s %s" % (prog, " ".join(extra)))
+        # The poller records the heads on its first poll; commits after that are built.
+        wait_file(os.path.join(state, "poller"), ".json")
+        say("committing a change that passes")
+        with open(os.path.join(wc, "hello.sh"), "a") as f:
+            f.write("# greet politely\n")
+        git("commit", "--quiet", "-am", "hello: a comment on politeness", cwd=wc)
+        git("push", "--quiet", repo, "main", cwd=wc)
+        b1 = wait_build(state, "hello", 1)
+        say("build hello #1: %s" % b1["result"])
+        say("committing a change that breaks the test")
+        with open(os.path.join(wc, "hello.sh"), "w") as f:
+            f.write('#!/bin/sh\necho "Goodbye, world!"\n')
+        git("commit", "--quiet", "-am", "hello: say goodbye instead", cwd=wc)
+        git("push", "--quiet", repo, "main", cwd=wc)
+        b2 = wait_build(state, "hello", 2)
+        say("build hello #2: %s" % b2["result"])
+        wait_page(site, b2)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if monitor:
+            monitor.terminate()
+        if bus:
+            bus.terminate()
+    print()
+    for name in sorted(os.listdir(OUT)):
+        if name.startswith("runner") and name.endswith(".log"):
+            with open(os.path.join(OUT, name)) as f:
+                for line in f:
+                    if "hello #" in line:
+                        print("  " + line.rstrip())
+    print()
+    say("done in %.1fs; the waterfall: file://%s/index.html" % (time.monotonic() - start, site))
+    return 0 if (b1["result"], b2["result"]) == ("success", "failure") else 1
+
+
+def wait_file(d, suffix):
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if os.path.isdir(d) and any(n.endswith(suffix) for n in os.listdir(d)):
+            return
+        time.sleep(0.05)
+    raise SystemExit("demo: the poller did not start; see %s/poller.log" % OUT)
+
+
+def wait_page(site, build):
+    page = os.path.join(site, "builders", build["builder"], str(build["number"]), ".final")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not os.path.exists(page):
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

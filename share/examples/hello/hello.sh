@@ -1,0 +1,3 @@
+#!/bin/sh
+# hello: the example project buildunits' demo builds.
+echo "Hello, world!"
