@@ -72,8 +72,9 @@ def decode(data, path, formats):
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.pos >= len(text.rstrip()):
-            raise RecordError(path, "truncated record (ends at byte %d)" % len(data))
+        if text.lstrip().startswith("{") and not text.rstrip().endswith("}"):
+            # A record's last character is the "}" that closes it.
+            raise RecordError(path, "truncated record (no closing brace after %d bytes)" % len(data))
         raise RecordError(path, "not a record: %s at line %d column %d" % (e.msg, e.lineno, e.colno))
     if not isinstance(rec, dict):
         raise RecordError(path, "not a record: top level is not an object")

@@ -49,6 +49,8 @@ _COPY_CHUNK = 1024 * 1024
 
 
 class Site:
+    """The pages under SITE_DIR, rendered from STATE, SPOOL and CFG."""
+
     def __init__(self, site_dir, state, spool, cfg):
         self.root = site_dir
         self.state = state
@@ -64,20 +66,20 @@ class Site:
         """Render the builds in TOUCHED ((builder, number) pairs), any build
         on the waterfall not yet final, and the waterfall.  Returns the
         number of files written."""
-        todo = set()
+        todo = {}  # (builder, number) -> record, or None to read it
         for builder, number in touched:
             if _safe_name(builder) and isinstance(number, int):
-                todo.add((builder, number))
+                todo[(builder, number)] = None
                 self._records.pop((builder, number), None)
         window = self._window()
         # A lost hint must not leave a waterfall link dangling: heal it here.
         for builder, builds in window.items():
             for rec in builds:
                 if not self._is_final(builder, rec["number"]):
-                    todo.add((builder, rec["number"]))
+                    todo[(builder, rec["number"])] = rec
         written = 0
-        for builder, number in sorted(todo):
-            written += self._render_build(builder, number, force=force)
+        for (builder, number), rec in sorted(todo.items(), key=lambda kv: kv[0]):
+            written += self._render_build(builder, number, rec, force=force)
         return written + self._render_waterfall(window)
 
     def rebuild(self, progress=None, force=False):

@@ -7,17 +7,19 @@ The templates directory is, in this order:
     <package>/../../../../share/buildunits/templates
                                                  an install: the package sits in
                                                  PREFIX/lib/buildunits/python/buildunits/
+    sys.prefix/share/buildunits/templates        a pip install (setup.py's data_files)
 
 Every template is autoescaped, whatever its name: the pages show commit
 messages, author names and build logs, which are text from strangers.
 Undefined names are errors (StrictUndefined), so a typo in a template
 fails the render instead of printing an empty string.
 
-    >>> render("base.html", title="t", root="", refresh=0)[:15]
+    >>> render("base.html", title="t", site_title="CI", root="", refresh=0)[:15]
     '<!DOCTYPE html>'
 """
 
 import os
+import sys
 import time
 
 import jinja2
@@ -37,7 +39,7 @@ def templates_dir(environ=None):
     env = os.environ if environ is None else environ
     if env.get("BUILDUNITS_TEMPLATES_DIR"):
         return env["BUILDUNITS_TEMPLATES_DIR"]
-    for d in (_CHECKOUT, _INSTALLED):
+    for d in (_CHECKOUT, _INSTALLED, os.path.join(sys.prefix, "share", "buildunits", "templates")):
         if os.path.isdir(d):
             return d
     raise FileNotFoundError("no templates directory: set BUILDUNITS_TEMPLATES_DIR, or install "

@@ -1,0 +1,186 @@
+"""state: build numbers that never repeat, and the daemons' state records."""
+
+import os
+import threading
+
+import pytest
+
+from buildunits import records
+from buildunits.state import State
+
+
+@pytest.fixture
+def state(tmp_path):
+    s = State(str(tmp_path / "state"))
+    s.ensure()
+    return s
+
+
+def hint_path(state, builder):
+    return os.path.join(state.builder_dir(builder), "next.json")
+
+
+def test_ensure_layout(state):
+    for d in ("builds", "poller", "scheduler", "workers", "work"):
+        assert os.path.isdir(state.path(d))
+
+
+def test_allocate_gives_1_2_3_per_builder(state):
+    assert [state.allocate_number("hello") for _ in range(3)] == [1, 2, 3]
+    assert state.allocate_number("other") == 1
+    assert state.build_numbers("hello") == [1, 2, 3]
+    assert state.builders() == ["hello", "other"]
+    assert records.read(hint_path(state, "hello"), "counter")["next"] == 4
+
+
+def test_numbers_never_repeat_when_the_hint_is_deleted(state):
+    for _ in range(3):
+        state.allocate_number("hello")
+    os.unlink(hint_path(state, "hello"))
+    assert state.allocate_number("hello") == 4
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"garbage", b'{"format": "counter", "version": 1, "next": ', b'{"format": "counter", "version": 1}\n',
+    b'{"format": "counter", "version": 1, "next": "7"}\n', b'{"format": "counter", "version": 1, "next": 0}\n',
+    b'{"format": "counter", "version": 1, "next": -5}\n', b'{"format": "build", "version": 1, "next": 1}\n',
+    b'[1]\n', b'\xff\xfe',
+])
+def test_numbers_never_repeat_when_the_hint_is_corrupt(state, content):
+    for _ in range(3):
+        state.allocate_number("hello")
+    with open(hint_path(state, "hello"), "wb") as f:
+        f.write(content)
+    assert state.allocate_number("hello") == 4
+    assert state.allocate_number("hello") == 5
+
+
+def test_numbers_never_repeat_when_the_hint_is_set_back(state):
+    for _ in range(5):
+        state.allocate_number("hello")
+    records.write(hint_path(state, "hello"), "counter", {"next": 2})
+    assert state.allocate_number("hello") == 6
+    assert state.build_numbers("hello") == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_leftover_empty_number_directory_is_skipped(state):
+    # A crash after mkdir and before build.json: a gap, never a repeat.
+    assert state.allocate_number("hello") == 1
+    os.mkdir(os.path.join(state.builder_dir("hello"), "2"))
+    assert state.allocate_number("hello") == 3
+    assert state.read_build("hello", 2) is None
+    # Even with the hint gone, the empty directory still counts as taken.
+    os.unlink(hint_path(state, "hello"))
+    assert state.allocate_number("hello") == 4
+
+
+def test_hint_ahead_leaves_a_gap_not_a_repeat(state):
+    state.allocate_number("hello")
+    records.write(hint_path(state, "hello"), "counter", {"next": 10})
+    assert state.allocate_number("hello") == 10
+
+
+def test_concurrent_allocation_never_repeats(state):
+    got = []
+    lock = threading.Lock()
+
+    def take():
+        mine = State(state.root)  # as another process would
+        for _ in range(10):
+            n = mine.allocate_number("hello")
+            with lock:
+                got.append(n)
+
+    threads = [threading.Thread(target=take) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 60 and len(set(got)) == 60
+    assert state.build_numbers("hello") == sorted(got)
+
+
+def test_build_numbers_ignore_other_names(state):
+    state.allocate_number("hello")
+    bdir = state.builder_dir("hello")
+    for n in ("007", "x", ".5", "5.tmp"):
+        os.mkdir(os.path.join(bdir, n))
+    assert state.build_numbers("hello") == [1]
+    assert state.build_numbers("nobody") == []
+
+
+def test_build_record_round_trip_keeps_unknown_keys(state):
+    n = state.allocate_number("hello")
+    rec = {"builder": "hello", "number": n, "result": "success", "steps": [{"name": "compile"}],
+           "added_by_a_newer_release": [1, 2]}
+    state.write_build(rec)
+    got = state.read_build("hello", n)
+    assert got["format"] == "build" and got["version"] == records.FORMATS["build"]
+    assert {k: got[k] for k in rec} == rec
+    got["result"] = "failure"
+    state.write_build(got)
+    assert state.read_build("hello", n)["added_by_a_newer_release"] == [1, 2]
+    assert state.read_build("hello", n)["result"] == "failure"
+    assert state.read_build("hello", 99) is None
+
+
+def test_log_paths(state):
+    assert state.log_name(1, "compile") == "01-compile.log"
+    assert state.log_path("hello", 4, 12, "test") == os.path.join(state.build_dir("hello", 4), "12-test.log")
+
+
+def test_poller_record_round_trip(state):
+    repo = "/srv/git/hello.git"
+    assert state.read_poller(repo) is None
+    refs = {"refs/heads/main": "a" * 40, "refs/heads/release-1": "b" * 40}
+    state.write_poller(repo, refs, extra={"last_poll": 1700000000.0})
+    rec = state.read_poller(repo)
+    assert rec["format"] == "poller" and rec["repository"] == repo and rec["refs"] == refs
+    assert rec["last_poll"] == 1700000000.0
+    # extra cannot override the repository or refs
+    state.write_poller(repo, {}, extra={"repository": "other", "refs": {"x": "y"}})
+    rec = state.read_poller(repo)
+    assert rec["repository"] == repo and rec["refs"] == {}
+
+
+def test_poller_paths_are_distinct_and_safe(state):
+    repos = ["/srv/git/hello.git", "/srv/git/hello.git/", "https://example.org/hello.git",
+             "/srv/git/../../etc/passwd", "git@host:x/y.git", "/" + "a" * 300]
+    paths = [state.poller_path(r) for r in repos]
+    assert len(set(paths)) == len(repos)
+    for p in paths:
+        assert os.path.dirname(p) == state.path("poller")
+        assert len(os.path.basename(p)) < 100
+    for r in repos:
+        state.write_poller(r, {"refs/heads/main": "c" * 40})
+        assert state.read_poller(r)["repository"] == r
+
+
+def test_corrupt_poller_record_raises(state):
+    repo = "/srv/git/hello.git"
+    with open(state.poller_path(repo), "wb") as f:
+        f.write(b'{"format": "poller", "vers')
+    with pytest.raises(records.RecordError):
+        state.read_poller(repo)
+
+
+def test_scheduler_record_round_trip(state):
+    assert state.read_scheduler("hello") is None
+    rec = {"builder": "hello", "pending": [{"id": "1.2.3.abc", "branch": "main"}], "future": True}
+    state.write_scheduler("hello", rec)
+    got = state.read_scheduler("hello")
+    assert got["format"] == "scheduler"
+    assert {k: got[k] for k in rec} == rec
+
+
+def test_worker_record_round_trip_and_clear(state):
+    assert state.read_worker("w1") is None and state.workers() == []
+    state.write_worker("w1", {"request": "1.2.3.abc", "builder": "hello", "number": 3, "pid": 42})
+    state.write_worker("w2", {})
+    assert state.workers() == ["w1", "w2"]
+    got = state.read_worker("w1")
+    assert got["format"] == "worker" and got["number"] == 3 and got["pid"] == 42
+    state.clear_worker("w1")
+    state.clear_worker("w1")  # harmless
+    assert state.read_worker("w1") is None and state.workers() == ["w2"]
+    assert state.work_dir("w2", "hello") == state.path("work", "w2", "hello")
