@@ -17,7 +17,7 @@ SHAREDIR = $(PREFIX)/share/buildunits
 MANDIR = $(PREFIX)/share/man
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
-	python3-jinja2 python3-pytest python3-systemd dbus-daemon dbus-bin git make
+	python3-jinja2 python3-pytest python3-systemd dbus-daemon dbus-bin git make strace systemd
 
 .PHONY: all deps check test demo install man clean
 

@@ -267,10 +267,6 @@ def test_sweep_keeps_old_corrupt_files(spool):
     assert len(spool.corrupted()) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "spool.sweep() also sweeps corrupt/ by fsutil.TMP_MARK: a stray file whose name contains "
-    "'.tmp-' (e.g. 'hook.tmp-1') is moved to corrupt/changes.hook.tmp-1 and then deleted by the "
-    "sweep once old, although corrupt/ files are 'never deleted silently'"))
 def test_sweep_never_deletes_a_corrupt_file_whatever_its_name(spool):
     with open(spool.path("changes", "new", "hook.tmp-1"), "wb") as f:
         f.write(b"half a change from a broken hook")

@@ -156,6 +156,8 @@ def format_timespan(seconds):
         return ""
     if seconds == math.inf:
         return "infinity"
+    if seconds < 1:
+        return "%dms" % round(seconds * 1000)
     if seconds < 10:
         return "%.1fs" % seconds if seconds % 1 else "%ds" % seconds
     s = int(round(seconds))
@@ -405,6 +407,12 @@ def load_builder(path, cfg, problems, warnings):
         if not s.command:
             f, line = step_lines[sname]
             problems.append(Problem(f, line, "Step " + sname, "Command", "missing; every step needs a Command="))
+    for s in steps.values():
+        # As in systemd: a time-out of 0 means no time-out.
+        if s.timeout == 0:
+            s.timeout = math.inf
+        if s.timeout_idle == 0:
+            s.timeout_idle = math.inf
     b.steps = list(steps.values())
     if not b.steps:
         problems.append(Problem(path, 0, "", "", "builder has no steps (add a [Step NAME] section with Command=)"))

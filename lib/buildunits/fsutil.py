@@ -112,7 +112,10 @@ def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False):
     except FileNotFoundError:
         return swept
     for e in entries:
-        if TMP_MARK not in e.name and os.path.basename(directory) != "tmp":
+        # In a spool tmp/ directory everything is temporary; elsewhere only
+        # the hidden names tmp_name() makes (".NAME.tmp-PID-HEX"), so a
+        # file whose name merely contains ".tmp-" is never touched.
+        if os.path.basename(directory) != "tmp" and not (e.name.startswith(".") and TMP_MARK in e.name):
             continue
         try:
             if now - e.stat(follow_symlinks=False).st_mtime < age:

@@ -18,7 +18,8 @@ Versioning rules (see docs/buildunits-state.5.md for every format):
   when they rewrite a record, keep) keys they do not know, so the previous
   release can read what this one writes;
 - a reader meeting a *higher* version than it knows still reads the keys
-  it knows; only a format name it does not expect is an error.
+  it knows; only a format name it does not expect is an error;
+- a rewrite carries the writer's version, with the unknown keys kept.
 
 The formats and their current versions are listed in FORMATS.
 """
@@ -35,7 +36,7 @@ FORMATS = {
     "request": 1,       # spool requests/: a build to run
     "build": 1,         # state builds/BUILDER/NUMBER/build.json
     "poller": 1,        # state poller/KEY.json: last seen refs of a repository
-    "scheduler": 1,     # state scheduler/BUILDER.json: pending changes, intents
+    "scheduler": 1,     # state scheduler/BUILDER.json: consumed change ids and revisions
     "worker": 1,        # state workers/WORKER.json: what a runner holds
     "counter": 1,       # state builds/BUILDER/next.json: next build number hint
 }
@@ -66,13 +67,16 @@ def decode(data, path, formats):
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":
+            raise RecordError(path, "truncated record (cut inside a character after %d bytes)" % len(data))
         raise RecordError(path, "not UTF-8 (byte %d)" % e.start)
     if not text.strip():
         raise RecordError(path, "empty file")
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
-        if text.lstrip().startswith("{") and not text.rstrip().endswith("}"):
+        if (e.msg != "Extra data" and text.lstrip().startswith("{")
+                and not text.rstrip().endswith("}")):
             # A record's last character is the "}" that closes it.
             raise RecordError(path, "truncated record (no closing brace after %d bytes)" % len(data))
         raise RecordError(path, "not a record: %s at line %d column %d" % (e.msg, e.lineno, e.colno))

@@ -301,6 +301,7 @@ class Runner(daemon.Daemon):
         rec["steps"][i].update(state="finished", result=results.EXCEPTION, finished=time.time(), summary=why)
         self._halted = True
         rec["_contrib"] = rec.get("_contrib", []) + [results.EXCEPTION]
+        rec["reason"] = "step %s: %s" % (self._steps[i].name, why)
         log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], self._steps[i].name, why),
                   builder=rec["builder"], build=rec["number"], step=self._steps[i].name, result=results.EXCEPTION)
         self.state.write_build(rec)

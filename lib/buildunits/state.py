@@ -7,7 +7,9 @@ This module alone knows the state directory's layout (default
     builds/BUILDER/NUMBER/NN-STEP.log  each step's output, streamed as produced
     builds/BUILDER/next.json           hint: the next number to try ("counter")
     poller/KEY.json                    last seen refs of one repository ("poller")
-    scheduler/BUILDER.json             pending changes and intents ("scheduler")
+    poller/KEY.git/                    bare mirror of a remote (non-path) repository
+    scheduler/BUILDER.json             consumed change ids and revisions ("scheduler")
+    locks/PROGRAM[@WORKER].lock        held by the running daemon (flock)
     workers/WORKER.json                the build a runner holds ("worker")
     work/WORKER/BUILDER/               a runner's work directory (the checkout)
 
