@@ -417,3 +417,12 @@ def test_runner_killed_recovers_claim(daemons, git_repo):
     assert b1["result"] == "retry" and "runner w1 stopped" in b1["reason"]
     assert daemons.wait_build_finished("long", 2)["result"] == "success"
     assert daemons.cli("fsck").returncode == 0
+
+
+def test_watchdog_pings_when_systemd_asks(daemons):
+    d = daemons.start("scheduler", env={"WATCHDOG_USEC": "300000"})
+    d.notify.wait_for(lambda lines: lines.count("WATCHDOG=1") >= 2, what="two WATCHDOG=1 pings")
+    # Without WATCHDOG_USEC there is no ping (and no timer while idle).
+    quiet = daemons.start("poller")
+    daemons.stop("scheduler")
+    assert "WATCHDOG=1" not in quiet.notify.lines()

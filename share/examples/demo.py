@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "lib"))
 
 from buildunits import records  # noqa: E402
 
-OUT = os.path.join(ROOT, "demo-output")
+OUT = os.environ.get("BUILDUNITS_DEMO_OUT") or os.path.join(ROOT, "demo-output")
 PY = sys.executable
 TIMEOUT = 120
 
@@ -132,20 +132,10 @@ def main():
             say("started buildunits-%s %s" % (prog, " ".join(extra)))
         # The poller records the heads on its first poll; commits after that are built.
         wait_file(os.path.join(state, "poller"), ".json")
-        say("committing a change that passes")
-        with open(os.path.join(wc, "hello.sh"), "a") as f:
-            f.write("# greet politely\n")
-        git("commit", "--quiet", "-am", "hello: a comment on politeness", cwd=wc)
-        git("push", "--quiet", repo, "main", cwd=wc)
-        b1 = wait_build(state, "hello", 1)
-        say("build hello #1: %s" % b1["result"])
-        say("committing a change that breaks the test")
-        with open(os.path.join(wc, "hello.sh"), "w") as f:
-            f.write('#!/bin/sh\necho "Goodbye, world!"\n')
-        git("commit", "--quiet", "-am", "hello: say goodbye instead", cwd=wc)
-        git("push", "--quiet", repo, "main", cwd=wc)
-        b2 = wait_build(state, "hello", 2)
-        say("build hello #2: %s" % b2["result"])
+        b1 = commit_and_wait(wc, repo, state, 1, "a change that passes", "a",
+                             "# greet politely\n", "hello: a comment on politeness")
+        b2 = commit_and_wait(wc, repo, state, 2, "a change that breaks the test", "w",
+                             '#!/bin/sh\necho "Goodbye, world!"\n', "hello: say goodbye instead")
         wait_page(site, b2)
     finally:
         for p in procs:
@@ -169,6 +159,18 @@ def main():
     print()
     say("done in %.1fs; the waterfall: file://%s/index.html" % (time.monotonic() - start, site))
     return 0 if (b1["result"], b2["result"]) == ("success", "failure") else 1
+
+
+def commit_and_wait(wc, repo, state, number, what, mode, text, message):
+    """Edit hello.sh (MODE "a" appends, "w" replaces), commit, push, and wait for build NUMBER."""
+    say("committing " + what)
+    with open(os.path.join(wc, "hello.sh"), mode) as f:
+        f.write(text)
+    git("commit", "--quiet", "-am", message, cwd=wc)
+    git("push", "--quiet", repo, "main", cwd=wc)
+    b = wait_build(state, "hello", number)
+    say("build hello #%d: %s" % (number, b["result"]))
+    return b
 
 
 def wait_file(d, suffix):

@@ -1,0 +1,41 @@
+"""`make install` gives working programs: the installed layout finds its
+library and templates, and ships the man pages, policy and example hook."""
+
+import os
+import subprocess
+
+import harness
+
+ROOT = harness.REPO_ROOT
+
+
+def test_make_install_into_destdir(tmp_path):
+    dest = tmp_path / "dest"
+    p = subprocess.run(["make", "-s", "install", "DESTDIR=%s" % dest, "PREFIX=/usr/local", "PYTHON=" + harness.PYTHON],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.returncode == 0, p.stdout
+    prefix = dest / "usr" / "local"
+    for prog in ("buildunits", "buildunits-poller", "buildunits-scheduler", "buildunits-runner",
+                 "buildunits-htmlgen"):
+        assert os.access(prefix / "bin" / prog, os.X_OK), prog
+    assert (prefix / "share" / "man" / "man5" / "buildunits.builder.5").exists()
+    assert (prefix / "share" / "man" / "man5" / "buildunits-state.5").exists()
+    assert (prefix / "share" / "buildunits" / "examples" / "post-receive").exists()
+    assert (dest / "usr" / "share" / "dbus-1" / "system.d" / "org.buildunits.conf").exists()
+
+    # The installed programs run from their own tree, not from the checkout.
+    cfg, state = tmp_path / "cfg", tmp_path / "state"
+    (cfg / "builders").mkdir(parents=True)
+    (cfg / "builders" / "solo.builder").write_text("[Step hi]\nCommand=echo hi\n")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    dirs = ["--config-dir", str(cfg), "--spool-dir", str(tmp_path / "spool"), "--state-dir", str(state)]
+    out = subprocess.run([str(prefix / "bin" / "buildunits")] + dirs + ["checkconfig"], env=env, cwd="/",
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert out.returncode == 0 and "configuration OK, 1 builder" in out.stdout, out.stdout
+    out = subprocess.run([str(prefix / "bin" / "buildunits-htmlgen")] + dirs + ["--rebuild"], env=env, cwd="/",
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert out.returncode == 0, out.stdout
+    assert "solo" in (state / "site" / "index.html").read_text()
+    # No module came from the checkout.
+    installed_lib = prefix / "lib" / "buildunits" / "python" / "buildunits"
+    assert (installed_lib / "runner.py").exists()
