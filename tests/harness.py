@@ -102,6 +102,70 @@ def short_dir(base, prefix="bu-"):
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp"), True
 
 
+# ------------------------------------------------------- process cleanup
+#
+# A daemon's children may leave its process group (the runner puts each
+# build step in a session of its own, to kill it as a whole).  systemd
+# would kill them with the unit's cgroup; here the harness finds them
+# through /proc: the tree below a daemon, frozen with SIGSTOP so it cannot
+# fork away while it is collected, then killed.  And since a daemon that
+# exits orphans its children, the test process is made a child subreaper:
+# orphans are reparented to it, and Daemons.close() kills and reaps those
+# it did not start itself.
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans are then left to init
+
+
+def _proc_table():
+    """{pid: (ppid, state)} of every process, read from /proc."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        out[int(name)] = (int(fields[1]), fields[0].decode())
+    return out
+
+
+def children_of(pid):
+    return [p for p, (pp, _st) in _proc_table().items() if pp == pid]
+
+
+def kill_tree(root):
+    """SIGKILL ROOT and every process below it, freezing the tree first.
+    Returns the pids killed."""
+    seen = set()
+    todo = {root}
+    while todo:
+        for p in todo:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except (ProcessLookupError, PermissionError):
+                pass
+        seen |= todo
+        table = _proc_table()
+        todo = {p for p, (pp, st) in table.items() if pp in seen and p not in seen and st != "Z"}
+    for p in seen:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return seen
+
+
 def _terminate(proc, timeout=5.0, group=True):
     """Stop PROC (and its process group): SIGTERM, then SIGKILL."""
     if proc.poll() is not None:
@@ -232,6 +296,7 @@ class PrivateBus:
         self.proc = subprocess.Popen(
             ["dbus-daemon", "--config-file=" + self.config_path, "--nofork", "--print-address"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        _HARNESS_PROCS.append(self.proc)
         log.close()
         line = b""
         deadline = time.monotonic() + scaled(timeout)
@@ -297,6 +362,14 @@ class PrivateBus:
                 self.proc.stdout.close()
 
 
+_HARNESS_PROCS = []  # the bus and monitor processes: not orphans to sweep
+
+
+def _other_harness_pids():
+    _HARNESS_PROCS[:] = [p for p in _HARNESS_PROCS if p.poll() is None]
+    return {p.pid for p in _HARNESS_PROCS}
+
+
 DEFAULT_MATCH = "type='signal',path_namespace='/org/buildunits'"
 _PROBE_IFACE = "org.buildunits.TestHarness"
 _PROBE_PATH = "/org/buildunits/TestHarness"
@@ -334,6 +407,7 @@ class Monitor:
         self.proc = subprocess.Popen(
             ["dbus-monitor", "--address", self.bus.address, "--binary"] + self.matches + [probe_match],
             stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        _HARNESS_PROCS.append(self.proc)
         err.close()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -727,6 +801,8 @@ class Daemons:
         self.state = State(self.state_dir)
         self.procs = {}       # key -> current DaemonProcess
         self.history = []     # every DaemonProcess ever started, in order
+        become_subreaper()
+        self._children_before = set(children_of(os.getpid()))
         self._instances = collections.Counter()
         self._nsock = 0
 
@@ -760,9 +836,9 @@ class Daemons:
 
     @staticmethod
     def _split_key(name, args):
-        if "@" in name and not args:
+        if "@" in name:
             name, arg = name.split("@", 1)
-            args = (arg,)
+            args = (arg,) + tuple(args)
         args = tuple(str(a) for a in args)
         return name, args, (name + "@" + args[0]) if args else name
 
@@ -864,16 +940,19 @@ class Daemons:
         return rc
 
     def kill(self, name, group=True):
-        """SIGKILL (a crash); group=True also kills its children, as systemd
-        does when a unit's main process dies.  Returns the exit status."""
+        """SIGKILL (a crash).  group=True also kills every process below it,
+        in its process group or not, as systemd kills a unit's cgroup when
+        its main process dies; group=False leaves them running (until
+        teardown).  Returns the exit status."""
         d = self.procs[self._key(name)]
-        try:
-            if group:
-                os.killpg(d.pid, signal.SIGKILL)
-            else:
+        if group:
+            kill_tree(d.pid)
+            _kill_group(d.proc, True)
+        else:
+            try:
                 d.proc.kill()
-        except ProcessLookupError:
-            pass
+            except ProcessLookupError:
+                pass
         rc = d.proc.wait()
         if not group:
             d.notify.close()
@@ -906,12 +985,26 @@ class Daemons:
         d.notify.close()
 
     def close(self):
-        """Kill everything still running, process groups included."""
+        """Kill everything still running: each daemon with every process
+        below it, then the orphans they left (reparented to this process,
+        the subreaper), which are also reaped."""
         for d in self.history:
             if d.proc.poll() is None:
-                _terminate(d.proc, timeout=5)
+                kill_tree(d.pid)
+                d.proc.wait()
             _kill_group(d.proc, True)
             d.notify.close()
+        me = os.getpid()
+        ours = self._children_before | _other_harness_pids()
+        for pid in children_of(me):
+            if pid not in ours:
+                kill_tree(pid)
+        for pid in children_of(me):
+            if pid not in ours:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
         if self._remove_sockdir:
             shutil.rmtree(self.sockdir, ignore_errors=True)
 

@@ -236,10 +236,6 @@ def test_missing_command_names_the_step(conf):
     assert str(prob).startswith("%s:%d: [Step a] Command=: missing" % (p, prob.line))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "config.load_builder: a [Step NAME] section with no keys is reported as 'FILE: [Step NAME] "
-    "Command=: missing' with no line number (section header lines are not tracked), against the "
-    "documented FILE:LINE form"))
 def test_missing_command_in_an_empty_step_names_the_header_line(conf):
     p = conf.builder("x", "[Builder]\nRepository=/r\n\n[Step a]\n\n[Step b]\nCommand=true\n")
     prob = one_problem(conf)

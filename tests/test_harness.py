@@ -32,10 +32,7 @@ OWN_AND_EMIT = textwrap.dedent("""
     assert err is None, err
     b.publish("Runner", worker="w1")
     b.emit("BuildFinished", "hello", 7, "success")
-    from gi.repository import GLib
-    ctx = GLib.MainContext.default()
-    while ctx.pending():
-        ctx.iteration(False)
+    b._bus.con.flush_sync(None)  # a signal still queued at exit is lost
     print(b.unique_name)
 """) % harness.LIB_DIR
 
@@ -248,3 +245,42 @@ def test_write_builder_and_state_helpers(daemons):
     daemons.state.write_build({"builder": "hello", "number": n, "state": "finished", "result": "failure"})
     assert daemons.wait_build_finished("hello", 1)["result"] == "failure"
     assert daemons.builds("hello") == [1]
+
+
+def test_kill_and_teardown_take_children_in_other_sessions(daemons, tmp_path):
+    # The runner starts each step in a session of its own; a crash of the
+    # runner must not leave the step behind (systemd would kill the cgroup).
+    script = tmp_path / "parent"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys, sdnotify
+        procs = [subprocess.Popen(["sleep", "301"], start_new_session=True) for _ in range(2)]
+        print("children", *[p.pid for p in procs], flush=True)
+        sdnotify.SystemdNotifier().notify("READY=1")
+        if sys.argv[-1] == "exit":
+            sys.exit(0)  # orphans them
+        procs[0].wait()
+    """))
+
+    def children(key):
+        line = harness.wait_for(lambda: [ln for ln in daemons.log(key).splitlines()
+                                         if ln.startswith("children ")], what="children of " + key)[-1]
+        return [int(p) for p in line.split()[1:]]
+
+    def alive(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    daemons.start("runner@w1", program=str(script))
+    crashed = children("runner@w1")
+    daemons.kill("runner@w1")
+    harness.wait_for(lambda: not any(alive(p) for p in crashed), what="the steps of a killed runner to die")
+
+    daemons.start("runner@w2", "exit", program=str(script), wait_ready=False)
+    assert daemons.wait_exit("runner@w2") == 0
+    orphans = children("runner@w2")
+    assert all(alive(p) for p in orphans)
+    daemons.close()  # what teardown does
+    assert not any(alive(p) for p in orphans)

@@ -220,7 +220,8 @@ class _Assignment:
 
 
 def parse_unit_file(path, text=None):
-    """The sections of one file: [(section, [_Assignment]), ...] and problems."""
+    """The sections of one file: [(section, [_Assignment], (path, header line)), ...]
+    and problems."""
     problems = []
     if text is None:
         try:
@@ -256,7 +257,7 @@ def parse_unit_file(path, text=None):
                 problems.append(Problem(path, start, "", "", "bad section header %r" % logical))
                 current = None
                 continue
-            current = (logical[1:-1].strip(), [])
+            current = (logical[1:-1].strip(), [], (path, start))
             sections.append(current)
             continue
         key, eq, value = logical.partition("=")
@@ -383,26 +384,24 @@ def load_builder(path, cfg, problems, warnings):
     setter = _Setter(problems, warnings)
     steps = {}
     step_lines = {}
-    for section, assignments in sections:
+    for section, assignments, header in sections:
         if section == "Builder":
             setter.apply(b, assignments, BUILDER_KEYS)
         elif section.startswith("Step ") or section == "Step":
             sname = section[len("Step"):].strip()
-            line = assignments[0].line if assignments else 0
+            hpath, line = header
             if not NAME_RE.match(sname) or sname in RESERVED_STEPS:
                 why = ("%r is reserved" % sname) if sname in RESERVED_STEPS else (
                     "step name %r must be letters, digits, '.', '_' or '-', starting with a "
                     "letter or digit" % sname)
-                problems.append(Problem(_first_path(assignments, path), line, section, "", why))
+                problems.append(Problem(hpath, line, section, "", why))
                 continue
             if sname not in steps:
                 steps[sname] = Step(name=sname, command="")
-                step_lines[sname] = (_first_path(assignments, path), line)
+                step_lines[sname] = (hpath, line)
             setter.apply(steps[sname], assignments, STEP_KEYS)
         else:
-            where = assignments[0] if assignments else None
-            warnings.append(Problem(where.path if where else path, where.line if where else 0,
-                                    section, "", "unknown section, ignored"))
+            warnings.append(Problem(header[0], header[1], section, "", "unknown section, ignored"))
     for sname, s in steps.items():
         if not s.command:
             f, line = step_lines[sname]
@@ -421,10 +420,6 @@ def load_builder(path, cfg, problems, warnings):
     if not b.workers:
         problems.append(Problem(path, 0, "Builder", "Workers", "empty: no worker could run this builder"))
     return b
-
-
-def _first_path(assignments, default):
-    return assignments[0].path if assignments else default
 
 
 def load(directory):
@@ -446,12 +441,10 @@ def load(directory):
                 p += p2
         problems += p
         setter = _Setter(problems, warnings)
-        for section, assignments in sections:
+        for section, assignments, header in sections:
             schema = GLOBAL_KEYS.get(section)
             if schema is None:
-                where = assignments[0] if assignments else None
-                warnings.append(Problem(where.path if where else gpath, where.line if where else 0,
-                                        section, "", "unknown section, ignored"))
+                warnings.append(Problem(header[0], header[1], section, "", "unknown section, ignored"))
                 continue
             setter.apply(cfg, assignments, schema)
     bdir = os.path.join(directory, "builders")

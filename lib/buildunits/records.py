@@ -57,7 +57,9 @@ def encode(fmt, fields):
     for k, v in fields.items():
         if k not in ("format", "version"):
             rec[k] = v
-    return (json.dumps(rec, ensure_ascii=False, sort_keys=False, indent=1) + "\n").encode("utf-8")
+    # allow_nan=False: Infinity and NaN are not JSON; a writer must map them
+    # (e.g. an unlimited time-out to null) rather than make an unreadable file.
+    return (json.dumps(rec, ensure_ascii=False, indent=1, allow_nan=False) + "\n").encode("utf-8")
 
 
 def decode(data, path, formats):
@@ -75,8 +77,7 @@ def decode(data, path, formats):
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
-        if (e.msg != "Extra data" and text.lstrip().startswith("{")
-                and not text.rstrip().endswith("}")):
+        if e.msg != "Extra data" and _unclosed(text):
             # A record's last character is the "}" that closes it.
             raise RecordError(path, "truncated record (no closing brace after %d bytes)" % len(data))
         raise RecordError(path, "not a record: %s at line %d column %d" % (e.msg, e.lineno, e.colno))
@@ -89,6 +90,32 @@ def decode(data, path, formats):
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RecordError(path, "bad version %r" % (version,))
     return rec
+
+
+def _unclosed(text):
+    """True if TEXT opens an object it never closes (outside strings): a
+    proper prefix of a record, i.e. one cut short."""
+    t = text.lstrip()
+    if not t.startswith("{"):
+        return False
+    depth, in_string, escaped = 0, False, False
+    for ch in t:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return False
+    return True
 
 
 def read(path, formats):
