@@ -10,16 +10,20 @@ PYTHON ?= /usr/bin/python3
 PREFIX ?= /usr/local
 DESTDIR ?=
 PYTEST_ARGS ?=
+BUILDDIR ?= build
 
 BINDIR = $(PREFIX)/bin
 LIBDIR = $(PREFIX)/lib/buildunits/python
 SHAREDIR = $(PREFIX)/share/buildunits
 MANDIR = $(PREFIX)/share/man
+UNITDIR = $(PREFIX)/lib/systemd/system
+SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
 	python3-jinja2 python3-pytest python3-systemd dbus-daemon dbus-bin git make strace systemd
 
-.PHONY: all deps check test demo install man clean
+.PHONY: all deps check test demo install man units clean
 
 all:
 	@echo "targets: demo check install man clean"
@@ -44,23 +48,27 @@ demo: deps
 	$(PYTHON) share/examples/demo.py
 
 man:
-	mkdir -p build/man
+	mkdir -p $(BUILDDIR)/man/man5
 	for f in docs/*.[0-9].md; do \
-		b=$$(basename $$f .md); $(PYTHON) docs/mkman.py $$f > build/man/$$b || exit 1; \
+		b=$$(basename $$f .md); $(PYTHON) docs/mkman.py $$f > $(BUILDDIR)/man/man5/$$b || exit 1; \
 	done
 
-install: man
+units:
+	$(PYTHON) units/mkunits.py $(BINDIR) $(BUILDDIR)/units
+
+install: man units
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/buildunits $(DESTDIR)$(SHAREDIR)/templates \
-		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man5
+		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d
 	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
 	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
 	install -m 0644 share/templates/* $(DESTDIR)$(SHAREDIR)/templates/
 	install -m 0755 share/examples/post-receive $(DESTDIR)$(SHAREDIR)/examples/
-	install -m 0644 build/man/*.5 $(DESTDIR)$(MANDIR)/man5/
-	@if [ -d units ] && ls units/*.service >/dev/null 2>&1; then \
-		install -d $(DESTDIR)$(PREFIX)/lib/systemd/system; \
-		install -m 0644 units/*.service units/*.target $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
-	install -d $(DESTDIR)/usr/share/dbus-1/system.d
+	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 $(BUILDDIR)/units/* $(DESTDIR)$(UNITDIR)/
+	install -m 0644 units/sysusers.d/buildunits.conf $(DESTDIR)$(SYSUSERSDIR)/
+	install -m 0644 units/tmpfiles.d/buildunits.conf $(DESTDIR)$(TMPFILESDIR)/
+	# dbus-daemon reads policies from /usr/share (or /etc) whatever the PREFIX.
 	install -m 0644 units/dbus/org.buildunits.conf $(DESTDIR)/usr/share/dbus-1/system.d/
 
 clean:

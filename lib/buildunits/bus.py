@@ -24,9 +24,11 @@ DBUS_SYSTEM_BUS_ADDRESS selects the bus (tests point it at a private
 dbus-daemon).
 """
 
+import logging
+import pwd
 import re
 
-from gi.repository import GLib
+from gi.repository import Gio, GLib
 
 try:
     import pydbus
@@ -39,7 +41,8 @@ PREFIX = "org.buildunits."
 
 _SIGNALS = {
     "Poller": {"ChangeQueued": [("id", "s"), ("repository", "s"), ("branch", "s"), ("revision", "s")]},
-    "Scheduler": {"BuildRequested": [("request", "s"), ("builder", "s"), ("branch", "s"), ("revision", "s")]},
+    "Scheduler": {"BuildRequested": [("request", "s"), ("builder", "s"), ("branch", "s"), ("revision", "s")],
+                  "CancelRequested": [("builder", "s"), ("number", "u")]},
     "Runner": {
         "BuildStarted": [("builder", "s"), ("number", "u"), ("worker", "s")],
         "StepStarted": [("builder", "s"), ("number", "u"), ("step", "s")],
@@ -52,9 +55,30 @@ _SIGNALS = {
 # Methods: role -> {name: ([(arg, type)], [(out, type)])}.  Daemons pass the
 # implementations to publish().
 _METHODS = {
-    "Scheduler": {"Status": ([], [("json", "s")])},
+    "Scheduler": {
+        "Force": ([("builder", "s"), ("branch", "s"), ("revision", "s"), ("reason", "s"),
+                   ("properties", "a{ss}")], [("id", "s")]),
+        "Cancel": ([("builder", "s"), ("number", "u"), ("request", "s")], [("message", "s")]),
+        "Status": ([], [("json", "s")]),
+    },
     "Runner": {"Status": ([], [("json", "s")])},
 }
+
+# Methods anyone may call (the D-Bus policy, units/dbus/org.buildunits.conf,
+# lets only root and the buildunits-admin group call the others).
+READ_ONLY_METHODS = ("Status",)
+ERROR_PREFIX = PREFIX + "Error."
+
+
+class MethodError(Exception):
+    """Raised by a method implementation: the caller gets the D-Bus error
+    org.buildunits.Error.Failed with the message."""
+
+
+# pydbus names a D-Bus error after the exception's class name when it has a dot.
+_Failed = type(ERROR_PREFIX + "Failed", (Exception,), {})
+
+logging.getLogger("pydbus.registration").setLevel(logging.CRITICAL)  # we log our own
 
 
 def bus_name(role, worker=None):
@@ -155,10 +179,32 @@ class Bus:
         for s in _SIGNALS.get(role, {}):
             attrs[s] = _signal()
         for m, impl in (methods or {}).items():
-            attrs[m] = staticmethod(impl)
+            attrs[m] = staticmethod(self._method(impl))
         self._obj = type("BuildUnits" + role, (object,), attrs)()
         self._publication = _publish(self._bus, bus_name(role, worker), object_path(role), self._obj)
         return self._publication
+
+    def _method(self, impl):
+        """IMPL(*args, caller=USER) as a pydbus method: the caller's user name
+        is looked up on the bus, and MethodError becomes a D-Bus error."""
+        def method(*args, dbus_context=None):
+            caller = self.caller(dbus_context.sender) if dbus_context is not None else "unknown"
+            try:
+                return impl(*args, caller=caller)
+            except MethodError as e:
+                raise _Failed(str(e))
+        return method
+
+    def caller(self, sender):
+        """The user name (or uid) behind the unique bus name SENDER."""
+        try:
+            uid = self._bus.dbus.GetConnectionUnixUser(sender, timeout=CALL_TIMEOUT_SEC)
+        except GLib.Error:
+            return "unknown"
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return "uid %d" % uid
 
     def emit(self, signal, *args):
         if self._obj is not None:
@@ -209,8 +255,42 @@ def connect():
         return NoBus(), str(e)
 
 
+class Unreachable(Exception):
+    """No bus, or nobody owns the name: the caller may fall back to the spool."""
+
+
+class Refused(Exception):
+    """The daemon answered with an error, or the policy denied the call."""
+
+
 def call(role, method, *args, worker=None):
-    """Call METHOD on ROLE's object; raises GLib.Error or RuntimeError."""
-    b = pydbus.SystemBus()
-    proxy = b.get(bus_name(role, worker), object_path(role), timeout=CALL_TIMEOUT_SEC)
-    return getattr(proxy, method)(*args, timeout=CALL_TIMEOUT_SEC)
+    """Call METHOD on ROLE's object and return its result.
+
+    Raises Unreachable when there is no bus or no such daemon on it, and
+    Refused (with the daemon's or the bus's message) for any other error.
+    """
+    if pydbus is None:
+        raise Unreachable("pydbus is not installed")
+    try:
+        b = pydbus.SystemBus()
+    except GLib.Error as e:
+        raise Unreachable(e.message)
+    try:
+        proxy = b.get(bus_name(role, worker), object_path(role), timeout=CALL_TIMEOUT_SEC)
+        return getattr(proxy, method)(*args, timeout=CALL_TIMEOUT_SEC)
+    except GLib.Error as e:
+        remote = _remote_error(e)
+        if remote in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            raise Unreachable(e.message)
+        message = e.message
+        if remote and remote.startswith(ERROR_PREFIX):
+            message = message.split(": ", 1)[-1] if ": " in message else message
+        raise Refused(message)
+
+
+def _remote_error(e):
+    """The D-Bus error name of a GLib.Error from a call, or None."""
+    try:
+        return Gio.DBusError.get_remote_error(e)
+    except Exception:
+        return None

@@ -8,6 +8,7 @@ SYNOPSIS
     buildunits [DIRECTORY OPTIONS] checkconfig
     buildunits [DIRECTORY OPTIONS] force BUILDER [--branch B] [--revision R] [--reason TEXT]
                                                  [--property NAME=VALUE]...
+    buildunits [DIRECTORY OPTIONS] cancel BUILDER NUMBER | cancel --request ID
     buildunits [DIRECTORY OPTIONS] sendchange --repository R --branch B --revision SHA
                                               [--author A] [--message M] [--file F]... [--when EPOCH]
     buildunits [DIRECTORY OPTIONS] status [--json]
@@ -18,6 +19,11 @@ DESCRIPTION
                  are printed as FILE:LINE: [Section] Key=: message.
     force        queue a build of BUILDER now (the scheduler turns it into
                  a request; without --revision the branch's tip is built).
+    cancel       cancel the running build BUILDER #NUMBER, or a queued
+                 request (its id is in `buildunits status`).
+                 force and cancel ask the scheduler over D-Bus when it is on
+                 the bus (the D-Bus policy says who may), and otherwise write
+                 to the spool (its permissions say who may).
     sendchange   hand one commit in directly, as a git post-receive hook
                  does (share/examples/post-receive).  With a local
                  repository, the author, message, date and files missing
@@ -40,7 +46,8 @@ import re
 import sys
 import time
 
-from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
+from . import __version__, bus as busmod, config, fsutil, git, paths, records, spool as spoolmod
+from .status import gather_status, runner_alive, peek as _peek
 from .spool import Spool
 from .state import State
 
@@ -82,6 +89,22 @@ def _load(dirs):
 
 # ------------------------------------------------------------------ force
 def cmd_force(dirs, args):
+    props = {}
+    for p in args.property:
+        k, eq, v = p.partition("=")
+        if not eq or not k:
+            _err("--property wants NAME=VALUE, not %r" % p)
+            return 2
+        props[k] = v
+    try:
+        fid = busmod.call("Scheduler", "Force", args.builder, args.branch, args.revision, args.reason, props)
+        print("forced build of %s queued (%s)" % (args.builder, fid))
+        return 0
+    except busmod.Refused as e:
+        _err("force refused: %s" % e)
+        return 1
+    except busmod.Unreachable:
+        pass   # no scheduler on the bus: hand it in through the spool
     cfg = _load(dirs)
     if cfg is None:
         return 1
@@ -90,13 +113,6 @@ def cmd_force(dirs, args):
         _err("no builder %r in %s (builders: %s)" % (args.builder, dirs.config,
                                                      ", ".join(sorted(cfg.builders)) or "none"))
         return 1
-    props = {}
-    for p in args.property:
-        k, eq, v = p.partition("=")
-        if not eq or not k:
-            _err("--property wants NAME=VALUE, not %r" % p)
-            return 2
-        props[k] = v
     if args.branch and b.repository and not b.wants_branch(args.branch):
         print("note: branch %s is not in %s's Branches= (%s); building it anyway"
               % (args.branch, b.name, " ".join(b.branches)), file=sys.stderr)
@@ -105,7 +121,42 @@ def cmd_force(dirs, args):
     fid = sp.deliver("changes", "force", {
         "builder": b.name, "branch": args.branch or "", "revision": args.revision or "",
         "reason": args.reason or "", "properties": props, "user": _user()})
-    print("forced build of %s queued (%s)" % (b.name, fid))
+    print("forced build of %s queued (%s; the scheduler is not on the bus: it takes it from the spool)"
+          % (b.name, fid))
+    return 0
+
+
+def cmd_cancel(dirs, args):
+    if bool(args.request) == bool(args.builder):
+        _err("cancel wants BUILDER NUMBER, or --request ID")
+        return 2
+    if args.builder and args.number is None:
+        _err("cancel %s: which build? give its NUMBER" % args.builder)
+        return 2
+    try:
+        print(busmod.call("Scheduler", "Cancel", args.builder or "", args.number or 0, args.request or ""))
+        return 0
+    except busmod.Refused as e:
+        _err("cancel refused: %s" % e)
+        return 1
+    except busmod.Unreachable:
+        pass
+    sp, st = Spool(dirs.spool), State(dirs.state)
+    if args.request:
+        if not sp.cancel_queued(args.request):
+            _err("request %s is not queued (already running, finished or unknown)" % args.request)
+            return 1
+        print("request %s cancelled" % args.request)
+        return 0
+    rec = st.read_build(args.builder, args.number)
+    if rec is None:
+        _err("%s #%d does not exist" % (args.builder, args.number))
+        return 1
+    if rec.get("state") == "finished":
+        _err("%s #%d has already finished (%s)" % (args.builder, args.number, rec.get("result")))
+        return 1
+    sp.request_cancel(args.builder, args.number, _user())
+    print("cancelling %s #%d (running on %s)" % (args.builder, args.number, rec.get("worker")))
     return 0
 
 
@@ -146,55 +197,6 @@ def cmd_sendchange(dirs, args):
 
 
 # ----------------------------------------------------------------- status
-def gather_status(dirs, cfg):
-    sp, st = Spool(dirs.spool), State(dirs.state)
-    out = {"changes": [], "queued": [], "running": [], "builders": {}}
-    for cid in sp.pending("changes"):
-        r = _peek(sp.path("changes", "new", cid), ("change", "force"))
-        if r:
-            out["changes"].append({"id": cid, "kind": r["format"], "builder": r.get("builder"),
-                                   "branch": r.get("branch"), "revision": r.get("revision"),
-                                   "queued": r.get("queued")})
-    for rid in sp.pending("requests"):
-        r = _peek(sp.path("requests", "new", rid), ("request",))
-        if r:
-            out["queued"].append({"id": rid, "builder": r.get("builder"), "branch": r.get("branch"),
-                                  "revision": r.get("revision"), "reason": r.get("reason"),
-                                  "queued": r.get("queued")})
-    for worker, ids in sp.all_claimed().items():
-        try:
-            ptr = st.read_worker(worker)
-        except records.RecordError:
-            ptr = None
-        for rid in ids:
-            entry = {"worker": worker, "request": rid, "alive": runner_alive(dirs, worker)}
-            if ptr and ptr.get("request") == rid:
-                b = _peek(st.build_path(ptr["builder"], ptr["number"]), ("build",))
-                entry.update(builder=ptr["builder"], number=ptr["number"])
-                if b:
-                    entry["started"] = b.get("started")
-                    entry["step"] = next((s["name"] for s in b.get("steps", []) if s.get("state") == "running"), None)
-            out["running"].append(entry)
-    names = sorted(set(cfg.builders if cfg else []) | set(st.builders()))
-    for name in names:
-        last = None
-        for n in reversed(st.build_numbers(name)[-20:]):
-            b = _peek(st.build_path(name, n), ("build",))
-            if b and b.get("state") == "finished":
-                last = {"number": n, "result": b.get("result"), "revision": b.get("revision"),
-                        "finished": b.get("finished")}
-                break
-        out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
-    return out
-
-
-def _peek(path, fmts):
-    try:
-        return records.read(path, fmts)
-    except (OSError, records.RecordError):
-        return None
-
-
 def _ago(t):
     if not t:
         return ""
@@ -233,28 +235,6 @@ def cmd_status(dirs, args):
         lasts = ("#%d %s (%s)" % (last["number"], last["result"], _ago(last["finished"]))) if last else "no builds yet"
         print("  %-20s %s%s" % (name, lasts, "" if b["configured"] else "  [not configured]"))
     return 0
-
-
-def runner_alive(dirs, worker):
-    """True if the runner of WORKER holds its lock (daemon.py) now."""
-    path = os.path.join(dirs.state, "locks", "buildunits-runner@%s.lock" % worker)
-    return _locked(path)
-
-
-def _locked(path):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    token = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                if token in line.split():
-                    return True
-    except OSError:
-        pass
-    return False
 
 
 # ------------------------------------------------------------------- fsck
@@ -406,6 +386,10 @@ def parser():
     f.add_argument("--revision", default="")
     f.add_argument("--reason", default="")
     f.add_argument("--property", action="append", default=[], metavar="NAME=VALUE")
+    c = sub.add_parser("cancel", help="cancel a running build or a queued request")
+    c.add_argument("builder", nargs="?")
+    c.add_argument("number", nargs="?", type=int)
+    c.add_argument("--request", metavar="ID")
     s = sub.add_parser("sendchange", help="hand in a change (for a git hook)")
     s.add_argument("--repository", required=True)
     s.add_argument("--branch", required=True)
@@ -421,7 +405,8 @@ def parser():
     return p
 
 
-COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "sendchange": cmd_sendchange,
+COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "cancel": cmd_cancel,
+            "sendchange": cmd_sendchange,
             "status": cmd_status, "fsck": cmd_fsck}
 
 

@@ -34,6 +34,7 @@ FORMATS = {
     "change": 1,        # spool changes/: a commit, from the poller or sendchange
     "force": 1,         # spool changes/: an operator's forced build
     "request": 1,       # spool requests/: a build to run
+    "cancel": 1,        # spool cancel/BUILDER@NUMBER: cancel a running build
     "build": 1,         # state builds/BUILDER/NUMBER/build.json
     "poller": 1,        # state poller/KEY.json: last seen refs of a repository
     "scheduler": 1,     # state scheduler/BUILDER.json: consumed change ids and revisions

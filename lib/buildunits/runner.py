@@ -103,8 +103,8 @@ class _Step:
 class Runner(daemon.Daemon):
     role = "Runner"
     program = "buildunits-runner"
-    watch_queues = ("requests",)
-    subscriptions = (("Scheduler", "BuildRequested"),)
+    watch_queues = ("requests", "cancel")
+    subscriptions = (("Scheduler", "BuildRequested"), ("Scheduler", "CancelRequested"))
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -116,6 +116,7 @@ class Runner(daemon.Daemon):
         self._sources = []
         self._builds_run = 0
         self._skipped = set()      # request ids this worker cannot run (logged once)
+        self._cancelled = None     # why the running build is being cancelled
 
     def instance(self):
         return self.worker
@@ -146,6 +147,13 @@ class Runner(daemon.Daemon):
                 if rec and rec.get("state") == "finished":
                     self.spool.finish(self.worker, rid)
                     continue
+                cancel = self.spool.read_cancel(b, n)
+                if cancel is not None:
+                    self._record_interrupted(rec, req, b, n, "cancelled by %s" % cancel.get("user"),
+                                             results.CANCELLED)
+                    self.spool.finish(self.worker, rid)
+                    self.spool.clear_cancel(b, n)
+                    continue
                 self._record_interrupted(rec, req, b, n, "interrupted: runner %s stopped before the build "
                                          "finished; the request is queued again" % self.worker)
             if self.spool.unclaim(self.worker, rid):
@@ -153,24 +161,27 @@ class Runner(daemon.Daemon):
                            builder=req.get("builder"))
         self.state.clear_worker(self.worker)
 
-    def _record_interrupted(self, rec, req, builder, number, reason):
+    def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY):
         now = time.time()
         if rec is None:
             rec = self._new_record(req, builder, number, [])
         for s in rec.get("steps", []):
             if s.get("state") == "running":
-                s.update(state="finished", result=results.RETRY, finished=now, summary="interrupted")
+                s.update(state="finished", result=result, finished=now, summary="interrupted")
             elif s.get("state") == "pending":
                 s.update(state="finished", result=results.SKIPPED)
-        rec.update(state="finished", result=results.RETRY, reason=reason, finished=now)
+        rec.update(state="finished", result=result, reason=reason, finished=now)
         self.state.write_build(rec)
         self.spool.hint(builder, number)
-        log.warning("%s #%d: %s" % (builder, number, reason), builder=builder, build=number, result=results.RETRY)
-        self.bus.emit("BuildFinished", builder, number, results.RETRY)
+        log.warning("%s #%d: %s" % (builder, number, reason), builder=builder, build=number, result=result)
+        self.bus.emit("BuildFinished", builder, number, result)
 
     # -------------------------------------------------------------- work
     def work(self):
-        if self.build is not None or self.stopping:
+        if self.stopping:
+            return
+        self._check_cancels()
+        if self.build is not None:
             return
         for rid in self.spool.pending("requests"):
             req = self.spool.read("requests", rid)
@@ -188,6 +199,33 @@ class Runner(daemon.Daemon):
                 continue       # another runner won, or it was corrupt
             self._start(rid, claimed, b)
             return
+
+    def _check_cancels(self):
+        """Act on cancellations of our build; clear those of finished builds."""
+        for (b, n), rec in self.spool.cancel_requests().items():
+            if self.build is not None and (b, n) == (self.build["builder"], self.build["number"]):
+                if not self._cancelled:
+                    self._cancel(rec)
+                continue
+            try:
+                other = self.state.read_build(b, n)
+            except (records.RecordError, OSError):
+                continue
+            if other is None or other.get("state") == "finished":
+                self.spool.clear_cancel(b, n)
+
+    def _cancel(self, rec):
+        b = self.build
+        self._cancelled = "cancelled by %s" % (rec.get("user") or "someone")
+        log.notice("%s #%d: %s" % (b["builder"], b["number"], self._cancelled),
+                   builder=b["builder"], build=b["number"])
+        if self._proc is not None:
+            try:
+                os.write(self._logfd, ("\nbuildunits: build %s; killing the step's processes\n"
+                                       % self._cancelled).encode())
+            except OSError:
+                pass
+            self._kill_tree(signal.SIGKILL)   # _exited() records the rest
 
     def _new_record(self, req, builder, number, steps):
         return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
@@ -214,6 +252,7 @@ class Runner(daemon.Daemon):
         self.state.write_build(rec)
         self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
         self._halted = False
+        self._cancelled = None
         self._workdir = self.state.work_dir(self.worker, b.name)
         fsutil.makedirs(self._workdir)
         self.spool.hint(b.name, number)
@@ -228,7 +267,7 @@ class Runner(daemon.Daemon):
         rec = self.build
         while i < len(self._steps):
             st = self._steps[i]
-            if self._halted and not (st.spec and st.spec.always_run):
+            if self._cancelled or (self._halted and not (st.spec and st.spec.always_run)):
                 rec["steps"][i].update(state="finished", result=results.SKIPPED)
                 i += 1
                 continue
@@ -364,7 +403,9 @@ class Runner(daemon.Daemon):
             rec["revision"] = _head(self._workdir)   # a forced build of a branch tip
         if self.stopping:
             return   # shutdown() records the build
-        if self._timed_out:
+        if self._cancelled:
+            srec.update(result=results.CANCELLED, summary=self._cancelled)
+        elif self._timed_out:
             srec.update(result=results.FAILURE, timed_out=True, summary=self._timed_out)
         elif code == 0:
             srec.update(result=results.SUCCESS, summary="")
@@ -412,8 +453,8 @@ class Runner(daemon.Daemon):
     @staticmethod
     def _contribution(st, result):
         """What a step's result does to the build's result."""
-        if result == results.SUCCESS:
-            return results.SUCCESS
+        if result in (results.SUCCESS, results.CANCELLED):
+            return result
         if st.spec is None or st.spec.flunk_on_failure:
             return results.FAILURE
         if st.spec.warn_on_failure:
@@ -424,8 +465,11 @@ class Runner(daemon.Daemon):
         rec = self.build
         contrib = rec.pop("_contrib", [])
         rec.update(state="finished", result=results.worst(contrib), finished=time.time())
+        if self._cancelled:
+            rec.update(result=results.CANCELLED, reason=self._cancelled)
         self.state.write_build(rec)            # commit point of the result
         self.spool.finish(self.worker, self._rid)
+        self.spool.clear_cancel(rec["builder"], rec["number"])
         self.state.clear_worker(self.worker)
         self.spool.hint(rec["builder"], rec["number"])
         self._builds_run += 1
@@ -474,7 +518,7 @@ class Runner(daemon.Daemon):
         return "idle; %d build%s run" % (self._builds_run, "" if self._builds_run == 1 else "s")
 
     def methods(self):
-        return {"Status": lambda: json.dumps({"worker": self.worker, "status": self.status_text()})}
+        return {"Status": lambda caller: json.dumps({"worker": self.worker, "status": self.status_text()})}
 
 
 def _descendants(root):

@@ -53,7 +53,7 @@ import time
 
 from gi.repository import GLib
 
-from . import config, daemon, log, records
+from . import bus as busmod, config, daemon, log, records
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -306,12 +306,48 @@ class Scheduler(daemon.Daemon):
         return "%d requests made; %d change%s waiting for a stable tree" % (
             self._requested, waiting, "" if waiting == 1 else "s")
 
+    # ------------------------------------------------------------ D-Bus
     def methods(self):
-        return {"Status": self._status_json}
+        return {"Force": self._m_force, "Cancel": self._m_cancel, "Status": self._m_status}
 
-    def _status_json(self):
-        return json.dumps({"requested": self._requested,
-                           "waiting": {"%s %s" % k: v for k, v in self._waiting.items()}})
+    def _m_force(self, builder, branch, revision, reason, properties, caller):
+        """Queue a forced build: the same force record `buildunits force`
+        writes, so one code path turns it into a request."""
+        if builder not in self.cfg.builders:
+            raise busmod.MethodError("no builder %r (builders: %s)" % (builder, ", ".join(sorted(self.cfg.builders))))
+        fid = self.spool.deliver("changes", "force", {
+            "builder": builder, "branch": branch, "revision": revision, "reason": reason,
+            "properties": dict(properties), "user": caller})
+        log.info("%s: forced build queued by %s over D-Bus" % (builder, caller), builder=builder)
+        self.wake()
+        return fid
+
+    def _m_cancel(self, builder, number, request, caller):
+        """Cancel queued request REQUEST, or the running build BUILDER #NUMBER."""
+        if request:
+            if not self.spool.cancel_queued(request):
+                raise busmod.MethodError("request %s is not queued (already running, finished or unknown)" % request)
+            log.info("request %s cancelled by %s" % (request, caller), builder=builder or None, request=request)
+            return "request %s cancelled" % request
+        try:
+            rec = self.state.read_build(builder, number)
+        except (records.RecordError, OSError) as e:
+            raise busmod.MethodError(str(e))
+        if rec is None:
+            raise busmod.MethodError("%s #%d does not exist" % (builder, number))
+        if rec.get("state") == "finished":
+            raise busmod.MethodError("%s #%d has already finished (%s)" % (builder, number, rec.get("result")))
+        self.spool.request_cancel(builder, number, caller)        # commit point
+        log.info("%s #%d: cancellation requested by %s" % (builder, number, caller), builder=builder, build=number)
+        self.bus.emit("CancelRequested", builder, number)
+        return "cancelling %s #%d (running on %s)" % (builder, number, rec.get("worker"))
+
+    def _m_status(self, caller):
+        from .status import gather_status
+        s = gather_status(self.dirs, self.cfg)
+        s["scheduler"] = {"requested": self._requested,
+                          "waiting": {"%s %s" % k: v for k, v in self._waiting.items()}}
+        return json.dumps(s, sort_keys=True)
 
 
 def default_branch(builder):

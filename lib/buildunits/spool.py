@@ -8,6 +8,8 @@ This module alone knows the spool's layout and protocol.  Layout (default
     requests/tmp/ID           a build request being written
     requests/new/ID           queued for any runner whose name the builder accepts
     requests/active/WORKER/ID claimed by runner WORKER
+    requests/cancelled/ID     a queued request cancelled before any runner claimed it
+    cancel/BUILDER@NUMBER     "cancel this running build" (format "cancel"), for its runner
     hints/BUILDER@NUMBER      "this build changed": wake-up hints for htmlgen
     corrupt/QUEUE.ID          an unreadable record, kept for a human
     corrupt/QUEUE.ID.reason   why it was moved there
@@ -28,6 +30,11 @@ INTERNALS notation; "+" exists, "-" does not):
              R3  +requests/active/W/ID           claimed by W (rename; ENOENT: another won)
              R4  -requests/active/W/ID           done: the build record is final first
              R3 -> R2                            handed back by W's next start (runner.py)
+             R2 -> +requests/cancelled/ID        cancelled while queued (a rename: a runner's
+                                                 claim and the cancel cannot both win)
+    cancel   K1  +cancel/.B@N.tmp-*              being written
+             K2  +cancel/B@N                     COMMITTED: the runner of B #N cancels it
+             K3  -cancel/B@N                     removed once B #N is final (by any runner)
 
 A crash in C1 or R1 leaves a file in tmp/ that nobody reads; it is swept
 after fsutil.TMP_SWEEP_AGE_SEC.  Every other crash leaves a record in a
@@ -77,14 +84,16 @@ class Spool:
             fsutil.makedirs(self.path(q, "tmp"))
             fsutil.makedirs(self.path(q, "new"))
         fsutil.makedirs(self.path("requests", "active"))
+        fsutil.makedirs(self.path("requests", "cancelled"))
+        fsutil.makedirs(self.path("cancel"))
         fsutil.makedirs(self.path("hints"))
         fsutil.makedirs(self.path("corrupt"))
 
     def watch_dirs(self, *what):
-        """Directories whose new entries mean work: 'changes', 'requests', 'hints'."""
+        """Directories whose new entries mean work: 'changes', 'requests', 'cancel', 'hints'."""
         out = []
         for w in what:
-            out.append(self.path(w) if w == "hints" else self.path(w, "new"))
+            out.append(self.path(w) if w in ("hints", "cancel") else self.path(w, "new"))
         return out
 
     # ------------------------------------------------------------ delivery
@@ -199,6 +208,64 @@ class Spool:
         except FileNotFoundError:
             return
         fsutil.fsync_dir(adir)
+
+    # ---------------------------------------------------------- cancelling
+    def cancel_queued(self, rid):
+        """Cancel queued request RID (R2 -> cancelled); False if it is not
+        queued (claimed already, or unknown)."""
+        try:
+            os.rename(self.path("requests", "new", rid), self.path("requests", "cancelled", rid))
+        except FileNotFoundError:
+            return False
+        fsutil.fsync_dir(self.path("requests", "cancelled"))
+        return True
+
+    def request_cancel(self, builder, number, user, reason=""):
+        """Ask the runner of BUILDER #NUMBER to cancel it (K2)."""
+        fsutil.makedirs(self.path("cancel"))
+        records.write(self.path("cancel", "%s@%d" % (builder, number)), "cancel",
+                      {"builder": builder, "number": number, "user": user, "reason": reason,
+                       "requested": time.time()})
+
+    def cancel_requests(self):
+        """{(builder, number): cancel record} of the cancellations pending."""
+        out = {}
+        try:
+            names = os.listdir(self.path("cancel"))
+        except FileNotFoundError:
+            return out
+        for n in names:
+            b, at, num = n.rpartition("@")
+            if n.startswith(".") or not at or not num.isdigit():
+                continue
+            rec = self.read_cancel(b, int(num))
+            if rec is not None:
+                out[(b, int(num))] = rec
+        return out
+
+    def read_cancel(self, builder, number):
+        p = self.path("cancel", "%s@%d" % (builder, number))
+        try:
+            return records.read(p, "cancel")
+        except FileNotFoundError:
+            return None
+        except (records.RecordError, OSError) as e:
+            self.corrupt(p, "cancel", getattr(e, "reason", str(e)))
+            return None
+
+    def clear_cancel(self, builder, number):
+        try:
+            os.unlink(self.path("cancel", "%s@%d" % (builder, number)))
+        except FileNotFoundError:
+            return
+        fsutil.fsync_dir(self.path("cancel"))
+
+    def cancelled(self):
+        """Ids of requests cancelled while queued, oldest first."""
+        try:
+            return sorted(n for n in os.listdir(self.path("requests", "cancelled")) if valid_id(n))
+        except FileNotFoundError:
+            return []
 
     # --------------------------------------------------------------- hints
     def hint(self, builder, number):
