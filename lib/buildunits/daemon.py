@@ -159,6 +159,15 @@ class Daemon:
         self.notifier.watchdog()
         return True
 
+    def keepalive(self):
+        """Feed systemd's watchdog during long work on the main loop (a big
+        poll, a full site rebuild); at most once a second."""
+        if self.notifier.watchdog_sec:
+            now = time.monotonic()
+            if now - getattr(self, "_last_keepalive", 0) >= 1:
+                self._last_keepalive = now
+                self.notifier.watchdog()
+
     def _log_corrupt(self, path, dest, reason):
         log.error("%s: %s; moved to %s" % (path, reason, dest))
 

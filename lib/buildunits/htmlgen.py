@@ -62,7 +62,7 @@ class HTMLGen(daemon.Daemon):
         touched = self.spool.take_hints()
         if self._full:
             self._full = False
-            self.site().rebuild()
+            self.site().rebuild(progress=lambda done, total: self.keepalive())
         else:
             self.site().update(touched)
         self._renders += 1

@@ -96,6 +96,7 @@ class Poller(daemon.Daemon):
         for repo, (interval, _g) in self.repositories().items():
             if interval:
                 self.poll(repo)
+                self.keepalive()
 
     def status_text(self):
         return "watching %d repositor%s; %d polls, %d changes queued" % (
@@ -161,7 +162,8 @@ class Poller(daemon.Daemon):
         cid = self.spool.deliver("changes", "change", fields)
         self._queued += 1
         log.info("%s %s %s: change queued: %s" % (repo, branch, c["revision"][:12],
-                                                  (c["message"].splitlines() or [""])[0][:72]))
+                                                  (c["message"].splitlines() or [""])[0][:72]),
+                 repository=repo, branch=branch, revision=c["revision"], change=cid)
         self.bus.emit("ChangeQueued", cid, repo, branch, c["revision"])
 
     def _problem(self, repo, text):
