@@ -12,6 +12,12 @@ finds the work on its next rescan.
                                                                StepFinished BuildFinished
     org.buildunits.HTMLGen        /org/buildunits/HTMLGen      SiteUpdated
 
+Each daemon emits its signals in the order of its own commits.  Signals of
+different daemons may interleave out of causal order: a runner woken by
+inotify at a request's commit can announce BuildStarted before the
+scheduler's BuildRequested reaches the bus.  The spool, not the signal
+order, is the truth.
+
 Receivers act only on signals whose sender owns the expected name (tracked
 through the bus's NameOwnerChanged), so another connection cannot make a
 daemon act by forging a signal.  Every method call passes a timeout.  The

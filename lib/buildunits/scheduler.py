@@ -270,13 +270,13 @@ class Scheduler(daemon.Daemon):
                   "revision": newest["revision"], "reason": reason, "changes": changes,
                   "force": None, "properties": {}}
         rid = self.spool.deliver("requests", "request", fields)   # commit point
+        self.bus.emit("BuildRequested", rid, b.name, branch, newest["revision"])
+        log.info("%s: build requested for %s %s (%s)" % (b.name, branch, newest["revision"][:12], reason),
+                 builder=b.name, request=rid)
         m = self.memory(b.name)
         m.add([c["id"] for c in changes], [(branch, c["revision"]) for c in changes])
         self._save(b.name)
         self._requested += 1
-        log.info("%s: build requested for %s %s (%s)" % (b.name, branch, newest["revision"][:12], reason),
-                 builder=b.name, request=rid)
-        self.bus.emit("BuildRequested", rid, b.name, branch, newest["revision"])
 
     def _force(self, fid, rec):
         name = rec.get("builder")
@@ -294,11 +294,11 @@ class Scheduler(daemon.Daemon):
                       "reason": "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given"),
                       "properties": rec.get("properties") if isinstance(rec.get("properties"), dict) else {}}
             rid = self.spool.deliver("requests", "request", fields)   # commit point
+            self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
+            log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
             m.add([fid])
             self._save(b.name)
             self._requested += 1
-            log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
-            self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
         self._done(fid)
 
     def status_text(self):
