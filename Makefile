@@ -1,6 +1,6 @@
 # buildunits
 #
-#   make demo     run the daemons on a built-in example and show the waterfall
+#   make demo     buildunits.target under systemd (a container) on a built-in example
 #   make check    install what the tests need (Debian packages), run every test
 #   make install  install programs, library, templates, units (DESTDIR, PREFIX)
 
@@ -23,7 +23,7 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
 	python3-jinja2 python3-pytest python3-systemd dbus-daemon dbus-bin git make strace systemd
 
-.PHONY: all deps check test demo install man units clean
+.PHONY: all deps check test demo demo-local install man units clean
 
 all:
 	@echo "targets: demo check install man clean"
@@ -44,8 +44,13 @@ check: deps
 
 test: check
 
+# The real thing: buildunits.target under systemd in a container (root).
 demo: deps
 	$(PYTHON) share/examples/demo.py
+
+# The daemons as plain processes, no container.
+demo-local: deps
+	$(PYTHON) share/examples/demo.py --local
 
 man:
 	mkdir -p $(BUILDDIR)/man/man5

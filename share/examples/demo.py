@@ -1,13 +1,19 @@
 #!/usr/bin/python3
-"""make demo: the four daemons on the built-in example, start to finish.
+"""make demo: buildunits under a real systemd, on the built-in example.
 
-Creates, under demo-output/ in the checkout: a git repository of the
-example project (share/examples/hello), a configuration with one builder
-(share/examples/hello.builder), a spool, a state directory and the site.
-Starts a private D-Bus system bus (when dbus-daemon is installed) and the
-four daemons from bin/, makes a passing and then a failing commit, waits
-for both builds, prints their journal-style log lines and the waterfall's
-address, and stops everything.
+    demo.py            the real thing: boots a Debian container with systemd
+                       (systemd-nspawn; the image is built once and cached),
+                       installs buildunits with `make install`, starts
+                       buildunits.target with two runners on the example
+                       repository (share/examples/hello), makes a passing
+                       and a failing commit, waits for both builds, copies
+                       the site out to demo-output/site, prints its address
+                       and the journal lines of the two builds, and halts
+                       the container.  Needs root (containers).
+    demo.py --local    the four daemons as plain processes from bin/, with a
+                       private D-Bus bus, everything under demo-output/.
+
+BUILDUNITS_DEMO_OUT moves demo-output/ elsewhere.
 """
 
 import os
@@ -88,7 +94,83 @@ def wait_build(state, builder, number):
     raise SystemExit("demo: build %s #%d did not finish within %ds; see %s/*.log" % (builder, number, TIMEOUT, OUT))
 
 
+def container_demo():
+    """The real thing, in a container; see the module docstring."""
+    start = time.monotonic()
+    sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+    import container as ct
+    if os.geteuid() != 0:
+        raise SystemExit("demo: booting a container needs root; run `sudo make demo`, or "
+                         "`make demo-local` for the daemons as plain processes")
+    ct.ensure_tools(say=say)
+    ct.cleanup_leftovers(say=say)
+    image = ct.Image()
+    image.ensure(say=say)
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    c = ct.Container(image, ct.unique_name("buildunits-demo"), binds=[(ROOT, "/src")], rw_binds=[(OUT, "/out")])
+    say("booting container %s" % c.name)
+    c.boot()
+    try:
+        say("installing buildunits (make install PREFIX=/usr)")
+        ct.install_project(c)
+        sh = lambda script, **kw: c.run(["sh", "-c", script], **kw)  # noqa: E731
+        say("creating the example repository /srv/git/hello.git")
+        wc = "/var/lib/buildunits-dev/hello"
+        sh("mkdir -p /srv/git %s && cp -r /src/share/examples/hello/. %s && "
+           "chown -R buildunits:buildunits /srv/git %s" % (wc, wc, wc))
+        sh("git init -q --bare -b main /srv/git/hello.git && cd %s && git init -q -b main . && "
+           "git config user.name 'Demo Developer' && git config user.email dev@example.org && "
+           "git add Makefile hello.sh && git commit -q -m 'hello: the program' && "
+           "git add test.sh && git commit -q -m 'hello: a test' && git push -q /srv/git/hello.git main" % wc,
+           user="buildunits")
+        with open(os.path.join(ROOT, "share", "examples", "hello.builder")) as f:
+            c.write_file("/etc/buildunits/builders/hello.builder", f.read().replace("@REPOSITORY@", "/srv/git/hello.git"))
+        c.write_file("/etc/buildunits/buildunits.conf", "[Site]\nTitle=buildunits demo\n")
+        say("systemctl enable --now buildunits.target buildunits-runner@1 buildunits-runner@2")
+        sh("systemctl enable -q --now buildunits.target buildunits-runner@1 buildunits-runner@2")
+        ct._wait(lambda: sh("ls /var/lib/buildunits/poller/*.json", check=False).returncode == 0, 60,
+                 "the poller's first poll")
+        results = []
+        for number, (what, text, message) in enumerate((
+                ("a change that passes", "# greet politely\n", "hello: a comment on politeness"),
+                ("a change that breaks the test", '#!/bin/sh\necho "Goodbye, world!"\n', "hello: say goodbye instead")),
+                start=1):
+            say("committing " + what)
+            redirect = ">>" if number == 1 else ">"
+            sh("cd %s && printf '%%s' '%s' %s hello.sh && git commit -q -am '%s' && git push -q /srv/git/hello.git main"
+               % (wc, text.replace("'", "'\\''"), redirect, message), user="buildunits")
+            path = "/var/lib/buildunits/builds/hello/%d/build.json" % number
+
+            def finished():
+                p = sh("cat %s" % path, check=False)
+                if p.returncode == 0 and '"state": "finished"' in p.stdout:
+                    import json
+                    return json.loads(p.stdout)
+                return None
+            b = ct._wait(finished, TIMEOUT, "build hello #%d" % number)
+            say("build hello #%d: %s" % (number, b["result"]))
+            results.append(b["result"])
+        ct._wait(lambda: sh("test -e /var/lib/buildunits/site/builders/hello/2/.final", check=False).returncode == 0,
+                 30, "the pages of build 2")
+        sh("cp -r /var/lib/buildunits/site /out/site")
+        journal = c.journal("-o", "short", "-u", "buildunits-*", "BUILDUNITS_BUILDER=hello")
+        status = sh("systemctl status --no-pager --lines=0 buildunits-scheduler", check=False).stdout
+    finally:
+        say("halting the container")
+        c.stop()
+    print()
+    print(journal.rstrip())
+    print()
+    print(status.rstrip())
+    print()
+    say("done in %.1fs; the waterfall: file://%s/site/index.html" % (time.monotonic() - start, OUT))
+    return 0 if results == ["success", "failure"] else 1
+
+
 def main():
+    if "--local" not in sys.argv[1:]:
+        return container_demo()
     start = time.monotonic()
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)

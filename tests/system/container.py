@@ -28,10 +28,13 @@ from scripts (the demo):
     'running\\n'
 
 THE IMAGE.  One directory per image specification under
-/var/cache/buildunits-test/ (CACHE_DIR; BUILDUNITS_TEST_CACHE overrides), named SUITE-HASH after the
-specification, with SUITE-HASH.stamp beside it holding the specification
-in words (debootstrap command, masked units, configuration, format
-number) and, for people, the list of installed packages.  A tree is
+/var/cache/buildunits-test/ (CACHE_DIR; BUILDUNITS_TEST_CACHE overrides),
+named SUITE-HASH after the specification, with SUITE-HASH.stamp beside it
+holding the specification in words (debootstrap command, masked units,
+configuration, format number) and, for people, the list of installed
+packages.  debootstrap uses its default mirror unless
+BUILDUNITS_TEST_MIRROR names another; debs are kept in CACHE_DIR/debs, so
+a rebuild after a change of specification downloads only what is new.  A tree is
 built in a ".build-*" directory and renamed into place only when
 debootstrap, the configuration and a smoke test have all passed; the
 stamp is written (atomically) after the rename.  A tree without its
@@ -962,6 +965,7 @@ def cleanup_leftovers(prefix=PREFIX, say=log):
 
 INSTALL_SCRIPT = r"""
 set -e
+[ -f "$1/Makefile" ] || { echo "install_project: no source tree at $1" >&2; exit 1; }
 rm -rf "$2"
 mkdir -p "$2"
 # The source is bound read-only; build in a copy (the overlay is writable).

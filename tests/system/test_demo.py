@@ -1,0 +1,22 @@
+"""`make demo` stays true: under a real systemd in a container, a passing and
+a failing build, the site copied out, the journal lines printed."""
+
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_make_demo_in_a_container(image, tmp_path):
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDUNITS_DEMO", "NOTIFY_SOCKET"))}
+    env["BUILDUNITS_DEMO_OUT"] = str(out)
+    p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "share", "examples", "demo.py")], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout
+    assert "build hello #1: success" in p.stdout and "build hello #2: failure" in p.stdout
+    assert "buildunits-runner[" in p.stdout and "hello #2: build finished: failure" in p.stdout
+    assert "file://%s/site/index.html" % out in p.stdout
+    index = (out / "site" / "index.html").read_text()
+    assert "builders/hello/1/index.html" in index and "builders/hello/2/index.html" in index
+    assert (out / "site" / "builders" / "hello" / "2" / "index.html").exists()
