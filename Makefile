@@ -3,6 +3,8 @@
 #   make demo     buildunits.target under systemd (a container) on a built-in example
 #   make check    install what the tests need (Debian packages), run every test
 #   make install  install programs, library, templates, units (DESTDIR, PREFIX)
+#   make bench    benchmarks against Buildbot (QUICK=1: short)
+#   make torture  long fault-injection and fuzzing runs (N=kills)
 
 # Debian's Python, where python3-pydbus & co. live (a python3 earlier on
 # PATH may be another build that cannot see them).
@@ -21,9 +23,10 @@ SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
-	python3-jinja2 python3-pytest python3-systemd dbus-daemon dbus-bin git make strace systemd
+	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
+	strace systemd chromium
 
-.PHONY: all deps check test demo demo-local install man units clean
+.PHONY: all deps check test demo demo-local bench torture install man units clean
 
 all:
 	@echo "targets: demo check install man clean"
@@ -43,6 +46,17 @@ check: deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 test: check
+
+# Benchmarks, side by side with Buildbot (installed from PyPI into bench's own
+# directory).  QUICK=1 for a short run.  Never fails on time.
+bench: deps
+	QUICK=$(QUICK) $(PYTHON) bench/run.py
+
+# The long crash and bad-input runs (make check runs short versions).
+N ?= 1000
+torture: deps
+	BUILDUNITS_TORTURE_KILLS=$(N) BUILDUNITS_FUZZ_EXAMPLES=10000 $(PYTHON) -m pytest -q -p no:cacheprovider \
+		-m torture tests
 
 # The real thing: buildunits.target under systemd in a container (root).
 demo: deps
