@@ -7,4 +7,4 @@ draws the waterfall.  They coordinate through files in a spool directory
 versioned files (see state.py and records.py).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
