@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -431,3 +432,25 @@ def test_watchdog_pings_when_systemd_asks(daemons):
     quiet = daemons.start("poller")
     daemons.stop("scheduler")
     assert "WATCHDOG=1" not in quiet.notify.lines()
+
+
+def test_stale_temporary_files_are_swept_only_when_old(daemons):
+    """A crashed writer's temporary files go after fsutil.TMP_SWEEP_AGE_SEC, never sooner."""
+    from buildunits import fsutil
+    daemons.write_builder("solo", "[Step hi]\nCommand=echo hi\n")
+    daemons.spool.ensure()
+    old = os.path.join(daemons.spool_dir, "changes", "tmp", "1700000000000000000.1.1.aaaaaa")
+    fresh = os.path.join(daemons.spool_dir, "requests", "tmp", "1800000000000000000.1.1.bbbbbb")
+    hidden = os.path.join(daemons.state_dir, "scheduler", ".solo.json.tmp-1-abcd")
+    os.makedirs(os.path.dirname(hidden), exist_ok=True)
+    for p in (old, fresh, hidden):
+        with open(p, "w") as f:
+            f.write('{"format": "change", "ver')
+    aged = time.time() - fsutil.TMP_SWEEP_AGE_SEC - 60
+    os.utime(old, (aged, aged))
+    os.utime(hidden, (aged, aged))
+    fsck = daemons.cli("fsck")
+    assert fsck.returncode == 1 and old in fsck.stdout and hidden in fsck.stdout and fresh not in fsck.stdout
+    daemons.start("scheduler")
+    assert not os.path.exists(old) and not os.path.exists(hidden) and os.path.exists(fresh)
+    assert "abandoned by a writer that crashed" in daemons.log("scheduler")

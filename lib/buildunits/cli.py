@@ -255,7 +255,14 @@ def cmd_fsck(dirs, args):
              [sp.path("requests", "active"), sp.path("hints"), sp.path("corrupt")]:
         if not os.path.isdir(d):
             found("missing spool directory %s" % d, lambda d=d: fsutil.makedirs(d))
-    for p in sp.sweep(dry_run=True):
+    stale = sp.sweep(dry_run=True)
+    for d in ("scheduler", "poller", "workers"):
+        stale += fsutil.sweep_stale_tmp(st.path(d), dry_run=True)
+    for b in st.builders():
+        stale += fsutil.sweep_stale_tmp(st.builder_dir(b), dry_run=True)
+        for n in st.build_numbers(b):
+            stale += fsutil.sweep_stale_tmp(st.build_dir(b, n), dry_run=True)
+    for p in stale:
         found("stale temporary file %s (older than %ds)" % (p, fsutil.TMP_SWEEP_AGE_SEC),
               lambda p=p: fsutil._unlink_quietly(p))
     for q in spoolmod.QUEUES:

@@ -139,6 +139,7 @@ class Runner(daemon.Daemon):
                 continue       # unreadable: moved to corrupt/
             if ptr and ptr.get("request") == rid:
                 b, n = ptr.get("builder"), ptr.get("number")
+                fsutil.sweep_stale_tmp(self.state.build_dir(b, n))
                 try:
                     rec = self.state.read_build(b, n)
                 except records.RecordError as e:

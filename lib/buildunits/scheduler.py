@@ -53,7 +53,7 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, config, daemon, log, records
+from . import bus as busmod, config, daemon, fsutil, log, records
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -128,6 +128,7 @@ class Scheduler(daemon.Daemon):
     # ---------------------------------------------------------- recovery
     def startup(self):
         """Count what requests and recent builds carry as consumed."""
+        self.sweep()
         carried = []
         for rid in self.spool.pending("requests"):
             carried.append(self.spool.read("requests", rid))
@@ -159,6 +160,22 @@ class Scheduler(daemon.Daemon):
         for b in touched:
             log.info("%s: recovered %s consumed change(s) from queued requests and recent builds" % (b, "some"))
             self._save(b)
+
+    # ------------------------------------------------------------- sweep
+    def sweep(self):
+        """Remove temporary files abandoned by crashed writers, once they are
+        older than fsutil.TMP_SWEEP_AGE_SEC (a writer gives up after
+        TMP_WRITER_MAX_SEC, far sooner, so no live writer loses its file).
+        The scheduler does it for the spool and the small state directories."""
+        swept = self.spool.sweep()
+        for d in ("scheduler", "poller", "workers"):
+            swept += fsutil.sweep_stale_tmp(self.state.path(d))
+        for p in swept:
+            log.notice("removed %s, abandoned by a writer that crashed" % p)
+
+    def _rescan(self):
+        self.sweep()
+        return super()._rescan()
 
     # -------------------------------------------------------------- work
     def work(self):
