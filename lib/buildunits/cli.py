@@ -46,7 +46,7 @@ import re
 import sys
 import time
 
-from . import __version__, bus as busmod, config, fsutil, git, paths, records, spool as spoolmod
+from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
 from .status import gather_status, runner_alive, peek as _peek
 from .spool import Spool
 from .state import State
@@ -88,7 +88,15 @@ def _load(dirs):
 
 
 # ------------------------------------------------------------------ force
+def _bus():
+    # GLib and pydbus cost more to import than the rest of the CLI together;
+    # only force and cancel talk to the bus.
+    from . import bus
+    return bus
+
+
 def cmd_force(dirs, args):
+    busmod = _bus()
     props = {}
     for p in args.property:
         k, eq, v = p.partition("=")
@@ -127,6 +135,7 @@ def cmd_force(dirs, args):
 
 
 def cmd_cancel(dirs, args):
+    busmod = _bus()
     if bool(args.request) == bool(args.builder):
         _err("cancel wants BUILDER NUMBER, or --request ID")
         return 2

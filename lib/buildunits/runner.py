@@ -29,8 +29,8 @@ DESCRIPTION
     request and build number it holds; it is written before the build
     record.  The order of a build:
         claim (rename)  ->  mkdir number  ->  pointer  ->  build.json running
-        ->  steps (build.json rewritten at each transition)
-        ->  build.json finished (COMMIT POINT of the result)
+        ->  steps (build.json rewritten at each transition, not fsync'd)
+        ->  build.json finished, fsync'd (COMMIT POINT of the result)
         ->  remove the claim  ->  remove the pointer
     At startup, before READY=1, whatever is in requests/active/WORKER/ was
     held by this worker's previous, dead, process: if its build record is
@@ -38,6 +38,13 @@ DESCRIPTION
     result "retry" with the reason, and the request is handed back to
     requests/new to be built again under a new number.  Better to run a
     build twice than to lose it.
+
+    Which writes are fsync'd, and why: the claim, the number's mkdir and
+    the pointer are, in that order, so that a build record can never exist
+    without the pointer that lets recovery find it.  The progress rewrites
+    of build.json are not: whatever version of it a crash leaves (or none),
+    recovery rewrites it as interrupted.  The final record is, and the claim
+    is removed only after it: it is the commit point of the result.
 
     On SIGTERM a running build is stopped the same way: its processes are
     killed, it is recorded as "retry" (interrupted), and its request is
@@ -250,7 +257,7 @@ class Runner(daemon.Daemon):
         self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
                                               "pid": os.getpid()})
         rec = self._new_record(req, b.name, number, steps)
-        self.state.write_build(rec)
+        self.state.write_build(rec, durable=False)
         self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
         self._halted = False
         self._cancelled = None
@@ -318,7 +325,7 @@ class Runner(daemon.Daemon):
         self._step_i = i
         self._timed_out = None
         self._last_size, self._last_output = 0, time.monotonic()
-        self.state.write_build(rec)
+        self.state.write_build(rec, durable=False)
         self.spool.hint(rec["builder"], rec["number"])
         self.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
         log.info("%s #%d: step %s started" % (rec["builder"], rec["number"], st.name),
@@ -344,7 +351,7 @@ class Runner(daemon.Daemon):
         rec["reason"] = "step %s: %s" % (self._steps[i].name, why)
         log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], self._steps[i].name, why),
                   builder=rec["builder"], build=rec["number"], step=self._steps[i].name, result=results.EXCEPTION)
-        self.state.write_build(rec)
+        self.state.write_build(rec, durable=False)
         return False
 
     def _idle_check(self):
@@ -417,7 +424,7 @@ class Runner(daemon.Daemon):
         rec["_contrib"] = rec.get("_contrib", []) + [contrib]
         if srec["result"] != results.SUCCESS and (st.spec is None or st.spec.halt_on_failure):
             self._halted = True
-        self.state.write_build(rec)
+        self.state.write_build(rec, durable=False)
         self.spool.hint(rec["builder"], rec["number"])
         log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
                                                      " (%s)" % srec["summary"] if srec["summary"] else ""),
@@ -432,11 +439,14 @@ class Runner(daemon.Daemon):
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        for pid in _descendants(os.getpid()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # Anything that left the group is still our descendant (we are a
+        # subreaper): usually there is none, which one small read tells.
+        if _has_children():
+            for pid in _descendants(os.getpid()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         _reap()
 
     def _log_tail(self, rec, srec, lines=5):
@@ -520,6 +530,18 @@ class Runner(daemon.Daemon):
 
     def methods(self):
         return {"Status": lambda caller: json.dumps({"worker": self.worker, "status": self.status_text()})}
+
+
+def _has_children():
+    """True if this process has a child (alive or not yet reaped)."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % tid) as f:
+                if f.read().strip():
+                    return True
+        return False
+    except OSError:
+        return True   # cannot tell: look the slow way
 
 
 def _descendants(root):

@@ -123,7 +123,10 @@ class Scheduler(daemon.Daemon):
         return m
 
     def _save(self, builder):
-        self.state.write_scheduler(builder, self.memory(builder).fields())
+        # Not fsync'd: if a crash loses the latest memory, startup() recovers
+        # it from the requests still queued or claimed and the recent builds,
+        # exactly as for a crash between steps 1 and 2 (see the docstring).
+        self.state.write_scheduler(builder, self.memory(builder).fields(), durable=False)
 
     # ---------------------------------------------------------- recovery
     def startup(self):

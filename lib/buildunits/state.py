@@ -95,9 +95,11 @@ class State:
         except FileNotFoundError:
             return None
 
-    def write_build(self, rec):
-        """Atomically (re)write a build record; REC keeps unknown keys."""
-        records.write(self.build_path(rec["builder"], rec["number"]), "build", rec)
+    def write_build(self, rec, durable=True):
+        """Atomically (re)write a build record; REC keeps unknown keys.
+        durable=False skips the fsyncs, for the runner's progress updates
+        (see runner.py: only the final record is a commit point)."""
+        records.write(self.build_path(rec["builder"], rec["number"]), "build", rec, durable=durable)
 
     def log_name(self, index, step):
         return "%02d-%s.log" % (index, step)
@@ -133,8 +135,8 @@ class State:
         except FileNotFoundError:
             return None
 
-    def write_scheduler(self, builder, rec):
-        records.write(self.scheduler_path(builder), "scheduler", rec)
+    def write_scheduler(self, builder, rec, durable=True):
+        records.write(self.scheduler_path(builder), "scheduler", rec, durable=durable)
 
     # ------------------------------------------------------------- workers
     def worker_path(self, worker):
