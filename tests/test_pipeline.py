@@ -454,3 +454,22 @@ def test_stale_temporary_files_are_swept_only_when_old(daemons):
     daemons.start("scheduler")
     assert not os.path.exists(old) and not os.path.exists(hidden) and os.path.exists(fresh)
     assert "abandoned by a writer that crashed" in daemons.log("scheduler")
+
+
+def test_checkout_no_builds_on_changes_without_a_checkout(daemons, git_repo):
+    sha0 = git_repo.commit({"README": "x"}, "initial")
+    daemons.write_builder("nocheckout", """
+        [Builder]
+        Repository={repo}
+        PollIntervalSec=0
+        Checkout=no
+
+        [Step show]
+        Command=echo "$BUILDUNITS_BRANCH $BUILDUNITS_REVISION"; ls -A
+        """.format(repo=git_repo.bare))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("sendchange", "--repository", git_repo.bare, "--branch", "main", "--revision", sha0, check=True)
+    b = daemons.wait_build_finished("nocheckout", 1)
+    assert [s["name"] for s in b["steps"]] == ["show"] and b["result"] == "success"
+    assert daemons.step_log("nocheckout", 1, "show").strip() == "main %s" % sha0

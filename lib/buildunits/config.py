@@ -81,6 +81,7 @@ class Builder:
     tree_stable: float = 0.0
     workers: list = field(default_factory=lambda: ["*"])
     environment: dict = field(default_factory=dict)
+    checkout: bool = True
     steps: list = field(default_factory=list)
 
     def wants_branch(self, branch):
@@ -349,6 +350,7 @@ BUILDER_KEYS = {
     "TreeStableSec": ("tree_stable", "span"),
     "Workers": ("workers", "list"),
     "Environment": ("environment", "env"),
+    "Checkout": ("checkout", "bool"),
 }
 
 STEP_KEYS = {

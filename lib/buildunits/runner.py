@@ -248,7 +248,7 @@ class Runner(daemon.Daemon):
 
     def _start(self, rid, req, b):
         steps = []
-        if b.repository:
+        if b.repository and b.checkout:
             steps.append(_Step(1, "checkout", checkout_script(b.repository, req.get("branch") or "main",
                                                               req.get("revision") or "")))
         for s in b.steps:
