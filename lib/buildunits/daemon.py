@@ -34,7 +34,7 @@ import traceback
 
 from gi.repository import GLib
 
-from . import __version__, bus as busmod, config, log, notify, paths, watch
+from . import __version__, bus as busmod, config, log, notify, paths
 from .spool import Spool
 from .state import State
 
@@ -184,6 +184,7 @@ class Daemon:
             self.bus.subscribe(role, sig, self.wake)
         dirs = self.spool.watch_dirs(*self.watch_queues)
         if dirs:
+            from . import watch   # only daemons that watch pay for watchdog's import
             self._watcher = watch.Watcher(dirs, lambda _path: busmod.call_soon(self.wake))
         for signum, handler in ((signal.SIGHUP, self._on_hup), (signal.SIGTERM, self._on_term),
                                 (signal.SIGINT, self._on_term)):
