@@ -55,8 +55,10 @@ def test_force_and_cancel_over_the_bus(daemons, tmp_path, monitor):
              what="the step's process to be killed")
     monitor.wait_for_signal("CancelRequested", ("long", 1))
     monitor.wait_for_signal("BuildFinished", ("long", 1, "cancelled"))
-    # Not retried, and the cancellation is cleared.
-    assert daemons.spool.pending("requests") == [] and daemons.spool.cancel_requests() == {}
+    # Not retried, and the cancellation is cleared (just after the final record).
+    wait_for(lambda: daemons.spool.cancel_requests() == {} and not daemons.spool.all_claimed(),
+             what="the cancellation and the claim to be cleared")
+    assert daemons.spool.pending("requests") == []
     # Errors come back as the daemon's message.
     bad = daemons.cli("force", "nosuch")
     assert bad.returncode == 1 and "no builder 'nosuch'" in bad.stderr
