@@ -226,6 +226,10 @@ class Bus:
                 callback(*params)
 
         self._bus.subscribe(iface=iface, signal=signal, signal_fired=fired)
+        # The subscription's match rule goes to the bus asynchronously; one
+        # round trip makes sure it is in place before we go on (so a daemon
+        # that says READY=1 hears every signal sent after that).
+        self._bus.dbus.GetId(timeout=CALL_TIMEOUT_SEC)
 
     def _sender_is(self, role, unique):
         if role == "Runner":
