@@ -207,7 +207,7 @@ def cmd_sendchange(dirs, args):
 
 # ----------------------------------------------------------------- status
 def _ago(t):
-    if not t:
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not t:
         return ""
     return config.format_timespan(max(0, time.time() - t)) + " ago"
 
@@ -432,7 +432,9 @@ def main(argv):
     try:
         return COMMANDS[args.command](dirs, args)
     except OSError as e:
-        _err("%s: %s" % (e.filename or "", e.strerror))
+        # os.write and os.fsync errors carry no file name: name the place.
+        where = e.filename or (dirs.spool if args.command in ("force", "sendchange", "cancel") else dirs.state)
+        _err("cannot store in %s: %s" % (where, e.strerror or e))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -34,9 +34,11 @@ import traceback
 
 from gi.repository import GLib
 
-from . import __version__, bus as busmod, config, log, notify, paths
+from . import __version__, bus as busmod, config, fsutil, log, notify, paths
 from .spool import Spool
 from .state import State
+
+RETRY_MIN_SEC = 0.5   # first retry after a failed work(); doubles up to the rescan interval
 
 
 class Daemon:
@@ -102,14 +104,31 @@ class Daemon:
             self.work()
         except Exception as e:
             # A failure here is a bug or the disk (full, read-only): say so,
-            # keep running, and let the next wake or rescan try again.
-            log.error("%s: work failed: %s" % (self.program, e))
+            # keep running, and try again soon (and on every wake).
+            log.error("%s: work failed: %s (will retry)" % (self.program, e))
             for line in traceback.format_exc().rstrip().splitlines():
                 log.error("  " + line)
             self.notifier.status("error: %s (will retry)" % e)
+            self.retry_later()
         else:
+            self._retry_delay = 0
             self.notifier.status(self.status_text())
         return False
+
+    def retry_later(self):
+        """Wake again after a delay that doubles from RETRY_MIN_SEC to the
+        rescan interval while work keeps failing (a full disk frees up by
+        itself; a tight retry loop would only fill the journal)."""
+        if getattr(self, "_retry_source", None) is not None:
+            return
+        delay = min(max(RETRY_MIN_SEC, getattr(self, "_retry_delay", 0) * 2), self.cfg.rescan_interval)
+        self._retry_delay = delay
+
+        def fire():
+            self._retry_source = None
+            self.wake()
+            return False
+        self._retry_source = GLib.timeout_add(int(delay * 1000), fire)
 
     def _rescan(self):
         self.wake()
@@ -189,8 +208,16 @@ class Daemon:
         for signum, handler in ((signal.SIGHUP, self._on_hup), (signal.SIGTERM, self._on_term),
                                 (signal.SIGINT, self._on_term)):
             GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, handler)
-        self.startup()
-        self.work()
+        # A failure here (a full disk, an I/O error) must not become a restart
+        # loop: say so, become ready, and try again on the next wake or rescan.
+        for step in (self.startup, self.work):
+            try:
+                step()
+            except Exception as e:
+                log.error("%s: %s failed: %s (will retry)" % (self.program, step.__name__, e))
+                for line in traceback.format_exc().rstrip().splitlines():
+                    log.error("  " + line)
+                self.retry_later()
         self._set_rescan_timer()
         if self.notifier.watchdog_sec:
             GLib.timeout_add(max(100, int(self.notifier.watchdog_sec * 1000 / 3)), self._watchdog)
@@ -249,6 +276,9 @@ def main(cls, argv, description, extra_args=None):
     except OSError as e:
         log.error("cannot use %s: %s" % (e.filename, e.strerror))
         return 1
+    fsutil.on_fsync_error = lambda path, e: log.warning(
+        "fsync of %s failed after a commit: %s (the record stands, but may not survive a power loss)"
+        % (path, e.strerror))
     bus, why = busmod.connect()
     if not bus.available:
         log.notice("no system bus (%s): working with inotify and rescans only" % why)

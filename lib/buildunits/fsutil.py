@@ -36,6 +36,25 @@ def fsync_dir(path):
         os.close(fd)
 
 
+# Called with (directory, OSError) when the fsync of a directory after a
+# commit point fails; daemons set it to log.  See fsync_dir_after_commit.
+on_fsync_error = None
+
+
+def fsync_dir_after_commit(path):
+    """fsync_dir() after a rename that was the commit point.
+
+    The rename has happened: every reader sees the new file, and the
+    caller must treat the write as done (reporting a failure here would make
+    it write again: a duplicate).  Only its survival of a power loss is in
+    doubt, which is said through on_fsync_error, not raised."""
+    try:
+        fsync_dir(path)
+    except OSError as e:
+        if on_fsync_error is not None:
+            on_fsync_error(path, e)
+
+
 def tmp_name(path):
     """A unique hidden temporary name beside PATH."""
     d, base = os.path.split(path)
@@ -85,7 +104,7 @@ def write_atomic(path, data, mode=0o644, durable=True):
         _unlink_quietly(tmp)
         raise
     if durable:
-        fsync_dir(os.path.dirname(path) or ".")
+        fsync_dir_after_commit(os.path.dirname(path) or ".")
 
 
 def makedirs(path, mode=0o755):

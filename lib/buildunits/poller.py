@@ -82,7 +82,12 @@ class Poller(daemon.Daemon):
 
     def _timer(self, repo):
         if not self.stopping:
-            self.poll(repo)
+            try:
+                self.poll(repo)
+            except Exception as e:
+                # A full disk or an I/O error: say so, keep the timer, and
+                # try again at the next tick (nothing was recorded as seen).
+                self._problem(repo, "%s: %s" % (type(e).__name__, e))
             self.notifier.status(self.status_text())
         return True
 

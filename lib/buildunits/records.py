@@ -24,7 +24,10 @@ Versioning rules (see docs/buildunits-state.5.md for every format):
 The formats and their current versions are listed in FORMATS.
 """
 
+import errno
 import json
+import os
+import stat
 
 from . import fsutil
 
@@ -76,12 +79,18 @@ def decode(data, path, formats):
     if not text.strip():
         raise RecordError(path, "empty file")
     try:
-        rec = json.loads(text)
+        rec = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise RecordError(path, "not a record: nested too deeply")
+    except _NonFinite as e:
+        raise RecordError(path, "not a record: %s is not a JSON number" % e.args[0])
     except json.JSONDecodeError as e:
         if e.msg != "Extra data" and _unclosed(text):
             # A record's last character is the "}" that closes it.
             raise RecordError(path, "truncated record (no closing brace after %d bytes)" % len(data))
         raise RecordError(path, "not a record: %s at line %d column %d" % (e.msg, e.lineno, e.colno))
+    except ValueError as e:   # e.g. an integer longer than Python converts
+        raise RecordError(path, "not a record: %s" % e)
     if not isinstance(rec, dict):
         raise RecordError(path, "not a record: top level is not an object")
     fmt = rec.get("format")
@@ -91,6 +100,16 @@ def decode(data, path, formats):
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RecordError(path, "bad version %r" % (version,))
     return rec
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name):
+    # NaN and Infinity are not JSON (encode() refuses them); Python's json
+    # would accept them and hand a value to code that cannot write it back.
+    raise _NonFinite(name)
 
 
 def _unclosed(text):
@@ -120,8 +139,21 @@ def _unclosed(text):
 
 
 def read(path, formats):
-    """Read and check the record at PATH.  Raises RecordError or OSError."""
-    with open(path, "rb") as f:
+    """Read and check the record at PATH.  Raises RecordError or OSError.
+
+    Only a regular file is a record: a FIFO is never opened for reading in
+    a way that could block, and a symbolic link is not followed (a record is
+    never a link; a dangling one would otherwise look like a consumed
+    record forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RecordError(path, "a symbolic link, not a record")
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RecordError(path, "not a regular file")
         data = f.read()
     return decode(data, path, formats)
 

@@ -70,6 +70,7 @@ import shlex
 import signal
 import subprocess
 import time
+import traceback
 
 from gi.repository import GLib
 
@@ -88,6 +89,9 @@ def checkout_script(repository, branch, revision):
     lines = [
         "set -e",
         "[ -d .git ] || git init --quiet .",
+        # A git killed with its runner leaves lock files; only this worker's
+        # runner (one per worker, locks/ in the state directory) works here.
+        "find .git -name '*.lock' -type f -delete",
         # A revision not on the branch's tip is fetched by name when the
         # server allows it; otherwise all branches are fetched.
         "git fetch --quiet --no-tags %s %s 2>/dev/null || git fetch --quiet --no-tags %s '+refs/heads/*:refs/remotes/origin/*'"
@@ -191,11 +195,19 @@ class Runner(daemon.Daemon):
         self._check_cancels()
         if self.build is not None:
             return
+        if self.spool.claimed(self.worker):
+            # Claims this runner holds but is not running: a build that
+            # failed to start or to finish (full disk, I/O error).  Recover
+            # them as at startup before taking anything new.
+            self.startup()
+            if self.spool.claimed(self.worker):
+                return    # still cannot: the next wake or rescan tries again
         for rid in self.spool.pending("requests"):
             req = self.spool.read("requests", rid)
             if req is None:
                 continue
-            b = self.cfg.builders.get(req.get("builder"))
+            name = req.get("builder")
+            b = self.cfg.builders.get(name) if isinstance(name, str) else None
             if b is None or not b.runs_on(self.worker):
                 if rid not in self._skipped and b is None:
                     log.warning("request %s is for builder %r, which is not configured; leaving it queued"
@@ -205,8 +217,28 @@ class Runner(daemon.Daemon):
             claimed = self.spool.claim(rid, self.worker)
             if claimed is None:
                 continue       # another runner won, or it was corrupt
-            self._start(rid, claimed, b)
+            try:
+                self._start(rid, claimed, b)
+            except Exception as e:
+                self._stuck("cannot start a build of %s: %s" % (b.name, e))
             return
+
+    def _stuck(self, why):
+        """A build could not go on (full disk, I/O error): drop it from
+        memory; its claim stays, and work() recovers it (records it as
+        interrupted and requeues it) as soon as the disk lets it."""
+        log.error("%s; the build is recovered when the disk allows (next wake or rescan)" % why)
+        for line in traceback.format_exc().rstrip().splitlines():
+            log.error("  " + line)
+        if self._proc is not None:
+            self._kill_tree(signal.SIGKILL)
+        for src in self._sources:
+            GLib.source_remove(src)
+        self._sources = []
+        self._proc = None
+        self.build = None
+        self.notifier.status("error: %s" % why)
+        self.retry_later()
 
     def _check_cancels(self):
         """Act on cancellations of our build; clear those of finished builds."""
@@ -391,6 +423,15 @@ class Runner(daemon.Daemon):
                 pass
 
     def _exited(self, pid, status, i):
+        # A GLib callback: an exception here would be printed and lost, and
+        # the build would hang as "running".  Say it, and let work() recover.
+        try:
+            self._step_exited(pid, status, i)
+        except Exception as e:
+            self._stuck("%s #%d: cannot record the end of a step: %s"
+                        % (self.build["builder"], self.build["number"], e) if self.build else str(e))
+
+    def _step_exited(self, pid, status, i):
         for src in self._sources[1:]:
             GLib.source_remove(src)
         self._sources = []

@@ -148,14 +148,19 @@ class Scheduler(daemon.Daemon):
                     carried.append(build["request"])
         touched = set()
         for req in carried:
-            if not req or req.get("builder") not in self.cfg.builders:
+            # Read defensively: a request is only a hint here, and a bad one
+            # must not keep the scheduler from starting.
+            if not isinstance(req, dict) or not isinstance(req.get("builder"), str) \
+                    or req["builder"] not in self.cfg.builders:
                 continue
             m = self.memory(req["builder"])
-            ids = [c.get("id") for c in req.get("changes", []) if isinstance(c, dict) and c.get("id")]
-            if req.get("force"):
+            changes = [c for c in req.get("changes") or [] if isinstance(c, dict)] \
+                if isinstance(req.get("changes"), list) else []
+            ids = [c["id"] for c in changes if isinstance(c.get("id"), str)]
+            if isinstance(req.get("force"), str):
                 ids.append(req["force"])
-            revs = [(req.get("branch", ""), c.get("revision", "")) for c in req.get("changes", [])
-                    if isinstance(c, dict)]
+            branch = req.get("branch") if isinstance(req.get("branch"), str) else ""
+            revs = [(branch, c["revision"]) for c in changes if isinstance(c.get("revision"), str)]
             new = [i for i in ids if not m.has_id(i)]
             if new:
                 m.add(new, revs)
@@ -173,6 +178,8 @@ class Scheduler(daemon.Daemon):
         swept = self.spool.sweep()
         for d in ("scheduler", "poller", "workers"):
             swept += fsutil.sweep_stale_tmp(self.state.path(d))
+        for b in self.state.builders():       # the next-number hints
+            swept += fsutil.sweep_stale_tmp(self.state.builder_dir(b))
         for p in swept:
             log.notice("removed %s, abandoned by a writer that crashed" % p)
 
@@ -206,12 +213,19 @@ class Scheduler(daemon.Daemon):
         self._flush(pending, now)
 
     def _check_change(self, cid, rec):
-        for key in ("repository", "branch", "revision"):
+        why = None
+        for key in ("id", "repository", "branch", "revision"):
             if not isinstance(rec.get(key), str) or not rec.get(key):
-                self.spool.corrupt(self.spool.path("changes", "new", cid), "changes",
-                                   "change record without %s" % key)
-                self._cache.pop(cid, None)
-                return False
+                why = "change record without a valid %s" % key
+        if why is None and rec["id"] != cid:
+            why = "change record whose id %r is not its file name" % rec["id"]
+        q = rec.get("queued")
+        if why is None and (not isinstance(q, (int, float)) or isinstance(q, bool)):
+            why = "change record without a valid queued time"
+        if why:
+            self.spool.corrupt(self.spool.path("changes", "new", cid), "changes", why)
+            self._cache.pop(cid, None)
+            return False
         return True
 
     def _route(self, cid, rec, pending):

@@ -46,7 +46,9 @@ Hints carry no data: a lost hint costs latency (htmlgen rescans), never
 history; they are written without fsync.
 """
 
+import hashlib
 import os
+import re
 import secrets
 import time
 
@@ -112,7 +114,7 @@ class Spool:
         except BaseException:
             fsutil._unlink_quietly(tmp)
             raise
-        fsutil.fsync_dir(self.path(queue, "new"))
+        fsutil.fsync_dir_after_commit(self.path(queue, "new"))
         return rid
 
     def pending(self, queue):
@@ -153,7 +155,7 @@ class Spool:
             os.unlink(self.path(queue, "new", rid))
         except FileNotFoundError:
             return
-        fsutil.fsync_dir(self.path(queue, "new"))
+        fsutil.fsync_dir_after_commit(self.path(queue, "new"))
 
     # -------------------------------------------------------------- claims
     def claim(self, rid, worker):
@@ -165,7 +167,7 @@ class Spool:
             os.rename(self.path("requests", "new", rid), os.path.join(adir, rid))  # claim point
         except FileNotFoundError:
             return None
-        fsutil.fsync_dir(adir)
+        fsutil.fsync_dir_after_commit(adir)
         return self.read("requests", rid, where=os.path.join("active", worker))
 
     def claimed(self, worker):
@@ -197,7 +199,7 @@ class Spool:
             os.rename(self.path("requests", "active", worker, rid), self.path("requests", "new", rid))
         except FileNotFoundError:
             return False
-        fsutil.fsync_dir(self.path("requests", "new"))
+        fsutil.fsync_dir_after_commit(self.path("requests", "new"))
         return True
 
     def finish(self, worker, rid):
@@ -207,7 +209,7 @@ class Spool:
             os.unlink(os.path.join(adir, rid))
         except FileNotFoundError:
             return
-        fsutil.fsync_dir(adir)
+        fsutil.fsync_dir_after_commit(adir)
 
     # ---------------------------------------------------------- cancelling
     def cancel_queued(self, rid):
@@ -217,7 +219,7 @@ class Spool:
             os.rename(self.path("requests", "new", rid), self.path("requests", "cancelled", rid))
         except FileNotFoundError:
             return False
-        fsutil.fsync_dir(self.path("requests", "cancelled"))
+        fsutil.fsync_dir_after_commit(self.path("requests", "cancelled"))
         return True
 
     def request_cancel(self, builder, number, user, reason=""):
@@ -258,7 +260,7 @@ class Spool:
             os.unlink(self.path("cancel", "%s@%d" % (builder, number)))
         except FileNotFoundError:
             return
-        fsutil.fsync_dir(self.path("cancel"))
+        fsutil.fsync_dir_after_commit(self.path("cancel"))
 
     def cancelled(self):
         """Ids of requests cancelled while queued, oldest first."""
@@ -297,21 +299,29 @@ class Spool:
     # ------------------------------------------------------------- corrupt
     def corrupt(self, path, queue, reason):
         """Move the broken file PATH to corrupt/ with REASON beside it."""
-        name = "%s.%s" % (queue, os.path.basename(path))
+        base = os.path.basename(path)
+        # A name that is not UTF-8, or too long to carry a prefix and a
+        # suffix, is shortened to something printable plus a digest.
+        printable = os.fsencode(base).decode("utf-8", "replace")
+        if printable != base or len(os.fsencode(base)) > 160:
+            digest = hashlib.sha256(os.fsencode(base)).hexdigest()[:12]
+            base = "%s-%s" % (re.sub(r"[^A-Za-z0-9._-]", "_", printable)[:100], digest)
+        name = "%s.%s" % (queue, base)
         dest = self.path("corrupt", name)
-        if os.path.exists(dest):
+        if os.path.lexists(dest):
             dest = self.path("corrupt", "%s.%s" % (name, secrets.token_hex(3)))
         fsutil.makedirs(self.path("corrupt"))
         # The reason first: a crash between the two leaves a reason for a
         # file still in the queue, and the next read moves it again.
+        shown = os.fsencode(path).decode("utf-8", "replace")
         fsutil.write_atomic(dest + ".reason",
-                            "%s\nfrom: %s\nwhen: %s\n" % (reason, path, time.strftime("%Y-%m-%d %H:%M:%S %z")))
+                            "%s\nfrom: %s\nwhen: %s\n" % (reason, shown, time.strftime("%Y-%m-%d %H:%M:%S %z")))
         try:
             os.rename(path, dest)
         except FileNotFoundError:
             fsutil._unlink_quietly(dest + ".reason")
             return None
-        fsutil.fsync_dir(self.path("corrupt"))
+        fsutil.fsync_dir_after_commit(self.path("corrupt"))
         if self.on_corrupt:
             self.on_corrupt(path, dest, reason)
         return dest

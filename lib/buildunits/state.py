@@ -156,7 +156,7 @@ class State:
             os.unlink(self.worker_path(worker))
         except FileNotFoundError:
             return
-        fsutil.fsync_dir(self.path("workers"))
+        fsutil.fsync_dir_after_commit(self.path("workers"))
 
     def work_dir(self, worker, builder):
         return self.path("work", worker, builder)

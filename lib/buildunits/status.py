@@ -17,15 +17,15 @@ def gather_status(dirs, cfg):
     for cid in sp.pending("changes"):
         r = peek(sp.path("changes", "new", cid), ("change", "force"))
         if r:
-            out["changes"].append({"id": cid, "kind": r["format"], "builder": r.get("builder"),
-                                   "branch": r.get("branch"), "revision": r.get("revision"),
-                                   "queued": r.get("queued")})
+            out["changes"].append({"id": cid, "kind": r["format"], "builder": _s(r.get("builder")),
+                                   "branch": _s(r.get("branch")), "revision": _s(r.get("revision")),
+                                   "queued": _t(r.get("queued"))})
     for rid in sp.pending("requests"):
         r = peek(sp.path("requests", "new", rid), ("request",))
         if r:
-            out["queued"].append({"id": rid, "builder": r.get("builder"), "branch": r.get("branch"),
-                                  "revision": r.get("revision"), "reason": r.get("reason"),
-                                  "queued": r.get("queued")})
+            out["queued"].append({"id": rid, "builder": _s(r.get("builder")), "branch": _s(r.get("branch")),
+                                  "revision": _s(r.get("revision")), "reason": _s(r.get("reason")),
+                                  "queued": _t(r.get("queued"))})
     for worker, ids in sp.all_claimed().items():
         try:
             ptr = st.read_worker(worker)
@@ -51,6 +51,14 @@ def gather_status(dirs, cfg):
                 break
         out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
     return out
+
+
+def _s(v):
+    return v if isinstance(v, str) else ""
+
+
+def _t(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def peek(path, fmts):
