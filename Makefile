@@ -81,6 +81,8 @@ install: man units
 		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d
 	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
 	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
+	# Byte-compiled now: the daemons run with a read-only /usr (ProtectSystem=strict).
+	$(PYTHON) -m compileall -q -d $(LIBDIR)/buildunits $(DESTDIR)$(LIBDIR)/buildunits
 	install -m 0644 share/templates/* $(DESTDIR)$(SHAREDIR)/templates/
 	install -m 0755 share/examples/post-receive $(DESTDIR)$(SHAREDIR)/examples/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/

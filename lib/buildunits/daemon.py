@@ -90,11 +90,19 @@ class Daemon:
         return "idle"
 
     # -------------------------------------------------------------- loop
+    # Milliseconds to hold a wake-up back, gathering the wakes that follow it
+    # into one pass: 0 for the daemons on a build's path; htmlgen waits a
+    # little so a burst of step events costs one render, not one each.
+    wake_holdoff_ms = 0
+
     def wake(self, *_ignored):
         """Schedule work() once on the main loop (coalescing repeated wakes)."""
         if not self._wake_pending and not self.stopping:
             self._wake_pending = True
-            GLib.idle_add(self._do_work)
+            if self.wake_holdoff_ms:
+                GLib.timeout_add(self.wake_holdoff_ms, self._do_work)
+            else:
+                GLib.idle_add(self._do_work)
 
     def _do_work(self):
         self._wake_pending = False

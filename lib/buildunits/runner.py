@@ -465,8 +465,8 @@ class Runner(daemon.Daemon):
         rec["_contrib"] = rec.get("_contrib", []) + [contrib]
         if srec["result"] != results.SUCCESS and (st.spec is None or st.spec.halt_on_failure):
             self._halted = True
-        self.state.write_build(rec, durable=False)
-        self.spool.hint(rec["builder"], rec["number"])
+        # No write here: the next step's start or the build's end, a moment
+        # later in this same callback, writes the record with this result.
         log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
                                                      " (%s)" % srec["summary"] if srec["summary"] else ""),
                  builder=rec["builder"], build=rec["number"], step=st.name, result=srec["result"])
@@ -520,15 +520,17 @@ class Runner(daemon.Daemon):
         if self._cancelled:
             rec.update(result=results.CANCELLED, reason=self._cancelled)
         self.state.write_build(rec)            # commit point of the result
+        # Announced at once: the clean-up below cannot change the result
+        # (a crash before it ends leaves a claim that startup() just removes).
+        self.spool.hint(rec["builder"], rec["number"])
+        self.bus.emit("BuildFinished", rec["builder"], rec["number"], rec["result"])
         self.spool.finish(self.worker, self._rid)
         self.spool.clear_cancel(rec["builder"], rec["number"])
         self.state.clear_worker(self.worker)
-        self.spool.hint(rec["builder"], rec["number"])
         self._builds_run += 1
         log.info("%s #%d: build finished: %s (%s)" % (
             rec["builder"], rec["number"], rec["result"], _duration(rec)),
             builder=rec["builder"], build=rec["number"], result=rec["result"])
-        self.bus.emit("BuildFinished", rec["builder"], rec["number"], rec["result"])
         self.build = None
         self.notifier.status(self.status_text())
         self.wake()

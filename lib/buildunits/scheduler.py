@@ -110,6 +110,7 @@ class Scheduler(daemon.Daemon):
         self._timer = None
         self._waiting = {}         # (builder, branch) -> number of changes waiting
         self._requested = 0
+        self._dirty = set()        # builders whose memory changed in this pass
 
     def memory(self, builder):
         m = self._memory.get(builder)
@@ -123,10 +124,17 @@ class Scheduler(daemon.Daemon):
         return m
 
     def _save(self, builder):
-        # Not fsync'd: if a crash loses the latest memory, startup() recovers
-        # it from the requests still queued or claimed and the recent builds,
-        # exactly as for a crash between steps 1 and 2 (see the docstring).
-        self.state.write_scheduler(builder, self.memory(builder).fields(), durable=False)
+        """Mark BUILDER's memory to be written at the end of this pass."""
+        self._dirty.add(builder)
+
+    def _flush_memory(self):
+        # Once per pass, not per request.  Not fsync'd: if a crash loses the
+        # latest memory, startup() recovers it from the requests still queued
+        # or claimed and the recent builds, exactly as for a crash between
+        # steps 1 and 2 (see the docstring).
+        for b in sorted(self._dirty):
+            self.state.write_scheduler(b, self.memory(b).fields(), durable=False)
+        self._dirty.clear()
 
     # ---------------------------------------------------------- recovery
     def startup(self):
@@ -166,8 +174,9 @@ class Scheduler(daemon.Daemon):
                 m.add(new, revs)
                 touched.add(req["builder"])
         for b in touched:
-            log.info("%s: recovered %s consumed change(s) from queued requests and recent builds" % (b, "some"))
+            log.info("%s: recovered consumed changes from queued requests and recent builds" % b)
             self._save(b)
+        self._flush_memory()
 
     # ------------------------------------------------------------- sweep
     def sweep(self):
@@ -189,6 +198,12 @@ class Scheduler(daemon.Daemon):
 
     # -------------------------------------------------------------- work
     def work(self):
+        try:
+            self._work()
+        finally:
+            self._flush_memory()
+
+    def _work(self):
         now = time.time()
         pending = {}          # (builder, branch) -> [change records], arrival order
         ids = self.spool.pending("changes")
