@@ -1,13 +1,15 @@
 """Tests for site.py and templates.py: real state and spool directories
 written with the project's own writers, rendered, and the pages read back
-with html.parser."""
+with html.parser, the feeds with xml.etree, the API with json."""
 
 import errno
 import html.parser
+import json
 import os
 import time
 import tracemalloc
 from urllib.parse import unquote, urlsplit
+from xml.etree import ElementTree
 
 import pytest
 
@@ -17,6 +19,8 @@ from buildunits.state import State
 
 T0 = 1700000000.0
 REV = "3f2c9a1b7e0d4c5a6b7c8d9e0f1a2b3c4d5e6f7a"
+ATOM = "{http://www.w3.org/2005/Atom}"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 # ------------------------------------------------------------------ helpers
@@ -74,7 +78,7 @@ def step(name, result="success", log=None, state="finished", started=T0, took=41
 
 
 def make_build(st, builder, steps=(("checkout", "success", "cloning\n"), ("compile", "success", "cc a.c\n")),
-               running_step=None, changes=None, started=T0, extra=None, request_extra=None):
+               running_step=None, changes=None, started=T0, extra=None, request_extra=None, rev=REV):
     """Write a build with STEPS ((name, result, log text or None), ...)
     through State; a RUNNING_STEP (name, log text) makes it a running build."""
     n = st.allocate_number(builder)
@@ -96,19 +100,31 @@ def make_build(st, builder, steps=(("checkout", "success", "cloning\n"), ("compi
     finished = running_step is None
     results = [r for _, r, _ in steps]
     result = "failure" if "failure" in results else "success"
-    request = {"id": "r%d" % n, "builder": builder, "branch": "main", "revision": REV,
+    request = {"id": "r%d" % n, "builder": builder, "branch": "main", "revision": rev,
                "repository": "/srv/git/hello.git", "reason": "1 change on main",
-               "changes": [change()] if changes is None else changes, "force": None,
+               "changes": [change(rev=rev)] if changes is None else changes, "force": None,
                "properties": {"owner": "ci"}, "queued": started - 1}
     request.update(request_extra or {})
     rec = {"builder": builder, "number": n, "request_id": request["id"], "request": request,
            "worker": "w1", "state": "finished" if finished else "running",
            "result": result if finished else None, "reason": "",
            "started": started, "finished": started + 100 if finished else None,
-           "repository": "/srv/git/hello.git", "branch": "main", "revision": REV, "steps": recs}
+           "repository": "/srv/git/hello.git", "branch": "main", "revision": rev, "steps": recs}
     rec.update(extra or {})
     st.write_build(rec)
     return n
+
+
+def finish(st, builder, n, result="success", at=T0 + 60):
+    """Mark the running build B #N (made by make_build) finished."""
+    rec = st.read_build(builder, n)
+    for s in rec["steps"]:
+        if s["state"] == "running":
+            s.update(state="finished", result=result, finished=at)
+        elif s["state"] == "pending":
+            s.update(state="finished", result="skipped")
+    rec.update(state="finished", result=result, finished=at)
+    st.write_build(rec)
 
 
 def make_cfg(tmp_path, names=("hello",), depth=50, title="Test CI"):
@@ -140,32 +156,82 @@ def pages(root):
                 yield os.path.join(d, f)
 
 
+def files_of(root):
+    """{relative path: (inode, mtime_ns)} of every file of the site."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            st = os.stat(p)
+            out[os.path.relpath(p, root)] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def written_since(root, before):
+    """The files of the site made or replaced since BEFORE (files_of)."""
+    return sorted(p for p, v in files_of(root).items() if before.get(p) != v)
+
+
+def check_link(root, page, href, ids=None):
+    """The file HREF in PAGE leads to, checked: relative, inside the site,
+    existing (and the fragment, if any, an id of the target)."""
+    url = urlsplit(href)
+    assert not url.scheme and not url.netloc and not href.startswith("/"), (page, href)
+    if not url.path:
+        assert ids is not None and url.fragment in ids, (page, href)
+        return page
+    target = os.path.realpath(os.path.join(os.path.dirname(page), unquote(url.path)))
+    assert target.startswith(root + os.sep), (page, href)
+    assert os.path.isfile(target), (page, href)
+    if url.fragment:
+        assert url.fragment in Page(target).ids, (page, href)
+    return target
+
+
 def check_links(root):
-    """Every link and resource in every page stays in the site and exists."""
+    """Every link and resource in every page stays in the site and exists;
+    nothing is loaded from anywhere (no script, image, frame)."""
     root = os.path.realpath(root)
     parsed = {}
     for p in pages(root):
         parsed[p] = Page(p)
     for p, page in parsed.items():
         for tag, attrs in page.tags:
-            assert tag not in ("script", "iframe", "object", "embed", "img", "link"), (p, tag)
+            assert tag not in ("script", "iframe", "object", "embed", "img", "frame"), (p, tag)
+            if tag == "link":
+                assert attrs.get("rel") == "alternate", (p, attrs)
             for key in ("href", "src"):
-                if key not in attrs:
-                    continue
-                url = urlsplit(attrs[key])
-                assert not url.scheme and not url.netloc, (p, attrs[key])
-                if not url.path:
-                    assert url.fragment in page.ids, (p, attrs[key])
-                    continue
-                target = os.path.realpath(os.path.join(os.path.dirname(p), unquote(url.path)))
-                assert target.startswith(root + os.sep), (p, attrs[key])
-                assert os.path.isfile(target), (p, attrs[key])
-                if url.fragment:
-                    assert url.fragment in Page(target).ids, (p, attrs[key])
+                if key in attrs:
+                    check_link(root, p, attrs[key], page.ids)
     return parsed
 
 
-# -------------------------------------------------------------------- tests
+def crawl(root):
+    """{path: Page} of every page reached from index.html, following links;
+    the other files they link to are checked to exist."""
+    root = os.path.realpath(root)
+    start = os.path.join(root, "index.html")
+    seen, todo, others = {}, [start], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        page = seen[p] = Page(p)
+        for tag, attrs in page.tags:
+            if tag in ("a", "link") and "href" in attrs:
+                target = check_link(root, p, attrs["href"], page.ids)
+                if target.endswith(".html"):
+                    todo.append(target)
+                else:
+                    others.add(os.path.relpath(target, root))
+    return {os.path.relpath(p, root): page for p, page in seen.items()}, others
+
+
+def rel(root, *parts):
+    return os.path.join(str(root), *parts)
+
+
+# ----------------------------------------------------------- every page
 
 def test_rebuild_writes_every_page_and_every_link_resolves(env, tmp_path):
     st, sp, cfg, s = env
@@ -179,17 +245,49 @@ def test_rebuild_writes_every_page_and_every_link_resolves(env, tmp_path):
     written = s.rebuild(progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (4, 4) and len(calls) == 4
     root = tmp_path / "state" / "site"
-    for f in ("index.html", "builders/hello/1/index.html", "builders/hello/1/01-checkout.html",
-              "builders/hello/1/01-checkout.txt", "builders/hello/2/02-compile.html",
-              "builders/hello/3/index.html", "builders/hello/3/03-compile.html"):
+    build_files = ["builders/hello/1/index.html", "builders/hello/1/01-checkout.html",
+                   "builders/hello/1/01-checkout.txt", "builders/hello/2/02-compile.html",
+                   "builders/hello/3/index.html", "builders/hello/3/03-compile.html"]
+    heads = ["index.html", "console.html", "builders.html", "atom.xml", "builders/hello/index.html",
+             "builders/hello/atom.xml", "builders/hello/badge.svg", "api/builders.json",
+             "api/builders/hello/index.json"]
+    for f in build_files + heads + ["api/builders/hello/builds/%d.json" % n for n in (1, 2, 3)]:
         assert (root / f).is_file(), f
-    # Builds 1, 2: a page, and a page and raw file per step; build 3 has a
-    # third (running) step; and the waterfall.
-    assert written == 2 * (1 + 2 * 2) + (1 + 3 * 2) + 1
+    # Builds 1, 2: a page, its JSON, a page and raw file per step; build 3
+    # has a third (running) step; and the head pages.
+    assert written == 2 * (2 + 2 * 2) + (2 + 3 * 2) + len(heads)
     assert (root / "builders/hello/1/.final").exists()
     assert not (root / "builders/hello/3/.final").exists()
     parsed = check_links(str(root))
-    assert len(parsed) == 1 + 3 + 7
+    assert len(parsed) == 4 + 3 + 7  # waterfall, console, builders, builder; builds; logs
+    # Every page is reached from the waterfall, and so are the feeds, badge and JSON.
+    reached, others = crawl(str(root))
+    assert set(reached) == {os.path.relpath(p, os.path.realpath(root)) for p in parsed}
+    assert {"atom.xml", "builders/hello/atom.xml", "builders/hello/badge.svg", "api/builders.json",
+            "api/builders/hello/index.json", "api/builders/hello/builds/1.json",
+            "builders/hello/1/01-checkout.txt"} <= others
+
+
+def test_every_page_type_is_linked_and_crawl_reaches_all_builds(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, names=("hello", "world"), depth=5)
+    for i in range(160):
+        make_build(st, "hello" if i % 3 else "world", started=T0 + 60 * i, rev="%040x" % (i // 2),
+                   steps=(("compile", "failure" if i % 11 == 0 else "success", "cc\n"),))
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s.rebuild()
+    reached, others = crawl(str(tmp_path / "site"))
+    kinds = {"waterfall/", "builders/hello/history/", "builders/world/history/", "console.html",
+             "builders.html", "builders/hello/index.html"}
+    for kind in kinds:
+        assert any(p.startswith(kind) for p in reached), kind
+    for b in ("hello", "world"):
+        for n in st.build_numbers(b):
+            assert "builders/%s/%d/index.html" % (b, n) in reached, (b, n)
+            assert "builders/%s/%d/01-compile.html" % (b, n) in reached, (b, n)
+    assert {"atom.xml", "builders/world/atom.xml", "builders/world/badge.svg"} <= others
+    check_links(str(tmp_path / "site"))
 
 
 def test_raw_log_is_a_hard_link_to_the_state_log(env, tmp_path):
@@ -200,6 +298,8 @@ def test_raw_log_is_a_hard_link_to_the_state_log(env, tmp_path):
     assert os.path.samestat(os.stat(raw), os.stat(st.log_path("hello", n, 1, "checkout")))
     assert raw.read_text() == "cloning\n"
 
+
+# ------------------------------------------------------------ the waterfall
 
 def test_waterfall_boxes_labels_and_links(env, tmp_path):
     st, sp, cfg, s = env
@@ -215,12 +315,13 @@ def test_waterfall_boxes_labels_and_links(env, tmp_path):
     text = page.all_text
     # Newest first: the running build's box comes before #2, #2 before #1.
     assert text.index("#3 running") < text.rindex("#2 failure") < text.rindex("#1 success")
-    assert "step: compile" in text
+    assert "step: compile" in text and "#3 running step: compile" in text
     assert "1 queued" in text and "forced by alice" in text
     assert "#2 failure" in text  # the header's last result: the newest finished build
     assert "3f2c9a1b A U Thor: fix the frobnicator" in text
     assert "long story" not in text  # only the first line of a message
     assert "compile failure 41sexit 2" in text  # the summary is a block of its own
+    assert "checkout success 41s" in text       # name, result, duration
     classes = page.boxes()
     for word in ("r-success", "r-failure", "r-running", "r-queued"):
         assert any(word in c for c in classes), word
@@ -228,10 +329,183 @@ def test_waterfall_boxes_labels_and_links(env, tmp_path):
     assert "builders/hello/1/index.html" in links
     assert "builders/hello/2/02-compile.html" in links
     assert "builders/hello/3/03-compile.html" in links
+    assert "builders/hello/index.html" in links
     # A pending step is not on the waterfall, but is on the build page.
     assert " test pending" not in text
     build = Page(str(tmp_path / "state" / "site" / "builders" / "hello" / "3" / "index.html"))
     assert "pending" in build.all_text
+
+
+def test_waterfall_shares_a_row_between_builders_of_one_revision(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, names=("a", "b", "old"))
+    make_build(st, "old", started=T0 - 86400 * 30, rev="1" * 40)
+    make_build(st, "a", started=T0, rev="2" * 40)
+    make_build(st, "b", started=T0 + 5, rev="2" * 40)
+    make_build(st, "a", started=T0 + 100, rev="3" * 40)
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s.update([])
+    page = Page(str(tmp_path / "site" / "index.html"))
+    rows = []
+    for tag, attrs in page.tags:
+        if tag == "tr":
+            rows.append([])
+        elif tag == "a" and rows and attrs.get("href", "").endswith("/index.html") and "box" in attrs.get("class", ""):
+            rows[-1].append(attrs["href"])
+    body = [r for r in rows if r][1:]  # the first row of boxes: each builder's last build
+    assert rows[1] == ["builders/a/2/index.html", "builders/b/1/index.html", "builders/old/1/index.html"]
+    assert body[0] == ["builders/a/2/index.html"]
+    assert body[1] == ["builders/a/1/index.html", "builders/b/1/index.html"]  # one row, two builders
+    assert body[2] == ["builders/old/1/index.html"]
+    # The day changes between the old build and the others.
+    assert page.all_text.count(time.strftime("%Y-%m-%d", time.localtime(T0))) >= 1
+
+
+def test_waterfall_depth_limits_builds_on_the_first_page(env, tmp_path):
+    st, sp, cfg, s = env
+    cfg.waterfall_depth = 2
+    for i in range(4):
+        make_build(st, "hello", started=T0 + 1000 * i)
+    s.update([])
+    root = tmp_path / "state" / "site"
+    links = Page(str(root / "index.html")).links()
+    assert "builders/hello/4/index.html" in links and "builders/hello/3/index.html" in links
+    assert "builders/hello/2/index.html" not in links
+    assert "waterfall/1.html" in links
+    older = Page(str(root / "waterfall" / "1.html")).links()
+    assert "../builders/hello/2/index.html" in older and "../builders/hello/1/index.html" in older
+    assert "../index.html" in older
+    check_links(s.root)
+
+
+def test_older_waterfall_pages_hold_every_build_once(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, names=("a", "b", "c"), depth=5)
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    made = []
+    for i in range(60):
+        name = "abc"[i % 3] if i % 4 else "a"
+        n = make_build(st, name, started=T0 + 60 * i, rev="%040x" % i)  # a row each
+        made.append((name, n))
+        s.update([(name, n)])  # one at a time, as htmlgen follows builds
+    root = tmp_path / "site"
+    shown = []
+    k = 1
+    while (root / "waterfall" / ("%d.html" % k)).exists():
+        shown += [h for h in Page(str(root / "waterfall" / ("%d.html" % k))).links()
+                  if h.startswith("../builders/") and h.count("/") == 4 and h.endswith("/index.html")]
+        k += 1
+    first = [h for h in Page(str(root / "index.html")).links() if h.count("/") == 3 and h.endswith("/index.html")]
+    # The first page's header repeats each builder's last build; count rows only.
+    heads = Page(str(root / "index.html"))
+    assert 5 <= len(set(first)) <= 10 + 3
+    everything = sorted(set(h[3:] for h in shown) | set(first))
+    assert everything == sorted("builders/%s/%d/index.html" % m for m in made)
+    assert len(shown) == len(set(shown))  # no build on two older pages
+    assert k - 1 >= 9
+    # Sealed pages are newest first inside, and link to their neighbours.
+    p3 = Page(str(root / "waterfall" / "3.html")).links()
+    assert "../waterfall/2.html" in p3
+    order = [made.index(tuple(h.split("/")[2:4])[:1] + (int(h.split("/")[3]),))
+             for h in p3 if h.startswith("../builders/") and h.count("/") == 4 and h.endswith("/index.html")]
+    assert order == sorted(order, reverse=True) and len(order) >= 5
+    assert "waterfall/%d.html" % (k - 1) in heads.links()
+    check_links(str(root))
+
+
+def test_builders_that_have_not_built_recently_keep_their_last_result(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, names=("busy", "rare"), depth=3)
+    make_build(st, "rare", started=T0, steps=(("compile", "failure", "x\n"),))
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    for i in range(40):
+        s.update([("busy", make_build(st, "busy", started=T0 + 60 * (i + 1)))])
+    text = Page(str(tmp_path / "site" / "index.html")).all_text
+    assert "builders/rare/1/index.html" in Page(str(tmp_path / "site" / "index.html")).links()
+    assert "#1 failure" in text
+    # And after a restart, from INDEX alone.
+    s2 = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s2.update([])
+    assert "#1 failure" in Page(str(tmp_path / "site" / "index.html")).all_text
+
+
+def test_builders_from_config_and_from_history_all_appear(env, tmp_path):
+    st, sp, cfg, s = env
+    cfg.builders.update(make_cfg(tmp_path, names=("idle",)).builders)
+    make_build(st, "retired")  # in history, no longer configured
+    s.update([])
+    page = Page(str(tmp_path / "state" / "site" / "index.html"))
+    heads = page.all_text
+    assert "hello" in heads and "idle" in heads and "retired (not configured)" in heads
+    assert "no finished builds" in heads
+    check_links(s.root)
+
+
+def test_empty_site(env, tmp_path):
+    st, sp, cfg, s = env
+    cfg.builders.clear()
+    assert s.rebuild() == 5  # index, console, builders, feed, api/builders.json, and nothing else
+    assert "No builders yet" in Page(str(tmp_path / "state" / "site" / "index.html")).all_text
+    check_links(s.root)
+
+
+# ------------------------------------------------- console, builder pages
+
+def test_console_rows_are_revisions_and_cells_results(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, names=("a", "b"))
+    r1, r2 = "1" * 40, "2" * 40
+    make_build(st, "a", started=T0, rev=r1, changes=[change(message="first commit", rev=r1)])
+    make_build(st, "b", started=T0 + 10, rev=r1, changes=[change(message="first commit", rev=r1)],
+               steps=(("compile", "failure", "x\n"),))
+    make_build(st, "a", started=T0 + 100, rev=r2, changes=[change(message="second commit", rev=r2)])
+    make_build(st, "b", started=T0 + 110, rev=r2, running_step=("compile", "x\n"),
+               changes=[change(message="second commit", rev=r2)])
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s.update([])
+    page = Page(str(tmp_path / "site" / "console.html"))
+    text = page.all_text
+    assert text.index("second commit") < text.index("first commit")
+    second = text[text.index("second commit"):text.index("first commit")]
+    assert "success #2" in second and "running #2" in second
+    assert "failure #1" in text[text.index("first commit"):]
+    assert "builders/b/1/index.html" in page.links()
+    check_links(str(tmp_path / "site"))
+
+
+def test_builder_pages_are_paged_and_history_pages_final(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path)
+    P = site.HISTORY_PAGE
+    for i in range(2 * P + 20):
+        make_build(st, "hello", started=T0 + 60 * i)
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s.rebuild()
+    root = tmp_path / "site" / "builders" / "hello"
+    head = Page(str(root / "index.html"))
+
+    def numbers_in(page, up):
+        prefix = up + "builders/hello/"
+        return [int(h[len(prefix):].split("/")[0]) for h in page.links()
+                if h.startswith(prefix) and h[len(prefix):].split("/")[0].isdigit() and h.endswith("/index.html")]
+    numbers = numbers_in(head, "../../")
+    assert max(numbers) == 2 * P + 20 and min(numbers) == P + 1  # at least a page's worth
+    assert numbers[0] >= numbers[-1]  # newest first
+    assert "../../builders/hello/history/1.html" in head.links()
+    page1 = Page(str(root / "history" / "1.html"))
+    assert set(numbers_in(page1, "../../../")) == set(range(1, P + 1))
+    # Written once, when it filled up: "newer" is the builder's first page.
+    assert "../../../builders/hello/index.html" in page1.links()
+    assert (root / "history" / "2.html").exists() and not (root / "history" / "3.html").exists()
+    doc = json.loads((tmp_path / "site" / "api" / "builders" / "hello" / "history" / "1.json").read_text())
+    assert doc["format"] == "site-history" and doc["final"] and len(doc["builds"]) == P
+    assert [b["number"] for b in doc["builds"]] == list(range(P, 0, -1))
+    check_links(str(tmp_path / "site"))
 
 
 def test_build_page_shows_changes_reason_properties_and_steps(env, tmp_path):
@@ -245,7 +519,8 @@ def test_build_page_shows_changes_reason_properties_and_steps(env, tmp_path):
         assert expected in text, expected
     links = page.links()
     assert "02-compile.html" in links and "02-compile.txt" in links
-    assert "../../../index.html" in links
+    assert "../../../index.html" in links and "../../../builders/hello/index.html" in links
+    assert "../../../api/builders/hello/builds/1.json" in links
 
 
 def test_log_page_has_line_anchors(env, tmp_path):
@@ -260,49 +535,221 @@ def test_log_page_has_line_anchors(env, tmp_path):
     assert "Showing the first" not in page.all_text
 
 
-def test_hostile_text_is_escaped(env, tmp_path):
+# ---------------------------------------------------- feeds, JSON, badges
+
+def test_atom_feeds_parse_and_hold_the_finished_builds(env, tmp_path):
     st, sp, cfg, s = env
-    evil = change(message="<script>alert(1)</script>\nbody", author='"><img src=x onerror=alert(1)>')
-    n = make_build(st, "hello", changes=[evil],
-                   steps=(("compile", "failure", "<b>bold</b> & <i>x</i>\n\x1b[31mred\x1b[0m \x00\n"),),
-                   request_extra={"properties": {"<p>": "<em>v</em>"}, "reason": "<u>why</u>"})
-    s.update([("hello", n)])
+    cfg.builders.update(make_cfg(tmp_path, names=("other",)).builders)
+    for i in range(site.FEED_ENTRIES + 5):
+        make_build(st, "hello", started=T0 + 60 * i,
+                   steps=(("compile", "failure" if i == site.FEED_ENTRIES + 4 else "success", "x\n"),))
+    make_build(st, "other", started=T0 + 30)
+    make_build(st, "hello", started=T0 + 10000, running_step=("compile", "x\n"))
+    s.update([])
     root = tmp_path / "state" / "site"
-    parsed = check_links(str(root))
-    for p, page in parsed.items():
-        tags = {t for t, _ in page.tags}
-        assert not tags & {"script", "img", "b", "i", "u", "em"}, (p, tags)
-        for _, attrs in page.tags:
-            assert "onerror" not in attrs, p
-    wf = parsed[os.path.realpath(str(root / "index.html"))].all_text
-    assert "<script>alert(1)</script>" in wf
-    wf_titles = [a.get("title") for _, a in parsed[os.path.realpath(str(root / "index.html"))].tags]
-    assert '"><img src=x onerror=alert(1)>' in wf_titles  # whole, inside its attribute
-    bp = parsed[os.path.realpath(str(root / "builders" / "hello" / str(n) / "index.html"))].all_text
-    assert '"><img src=x onerror=alert(1)>' in bp
-    assert "<p><em>v</em>" in bp and "<u>why</u>" in bp
-    log = parsed[os.path.realpath(str(root / "builders" / "hello" / str(n) / "01-compile.html"))]
-    assert "<b>bold</b> & <i>x</i>" in log.all_text
-    assert "red \ufffd" in log.all_text and "\x1b" not in log.all_text
+    feed = ElementTree.parse(str(root / "atom.xml")).getroot()
+    assert feed.tag == ATOM + "feed"
+    entries = feed.findall(ATOM + "entry")
+    assert len(entries) == site.FEED_ENTRIES
+    titles = [e.find(ATOM + "title").text for e in entries]
+    assert titles[0] == "hello #%d: failure" % (site.FEED_ENTRIES + 5)
+    assert all("#%d:" % (site.FEED_ENTRIES + 6) not in t for t in titles)  # running: not in the feed
+    ids = [e.find(ATOM + "id").text for e in entries]
+    assert len(set(ids)) == len(ids) and all(i.startswith("urn:uuid:") for i in ids)
+    for e in entries:
+        href = e.find(ATOM + "link").get("href")
+        assert (root / unquote(href)).is_file(), href
+        assert e.find(ATOM + "updated").text.endswith("Z")
+    assert "compile failure" in entries[0].find(ATOM + "summary").text
+    per = ElementTree.parse(str(root / "builders" / "other" / "atom.xml")).getroot()
+    (entry,) = per.findall(ATOM + "entry")
+    assert entry.find(ATOM + "title").text == "other #1: success"
+    href = entry.find(ATOM + "link").get("href")
+    assert (root / "builders" / "other" / unquote(href)).resolve().is_file()
+    # Ids do not depend on the title of the site.
+    cfg.title = "Renamed"
+    s2 = site.Site(s.root, st, sp, cfg)
+    s2.rebuild(force=True)
+    again = ElementTree.parse(str(root / "atom.xml")).getroot().findall(ATOM + "entry")
+    assert [e.find(ATOM + "id").text for e in again] == ids
+
+
+def test_json_api_describes_builders_and_builds(env, tmp_path):
+    st, sp, cfg, s = env
+    n1 = make_build(st, "hello", steps=(("checkout", "success", "ok\n"), ("compile", "failure", "error\n")))
+    n2 = make_build(st, "hello", running_step=("compile", "cc\n"))
+    sp.deliver("requests", "request", {"builder": "hello", "branch": "main", "revision": "", "repository": "",
+                                       "reason": "forced", "changes": [], "force": None, "properties": {}})
+    s.update([])
+    api = tmp_path / "state" / "site" / "api"
+    root = tmp_path / "state" / "site"
+    top = json.loads((api / "builders.json").read_text())
+    assert (top["format"], top["version"]) == ("site-builders", site.API_VERSION)
+    (b,) = top["builders"]
+    assert b["name"] == "hello" and b["configured"] and b["latest"] == n2 and b["queued"] == 1
+    assert b["last"]["number"] == n1 and b["last"]["status"] == "failure"
+    assert [r["number"] for r in b["running"]] == [n2]
+    for key in ("html", "json", "atom", "badge"):
+        assert (root / unquote(b[key])).is_file(), key
+    one = json.loads((root / unquote(b["json"])).read_text())
+    assert (one["format"], one["version"]) == ("site-builder", site.API_VERSION)
+    assert [c["number"] for c in one["builds"]] == [n2, n1]
+    assert one["history"]["page_size"] == site.HISTORY_PAGE and one["history"]["pages"] == 0
+    build = json.loads((root / unquote(one["builds"][1]["json"])).read_text())
+    assert (build["format"], build["version"]) == ("site-build", site.API_VERSION)
+    assert build["number"] == n1 and build["result"] == "failure" and build["state"] == "finished"
+    assert build["changes"][0]["message"] == "fix the frobnicator\n\nlong story"
+    assert build["changes"][0]["subject"] == "fix the frobnicator"
+    assert build["properties"] == {"owner": "ci"}
+    assert [(x["name"], x["result"], x["command"]) for x in build["steps"]] == [
+        ("checkout", "success", "make checkout"), ("compile", "failure", "make compile")]
+    for x in build["steps"]:
+        assert (root / unquote(x["log"]["html"])).is_file() and (root / unquote(x["log"]["raw"])).is_file()
+    assert (root / unquote(build["html"])).is_file()
+    running = json.loads((api / "builders" / "hello" / "builds" / ("%d.json" % n2)).read_text())
+    assert running["state"] == "running" and running["result"] is None and running["current_step"] == "compile"
+
+
+def test_badge_is_svg_with_the_latest_result(env, tmp_path):
+    st, sp, cfg, s = env
+    s.update([])
+    badge = tmp_path / "state" / "site" / "builders" / "hello" / "badge.svg"
+    svg = ElementTree.parse(str(badge)).getroot()
+    assert svg.tag == SVG + "svg" and "no builds" in "".join(svg.itertext())
+    make_build(st, "hello", steps=(("compile", "failure", "x\n"),))
+    s.update([])
+    svg = ElementTree.parse(str(badge)).getroot()
+    words = [t.text for t in svg.iter(SVG + "text")]
+    assert words == ["hello", "failure"]
+    assert svg.find(SVG + "title").text == "hello: failure"
+    assert int(svg.get("width")) > 0
+    ino = os.stat(badge).st_ino
+    make_build(st, "hello", steps=(("compile", "failure", "x\n"),))
+    s.update([])
+    assert os.stat(badge).st_ino == ino  # the same word: not written again
+    make_build(st, "hello")
+    s.update([])
+    assert [t.text for t in ElementTree.parse(str(badge)).getroot().iter(SVG + "text")] == ["hello", "success"]
+
+
+# ------------------------------------------------------ incremental, cheap
+
+def _history(tmp_path, size, name="h"):
+    base = tmp_path / name
+    st = State(str(base / "state"))
+    sp = Spool(str(base / "spool"))
+    cfg = make_cfg(base, names=("hello", "world"))
+    for i in range(size):
+        make_build(st, "hello" if i % 3 else "world", started=T0 + 60 * i, rev="%040x" % i,
+                   steps=(("compile", "success", "x\n"), ("test", "success", "y\n")))
+    s = site.Site(str(base / "site"), st, sp, cfg)
+    s.rebuild(force=True)
+    return st, s
+
+
+def _one_update(tmp_path, st, s, i):
+    before = files_of(s.root)
+    time.sleep(0.002)
+    n = make_build(st, "hello", started=T0 + 60 * (10**6 + i), rev="%040x" % (10**6 + i),
+                   steps=(("compile", "success", "x\n"), ("test", "success", "y\n")))
+    count = s.update([("hello", n)])
+    return count, written_since(s.root, before), n
+
+
+def test_one_update_writes_the_same_files_whatever_the_history(tmp_path, monkeypatch):
+    small = _history(tmp_path, 30, "small")
+    big = _history(tmp_path, 300, "big")
+    results = {}
+    for name, (st, s) in (("small", small), ("big", big)):
+        # No listing, no reading of the history on the update path.
+        def no_listing(builder):
+            raise AssertionError("build_numbers() on the update path")
+        monkeypatch.setattr(st, "build_numbers", no_listing)
+        reads = []
+        real_read = st.read_build
+        monkeypatch.setattr(st, "read_build", lambda b, n: reads.append((b, n)) or real_read(b, n))
+        count, written, n = _one_update(tmp_path, st, s, 0)
+        assert reads == [("hello", n)], reads
+        results[name] = (count, [w.replace("/%d" % n, "/N") for w in written])
+    assert results["small"] == results["big"]
+    count, written = results["big"]
+    assert count == len(written) - 2, written  # all but the .final mark and the index
+    assert set(written) == {
+        "builders/hello/N/index.html", "builders/hello/N/.final", "builders/hello/N/01-compile.html",
+        "builders/hello/N/01-compile.txt", "builders/hello/N/02-test.html", "builders/hello/N/02-test.txt",
+        "api/builders/hello/builds/N.json", "index.html", "console.html", "builders.html", "atom.xml",
+        "api/builders.json", "builders/hello/index.html", "builders/hello/atom.xml",
+        "api/builders/hello/index.json", site.INDEX}
+
+
+def test_older_pages_and_finished_builds_are_never_written_again(tmp_path):
+    st, s = _history(tmp_path, 260)
+    root = s.root
+    before = files_of(root)
+    older = [p for p in before if p.startswith(("waterfall/", "builders/hello/history/", "builders/world/history/",
+                                                 "api/builders/hello/history/"))]
+    finished = [p for p in before if p.startswith("builders/") and p.split("/")[2].isdigit()]
+    assert len(older) > 10 and len(finished) > 260 * 5
+    written = []
+    for i in range(120):
+        written += _one_update(tmp_path, st, s, i)[1]
+    after = files_of(root)
+    for p in older + finished:
+        assert after[p] == before[p], p
+    # And the pages that filled up were written once each.
+    new_older = [p for p in written if p.startswith(("waterfall/", "builders/hello/history/"))]
+    assert new_older and len(new_older) == len(set(new_older))
+    check_links(root)
+
+
+def test_a_new_process_takes_up_from_the_index(tmp_path, monkeypatch):
+    st, s = _history(tmp_path, 200)
+    s2 = site.Site(s.root, st, s.spool, s.cfg)
+    monkeypatch.setattr(st, "build_numbers", lambda b: pytest.fail("listed %s" % b))
+    reads = []
+    real_read = st.read_build
+    monkeypatch.setattr(st, "read_build", lambda b, n: reads.append((b, n)) or real_read(b, n))
+    before = files_of(s.root)
+    n = make_build(st, "hello", started=T0 + 10**6)
+    s2.update([("hello", n)])
+    # The records its head pages show (a bounded number), not the history.
+    assert len(reads) <= 2 * site.HISTORY_PAGE + 4 * s.cfg.waterfall_depth
+    for p in written_since(s.root, before):
+        assert not (p.startswith("builders/") and p.split("/")[2].isdigit() and p.split("/")[2] != str(n)), p
+    check_links(s.root)
+
+
+def test_the_rebuild_of_another_process_is_noticed(tmp_path):
+    st, s = _history(tmp_path, 60)
+    other = site.Site(s.root, st, s.spool, s.cfg)
+    other.rebuild(force=True)
+    n = make_build(st, "hello", started=T0 + 10**6)
+    s.update([("hello", n)])
+    check_links(s.root)
+    assert "builders/hello/%d/index.html" % n in Page(os.path.join(s.root, "index.html")).links()
 
 
 def test_finished_build_is_written_once(env, tmp_path):
     st, sp, cfg, s = env
     n = make_build(st, "hello")
     bdir = tmp_path / "state" / "site" / "builders" / "hello" / str(n)
-    assert s.update([("hello", n)]) == 1 + 2 * 2 + 1
+    s.update([("hello", n)])
     before = {f: os.stat(bdir / f) for f in ("index.html", "01-checkout.html", "01-checkout.txt")}
     time.sleep(0.01)
-    assert s.update([("hello", n)]) == 1  # only the waterfall
+    s.update([("hello", n)])
     # A new process (no memory of what it wrote) also leaves it alone.
     s2 = site.Site(s.root, st, sp, cfg)
-    assert s2.update([("hello", n)]) == 1
-    assert s2.rebuild() == 1
+    s2.update([("hello", n)])
+    s2.rebuild()
+    # Nor does one that has lost the index.
+    os.unlink(os.path.join(s.root, site.INDEX))
+    site.Site(s.root, st, sp, cfg).rebuild()
     for f, st0 in before.items():
         st1 = os.stat(bdir / f)
         assert (st1.st_ino, st1.st_mtime_ns) == (st0.st_ino, st0.st_mtime_ns), f
     # Unless forced.
-    assert s2.rebuild(force=True) == 1 + 2 + 1
+    s2.rebuild(force=True)
+    assert os.stat(bdir / "index.html").st_ino != before["index.html"].st_ino
 
 
 def test_running_build_is_rendered_again_until_it_finishes(env, tmp_path):
@@ -313,29 +760,77 @@ def test_running_build_is_rendered_again_until_it_finishes(env, tmp_path):
     ino = os.stat(bdir / "index.html").st_ino
     assert refreshes(bdir / "index.html")  # while running
     log_ino = os.stat(bdir / "03-compile.html").st_ino
-    # Nothing touched it, but it is running: rendered again; its unchanged log page is not.
+    # Nothing changed: neither its page nor its log page is written again.
     s.update([])
-    assert os.stat(bdir / "index.html").st_ino != ino
+    assert os.stat(bdir / "index.html").st_ino == ino
     assert os.stat(bdir / "03-compile.html").st_ino == log_ino
-    # The log grows: its page follows; the raw link grows by itself.
+    # The log grows, without a hint: its page follows; the raw link grows by itself.
     with open(st.log_path("hello", n, 3, "compile"), "a") as f:
         f.write("cc b.c\n")
-    s.update([("hello", n)])
+    s.update([])
     assert "cc b.c" in Page(str(bdir / "03-compile.html")).all_text
     assert (bdir / "03-compile.txt").read_text() == "cc a.c\ncc b.c\n"
     # It finishes: rendered once more, then final.
-    rec = st.read_build("hello", n)
-    rec["steps"][2].update(state="finished", result="success", finished=T0 + 50)
-    rec["steps"][3].update(state="finished", result="skipped")
-    rec.update(state="finished", result="success", finished=T0 + 60)
-    st.write_build(rec)
-    s.update([("hello", n)])
+    finish(st, "hello", n, at=T0 + 60)
+    s.update([])
     assert (bdir / ".final").exists()
     assert not refreshes(bdir / "index.html")
     assert "success" in Page(str(bdir / "03-compile.html")).all_text
+    assert "#1 success" in Page(os.path.join(s.root, "index.html")).all_text
     ino = os.stat(bdir / "index.html").st_ino
     s.update([("hello", n)])
     assert os.stat(bdir / "index.html").st_ino == ino
+
+
+def test_a_running_build_on_a_sealed_page_finishes_there(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, depth=3)
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    stuck = make_build(st, "hello", started=T0, running_step=("compile", "x\n"))
+    for i in range(20):
+        s.update([("hello", make_build(st, "hello", started=T0 + 60 * (i + 1)))])
+    root = tmp_path / "site"
+    holder = [p for p in (root / "waterfall").iterdir()
+              if "../builders/hello/%d/index.html" % stuck in Page(str(p)).links()]
+    assert len(holder) == 1 and "#1 running" in Page(str(holder[0])).all_text
+    finish(st, "hello", stuck, "failure")
+    s.update([])  # no hint: found because it was not final
+    assert "#1 failure" in Page(str(holder[0])).all_text
+    mtime = os.stat(holder[0]).st_mtime_ns
+    s.update([("hello", stuck)])
+    assert os.stat(holder[0]).st_mtime_ns == mtime  # now final
+    assert (root / "builders" / "hello" / str(stuck) / ".final").exists()
+
+
+def test_a_failed_update_is_made_good_by_the_next(tmp_path, monkeypatch):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    cfg = make_cfg(tmp_path, depth=3)
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    for i in range(site.HISTORY_PAGE - 1):
+        make_build(st, "hello", started=T0 + 60 * i)
+    s.update([])
+    real = site.fsutil.write_atomic
+    for fail_at in (1, 3, 8):   # a build's page, a history page, the heads
+        calls = []
+
+        def full_disk(path, data, **kw):
+            calls.append(path)
+            if len(calls) == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(path, data, **kw)
+        n = make_build(st, "hello", started=T0 + 60 * (100 + fail_at))
+        monkeypatch.setattr(site.fsutil, "write_atomic", full_disk)
+        with pytest.raises(OSError):
+            s.update([("hello", n)])
+        monkeypatch.setattr(site.fsutil, "write_atomic", real)
+        s.update([])  # no hint: the one before was taken
+        assert (tmp_path / "site" / "builders" / "hello" / str(n) / ".final").exists()
+        assert "builders/hello/%d/index.html" % n in Page(str(tmp_path / "site" / "index.html")).links()
+    assert (tmp_path / "site" / "builders" / "hello" / "history" / "1.html").exists()
+    check_links(str(tmp_path / "site"))
+    crawl(str(tmp_path / "site"))
 
 
 def test_lost_hint_is_healed_by_the_next_update(env, tmp_path):
@@ -345,6 +840,61 @@ def test_lost_hint_is_healed_by_the_next_update(env, tmp_path):
     s.update([])  # no hint for the new build
     assert (tmp_path / "state" / "site" / "builders" / "hello" / str(n) / "index.html").exists()
     check_links(str(tmp_path / "state" / "site"))
+
+
+def test_a_lagging_counter_and_a_late_record_are_caught_up(env, tmp_path):
+    st, sp, cfg, s = env
+    make_build(st, "hello")
+    s.update([])
+    # A number taken, its record not written yet: waited for.
+    n2 = st.allocate_number("hello")
+    s.update([])
+    root = tmp_path / "state" / "site"
+    assert not (root / "builders" / "hello" / str(n2)).exists()
+    rec = st.read_build("hello", 1)
+    rec.update(number=n2, started=T0 + 500)
+    st.write_build(rec)
+    # And one more, with the counter put back as after a crash.
+    n3 = make_build(st, "hello", started=T0 + 600)
+    with open(os.path.join(st.builder_dir("hello"), "next.json"), "w") as f:
+        json.dump({"format": "counter", "version": 1, "next": n2}, f)
+    s.update([])
+    for n in (n2, n3):
+        assert (root / "builders" / "hello" / str(n) / ".final").exists(), n
+    assert "builders/hello/%d/index.html" % n3 in Page(str(root / "index.html")).links()
+
+
+def test_a_counter_that_lies_is_listed_once(env, tmp_path, monkeypatch):
+    st, sp, cfg, s = env
+    make_build(st, "hello")
+    s.update([])
+    with open(os.path.join(st.builder_dir("hello"), "next.json"), "w") as f:
+        json.dump({"format": "counter", "version": 1, "next": 10**12}, f)
+    listed = []
+    real = st.build_numbers
+    monkeypatch.setattr(st, "build_numbers", lambda b: listed.append(b) or real(b))
+    n = make_build(st, "hello", started=T0 + 100)  # takes 10**12: the counter is trusted
+    s.update([])
+    s.update([])
+    assert listed == ["hello"]
+    assert n == 10**12 and "builders/hello/%d/index.html" % n in Page(os.path.join(s.root, "index.html")).links()
+    # Billions of empty history pages are skipped, by this process and the next.
+    history = os.listdir(os.path.join(s.root, "builders", "hello", "history"))
+    assert sorted(history) == ["1.html", "%d.html" % (10**12 // site.HISTORY_PAGE)]
+    site.Site(s.root, st, sp, cfg).update([("hello", make_build(st, "hello", started=T0 + 200))])
+    check_links(s.root)
+    crawl(s.root)
+
+
+def test_numbers_and_pages_skip_empty_history_pages():
+    b = site._Builder("x")
+    b.skipped = [[2, 4], [6, 6]]
+    P = site.HISTORY_PAGE
+    assert list(b.numbers(P - 2, 6 * P + 2)) == [P - 1, P] + list(range(4 * P + 1, 5 * P + 1)) + [6 * P + 1, 6 * P + 2]
+    assert list(b.numbers(0, 3)) == [1, 2, 3]
+    assert [b.page_below(p) for p in (8, 7, 6, 5, 2, 1)] == [7, 5, 5, 1, 1, 0]
+    b.unskip(3)
+    assert b.skipped == [[2, 2], [4, 4], [6, 6]]
 
 
 def test_big_log_is_shown_in_part_without_reading_it_all(env, tmp_path):
@@ -425,14 +975,19 @@ def test_gaps_corrupt_records_and_hostile_names_are_skipped(env, tmp_path):
     rec = st.read_build("hello", n4)
     rec["steps"][0]["log"] = "../../../../etc/passwd"
     st.write_build(rec)
-    s.update([("hello", 2), ("hello", n3), ("../evil", 1), (".hidden", 1), ("hello", "x")])
+    n5 = make_build(st, "hello", steps=(("compile", "success", "ok\n"),))
+    rec = st.read_build("hello", n5)
+    rec["steps"][0]["log"] = "index.log"              # would overwrite the build's page
+    st.write_build(rec)
+    s.update([("hello", 2), ("hello", n3), ("../evil", 1), (".hidden", 1), ("hello", "x"), ("hello", 10**12)])
     root = tmp_path / "state" / "site"
     assert not (root / "builders" / "hello" / "2").exists()
     assert not (root / "builders" / "hello" / str(n3)).exists()
     assert not (root / "evil").exists() and not (root / "builders" / ".hidden").exists()
     text = Page(str(root / "builders" / "hello" / str(n4) / "index.html")).all_text
     assert "compile" in text
-    assert sorted(os.listdir(root / "builders" / "hello" / str(n4))) == [".final", "index.html"]
+    for n in (n4, n5):
+        assert sorted(os.listdir(root / "builders" / "hello" / str(n))) == [".final", "index.html"]
     check_links(str(root))
 
 
@@ -443,55 +998,126 @@ def test_unknown_and_missing_keys(env, tmp_path):
     for k in ("worker", "reason", "request", "repository"):
         del rec[k]
     rec["steps"][0]["future"] = [1, 2]
+    rec["steps"].append("not a step")
     del rec["steps"][1]["summary"]
+    rec["started"] = 1e300  # no calendar shows this
     st.write_build(rec)
     s.update([("hello", n)])
     root = tmp_path / "state" / "site"
     page = Page(str(root / "builders" / "hello" / str(n) / "index.html"))
     assert "frobnicated" in page.all_text
     assert any("r-other" in c for c in page.boxes())
+    ElementTree.parse(str(root / "builders" / "hello" / "badge.svg"))
     check_links(str(root))
-
-
-def test_builders_from_config_and_from_history_all_appear(env, tmp_path):
-    st, sp, cfg, s = env
-    cfg.builders.update(make_cfg(tmp_path, names=("idle",)).builders)
-    make_build(st, "retired")  # in history, no longer configured
-    s.update([])
-    page = Page(str(tmp_path / "state" / "site" / "index.html"))
-    heads = page.all_text
-    assert "hello" in heads and "idle" in heads and "retired (not configured)" in heads
-    assert "no finished builds" in heads
-    check_links(s.root)
-
-
-def test_waterfall_depth_limits_builds_per_builder(env, tmp_path):
-    st, sp, cfg, s = env
-    cfg.waterfall_depth = 2
-    for i in range(4):
-        make_build(st, "hello", started=T0 + 1000 * i)
-    s.update([])
-    links = Page(str(tmp_path / "state" / "site" / "index.html")).links()
-    assert "builders/hello/4/index.html" in links and "builders/hello/3/index.html" in links
-    assert "builders/hello/2/index.html" not in links
-    check_links(s.root)
-
-
-def test_empty_site(env, tmp_path):
-    st, sp, cfg, s = env
-    cfg.builders.clear()
-    assert s.rebuild() == 1
-    assert "No builders yet" in Page(str(tmp_path / "state" / "site" / "index.html")).all_text
 
 
 def test_a_new_final_mark_renders_old_pages_again(env, tmp_path, monkeypatch):
     st, sp, cfg, s = env
     n = make_build(st, "hello")
     s.update([("hello", n)])
-    monkeypatch.setattr(site, "FINAL_MARK", "buildunits-site 2\n")
+    page = os.path.join(s.build_dir("hello", n), "index.html")
+    ino = os.stat(page).st_ino
+    monkeypatch.setattr(site, "FINAL_MARK", site.FINAL_MARK + "again\n")
     s2 = site.Site(s.root, st, sp, cfg)
-    assert s2.rebuild() == 1 + 2 + 1  # the raw logs are already the right links
+    s2.update([])
+    assert os.stat(page).st_ino != ino
+    with open(os.path.join(s.build_dir("hello", n), ".final")) as f:
+        assert f.read() == site.FINAL_MARK
 
+
+def test_odd_names_are_quoted_in_links(env, tmp_path):
+    st, sp, cfg, s = env
+    make_build(st, "odd name#1%", steps=(("st ep?#", "success", "ok\n"),))
+    s.update([])
+    root = tmp_path / "state" / "site"
+    assert (root / "builders" / "odd name#1%" / "1" / "01-st ep?#.html").is_file()
+    assert (root / "builders" / "odd name#1%" / "badge.svg").is_file()
+    assert (root / "api" / "builders" / "odd name#1%" / "builds" / "1.json").is_file()
+    assert "builders/odd%20name%231%25/index.html" in Page(str(root / "index.html")).links()
+    check_links(str(root))
+    crawl(str(root))
+
+
+# ------------------------------------------------------------ hostile text
+
+HOSTILE = [
+    '<script>alert(1)</script>',
+    '"><img src=x onerror=alert(1)>',
+    "'><svg onload=alert(1)>",
+    'javascript:alert(1)',
+    '</title></textarea><style>*{}</style>',
+    ']]><!-- --><!DOCTYPE x [<!ENTITY e "x">]>&e;',
+    '\x1b[31mred\x1b[0m\x1b]0;title\x07',
+    'nul\x00 bell\x07 SURROGATE lone surrogate \ufffe',
+    'x' * 20000,
+]
+
+
+def test_hostile_corpus_comes_out_escaped(tmp_path):
+    st = State(str(tmp_path / "state"))
+    sp = Spool(str(tmp_path / "spool"))
+    sp.ensure()
+    evil_builder = '"><img src=x onerror=alert(1)>'
+    cfg = make_cfg(tmp_path, title="CI <script>alert('title')</script>")
+    text = "\n".join(HOSTILE)
+    evil = change(message=text, author=HOSTILE[1] + " <" + HOSTILE[0] + ">", rev=HOSTILE[3])
+    log = "\n".join(HOSTILE).encode("utf-8", "surrogatepass") + b"\n\xff\xfe invalid utf-8 \xc3\n"
+    for builder in ("hello", evil_builder):
+        n = make_build(st, builder, changes=[evil], steps=(("compile", "failure", ""),),
+                       extra={"branch": HOSTILE[2], "reason": HOSTILE[0], "worker": HOSTILE[4]},
+                       request_extra={"properties": {HOSTILE[0]: HOSTILE[1], "n": [HOSTILE[5]]},
+                                      "reason": HOSTILE[6], "force": HOSTILE[7]})
+        with open(st.log_path(builder, n, 1, "compile"), "wb") as f:
+            f.write(log)
+        rec = st.read_build(builder, n)
+        rec["steps"][0].update(summary=HOSTILE[1], description=HOSTILE[0])
+        st.write_build(rec)
+        # A lone surrogate: JSON can carry one, the record writer cannot write one.
+        path = st.build_path(builder, n)
+        with open(path, encoding="utf-8") as f:
+            data = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(data.replace("SURROGATE", "\\ud800"))
+    sp.deliver("requests", "request", {"builder": "hello", "branch": HOSTILE[0], "revision": HOSTILE[1],
+                                       "repository": "", "reason": HOSTILE[2], "changes": [],
+                                       "force": None, "properties": {}})
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s.rebuild()
+    root = os.path.realpath(str(tmp_path / "site"))
+    parsed = check_links(root)
+    reached, others = crawl(root)
+    assert len(parsed) == 9 and set(reached) == {os.path.relpath(p, root) for p in parsed}
+    seen = ""
+    for p, page in parsed.items():
+        tags = {t for t, _ in page.tags}
+        assert not tags & {"script", "img", "svg", "textarea", "iframe"}, (p, tags)
+        assert [t for t, _ in page.tags].count("style") == 1, p
+        assert [t for t, _ in page.tags].count("title") == 1, p
+        for _, attrs in page.tags:
+            assert not [k for k in attrs if k.startswith("on")], (p, attrs)
+            for key in ("href", "src"):
+                assert "javascript" not in attrs.get(key, ""), (p, attrs)
+        seen += page.all_text
+    assert "<script>alert(1)</script>" in seen and '"><img src=x onerror=alert(1)>' in seen
+    assert "javascript:alert(1)" in seen and "red" in seen
+    assert "\x1b" not in seen and "\x00" not in seen and "\ud800" not in seen
+    # Machine-readable files parse, and carry the text as text.
+    for p in others | {"atom.xml"}:
+        path = os.path.join(root, p)
+        if p.endswith(".json"):
+            with open(path, encoding="ascii") as f:
+                json.load(f)
+        elif p.endswith((".xml", ".svg")):
+            ElementTree.parse(path)
+    feed = ElementTree.parse(os.path.join(root, "atom.xml")).getroot()
+    assert "<script>alert(1)</script>" in "".join(feed.itertext())
+    badge = os.path.join(root, "builders", evil_builder, "badge.svg")
+    assert ElementTree.parse(badge).getroot().find(SVG + "title").text.startswith('"><img')
+    log_page = Page(os.path.join(root, "builders", "hello", "1", "01-compile.html"))
+    assert "invalid utf-8" in log_page.all_text and "\ufffd" in log_page.all_text
+
+
+# --------------------------------------------------------------- templates
 
 def test_templates_dir_from_environment(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(templates.templates_dir({}), "base.html"))
@@ -500,6 +1126,7 @@ def test_templates_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BUILDUNITS_TEMPLATES_DIR", str(tmp_path))
     assert templates.render("t.html", x="<a>") == "&lt;a&gt;|1min 30s"
     assert "".join(templates.generate("t.html", x="&")) == "&amp;|1min 30s"
+    assert templates.fragment("t.html", x="<b>") == "&lt;b&gt;|1min 30s"
     with pytest.raises(Exception):
         templates.render("t.html")  # StrictUndefined: a missing name fails
 
@@ -512,18 +1139,10 @@ def test_filters():
     assert templates.shortrev(REV) == REV[:8]
     assert templates.timespan(41) == "41s" and templates.timespan(None) == ""
     assert templates.timestamp(T0) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0))
+    assert templates.rfc3339(T0) == "2023-11-14T22:13:20Z"
 
 
 def test_installed_templates_path():
     # An install puts the package at PREFIX/lib/buildunits/python/buildunits/.
     rel = os.path.relpath(templates._INSTALLED, templates._PACKAGE)
     assert rel == os.path.join("..", "..", "..", "..", "share", "buildunits", "templates")
-
-
-def test_odd_names_are_quoted_in_links(env, tmp_path):
-    st, sp, cfg, s = env
-    make_build(st, "odd name#1%", steps=(("st ep?#", "success", "ok\n"),))
-    s.update([])
-    root = tmp_path / "state" / "site"
-    assert (root / "builders" / "odd name#1%" / "1" / "01-st ep?#.html").is_file()
-    check_links(str(root))

@@ -4,24 +4,33 @@ NAME
     buildunits-htmlgen - the static HTML generator
 
 DESCRIPTION
-    Renders the waterfall, a page per build and per step log (see site.py
-    for the pages) into the site directory (default STATE/site), as plain
-    files any web server, or a browser on file://, can show.  Every file is
-    written to a temporary name and renamed into place, so a reader never
-    sees half a page.
+    Renders the waterfall, the console, a page per builder, build and step
+    log, Atom feeds, SVG badges and JSON files (docs/site.md describes
+    them; site.py renders them) into the site directory (default
+    STATE/site), as plain files any web server, or a browser on file://,
+    can show.  Every file is written to a temporary name and renamed into
+    place, so a reader never sees half a page.
 
     It re-renders what changed when a runner says so: a D-Bus signal from
     a runner, or a hint file SPOOL/hints/BUILDER@NUMBER (inotify), both
-    hints only.  At startup and on the rescan timer it brings the whole
-    site up to date.  Pages of finished builds are written once.
+    hints only; each update also finds new builds through the builders'
+    counters and looks at the running ones, so a lost hint costs nothing.
+    An update costs the same whatever the length of the history: pages
+    that show only finished builds are written once, and the rest show a
+    bounded number of recent builds.  At startup it takes up from
+    SITE/.buildunits-site.json (a site without it is rendered whole once),
+    and on the rescan timer it brings the head pages up to date.
 
     --rebuild renders everything from state, including finished builds'
-    pages, and exits (with a progress line on a terminal).
+    pages, and exits (with a progress bar on a terminal).  A running
+    htmlgen notices and takes up from the result.
 
 FILES
     SPOOL/hints/             wake-up hints from runners
     STATE/builds/            what it renders
     SITE/index.html          the waterfall
+    SITE/api/                the JSON files (docs/site.md)
+    SITE/.buildunits-site.json  what it remembers between updates
 
 SIGNALS
     SIGHUP re-reads the configuration (titles, builders) and re-renders the
@@ -93,13 +102,18 @@ def rebuild(dirs):
     from .site import Site
     site = Site(dirs.site, State(dirs.state), Spool(dirs.spool), cfg)
     tty = sys.stderr.isatty()
+    shown = [None]
 
     def progress(done, total):
+        # Redrawn when the bar or the count in thousands moves: 100k builds
+        # do not make 100k writes to the terminal.
         if tty:
             width = 40
             fill = int(width * done / total) if total else width
-            sys.stderr.write("\r[%s%s] %d/%d builds" % ("#" * fill, "." * (width - fill), done, total))
-            sys.stderr.flush()
+            if (fill, done // 1000) != shown[0] or done == total:
+                shown[0] = (fill, done // 1000)
+                sys.stderr.write("\r[%s%s] %d/%d builds" % ("#" * fill, "." * (width - fill), done, total))
+                sys.stderr.flush()
 
     site.rebuild(progress=progress, force=True)
     if tty:

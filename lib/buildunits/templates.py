@@ -23,6 +23,7 @@ import sys
 import time
 
 import jinja2
+import markupsafe
 
 from . import config, results
 
@@ -32,6 +33,7 @@ _INSTALLED = os.path.normpath(os.path.join(_PACKAGE, "..", "..", "..", "..",
                                            "share", "buildunits", "templates"))
 
 _environments = {}  # directory -> jinja2.Environment
+_default = [None, None]  # [$BUILDUNITS_TEMPLATES_DIR, the directory it gave]
 
 
 def templates_dir(environ=None):
@@ -48,7 +50,12 @@ def templates_dir(environ=None):
 
 def environment(directory=None):
     """The jinja2 Environment for DIRECTORY (default templates_dir()), made once."""
-    directory = directory or templates_dir()
+    if not directory:
+        # Looked up once (a page is many renders), unless the variable changes.
+        key = os.environ.get("BUILDUNITS_TEMPLATES_DIR")
+        if _default[0] != key or _default[1] is None:
+            _default[:] = [key, templates_dir()]
+        directory = _default[1]
     e = _environments.get(directory)
     if e is None:
         e = jinja2.Environment(
@@ -67,6 +74,17 @@ def environment(directory=None):
 def render(name, **context):
     """The page NAME rendered with CONTEXT, as one str."""
     return environment().get_template(name).render(**context)
+
+
+def fragment(name, **context):
+    """NAME rendered with CONTEXT as markup a page can include as it is
+    (it was escaped when it was rendered): for pieces that are rendered
+    once and shown on many pages.
+
+    >>> fragment("macros.html") == ""
+    True
+    """
+    return markupsafe.Markup(environment().get_template(name).render(**context).strip())
 
 
 def generate(name, **context):
@@ -103,6 +121,17 @@ def isotime(t):
     if t is None:
         return ""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def rfc3339(t):
+    """T in UTC as RFC 3339 (Atom's dates); "" for None.
+
+    >>> rfc3339(0)
+    '1970-01-01T00:00:00Z'
+    """
+    if t is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def timespan(seconds):
@@ -167,6 +196,7 @@ FILTERS = {
     "timestamp": timestamp,
     "clock": clock,
     "isotime": isotime,
+    "rfc3339": rfc3339,
     "timespan": timespan,
     "firstline": firstline,
     "shortrev": shortrev,
