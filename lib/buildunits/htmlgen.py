@@ -47,6 +47,8 @@ from .state import State
 class HTMLGen(daemon.Daemon):
     role = "HTMLGen"
     program = "buildunits-htmlgen"
+    # Off the build path: gather a burst of step events into one render.
+    wake_holdoff_ms = 200
     watch_queues = ("hints", "requests")
     subscriptions = (("Runner", "BuildStarted"), ("Runner", "StepStarted"), ("Runner", "StepFinished"),
                      ("Runner", "BuildFinished"), ("Scheduler", "BuildRequested"))
