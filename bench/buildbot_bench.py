@@ -8,7 +8,7 @@ on PATH (Buildbot needs no Debian package).  Each setup is a master
 its PB port on 127.0.0.1 only) and local workers (`buildbot-worker
 create-worker`), run in the foreground with twistd.
 
-The master's configuration is the issue's: a PBChangeSource (what
+The master's configuration mirrors buildunits' workloads: a PBChangeSource (what
 `buildbot sendchange` talks to), a GitPoller when polling is measured,
 one SingleBranchScheduler per builder without a tree-stable timer, and
 builders of two no-op ShellCommand steps (`true`), collapseRequests off.

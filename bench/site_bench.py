@@ -3,7 +3,7 @@
 
     /usr/bin/python3 bench/site_bench.py [--quick] [--cache DIR]
 
-Issue 4's figures, printed next to their targets and never judged (the
+The site's figures, printed next to their targets and never judged (the
 exit status is 0 whatever the times):
 
   - the time Site.update() takes to render one more finished build (its

@@ -315,7 +315,7 @@ class PrivateBus:
                     raise RuntimeError("dbus-daemon exited (status %s) before printing its address:\n%s"
                                        % (rc, self.log()))
                 line += chunk
-        # "unix:path=...,guid=..." - keep the path form the brief promises.
+        # "unix:path=...,guid=..." - keep the unix:path= form that .address documents.
         printed = line.decode().strip()
         if "path=%s" % self.socket_path not in printed:
             raise RuntimeError("dbus-daemon listens on %r, not on %s" % (printed, self.socket_path))

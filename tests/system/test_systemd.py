@@ -1,4 +1,4 @@
-"""buildunits under a real systemd: the issue's operator stories, end to end.
+"""buildunits under a real systemd: an operator's day, end to end.
 
 Each test boots a container, installs the project with `make install`,
 starts buildunits.target with two runners, and works only through what an
