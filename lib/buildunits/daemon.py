@@ -28,7 +28,6 @@ import argparse
 import fcntl
 import os
 import signal
-import sys
 import time
 import traceback
 
@@ -293,12 +292,3 @@ def main(cls, argv, description, extra_args=None):
     notifier = notify.Notifier()
     d = cls(dirs, cfg, bus, notifier, args)
     return d.run()
-
-
-def now():
-    return time.time()
-
-
-def shim(module_main):
-    """Entry point used by bin/: exit with what MODULE_MAIN returns."""
-    sys.exit(module_main(sys.argv[1:]))

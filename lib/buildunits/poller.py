@@ -36,12 +36,13 @@ SIGNALS
     SIGHUP re-reads the configuration; SIGTERM stops after the current poll.
 """
 
+import fnmatch
 import os
 import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, config, daemon, git, log, records
+from . import config, daemon, git, log, records
 
 MAX_COMMITS = 200   # per branch and poll; older ones are logged as skipped
 
@@ -117,7 +118,7 @@ class Poller(daemon.Daemon):
         except git.GitError as e:
             self._problem(repo, str(e))
             return
-        wanted = {br: sha for br, sha in heads.items() if any(_match(br, g) for g in globs)}
+        wanted = {br: sha for br, sha in heads.items() if any(fnmatch.fnmatchcase(br, g) for g in globs)}
         try:
             prev = self.state.read_poller(repo)
         except records.RecordError as e:
@@ -175,11 +176,6 @@ class Poller(daemon.Daemon):
         if self._errors.get(repo) != text:
             log.error("%s: cannot poll: %s" % (repo, text))
             self._errors[repo] = text
-
-
-def _match(branch, glob):
-    import fnmatch
-    return fnmatch.fnmatchcase(branch, glob)
 
 
 def main(argv):

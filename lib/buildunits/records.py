@@ -161,17 +161,3 @@ def read(path, formats):
 def write(path, fmt, fields, durable=True):
     """Atomically replace the record at PATH (see fsutil.write_atomic)."""
     fsutil.write_atomic(path, encode(fmt, fields), durable=durable)
-
-
-def require(rec, path, key, types):
-    """REC[KEY], checked to be of TYPES; RecordError naming the field if not."""
-    if key not in rec:
-        raise RecordError(path, "missing field %r" % key)
-    v = rec[key]
-    if not isinstance(v, types) or (isinstance(v, bool) and bool not in _tuple(types)):
-        raise RecordError(path, "field %r has the wrong type (%s)" % (key, type(v).__name__))
-    return v
-
-
-def _tuple(t):
-    return t if isinstance(t, tuple) else (t,)

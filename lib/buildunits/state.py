@@ -22,7 +22,6 @@ build.json is written leaves an empty directory: a number used by no build
 (a gap, never a repeat), which the pages skip and `buildunits fsck` lists.
 """
 
-import errno
 import hashlib
 import os
 import re
@@ -167,7 +166,3 @@ class State:
                           and not n.startswith("."))
         except FileNotFoundError:
             return []
-
-
-def is_enospc(exc):
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
