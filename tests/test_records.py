@@ -150,17 +150,6 @@ def test_unknown_keys_and_higher_version_are_accepted_and_kept(tmp_path):
     assert again["builder"] == "hello"
 
 
-def test_require_checks_presence_and_type():
-    rec = {"n": 3, "flag": True, "s": "x"}
-    assert records.require(rec, "p", "n", int) == 3
-    assert records.require(rec, "p", "s", (str, type(None))) == "x"
-    with pytest.raises(records.RecordError, match="p: missing field 'm'"):
-        records.require(rec, "p", "m", int)
-    with pytest.raises(records.RecordError, match="field 'flag' has the wrong type"):
-        records.require(rec, "p", "flag", int)  # a bool is not a number here
-    assert records.require(rec, "p", "flag", bool) is True
-    with pytest.raises(records.RecordError, match="field 's' has the wrong type"):
-        records.require(rec, "p", "s", int)
 
 
 def test_every_format_has_a_positive_version():
