@@ -276,3 +276,12 @@ def test_sweep_never_deletes_a_corrupt_file_whatever_its_name(spool):
         _age(spool.path("corrupt", n), fsutil.TMP_SWEEP_AGE_SEC + 10)
     spool.sweep()
     assert [n for n, _ in spool.corrupted()] == ["changes.hook.tmp-1"]
+
+
+def test_a_stray_file_in_requests_active_is_not_a_worker(tmp_path):
+    sp = spoolmod.Spool(str(tmp_path / "spool"))
+    sp.ensure()
+    for name in (".keep", "stray-file"):
+        open(sp.path("requests", "active", name), "w").close()
+    assert sp.all_claimed() == {}
+    assert sp.claimed("stray-file") == []

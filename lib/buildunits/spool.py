@@ -174,7 +174,7 @@ class Spool:
         """Ids claimed by WORKER, oldest first."""
         try:
             return sorted(n for n in os.listdir(self.path("requests", "active", worker)) if valid_id(n))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
     def all_claimed(self):
@@ -185,6 +185,8 @@ class Spool:
         except FileNotFoundError:
             return out
         for w in sorted(workers):
+            if w.startswith("."):
+                continue   # not a worker's directory (workers are named like builders)
             ids = self.claimed(w)
             if ids:
                 out[w] = ids
