@@ -396,17 +396,6 @@ def test_every_proper_prefix_of_a_record_is_rejected_as_torn(fmt, fields, data):
         cut, blob[:cut][-20:], e.value.reason)
 
 
-@pytest.mark.torture
-@fuzz
-@given(required=st.sampled_from([str, int, (int, float), dict, list, bool, (str, type(None))]),
-       rec=st.dictionaries(st.sampled_from(["a", "b"]), json_values))
-def test_require_returns_the_value_or_names_the_field(required, rec):
-    try:
-        v = records.require(rec, RPATH, "a", required)
-    except records.RecordError as e:
-        assert "'a'" in e.reason and e.path == RPATH
-    else:
-        assert v is rec["a"] and isinstance(v, required)
 
 
 # ====================================================================
