@@ -83,10 +83,12 @@ class Attached:
 
     def __init__(self, pid, syscall, n, action="signal=SIGKILL"):
         self.pid = pid
-        for attempt in range(3):
-            # The previous tracer may still be letting go of PID (seen under
-            # heavy load): wait until nobody traces it, then attach.
+        for attempt in range(10):
+            # The kernel refuses (EPERM) to attach while the previous tracer
+            # is still letting go of PID; seen under heavy load.  Wait until
+            # nobody traces it, and back off a little more on each refusal.
             wait_for(lambda: _tracer(pid) in (0, None), timeout=10, what="%d to be untraced" % pid)
+            time.sleep(0.02 * attempt)
             self.proc = subprocess.Popen(["strace"] + strace_opts(syscall, n, action) + ["-p", str(pid)],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, start_new_session=True)
