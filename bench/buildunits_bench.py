@@ -124,14 +124,13 @@ class TimedNotify(harness.NotifyReader):
         return None
 
 
-class SignalClock:
+class SignalClock(common.EventLog):
     """The project's D-Bus signals, timestamped as the bench receives them
     (a Gio connection of our own, in a thread with its own main context)."""
 
     def __init__(self, address):
+        common.EventLog.__init__(self)   # events: (time, member, args)
         self.address = address
-        self.events = []          # (time, member, args)
-        self.cond = threading.Condition()
         self._ready = threading.Event()
         self._error = None
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -160,28 +159,7 @@ class SignalClock:
         self.loop.run()
 
     def _on(self, conn, sender, path, iface, member, params, *user):
-        t = time.time()
-        with self.cond:
-            self.events.append((t, member, tuple(params.unpack())))
-            self.cond.notify_all()
-
-    def mark(self):
-        with self.cond:
-            return len(self.events)
-
-    def wait(self, pred, timeout, start=0, what="a signal"):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            i = start
-            while True:
-                while i < len(self.events):
-                    if pred(self.events[i]):
-                        return self.events[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise common.Timeout("timed out after %.0fs waiting for %s" % (timeout, what))
-                self.cond.wait(left)
+        self._add((time.time(), member, tuple(params.unpack())))
 
     def wait_count(self, pred, n, timeout, start=0, what="signals"):
         """Wait until N events from START satisfy PRED; return them (may be

@@ -484,7 +484,44 @@ def wait_until(pred, timeout, what, interval=0.005):
         time.sleep(interval)
 
 
-class DatagramClock:
+class EventLog:
+    """Events appended by a reader thread, each a tuple starting with the
+    time it was seen; wait() blocks on the next one with a deadline."""
+
+    def __init__(self):
+        self.events = []
+        self.cond = threading.Condition()
+
+    def _add(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def _subject(self, event):
+        """What wait()'s predicate is given of an event."""
+        return event
+
+    def mark(self):
+        with self.cond:
+            return len(self.events)
+
+    def wait(self, pred, timeout, start=0, what="an event"):
+        """The first event from index START whose subject satisfies PRED."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            i = start
+            while True:
+                while i < len(self.events):
+                    if pred(self._subject(self.events[i])):
+                        return self.events[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout("timed out after %.0fs waiting for %s" % (timeout, what))
+                self.cond.wait(left)
+
+
+class DatagramClock(EventLog):
     """A unix datagram socket whose messages are timestamped on receipt
     (time.time()), drained by a thread."""
 
@@ -497,8 +534,7 @@ class DatagramClock:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
         self.sock.settimeout(0.2)
-        self.events = []
-        self.cond = threading.Condition()
+        EventLog.__init__(self)
         self._closed = False
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -511,29 +547,10 @@ class DatagramClock:
                 continue
             except OSError:
                 return
-            t = time.time()
-            with self.cond:
-                self.events.append((t, data.decode("utf-8", "replace")))
-                self.cond.notify_all()
+            self._add((time.time(), data.decode("utf-8", "replace")))
 
-    def mark(self):
-        with self.cond:
-            return len(self.events)
-
-    def wait(self, pred, timeout, start=0, what="an event"):
-        """The first (time, text) from index START for which PRED(text) holds."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            i = start
-            while True:
-                while i < len(self.events):
-                    if pred(self.events[i][1]):
-                        return self.events[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Timeout("timed out after %.0fs waiting for %s" % (timeout, what))
-                self.cond.wait(left)
+    def _subject(self, event):
+        return event[1]      # wait()'s predicate sees the text
 
     def count(self, pred, start=0):
         with self.cond:
