@@ -184,3 +184,20 @@ def test_worker_record_round_trip_and_clear(state):
     state.clear_worker("w1")  # harmless
     assert state.read_worker("w1") is None and state.workers() == ["w2"]
     assert state.work_dir("w2", "hello") == state.path("work", "w2", "hello")
+
+
+def test_recent_numbers_without_listing_history(tmp_path):
+    st = State(str(tmp_path))
+    st.ensure()
+    for _ in range(30):
+        st.allocate_number("b")
+    os.rmdir(st.build_dir("b", 27))                       # a gap
+    expected = [n for n in range(1, 31) if n != 27][-5:]
+    assert st.recent_numbers("b", 5) == expected == st.build_numbers("b")[-5:]
+    # A hint left behind by a crash after the mkdir: the newest is still found.
+    os.mkdir(st.build_dir("b", 31))
+    assert st.recent_numbers("b", 3) == [29, 30, 31]
+    # No hint: the directory is listed.
+    os.unlink(os.path.join(st.builder_dir("b"), "next.json"))
+    assert st.recent_numbers("b", 3) == [29, 30, 31]
+    assert st.recent_numbers("nobody", 3) == []

@@ -147,7 +147,7 @@ class Scheduler(daemon.Daemon):
             for rid in ids:
                 carried.append(self.spool.read_claimed(worker, rid))
         for b in self.cfg.builders:
-            for n in self.state.build_numbers(b)[-RECOVERY_BUILDS:]:
+            for n in self.state.recent_numbers(b, RECOVERY_BUILDS):
                 try:
                     build = self.state.read_build(b, n)
                 except (records.RecordError, OSError):

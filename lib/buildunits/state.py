@@ -80,6 +80,25 @@ class State:
             return []
         return sorted(int(n) for n in names if n.isdigit() and not n.startswith("0"))
 
+    def recent_numbers(self, builder, count):
+        """The highest COUNT build numbers of BUILDER, ascending, without
+        listing its directory (which grows with history): counted down from
+        the next-number hint, and up past it (the hint is written after the
+        mkdir, so a crash can leave it behind).  Lists the directory only
+        when the hint is missing or unreadable."""
+        try:
+            nxt = records.read(os.path.join(self.builder_dir(builder), "next.json"), "counter").get("next")
+            if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt < 1:
+                raise ValueError
+        except (OSError, ValueError):
+            return self.build_numbers(builder)[-count:]
+        top = nxt - 1
+        while os.path.isdir(self.build_dir(builder, top + 1)):
+            top += 1
+        # Twice COUNT candidates: room for the gaps a crash can leave.
+        found = [n for n in range(top, max(0, top - 2 * count), -1) if os.path.isdir(self.build_dir(builder, n))]
+        return sorted(found[:count])
+
     def builders(self):
         """Names of builders with any history."""
         try:

@@ -43,7 +43,7 @@ def gather_status(dirs, cfg):
     names = sorted(set(cfg.builders if cfg else []) | set(st.builders()))
     for name in names:
         last = None
-        for n in reversed(st.build_numbers(name)[-20:]):
+        for n in reversed(st.recent_numbers(name, 20)):
             b = peek(st.build_path(name, n), ("build",))
             if b and b.get("state") == "finished":
                 last = {"number": n, "result": b.get("result"), "revision": b.get("revision"),
