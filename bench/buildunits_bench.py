@@ -88,24 +88,10 @@ def install_snapshot(dest, compile_bytecode=True):
 class TimedNotify(harness.NotifyReader):
     """A NOTIFY_SOCKET that also keeps the arrival time of each message."""
 
-    def __init__(self, path, name=""):
-        self.timed = []
-        super().__init__(path, name)
-
-    def _read(self):
-        import socket
-        while not self._closed:
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            t = time.time()
-            text = data.decode("latin-1")
-            with self._lock:
-                self.messages.append(text)
-                self.timed.append((t, text))
+    @property
+    def timed(self):
+        """[(arrival time, message)]; call with self._lock held."""
+        return list(zip(self.arrivals, self.messages))
 
     def first(self, line):
         """Arrival time of the first message holding LINE, or None."""

@@ -547,6 +547,7 @@ class NotifyReader:
         self.path = path
         self.name = name
         self.messages = []
+        self.arrivals = []
         self._lock = threading.Lock()
         self._closed = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -569,6 +570,7 @@ class NotifyReader:
                 return
             with self._lock:
                 self.messages.append(data.decode("latin-1"))
+                self.arrivals.append(time.time())   # when each message came (benchmarks)
 
     def snapshot(self):
         with self._lock:
