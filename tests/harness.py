@@ -21,6 +21,7 @@ BUILDUNITS_TEST_TIMEOUT_SCALE (a factor, default 1).
 """
 
 import collections
+import json
 import os
 import pwd
 import re
@@ -1102,6 +1103,25 @@ class Daemons:
             return rec if build_is_finished(rec) else None
         return wait_for(done, timeout=timeout, what="build %s #%s to finish" % (builder, number),
                         describe=self._describe_builds)
+
+    def wait_site_finished(self, builder, number, timeout=30.0):
+        """Wait until the site shows BUILDER #NUMBER (or a later build) as
+        its last finished build, the way docs/site.md tells scripts to:
+        api/builders.json is the last file of every update."""
+        path = os.path.join(self.site_dir, "api", "builders.json")
+
+        def shown():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                return None
+            for b in doc.get("builders", []):
+                last = b.get("last") or {}
+                if b.get("name") == builder and last.get("number", 0) >= number:
+                    return doc
+            return None
+        return wait_for(shown, timeout=timeout, what="the site to show %s #%d finished" % (builder, number))
 
     def step_log(self, builder, number, step):
         """The text of STEP's log in build BUILDER #NUMBER, or None."""

@@ -89,8 +89,8 @@ def test_commit_becomes_build_with_pages(daemons, git_repo, monitor):
     # The pages: waterfall boxes, build pages, log pages, all linked.
     site = daemons.site_dir
     page2 = os.path.join(site, "builders", "hello", "2", "index.html")
-    wait_for(lambda: os.path.exists(os.path.join(site, "builders", "hello", "2", ".final")),
-             what="the final pages of build 2")
+    daemons.wait_site_finished("hello", 2)
+    assert os.path.exists(os.path.join(site, "builders", "hello", "2", ".final"))
     index = open(os.path.join(site, "index.html"), encoding="utf-8").read()
     assert "builders/hello/1/index.html" in index and "builders/hello/2/index.html" in index
     assert re.search(r"failure", index) and re.search(r"success", index)

@@ -682,6 +682,35 @@ def test_one_update_writes_the_same_files_whatever_the_history(tmp_path, monkeyp
         "api/builders/hello/index.json", site.INDEX}
 
 
+def test_builders_json_is_the_last_public_file_of_every_pass(tmp_path, monkeypatch):
+    """docs/site.md promises readers: once api/builders.json names a build,
+    every page of the pass that put it there is in place."""
+    st, s = _history(tmp_path, 30)
+    order = []
+    real = site.fsutil.write_atomic
+    monkeypatch.setattr(site.fsutil, "write_atomic",
+                        lambda path, *a, **k: order.append(os.path.relpath(path, s.root)) or real(path, *a, **k))
+    n = make_build(st, "hello", running_step=("compile", "cc a.c\n"), started=T0 + 10**7)
+    s.update([("hello", n)])
+    finish(st, "hello", n, at=T0 + 10**7 + 60)
+    s.update([("hello", n)])
+    s.rebuild()
+    passes, current = [], []
+    for rel in order:
+        current.append(rel)
+        if rel == site.INDEX:
+            passes.append(current)
+            current = []
+    assert len(passes) == 3 and not current, order
+    for written in passes:
+        assert written[-2:] == ["api/builders.json", site.INDEX], written
+        assert written.index("index.html") < written.index("api/builders.json")
+    # A build's pages (and its .final) come before the heads that link to them.
+    second = passes[1]
+    assert second.index("builders/hello/%d/.final" % n) < second.index("index.html"), second
+    assert second.index("builders/hello/%d/index.html" % n) < second.index("index.html"), second
+
+
 def test_older_pages_and_finished_builds_are_never_written_again(tmp_path):
     st, s = _history(tmp_path, 260)
     root = s.root

@@ -27,7 +27,9 @@ file://, or copied elsewhere (B is a builder, N a build number):
 
 Every file is replaced atomically (temp + rename), so a web server never
 serves half a page; without fsync, since the site is derived data that a
-rebuild recreates.
+rebuild recreates.  Within a pass, a build's pages come before the pages
+that link to them, and api/builders.json comes last of the public files:
+when it names a build, the whole pass that put it there is visible.
 
 What an update costs.  Pages that show a finished build only never change,
 so they are written once: a build's pages (then .final), a full history
@@ -647,10 +649,6 @@ class Site:
                          **common)
         self._write_page("builders.html", "builders.html", title="%s: builders" % self.cfg.title,
                          columns=columns, **common)
-        self._write_json("api/builders.json", {
-            "format": "site-builders", "version": API_VERSION, "title": _str(self.cfg.title),
-            "generated": time.time(), "waterfall": "index.html", "console": "console.html",
-            "atom": "atom.xml", "builders": [_builder_json(c) for c in columns]})
         if self._all or self._dirty:
             self._write_page("console.html", "console.html", title="%s: console" % self.cfg.title,
                              columns=columns, rows=self._console_rows(bs), **common)
@@ -668,6 +666,12 @@ class Site:
                 if self._all or self._badge_words.get(b.name) != word:
                     self._write_badge(b, word)
                     self._badge_words[b.name] = word
+        # Last, so a reader that sees a build here finds every page of the
+        # pass that put it there: the build's own, the heads, feeds, badges.
+        self._write_json("api/builders.json", {
+            "format": "site-builders", "version": API_VERSION, "title": _str(self.cfg.title),
+            "generated": time.time(), "waterfall": "index.html", "console": "console.html",
+            "atom": "atom.xml", "builders": [_builder_json(c) for c in columns]})
 
     def _render_builder_head(self, b, column):
         floor = b.head_floor()

@@ -151,8 +151,8 @@ def container_demo():
             b = ct._wait(finished, TIMEOUT, "build hello #%d" % number)
             say("build hello #%d: %s" % (number, b["result"]))
             results.append(b["result"])
-        ct._wait(lambda: sh("test -e /var/lib/buildunits/site/builders/hello/2/.final", check=False).returncode == 0,
-                 30, "the pages of build 2")
+        ct._wait(lambda: site_shows(sh("cat /var/lib/buildunits/site/api/builders.json", check=False).stdout,
+                                    "hello", 2), 30, "the site to show build 2")
         sh("cp -r /var/lib/buildunits/site /out/site")
         journal = c.journal("-o", "short", "-u", "buildunits-*", "BUILDUNITS_BUILDER=hello")
         status = sh("systemctl status --no-pager --lines=0 buildunits-scheduler", check=False).stdout
@@ -264,11 +264,32 @@ def wait_file(d, suffix):
     raise SystemExit("demo: the poller did not start; see %s/poller.log" % OUT)
 
 
+def site_shows(text, builder, number):
+    """Whether api/builders.json (TEXT) shows BUILDER #NUMBER finished.  The
+    generator writes that file last, so the pages of that update are all in
+    place (docs/site.md)."""
+    import json
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return False
+    return any(b.get("name") == builder and (b.get("last") or {}).get("number", 0) >= number
+               for b in doc.get("builders", []))
+
+
 def wait_page(site, build):
-    page = os.path.join(site, "builders", build["builder"], str(build["number"]), ".final")
+    path = os.path.join(site, "api", "builders.json")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not os.path.exists(page):
+    while time.monotonic() < deadline:
+        try:
+            with open(path, encoding="utf-8") as f:
+                if site_shows(f.read(), build["builder"], build["number"]):
+                    return
+        except OSError:
+            pass
         time.sleep(0.05)
+    raise SystemExit("demo: the site does not show build %s #%d; see %s/htmlgen.log"
+                     % (build["builder"], build["number"], OUT))
 
 
 if __name__ == "__main__":

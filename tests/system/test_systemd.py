@@ -137,8 +137,14 @@ def test_commit_to_build_with_journal_signals_and_site(ci):
     assert set(seen["HTMLGen"]) == {"SiteUpdated"}, seen
 
     # The waterfall under the site directory shows it.
-    ct._wait(lambda: ci.sh("test -e /var/lib/buildunits/site/builders/hello/1/.final", check=False).returncode == 0,
-             20, "the pages of build 1")
+    # api/builders.json is written last in every update (docs/site.md).
+    def site_shows_build_1():
+        try:
+            doc = json.loads(ci.sh("cat /var/lib/buildunits/site/api/builders.json", check=False).stdout)
+        except ValueError:
+            return False
+        return any(b["name"] == "hello" and (b["last"] or {}).get("number") == 1 for b in doc["builders"])
+    ct._wait(site_shows_build_1, 20, "the site to show build 1")
     index = ci.sh("cat /var/lib/buildunits/site/index.html").stdout
     assert "builders/hello/1/index.html" in index and "success" in index
     # STATUS= of every daemon shows in systemctl.
