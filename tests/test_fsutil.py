@@ -49,6 +49,20 @@ def test_write_atomic_failure_leaves_target_and_no_temp_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["dir", "f"]
 
 
+def test_a_writer_slower_than_the_limit_gives_up_and_commits_nothing(tmp_path, monkeypatch):
+    """A write that took longer than TMP_WRITER_MAX_SEC (a hung disk, a
+    stopped process) could find its temporary file swept: it must not
+    rename it, and says so."""
+    p = tmp_path / "f"
+    fsutil.write_atomic(str(p), b"kept\n")
+    clock = iter([0.0, fsutil.TMP_WRITER_MAX_SEC + 1.0])
+    monkeypatch.setattr(fsutil.time, "monotonic", lambda: next(clock))
+    with pytest.raises(fsutil.WriterTooSlow, match="took longer than %d" % fsutil.TMP_WRITER_MAX_SEC):
+        fsutil.write_atomic(str(p), b"too late\n")
+    assert p.read_bytes() == b"kept\n"
+    assert os.listdir(tmp_path) == ["f"]
+
+
 def test_write_new_refuses_an_existing_file(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"first")
