@@ -617,6 +617,16 @@ class NotifyReader:
             return
         self._closed = True
         self._thread.join(2)
+        # What the process sent before it exited is still queued: keep it.
+        self.sock.setblocking(False)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                break
+            with self._lock:
+                self.messages.append(data.decode("latin-1"))
+                self.arrivals.append(time.time())
         self.sock.close()
         try:
             os.unlink(self.path)

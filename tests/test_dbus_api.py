@@ -146,6 +146,11 @@ def test_signals_from_a_connection_not_owning_the_name_are_ignored(private_bus):
         # The forger emits the same signal on the same path and interface, unnamed.
         forger._bus.con.emit_signal(None, "/org/buildunits/Scheduler", "org.buildunits.Scheduler",
                                     "BuildRequested", GLib.Variant("(ssss)", ("forged", "b", "main", "x")))
+        # A round trip of the forger's to the bus: the bus has routed its
+        # signal (messages of one connection are handled in order) before
+        # the genuine one is sent, so the listener gets the forged one first.
+        forger._bus.con.call_sync("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                  "GetId", None, None, Gio.DBusCallFlags.NONE, -1, None)
         owner.emit("BuildRequested", "genuine", "b", "main", "x")
         ctx = GLib.MainContext.default()
         def genuine_heard():

@@ -258,7 +258,7 @@ def test_poller_keeps_its_poll_timer_after_a_full_disk(daemons, disk, git_repo):
     git_repo.commit({"f": "1"}, "while full")
     wait_logged(daemons, "poller", ENOSPC_TEXT, mark)
     disk.unfill()
-    wait_for(lambda: daemons.spool.pending("changes"), timeout=5,
+    wait_for(lambda: daemons.spool.pending("changes"), timeout=20,
              what="the next poll (PollIntervalSec=200ms) to queue the commit")
     assert_clear_error(daemons, "poller", ENOSPC_TEXT, mark)
 
@@ -306,7 +306,7 @@ def test_runner_full_disk_when_starting_a_build(daemons, disk):
     disk.unfill()
     wait_for(lambda: any(r and r["request_id"] == rid and r["state"] == "finished"
                          for r in all_builds(daemons, "plain").values()),
-             timeout=5, what="the runner to build the request once the disk was freed",
+             timeout=20, what="the runner to build the request once the disk was freed",
              describe=daemons._describe_builds)
     drain(daemons, ["plain"])
     check_one_build_each(daemons, "plain", [rid], lambda r: r["request_id"])
@@ -329,7 +329,7 @@ def test_runner_full_disk_when_a_step_ends(daemons, disk, tmp_path):
     assert_running(daemons, "runner@w1")
     check_records(daemons)
     disk.unfill()
-    rec = daemons.wait_build_finished("slow", 1, timeout=5)
+    rec = daemons.wait_build_finished("slow", 1, timeout=20)
     assert rec["result"] in (results.SUCCESS, results.RETRY, results.EXCEPTION), rec
     drain(daemons, ["slow"], timeout=20)
     assert_clear_error(daemons, "runner@w1", ENOSPC_TEXT, mark)
@@ -471,7 +471,7 @@ def test_runner_eio_at_each_call(daemons, syscall):
                 return (not sp.claimed("w1") and not daemons.state.read_worker("w1") and any(
                     r and r["request_id"] == rid and r["state"] == "finished" and r["result"] != results.RETRY
                     for r in all_builds(daemons, "r").values()))
-            wait_for(built, timeout=5, what="the request built without a restart after an EIO at %s #%d"
+            wait_for(built, timeout=20, what="the request built without a restart after an EIO at %s #%d"
                      % (syscall, n), describe=lambda: daemons.log("runner@w1")[mark:])
         assert_running(daemons, "runner@w1")
         check_records(daemons)

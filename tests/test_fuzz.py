@@ -851,7 +851,7 @@ def test_scheduler_moves_a_deeply_nested_change_aside_and_goes_on(daemons):
     with open(bad, "wb") as f:
         f.write(b'{"a":' + b"[" * 50000)
     good = daemons.spool.deliver("changes", "change", dict(TYPICAL_CHANGE, id=None, revision="d" * 40))
-    harness.wait_for(lambda: not daemons.spool.pending("changes"), timeout=5,
+    harness.wait_for(lambda: not daemons.spool.pending("changes"), timeout=20,
                      what="both changes taken", describe=lambda: daemons.log("scheduler"))
     assert bad in daemons.log("scheduler")
     assert [n for n, _r in daemons.spool.corrupted()] == ["changes." + os.path.basename(bad)]

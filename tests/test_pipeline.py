@@ -104,6 +104,10 @@ def test_commit_becomes_build_with_pages(daemons, git_repo, monitor):
     # The signals: each daemon's in the order of its own commits (signals of
     # different daemons may interleave; see bus.py).
     monitor.wait_for_signal("BuildFinished", args=lambda a: list(a[:3]) == ["hello", 2, "failure"])
+    # Another daemon's signal is emitted after its commit, which may come
+    # after a later daemon acted on it: wait for each daemon's last.
+    monitor.wait_for_signal("ChangeQueued", args=lambda a: list(a[2:]) == ["main", sha2])
+    wait_for(lambda: len(monitor.find("BuildRequested")) >= 2, what="the second BuildRequested")
     per = {}
     for sig in monitor.snapshot():
         if sig.interface != "org.buildunits.HTMLGen":
@@ -292,19 +296,24 @@ def test_garbage_in_spool_goes_to_corrupt(daemons, git_repo):
     hello(daemons, git_repo)
     daemons.start("scheduler")
     daemons.start("runner", "w1")
-    garbage = os.path.join(daemons.spool_dir, "changes", "new", "1700000000000000000.1.1.abcdef")
-    with open(garbage, "w") as f:
-        f.write('{"format": "change", "version": 1, "repository": "/x", "bran')
-    torn_request = os.path.join(daemons.spool_dir, "requests", "new", "1700000000000000001.1.1.abcdef")
-    with open(torn_request, "wb") as f:
-        f.write(b"\xff\xfe not a record")
+    # Each file is written whole in tmp/ and renamed into new/, as the
+    # protocol asks of any writer: what is broken is the content.
+    def drop(queue, name, data):
+        tmp = os.path.join(daemons.spool_dir, queue, "tmp", name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(daemons.spool_dir, queue, "new", name))
+    drop("changes", "1700000000000000000.1.1.abcdef", b'{"format": "change", "version": 1, "repository": "/x", "bran')
+    drop("requests", "1700000000000000001.1.1.abcdef", b"\xff\xfe not a record")
     corrupt = os.path.join(daemons.spool_dir, "corrupt")
     wait_for(lambda: len([n for n in os.listdir(corrupt) if n.endswith(".reason")]) == 2,
              what="both files to be moved to corrupt/")
     reasons = {n: open(os.path.join(corrupt, n)).read() for n in os.listdir(corrupt) if n.endswith(".reason")}
     assert any("truncated" in r for r in reasons.values()), reasons
     assert any("UTF-8" in r for r in reasons.values()), reasons
-    assert "truncated" in daemons.log("scheduler") and "corrupt" in daemons.log("scheduler")
+    # The log line follows the move.
+    wait_for(lambda: "truncated" in daemons.log("scheduler") and "corrupt" in daemons.log("scheduler"),
+             what="the scheduler's log line about the corrupt change")
     daemons.cli("force", "hello", check=True)
     assert daemons.wait_build_finished("hello", 1)["result"] == "success"
     fsck = daemons.cli("fsck")
@@ -429,10 +438,11 @@ def test_runner_killed_recovers_claim(daemons, git_repo):
 
 
 def test_watchdog_pings_when_systemd_asks(daemons):
+    # Without WATCHDOG_USEC there is no ping (and no timer while idle): the
+    # poller runs all the while the scheduler pings twice.
+    quiet = daemons.start("poller")
     d = daemons.start("scheduler", env={"WATCHDOG_USEC": "300000"})
     d.notify.wait_for(lambda lines: lines.count("WATCHDOG=1") >= 2, what="two WATCHDOG=1 pings")
-    # Without WATCHDOG_USEC there is no ping (and no timer while idle).
-    quiet = daemons.start("poller")
     daemons.stop("scheduler")
     assert "WATCHDOG=1" not in quiet.notify.lines()
 
