@@ -154,7 +154,14 @@ def container_demo():
         ct._wait(lambda: site_shows(sh("cat /var/lib/buildunits/site/api/builders.json", check=False).stdout,
                                     "hello", 2), 30, "the site to show build 2")
         sh("cp -r /var/lib/buildunits/site /out/site")
-        journal = c.journal("-o", "short", "-u", "buildunits-*", "BUILDUNITS_BUILDER=hello")
+        # The runner logs "build finished" after the build's record, and
+        # journald reads the daemons' messages in its own time: wait for the
+        # last line of each build before printing the journal.
+        wanted = ["hello #%d: build finished: %s" % (n, r) for n, r in enumerate(results, start=1)]
+        journal = ct._wait(
+            lambda: (lambda j: j if all(w in j for w in wanted) else None)(
+                c.journal("-o", "short", "-u", "buildunits-*", "BUILDUNITS_BUILDER=hello")),
+            30, "the journal to show both builds finished")
         status = sh("systemctl status --no-pager --lines=0 buildunits-scheduler", check=False).stdout
     finally:
         say("halting the container")

@@ -90,7 +90,10 @@ def test_install_project(container):
     assert p.returncode == 0 and not p.stderr.strip(), p.stderr
     c.run(["systemctl", "daemon-reload"])
     c.run(["systemctl", "start", "buildunits-version.service"])
-    assert version in c.journal("-u", "buildunits-version.service", "-o", "cat")
+    # The oneshot has exited; journald may not have read its stdout yet.
+    out = ct._wait(lambda: (lambda j: j if version in j else None)(
+        c.journal("-u", "buildunits-version.service", "-o", "cat")), 10, "the version in the journal")
+    assert version in out
 
 
 def test_journal_is_readable(make_container):

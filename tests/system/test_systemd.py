@@ -94,6 +94,18 @@ class CI:
     def journal(self, *args):
         return self.c.journal("-o", "cat", *args)
 
+    def status_text(self, unit):
+        return self.sh("systemctl show -P StatusText %s" % unit).stdout.strip()
+
+    def wait_reloaded(self, unit, status_ok, timeout=20):
+        """Wait until UNIT is active again with a STATUS= that STATUS_OK accepts:
+        the daemon sends READY=1 and its post-reload STATUS= in one message."""
+        def reloaded():
+            out = self.sh("systemctl show -p ActiveState -p StatusText %s" % unit).stdout
+            props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+            return props.get("ActiveState") == "active" and status_ok(props.get("StatusText", ""))
+        ct._wait(reloaded, timeout, "%s to finish reloading" % unit)
+
 
 @pytest.fixture
 def ci(make_container):
@@ -109,9 +121,18 @@ def test_commit_to_build_with_journal_signals_and_site(ci):
     assert b["result"] == "success" and b["revision"] == sha
     assert [s["name"] for s in b["steps"]] == ["checkout", "compile", "test"]
 
-    # journalctl with the builder's field shows its lifecycle, in order.
-    lines = ci.journal("-u", "buildunits-*", "BUILDUNITS_BUILDER=hello").splitlines()
-    assert any(l.startswith("hello: build requested for main %s" % sha[:12]) for l in lines), lines
+    # journalctl with the builder's field shows its lifecycle, in order.  The
+    # runner logs the build's last line after its record (and journald reads
+    # each daemon's messages in its own time): wait for the lines, then look.
+    requested = "hello: build requested for main %s" % sha[:12]
+    finished = "hello #1: build finished: success"
+
+    def lifecycle_logged():
+        lines = ci.journal("-u", "buildunits-*", "BUILDUNITS_BUILDER=hello").splitlines()
+        have = lambda w: any(l.startswith(w) for l in lines)  # noqa: E731
+        return lines if have(requested) and have(finished) else None
+    lines = ct._wait(lifecycle_logged, 20, "the journal to show build 1 requested and finished")
+    assert any(l.startswith(requested) for l in lines), lines
     # (The scheduler and the runner are separate processes: the runner, woken
     # by the request's commit, may log before the scheduler's own line.)
     wanted = ["hello #1: build started", "hello #1: step checkout started",
@@ -119,7 +140,7 @@ def test_commit_to_build_with_journal_signals_and_site(ci):
     found = [next((i for i, l in enumerate(lines) if l.startswith(w)), None) for w in wanted]
     assert None not in found and found == sorted(found), lines
     by_build = ci.journal("BUILDUNITS_BUILD=1", "BUILDUNITS_BUILDER=hello", "BUILDUNITS_RESULT=success")
-    assert "hello #1: build finished: success" in by_build
+    assert finished in by_build, by_build
 
     # The signals on the system bus: each daemon's in the order of its commits
     # (signals of different daemons may interleave; see bus.py).
@@ -155,11 +176,17 @@ def test_commit_to_build_with_journal_signals_and_site(ci):
 def test_reload_with_a_broken_config_keeps_the_old_one(ci):
     ci.setup()
     ci.c.write_file("/etc/buildunits/builders/hello.builder.d/50-broken.conf", "[Step test]\nTimeoutSec=soon\n")
+    problem = "/etc/buildunits/builders/hello.builder.d/50-broken.conf:2: [Step test] TimeoutSec="
     ci.sh("systemctl reload buildunits-scheduler")
-    ci.wait_active(["buildunits-scheduler.service"])
-    log = ci.journal("-u", "buildunits-scheduler")
-    assert "reload refused" in log
-    assert "/etc/buildunits/builders/hello.builder.d/50-broken.conf:2: [Step test] TimeoutSec=" in log
+    # ExecReload= is a kill: systemctl returns before the daemon has read the
+    # configuration.  It logs the refusal, then sends READY=1 with the reason
+    # as STATUS=; journald reads the log in its own time.
+    ci.wait_reloaded("buildunits-scheduler.service", lambda s: s.startswith("reload refused: "))
+    log = ct._wait(lambda: (lambda j: j if "reload refused" in j and problem in j else None)(
+        ci.journal("-u", "buildunits-scheduler")), 20, "the scheduler to log the refused reload")
+    assert "reload refused" in log and problem in log
+    status = ci.status_text("buildunits-scheduler.service")
+    assert status.startswith("reload refused: " + problem), status
     # The old configuration keeps working.
     ci.commit("built with the old configuration")
     assert ci.wait_finished("hello", 1)["result"] == "success"
@@ -167,8 +194,16 @@ def test_reload_with_a_broken_config_keeps_the_old_one(ci):
     ci.sh("rm /etc/buildunits/builders/hello.builder.d/50-broken.conf")
     ci.c.write_file("/etc/buildunits/builders/solo.builder", "[Step hi]\nCommand=echo hi from solo\n")
     ci.sh("systemctl reload buildunits-scheduler %s" % " ".join(RUNNERS))
+    # Each daemon logs "configuration reloaded" once the new configuration is
+    # in use (the scheduler's first reload was refused, so this line is new),
+    # then sends READY=1 with its usual status.  Only then may solo be forced.
+    for unit in ("buildunits-scheduler.service",) + RUNNERS:
+        ct._wait(lambda: "configuration reloaded: 2 builders" in ci.journal("-u", unit), 20,
+                 "%s to log the reload" % unit)
+    ci.wait_reloaded("buildunits-scheduler.service", lambda s: re.match(r"\d+ requests made; ", s))
+    for unit in RUNNERS:
+        ci.wait_reloaded(unit, lambda s: re.match(r"idle; \d+ builds? run$", s))
     ci.wait_active(DAEMONS)
-    assert "configuration reloaded" in ci.journal("-u", "buildunits-scheduler")
     ci.sh("buildunits force solo --reason 'after the reload'")
     assert ci.wait_finished("solo", 1)["result"] == "success"
 
@@ -196,7 +231,8 @@ def test_restart_runner_while_it_builds(ci):
     assert b2["result"] == "success"
     # No process of the interrupted build is left behind.
     assert ci.sh("pgrep -x sleep", check=False).returncode == 1, ci.sh("ps ax").stdout
-    assert "handed back" in ci.journal("-u", unit) or "interrupted" in ci.journal("-u", unit)
+    ct._wait(lambda: (lambda j: "handed back" in j or "interrupted" in j)(ci.journal("-u", unit)), 20,
+             "%s to log the interrupted build" % unit)
 
 
 def test_kill_each_daemon_while_changes_arrive(ci):
