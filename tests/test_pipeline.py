@@ -282,13 +282,22 @@ def test_bad_config_refused_at_start_and_on_reload(daemons, git_repo):
     daemons.reload("scheduler")
     assert "reload refused" in daemons.log("scheduler") and "%s:2" % path in daemons.log("scheduler")
     assert daemons.running("scheduler")
-    daemons.cli("force", "hello", check=False)  # the CLI refuses a broken config...
+    refused = "reload refused: %s:2: [Step test] TimeoutSec=" % path
+    assert daemons.notify("scheduler").status().startswith(refused)
+    # The CLI hands the force to the running scheduler over the bus (without
+    # a bus it would refuse the broken configuration); a force dropped into
+    # the spool is taken too: the old configuration builds.
+    daemons.cli("force", "hello", check=False)
     daemons.spool.deliver("changes", "force", {"builder": "hello", "branch": "", "revision": "",
                                                "reason": "", "properties": {}, "user": "test"})
-    assert daemons.wait_build_finished("hello", 1)["result"] == "success"   # ...the scheduler still builds
+    assert daemons.wait_build_finished("hello", 1)["result"] == "success"
+    # The status keeps saying so, also after the work it did since.
+    status = daemons.notify("scheduler").status()
+    assert status.startswith(refused) and re.search(r"; [12] requests made", status), status
     os.unlink(path)
     daemons.reload("scheduler")
     assert "configuration reloaded" in daemons.log("scheduler")
+    assert "refused" not in daemons.notify("scheduler").status()
 
 
 def test_garbage_in_spool_goes_to_corrupt(daemons, git_repo):

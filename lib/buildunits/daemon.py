@@ -156,7 +156,12 @@ class Daemon:
                       % (len(e.problems), "" if len(e.problems) == 1 else "s"))
             for p in e.problems:
                 log.error("  %s" % p)
-            self.notifier.reloaded("reload refused: %s" % e.problems[0])
+            # Until a reload succeeds, every STATUS= says so first.
+            p = e.problems[0]
+            where = "%s:%d" % (p.path, p.line) if p.line else p.path
+            what = ("[%s] " % p.section if p.section else "") + ("%s=" % p.key if p.key else "")
+            self.notifier.note("reload refused: %s%s (see the journal)" % (where, ": " + what.strip() if what else ""))
+            self.notifier.reloaded(self.status_text())
             return True
         for w in new.warnings:
             log.warning(str(w))
@@ -164,6 +169,7 @@ class Daemon:
         self.on_config(old, new)
         self._set_rescan_timer()
         log.info("configuration reloaded: %d builder%s" % (len(new.builders), "" if len(new.builders) == 1 else "s"))
+        self.notifier.note(None)
         self.notifier.reloaded(self.status_text())
         self.wake()
         return True

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - the Debian package is a dependency
 
 
 def _ascii(text):
-    return re.sub(r"[^\x20-\x7e]", "?", text)[:200]
+    return re.sub(r"[^\x20-\x7e]", "?", text)[:480]
 
 
 class Notifier:
@@ -31,26 +31,40 @@ class Notifier:
         self.watchdog_sec = None
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_sec = int(usec) / 1e6
-        self._status = None
+        self._status = None     # the last STATUS= sent, as sent
+        self._note = None
 
     def _send(self, text):
         if self._n is not None:
             self._n.notify(text)
 
+    def _full(self, text):
+        return "%s; %s" % (self._note, text) if self._note and text else (self._note or text)
+
     def ready(self, status=None):
+        status = self._full(status)
         self._send("READY=1" + ("\nSTATUS=" + _ascii(status) if status else ""))
         self._status = status
 
     def status(self, text):
+        text = self._full(text)
         if text != self._status:
             self._status = text
             self._send("STATUS=" + _ascii(text))
+
+    def note(self, text):
+        """Put TEXT before every STATUS= from now on (None: no more): a
+        standing condition, such as a configuration on disk that was
+        refused, that the passing status must not hide."""
+        self._note = text
 
     def reloading(self):
         self._send("RELOADING=1")
 
     def reloaded(self, status=None):
+        status = self._full(status)
         self._send("READY=1" + ("\nSTATUS=" + _ascii(status) if status else ""))
+        self._status = status
 
     def stopping(self, status="stopping"):
         self._send("STOPPING=1\nSTATUS=" + _ascii(status))
