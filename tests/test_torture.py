@@ -36,7 +36,7 @@ import pytest
 
 from buildunits import results
 from harness import wait_for
-from test_handover_crash import all_builds, check_fsck, check_records
+from test_handover_crash import all_builds, check_fsck, check_records, queue_empty
 
 SHORT_KILLS = 100
 ENV_KILLS = "BUILDUNITS_TORTURE_KILLS"
@@ -175,7 +175,7 @@ def drain(daemons, git_repo, commits, timeout):
             return False
         if any(shas and refs.get(b) != shas[-1] for b, shas in commits.items()):
             return False
-        if sp.pending("changes") or sp.pending("requests") or sp.all_claimed():
+        if not queue_empty(sp):        # active/ before new/, twice: a request moves between them
             return False
         if any(daemons.state.read_worker(w) for w in daemons.state.workers()):
             return False
