@@ -16,6 +16,7 @@
 BUILDUNITS_DEMO_OUT moves demo-output/ elsewhere.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -144,10 +145,11 @@ def container_demo():
 
             def finished():
                 p = sh("cat %s" % path, check=False)
-                if p.returncode == 0 and '"state": "finished"' in p.stdout:
-                    import json
-                    return json.loads(p.stdout)
-                return None
+                try:
+                    rec = json.loads(p.stdout) if p.returncode == 0 else None
+                except ValueError:
+                    return None
+                return rec if rec and rec.get("state") == "finished" else None
             b = ct._wait(finished, TIMEOUT, "build hello #%d" % number)
             say("build hello #%d: %s" % (number, b["result"]))
             results.append(b["result"])
@@ -275,7 +277,6 @@ def site_shows(text, builder, number):
     """Whether api/builders.json (TEXT) shows BUILDER #NUMBER finished.  The
     generator writes that file last, so the pages of that update are all in
     place (docs/site.md)."""
-    import json
     try:
         doc = json.loads(text)
     except ValueError:
