@@ -45,14 +45,16 @@ class Problem:
     key: str
     message: str
 
-    def __str__(self):
+    def location(self):
+        """FILE:LINE, then the [Section] and Key= when known: where it is."""
         where = "%s:%d" % (self.path, self.line) if self.line else self.path
-        what = ""
-        if self.section:
-            what = "[%s] " % self.section
-        if self.key:
-            what += "%s=: " % self.key
-        return "%s: %s%s" % (where, what, self.message)
+        what = " ".join(w for w in ("[%s]" % self.section if self.section else "",
+                                     "%s=" % self.key if self.key else "") if w)
+        return "%s: %s" % (where, what) if what else where
+
+    def __str__(self):
+        # "FILE:LINE: [Section] Key=: message", "FILE:LINE: [Section] message"
+        return "%s%s%s" % (self.location(), " " if self.section and not self.key else ": ", self.message)
 
 
 @dataclass

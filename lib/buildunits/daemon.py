@@ -157,10 +157,7 @@ class Daemon:
             for p in e.problems:
                 log.error("  %s" % p)
             # Until a reload succeeds, every STATUS= says so first.
-            p = e.problems[0]
-            where = "%s:%d" % (p.path, p.line) if p.line else p.path
-            what = ("[%s] " % p.section if p.section else "") + ("%s=" % p.key if p.key else "")
-            self.notifier.note("reload refused: %s%s (see the journal)" % (where, ": " + what.strip() if what else ""))
+            self.notifier.note("reload refused: %s (see the journal)" % e.problems[0].location())
             self.notifier.reloaded(self.status_text())
             return True
         for w in new.warnings:

@@ -162,8 +162,8 @@ class Scheduler(daemon.Daemon):
                     or req["builder"] not in self.cfg.builders:
                 continue
             m = self.memory(req["builder"])
-            changes = [c for c in req.get("changes") or [] if isinstance(c, dict)] \
-                if isinstance(req.get("changes"), list) else []
+            changes = req.get("changes")
+            changes = [c for c in changes if isinstance(c, dict)] if isinstance(changes, list) else []
             ids = [c["id"] for c in changes if isinstance(c.get("id"), str)]
             if isinstance(req.get("force"), str):
                 ids.append(req["force"])
@@ -232,6 +232,7 @@ class Scheduler(daemon.Daemon):
         for key in ("id", "repository", "branch", "revision"):
             if not isinstance(rec.get(key), str) or not rec.get(key):
                 why = "change record without a valid %s" % key
+                break
         if why is None and rec["id"] != cid:
             why = "change record whose id %r is not its file name" % rec["id"]
         q = rec.get("queued")
