@@ -248,3 +248,25 @@ def test_man_page_renders_without_warnings(page, tmp_path):
         checked = True
     if not checked:
         pytest.skip("neither groff nor man here: only the structure of the roff was checked")
+
+
+def test_readme_checkconfig_example_is_what_checkconfig_says(tmp_path):
+    """The README's hello.builder, with the change its text describes,
+    gives exactly the error lines the README shows."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    example = re.search(r"```ini\n(\[Builder\].*?)```", readme, re.S).group(1)
+    change = re.search(r"Had the last line said `(\w+)=([^`]*)`", readme)
+    shown = re.search(r"\$ bin/buildunits checkconfig\n((?:    \S.*\n)+)", readme).group(1)
+    key, value = change.groups()
+    lines = example.splitlines()
+    assert lines[-1].startswith(key + "="), lines[-1]
+    lines[-1] = "%s=%s" % (key, value)
+    conf = tmp_path / "etc"
+    (conf / "builders").mkdir(parents=True)
+    (conf / "builders" / "hello.builder").write_text("\n".join(lines) + "\n")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "buildunits"), "--config-dir", str(conf),
+                        "checkconfig"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 1
+    expected = [line[4:].replace("/etc/buildunits", str(conf)) for line in shown.splitlines()]
+    assert p.stderr.splitlines() == expected, p.stderr

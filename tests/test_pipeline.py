@@ -284,9 +284,8 @@ def test_bad_config_refused_at_start_and_on_reload(daemons, git_repo):
     assert daemons.running("scheduler")
     refused = "reload refused: %s:2: [Step test] TimeoutSec=" % path
     assert daemons.notify("scheduler").status().startswith(refused)
-    # The CLI hands the force to the running scheduler over the bus (without
-    # a bus it would refuse the broken configuration); a force dropped into
-    # the spool is taken too: the old configuration builds.
+    # The CLI hands the force to the running scheduler over the bus; a force
+    # dropped into the spool is taken too: the old configuration builds.
     daemons.cli("force", "hello", check=False)
     daemons.spool.deliver("changes", "force", {"builder": "hello", "branch": "", "revision": "",
                                                "reason": "", "properties": {}, "user": "test"})
@@ -498,3 +497,45 @@ def test_checkout_no_builds_on_changes_without_a_checkout(daemons, git_repo):
     b = daemons.wait_build_finished("nocheckout", 1)
     assert [s["name"] for s in b["steps"]] == ["show"] and b["result"] == "success"
     assert daemons.step_log("nocheckout", 1, "show").strip() == "main %s" % sha0
+
+
+def test_checkconfig_shows_warnings_beside_errors(daemons, git_repo):
+    hello(daemons, git_repo)
+    path = daemons.write_dropin("hello", "50-typo", """
+        [Step test]
+        TimeoutSecs=10min
+        TimeoutIdleSec=soon
+        """)
+    check = daemons.cli("checkconfig")
+    assert check.returncode == 1
+    assert "%s:3: [Step test] TimeoutIdleSec=: not a time span" % path in check.stderr
+    assert "warning: %s:2: [Step test] TimeoutSecs=: unknown key, ignored" % path in check.stderr
+
+
+def test_force_without_bus_while_the_config_on_disk_is_broken(daemons, git_repo):
+    """The daemons keep the last configuration they accepted, so a broken
+    file on disk does not stop a forced build through the spool."""
+    git_repo.commit({"Makefile": MAKEFILE.format(v="v0")}, "initial")
+    hello(daemons, git_repo)
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.write_dropin("hello", "50-broken", "[Step test]\nTimeoutSec=ten minutes\n")
+    forced = daemons.cli("force", "hello", "--reason", "while broken", bus=False)
+    assert forced.returncode == 0, forced.stderr
+    assert "problem" in forced.stderr and "checkconfig" in forced.stderr
+    assert daemons.wait_build_finished("hello", 1)["result"] == "success"
+    unknown = daemons.cli("force", "nosuch", bus=False)
+    assert unknown.returncode == 1 and "no builder 'nosuch'" in unknown.stderr
+
+
+def test_post_receive_hook_that_cannot_hand_in_says_what_to_do(tmp_path):
+    """The hook does not promise a poller that may not exist."""
+    hook = os.path.join(harness.REPO_ROOT, "share", "examples", "post-receive")
+    new = "1" * 40
+    p = subprocess.run(["sh", hook], cwd=str(tmp_path), input="%s %s refs/heads/main\n" % ("0" * 40, new),
+                       env=dict(os.environ, BUILDUNITS="false"), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0
+    assert "could not hand in %s (main)" % new in p.stderr
+    assert "PollIntervalSec=" in p.stderr and "--revision=%s" % new in p.stderr
+    assert "the poller will find it" not in p.stderr

@@ -16,14 +16,19 @@ SYNOPSIS
 
 DESCRIPTION
     checkconfig  parse the configuration without side effects; problems
-                 are printed as FILE:LINE: [Section] Key=: message.
+                 are printed as FILE:LINE: [Section] Key=: message, and
+                 warnings (unknown keys and sections) after them.
     force        queue a build of BUILDER now (the scheduler turns it into
                  a request; without --revision the branch's tip is built).
     cancel       cancel the running build BUILDER #NUMBER, or a queued
                  request (its id is in `buildunits status`).
                  force and cancel ask the scheduler over D-Bus when it is on
                  the bus (the D-Bus policy says who may), and otherwise write
-                 to the spool (its permissions say who may).
+                 to the spool (its permissions say who may).  Without the
+                 bus, force checks BUILDER against the configuration on
+                 disk; if that has problems it warns and still queues the
+                 force (the daemons run the last configuration they
+                 accepted, and the scheduler checks the builder again).
     sendchange   hand one commit in directly, as a git post-receive hook
                  does (share/examples/post-receive).  With a local
                  repository, the author, message, date and files missing
@@ -61,8 +66,11 @@ def cmd_checkconfig(dirs, args):
     try:
         cfg = config.load(dirs.config)
     except config.ConfigError as e:
+        # Warnings too: a misspelt key is often why a needed one is missing.
         for p in e.problems:
             print(str(p), file=sys.stderr)
+        for w in e.warnings:
+            print("warning: %s" % w, file=sys.stderr)
         print("%s: %d problem%s" % (dirs.config, len(e.problems), "" if len(e.problems) == 1 else "s"),
               file=sys.stderr)
         return 1
@@ -75,16 +83,6 @@ def cmd_checkconfig(dirs, args):
     print("%s: configuration OK, %d builder%s" % (dirs.config, len(cfg.builders),
                                                   "" if len(cfg.builders) == 1 else "s"))
     return 0
-
-
-def _load(dirs):
-    try:
-        return config.load(dirs.config)
-    except config.ConfigError as e:
-        for p in e.problems:
-            print(str(p), file=sys.stderr)
-        _err("the configuration has problems; run `buildunits checkconfig`")
-        return None
 
 
 # ------------------------------------------------------------------ force
@@ -113,9 +111,17 @@ def cmd_force(dirs, args):
         return 1
     except busmod.Unreachable:
         pass   # no scheduler on the bus: hand it in through the spool
-    cfg = _load(dirs)
-    if cfg is None:
-        return 1
+    try:
+        cfg = config.load(dirs.config)
+    except config.ConfigError as e:
+        # The daemons keep running the last configuration they accepted; a
+        # broken file on disk does not stop a force of a builder it names.
+        # The scheduler checks the builder again when it takes the record.
+        cfg = e.partial
+        print("warning: the configuration in %s has %d problem%s (run `buildunits checkconfig`); the "
+              "daemons run the last one they accepted" % (dirs.config, len(e.problems),
+                                                          "" if len(e.problems) == 1 else "s"),
+              file=sys.stderr)
     b = cfg.builders.get(args.builder)
     if b is None:
         _err("no builder %r in %s (builders: %s)" % (args.builder, dirs.config,

@@ -30,10 +30,17 @@ RESERVED_STEPS = ("checkout",)
 
 
 class ConfigError(Exception):
-    """One or more problems in the configuration; str() lists them all."""
+    """One or more problems in the configuration; str() lists them all.
 
-    def __init__(self, problems):
+    WARNINGS are the warnings found on the way (a misspelt key is often the
+    cause of the error it sits beside); PARTIAL is the Config as far as it
+    could be read (the builders without problems), for commands that only
+    need to know whether a builder exists."""
+
+    def __init__(self, problems, warnings=(), partial=None):
         self.problems = list(problems)
+        self.warnings = list(warnings)
+        self.partial = partial
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
@@ -471,5 +478,5 @@ def load(directory):
             warnings.append(Problem(p, 0, "", "", "not NAME.builder, ignored"))
     cfg.warnings = warnings
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings, cfg)
     return cfg
