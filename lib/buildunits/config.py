@@ -123,6 +123,9 @@ _SPAN_UNITS = {
     "y": 31557600, "year": 31557600, "years": 31557600,
 }
 _SPAN_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+# The longest finite time span, as in systemd: below 2^64 microseconds
+# (about 584542 years).  Longer ones are refused, never read as infinity.
+MAX_TIMESPAN_SEC = (2 ** 64 - 1) / 1e6
 
 
 def parse_timespan(text):
@@ -150,6 +153,10 @@ def parse_timespan(text):
         pos = m.end()
         while pos < len(t) and t[pos].isspace():
             pos += 1
+    if not total < MAX_TIMESPAN_SEC:   # also a number too long for a float
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError("time span %r is too long: at most %d years (systemd's limit); "
+                         "use infinity for no limit" % (shown, MAX_TIMESPAN_SEC // _SPAN_UNITS["y"]))
     return total
 
 
