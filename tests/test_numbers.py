@@ -87,3 +87,87 @@ def test_a_60_day_poll_interval_and_a_200_year_rescan_interval_arm_without_faili
     wait_for(lambda: os.listdir(os.path.join(daemons.state_dir, "poller")), what="the poller's first poll")
     assert "watching 1 repository" in status_of(daemons, "poller")
     assert "failed" not in daemons.log("poller"), daemons.log("poller")
+
+
+# ---------------------------------------------- non-finite numbers in records
+
+def drop(daemons, queue, name, fmt, fields, raw):
+    """Commit a record to QUEUE/new as any writer does (tmp/, then rename),
+    with the JSON number 12345.678 in FIELDS replaced by RAW."""
+    data = harness.records.encode(fmt, dict(fields, id=name)).replace(b"12345.678", raw)
+    tmp = os.path.join(daemons.spool_dir, queue, "tmp", name)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, os.path.join(daemons.spool_dir, queue, "new", name))
+
+
+def corrupt_reasons(daemons):
+    d = os.path.join(daemons.spool_dir, "corrupt")
+    return {n[:-len(".reason")]: open(os.path.join(d, n)).read() for n in os.listdir(d) if n.endswith(".reason")}
+
+
+def test_a_request_with_1e400_goes_to_corrupt_and_the_runner_builds_the_next(daemons):
+    daemons.write_builder("plain", """
+        [Builder]
+        PollIntervalSec=0
+
+        [Step work]
+        Command=echo worked
+        """)
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    drop(daemons, "requests", "1700000000000000001.1.1.abcdef", "request",
+         {"builder": "plain", "repository": "", "branch": "", "revision": "", "reason": "hostile",
+          "changes": [], "force": None, "properties": {}, "queued": 12345.678}, b"1e400")
+    wait_for(lambda: "requests.1700000000000000001.1.1.abcdef" in corrupt_reasons(daemons),
+             what="the request to be moved to corrupt/", describe=lambda: str(corrupt_reasons(daemons)))
+    assert "1e400" in corrupt_reasons(daemons)["requests.1700000000000000001.1.1.abcdef"]
+    daemons.cli("force", "plain", "--reason", "after the hostile one", check=True)
+    b = daemons.wait_build_finished("plain", 1)
+    assert b["result"] == "success" and "after the hostile one" in b["request"]["reason"]
+    # The runner survives a restart with nothing left over.
+    daemons.restart("runner@w1")
+    daemons.cli("force", "plain", check=True)
+    assert daemons.wait_build_finished("plain", 2)["result"] == "success"
+    assert daemons.builds("plain") == [1, 2]
+
+
+def test_a_change_with_1e400_goes_to_corrupt_and_the_scheduler_goes_on(daemons, git_repo):
+    sha = git_repo.commit({"README": "1"}, "one")
+    daemons.write_builder("plain", """
+        [Builder]
+        Repository={repo}
+        PollIntervalSec=0
+
+        [Step work]
+        Command=echo worked
+        """.format(repo=git_repo.bare))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    drop(daemons, "changes", "1700000000000000001.1.1.abcdef", "change",
+         {"source": "sendchange", "repository": git_repo.bare, "branch": "main", "revision": sha,
+          "author": "x", "message": "hostile", "files": [], "when": 12345.678, "queued": 1700000000.0},
+         b"-" + b"9" * 400)
+    wait_for(lambda: "changes.1700000000000000001.1.1.abcdef" in corrupt_reasons(daemons),
+             what="the change to be moved to corrupt/", describe=lambda: str(corrupt_reasons(daemons)))
+    assert "out of range" in corrupt_reasons(daemons)["changes.1700000000000000001.1.1.abcdef"]
+    daemons.cli("sendchange", "--repository", git_repo.bare, "--branch", "main", "--revision", sha, check=True)
+    b = daemons.wait_build_finished("plain", 1)
+    assert b["result"] == "success" and b["revision"] == sha
+    assert daemons.spool.pending("changes") == []
+    assert "work failed" not in daemons.log("scheduler")
+
+
+def test_sendchange_refuses_a_when_that_is_not_a_finite_number(daemons, git_repo):
+    sha = git_repo.commit({"README": "1"}, "one")
+    for when in ("inf", "nan", "1e400", "-infinity"):
+        p = daemons.cli("sendchange", "--repository", git_repo.bare, "--branch", "main", "--revision", sha,
+                        "--when=" + when)
+        assert p.returncode == 2, (when, p.stderr)
+        assert "--when" in p.stderr and "finite" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert daemons.spool.pending("changes") == []
+    ok = daemons.cli("sendchange", "--repository", git_repo.bare, "--branch", "main", "--revision", sha,
+                     "--when", "1700000000.5", check=True)
+    assert ok.returncode == 0
+    [cid] = daemons.spool.pending("changes")
+    assert daemons.spool.read("changes", cid)["when"] == 1700000000.5

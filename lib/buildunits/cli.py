@@ -41,6 +41,7 @@ EXIT STATUS
 import argparse
 import getpass
 import json
+import math
 import os
 import re
 import sys
@@ -389,6 +390,18 @@ def _listdir(d):
 
 
 # ------------------------------------------------------------------- main
+def _epoch(text):
+    """--when: seconds since the epoch, a finite number (inf, nan and 1e400
+    cannot be written in a record)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds since the epoch: %r" % text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("%r is not a finite number of seconds since the epoch" % text)
+    return value
+
+
 def parser():
     p = argparse.ArgumentParser(prog="buildunits", description="Operate buildunits.")
     paths.add_arguments(p)
@@ -413,7 +426,7 @@ def parser():
     s.add_argument("--author")
     s.add_argument("--message")
     s.add_argument("--file", action="append")
-    s.add_argument("--when", type=float)
+    s.add_argument("--when", type=_epoch)
     st = sub.add_parser("status", help="show the queue, running builds and last results")
     st.add_argument("--json", action="store_true")
     k = sub.add_parser("fsck", help="check the spool and state")
