@@ -171,3 +171,26 @@ def test_sendchange_refuses_a_when_that_is_not_a_finite_number(daemons, git_repo
     assert ok.returncode == 0
     [cid] = daemons.spool.pending("changes")
     assert daemons.spool.read("changes", cid)["when"] == 1700000000.5
+
+
+# ---------------------------------------------------------------- the counter
+
+def test_fsck_repairs_a_counter_that_is_not_a_build_number(daemons):
+    st = daemons.state
+    st.ensure()
+    daemons.spool.ensure()
+    for _ in range(2):
+        n = st.allocate_number("hello")
+        st.write_build({"builder": "hello", "number": n, "state": "finished", "result": "success", "steps": []})
+    assert daemons.cli("fsck").returncode == 0
+    for bad in (2 ** 40, 2 ** 32, True):
+        harness.records.write(os.path.join(st.builder_dir("hello"), "next.json"), "counter", {"next": bad})
+        fsck = daemons.cli("fsck")
+        assert fsck.returncode == 1, (bad, fsck.stdout)
+        assert "hello: next-number hint is missing or not a build number (the highest build is #2)" in fsck.stdout
+        assert daemons.cli("fsck", "--repair").returncode == 0
+        with open(os.path.join(st.builder_dir("hello"), "next.json")) as f:
+            assert json.load(f)["next"] == 3
+        assert daemons.cli("fsck").returncode == 0
+    assert st.allocate_number("hello") == 3
+    assert sorted(os.listdir(st.builder_dir("hello"))) == ["1", "2", "3", "next.json"]

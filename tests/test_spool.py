@@ -228,6 +228,19 @@ def test_hints(spool):
     assert os.listdir(spool.path("hints")) == []  # junk is taken away too
 
 
+def test_hint_and_cancel_names_that_are_not_build_numbers_are_ignored(spool):
+    # "²".isdigit() is true but int("²") raises: one such name failed every pass.
+    for name in ("hello@\u00b2", "hello@\u0661", "hello@007", "hello@True", "hello@4294967296"):
+        with open(spool.path("hints", name), "w"):
+            pass
+        with open(spool.path("cancel", name), "w") as f:
+            f.write('{"format": "cancel", "version": 1, "builder": "hello", "number": 1}\n')
+    spool.hint("hello", 4294967295)
+    spool.request_cancel("hello", 2, "ann", "wrong branch")
+    assert spool.take_hints() == [("hello", 4294967295)]
+    assert list(spool.cancel_requests()) == [("hello", 2)]
+
+
 def test_hint_without_directory_is_quiet(tmp_path):
     s = Spool(str(tmp_path / "nothing"))
     s.hint("hello", 1)  # best effort: no exception

@@ -48,8 +48,9 @@ import sys
 import time
 
 from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
-from .status import gather_status, runner_alive, peek as _peek
+from .status import gather_status, runner_alive
 from .spool import Spool
+from . import state as stmod
 from .state import State
 
 
@@ -328,12 +329,14 @@ def cmd_fsck(dirs, args):
                     else:
                         found("%s #%d: recorded as running, but no runner holds it" % (b, n),
                               lambda rec=rec: _mark_lost(st, rec))
-        hint_path = os.path.join(st.builder_dir(b), "next.json")
-        hint = _peek(hint_path, ("counter",))
-        if nums and (hint is None or not isinstance(hint.get("next"), int) or hint["next"] <= nums[-1]):
-            found("%s: next-number hint is behind the highest build #%d" % (b, nums[-1]),
-                  lambda b=b, n=nums[-1]: records.write(os.path.join(st.builder_dir(b), "next.json"),
-                                                        "counter", {"next": n + 1}))
+        hint = st.read_counter(b)
+        if nums and nums[-1] == stmod.MAX_BUILD_NUMBER:
+            found("%s: has used every build number up to #%d; a new build cannot start until its history "
+                  "is moved away" % (b, nums[-1]))
+        elif nums and (hint is None or hint <= nums[-1]):
+            found("%s: next-number hint is %s (the highest build is #%d)"
+                  % (b, "behind" if hint is not None else "missing or not a build number", nums[-1]),
+                  lambda b=b, n=nums[-1]: st.write_counter(b, n + 1, durable=True))
     for p in _listdir(st.path("poller")):
         if p.endswith(".json"):
             try:

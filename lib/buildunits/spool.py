@@ -53,6 +53,7 @@ import secrets
 import time
 
 from . import fsutil, records
+from .state import parse_number
 
 QUEUES = ("changes", "requests")
 QUEUE_FORMATS = {"changes": ("change", "force"), "requests": ("request",)}
@@ -240,11 +241,12 @@ class Spool:
             return out
         for n in names:
             b, at, num = n.rpartition("@")
-            if n.startswith(".") or not at or not num.isdigit():
+            number = parse_number(num)
+            if n.startswith(".") or not at or number is None:
                 continue
-            rec = self.read_cancel(b, int(num))
+            rec = self.read_cancel(b, number)
             if rec is not None:
-                out[(b, int(num))] = rec
+                out[(b, number)] = rec
         return out
 
     def read_cancel(self, builder, number):
@@ -294,8 +296,8 @@ class Spool:
                 os.unlink(self.path("hints", n))
             except FileNotFoundError:
                 continue
-            if at and num.isdigit():
-                out.append((b, int(num)))
+            if at and parse_number(num) is not None:
+                out.append((b, parse_number(num)))
         return out
 
     # ------------------------------------------------------------- corrupt
