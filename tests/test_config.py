@@ -247,6 +247,21 @@ def test_long_time_spans_up_to_the_limit_are_kept():
         config.parse_timespan("1e400")
 
 
+@pytest.mark.parametrize("word", ["A\n=1", "A\r=1", "\nA=1", "A B=1", "1A=1", "\u00c4=1"])
+def test_environment_names_are_whole_identifiers(word):
+    # "$" would match before a final newline: 'A\n' passed as a name.
+    with pytest.raises(ValueError, match="not an assignment NAME=VALUE"):
+        config.parse_environment("'%s'" % word)
+    assert config.parse_environment("A_1=x '_B=y z'") == {"A_1": "x", "_B": "y z"}
+
+
+@pytest.mark.parametrize("value", ["\u0663", "1\u00b2", "+3"])
+def test_whole_numbers_are_ascii_digits(conf, value):
+    conf.write("buildunits.conf", "[Site]\nWaterfallDepth=%s\n" % value)
+    prob = one_problem(conf)
+    assert prob.key == "WaterfallDepth" and "not a whole number" in prob.message
+
+
 def test_missing_command_names_the_step(conf):
     p = conf.builder("x", "[Builder]\nRepository=/r\n[Step a]\nDescription=no command\n")
     prob = one_problem(conf)
@@ -294,7 +309,7 @@ def test_reserved_step_name_checkout(conf):
     assert "reserved" in prob.message
 
 
-@pytest.mark.parametrize("name", ["a b", "-x", "_x", "x" * 65, "é"])
+@pytest.mark.parametrize("name", ["a b", "-x", "_x", "x" * 65, "é", "ok\n", "ok\r\n", "\u0661"])
 def test_bad_builder_name(conf, name):
     p = conf.builder(name, minimal())
     prob = one_problem(conf)

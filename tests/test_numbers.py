@@ -194,3 +194,27 @@ def test_fsck_repairs_a_counter_that_is_not_a_build_number(daemons):
         assert daemons.cli("fsck").returncode == 0
     assert st.allocate_number("hello") == 3
     assert sorted(os.listdir(st.builder_dir("hello"))) == ["1", "2", "3", "next.json"]
+
+
+# ---------------------------------------------------------------------- names
+
+def test_checkconfig_refuses_a_builder_file_whose_name_ends_in_a_newline(daemons):
+    daemons.write_builder("ok", "[Builder]\n\n[Step s]\nCommand=true\n")
+    daemons.write_builder("ok\n", "[Builder]\n\n[Step s]\nCommand=true\n")
+    p = daemons.cli("checkconfig")
+    assert p.returncode == 1, p.stdout
+    assert "builder name 'ok\\n' must be letters" in p.stderr and "1 problem" in p.stderr
+
+
+def test_a_runner_named_with_a_trailing_newline_is_refused(daemons):
+    daemons.start("runner", "w1\n", wait_ready=False)
+    assert daemons.wait_exit("runner@w1\n") == 2
+    assert "invalid worker name value: 'w1\\n'" in daemons.log("runner@w1\n")
+    assert not os.path.exists(os.path.join(daemons.state_dir, "locks", "buildunits-runner@w1\n.lock"))
+
+
+def test_sendchange_refuses_a_revision_with_a_trailing_newline(daemons, git_repo):
+    sha = git_repo.commit({"README": "1"}, "one")
+    p = daemons.cli("sendchange", "--repository", git_repo.bare, "--branch", "main", "--revision", sha + "\n")
+    assert p.returncode == 2 and "--revision" in p.stderr, p.stderr
+    assert daemons.spool.pending("changes") == []

@@ -181,7 +181,7 @@ def _user():
 # ------------------------------------------------------------- sendchange
 def cmd_sendchange(dirs, args):
     repo = config.normalize_repository(args.repository)
-    if not re.match(r"^[0-9a-fA-F]{4,64}$", args.revision):
+    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", args.revision):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
     branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch

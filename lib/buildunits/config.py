@@ -25,7 +25,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_STEPS = ("checkout",)
 
 
@@ -202,7 +203,7 @@ def parse_environment(text):
     out = {}
     for word in shlex.split(text):
         name, eq, value = word.partition("=")
-        if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError("not an assignment NAME=VALUE: %r" % word)
         out[name] = value
     return out
@@ -272,7 +273,7 @@ def parse_unit_file(path, text=None):
             continue
         key, eq, value = logical.partition("=")
         key = key.strip()
-        if not eq or not key or not re.match(r"^[A-Za-z][A-Za-z0-9]*$", key):
+        if not eq or not key or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", key):
             problems.append(Problem(path, start, current[0] if current else "", "",
                                     "expected Key=Value, got %r" % logical[:80]))
             continue
@@ -325,7 +326,7 @@ class _Setter:
                 elif kind == "bool":
                     setattr(obj, attr, parse_boolean(a.value))
                 elif kind == "int":
-                    if not re.match(r"^\d+$", a.value):
+                    if not re.fullmatch(r"[0-9]+", a.value):
                         raise ValueError("not a whole number: %r" % a.value)
                     setattr(obj, attr, int(a.value))
                 elif kind == "list":
@@ -386,7 +387,7 @@ def load_builder(path, cfg, problems, warnings):
     """Parse builders/NAME.builder (and its drop-ins) into a Builder."""
     name = os.path.basename(path)[: -len(".builder")]
     b = Builder(name=name, path=path, poll_interval=cfg.poll_interval, tree_stable=cfg.tree_stable)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         problems.append(Problem(path, 0, "", "", "builder name %r must be letters, digits, '.', '_' "
                                 "or '-', start with a letter or digit, at most 64 long" % name))
         return None
@@ -401,7 +402,7 @@ def load_builder(path, cfg, problems, warnings):
         elif section.startswith("Step ") or section == "Step":
             sname = section[len("Step"):].strip()
             hpath, line = header
-            if not NAME_RE.match(sname) or sname in RESERVED_STEPS:
+            if not NAME_RE.fullmatch(sname) or sname in RESERVED_STEPS:
                 why = ("%r is reserved" % sname) if sname in RESERVED_STEPS else (
                     "step name %r must be letters, digits, '.', '_' or '-', starting with a "
                     "letter or digit" % sname)

@@ -78,7 +78,7 @@ from . import daemon, fsutil, log, records, results
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 _PR_SET_CHILD_SUBREAPER = 36
-WORKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+WORKER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # not "w1\n"
 
 
 def checkout_script(repository, branch, revision):
@@ -636,7 +636,7 @@ def _duration(rec):
 
 def _worker_arg(parser):
     def worker(text):
-        if not WORKER_RE.match(text):
+        if not WORKER_RE.fullmatch(text):
             raise ValueError
         return text
     worker.__name__ = "worker name"

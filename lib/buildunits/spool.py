@@ -68,9 +68,13 @@ def new_id():
     return "%019d.%d.%d.%s" % (time.time_ns(), os.getpid(), _id_counter, secrets.token_hex(3))
 
 
+_ID_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9A-Za-z]+")
+
+
 def valid_id(name):
-    return (not name.startswith(".") and "/" not in name and name.count(".") == 3
-            and name.split(".", 1)[0].isdigit())
+    """True if NAME is the form new_id() makes: whole (fullmatch: not "ID\n"),
+    ASCII digits (not "²"), no "/" and no leading dot."""
+    return isinstance(name, str) and _ID_RE.fullmatch(name) is not None
 
 
 class Spool:
