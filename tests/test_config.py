@@ -229,6 +229,39 @@ def test_bad_time_span_names_file_line_and_key(conf, value):
     assert str(prob).startswith("%s:3: [Builder] TreeStableSec=: " % p)
 
 
+@pytest.mark.parametrize("value", ["1000000y", "584543y", "9" * 400, "1" * 400 + "y"],
+                         ids=["1000000y", "584543y", "400 digits", "400 digits y"])
+def test_time_spans_beyond_systemds_limit_are_refused_naming_it(conf, value):
+    # A number too long for a float would otherwise be infinity: no time-out at all.
+    p = conf.builder("x", minimal(extra_step="TimeoutSec=%s\n" % value))
+    prob = one_problem(conf)
+    assert (prob.path, prob.line, prob.section, prob.key) == (p, 6, "Step build", "TimeoutSec")
+    assert "too long: at most 584542 years" in prob.message and "infinity" in prob.message
+
+
+def test_long_time_spans_up_to_the_limit_are_kept():
+    assert config.parse_timespan("60d") == 60 * 86400
+    assert config.parse_timespan("584542y") == 584542 * 31557600
+    assert config.parse_timespan("infinity") == math.inf
+    with pytest.raises(ValueError, match="unknown time unit 'e'"):
+        config.parse_timespan("1e400")
+
+
+@pytest.mark.parametrize("word", ["A\n=1", "A\r=1", "\nA=1", "A B=1", "1A=1", "\u00c4=1"])
+def test_environment_names_are_whole_identifiers(word):
+    # "$" would match before a final newline: 'A\n' passed as a name.
+    with pytest.raises(ValueError, match="not an assignment NAME=VALUE"):
+        config.parse_environment("'%s'" % word)
+    assert config.parse_environment("A_1=x '_B=y z'") == {"A_1": "x", "_B": "y z"}
+
+
+@pytest.mark.parametrize("value", ["\u0663", "1\u00b2", "+3"])
+def test_whole_numbers_are_ascii_digits(conf, value):
+    conf.write("buildunits.conf", "[Site]\nWaterfallDepth=%s\n" % value)
+    prob = one_problem(conf)
+    assert prob.key == "WaterfallDepth" and "not a whole number" in prob.message
+
+
 def test_missing_command_names_the_step(conf):
     p = conf.builder("x", "[Builder]\nRepository=/r\n[Step a]\nDescription=no command\n")
     prob = one_problem(conf)
@@ -276,7 +309,7 @@ def test_reserved_step_name_checkout(conf):
     assert "reserved" in prob.message
 
 
-@pytest.mark.parametrize("name", ["a b", "-x", "_x", "x" * 65, "é"])
+@pytest.mark.parametrize("name", ["a b", "-x", "_x", "x" * 65, "é", "ok\n", "ok\r\n", "\u0661"])
 def test_bad_builder_name(conf, name):
     p = conf.builder(name, minimal())
     prob = one_problem(conf)

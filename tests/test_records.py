@@ -179,3 +179,27 @@ def test_a_non_finite_float_never_makes_a_record_that_is_not_json(value):
         _strict_json(data)
     except ValueError as e:
         raise AssertionError("%s in %r" % (e, data))
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1E+309", "9" * 400, "-" + "9" * 400, "9" * 5000,
+                                    "NaN", "Infinity", "-Infinity"],
+                         ids=["1e400", "-1e400", "1E+309", "400 digits", "-400 digits", "5000 digits",
+                              "NaN", "Infinity", "-Infinity"])
+def test_a_number_no_finite_double_holds_is_not_a_record(tmp_path, number):
+    # Python's json would make 1e400 infinity, which encode() cannot write
+    # back: a spool file holding it would wedge whoever reads it.
+    p = tmp_path / "r"
+    p.write_bytes(b'{"format": "change", "version": 1, "when": [1, {"x": %s}]}' % number.encode())
+    with pytest.raises(records.RecordError) as e:
+        records.read(str(p), "change")
+    assert "not a record: " in e.value.reason and number[:20] in e.value.reason
+    assert len(e.value.reason) < 200
+
+
+def test_large_finite_numbers_are_kept_and_written_back(tmp_path):
+    fields = {"big": 1.5e308, "tiny": 5e-324, "long": 2 ** 1000, "negative": -(2 ** 1000)}
+    p = tmp_path / "r"
+    records.write(str(p), "change", fields)
+    rec = records.read(str(p), "change")
+    assert {k: rec[k] for k in fields} == fields
+    assert records.decode(records.encode("change", rec), "again", "change") == rec

@@ -47,7 +47,8 @@ def test_ids_are_unique_valid_and_sort_by_time():
     assert len(set(ids)) == 200
     assert all(spoolmod.valid_id(i) for i in ids)
     assert ids == sorted(ids)
-    for bad in ("", ".hidden.1.2.3", "x.1.2.3", "1.2.3", "1/2.3.4.5", "1.2.3.4.5", "stray"):
+    for bad in ("", ".hidden.1.2.3", "x.1.2.3", "1.2.3", "1/2.3.4.5", "1.2.3.4.5", "stray",
+                ids[0] + "\n", "\n" + ids[0], "\u00b2.1.1.abc", "1.2.3.a b", "1.2.3.", "1..3.abc"):
         assert not spoolmod.valid_id(bad), bad
 
 
@@ -226,6 +227,27 @@ def test_hints(spool):
     assert sorted(spool.take_hints()) == [("hello", 3), ("my@builder", 12)]
     assert spool.take_hints() == []
     assert os.listdir(spool.path("hints")) == []  # junk is taken away too
+
+
+def test_an_id_with_a_trailing_newline_goes_to_corrupt(spool):
+    rid = spool.deliver("changes", "change", CHANGE)
+    os.rename(spool.path("changes", "new", rid), spool.path("changes", "new", rid + "\n"))
+    assert spool.pending("changes") == []
+    [(name, reason)] = spool.corrupted()
+    assert name == "changes." + rid + "\n" and reason == "file name is not a spool id"
+
+
+def test_hint_and_cancel_names_that_are_not_build_numbers_are_ignored(spool):
+    # "²".isdigit() is true but int("²") raises: one such name failed every pass.
+    for name in ("hello@\u00b2", "hello@\u0661", "hello@007", "hello@True", "hello@4294967296"):
+        with open(spool.path("hints", name), "w"):
+            pass
+        with open(spool.path("cancel", name), "w") as f:
+            f.write('{"format": "cancel", "version": 1, "builder": "hello", "number": 1}\n')
+    spool.hint("hello", 4294967295)
+    spool.request_cancel("hello", 2, "ann", "wrong branch")
+    assert spool.take_hints() == [("hello", 4294967295)]
+    assert list(spool.cancel_requests()) == [("hello", 2)]
 
 
 def test_hint_without_directory_is_quiet(tmp_path):

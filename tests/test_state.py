@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from buildunits import records
+from buildunits import records, state as statemod
 from buildunits.state import State
 
 
@@ -107,6 +107,45 @@ def test_build_numbers_ignore_other_names(state):
         os.mkdir(os.path.join(bdir, n))
     assert state.build_numbers("hello") == [1]
     assert state.build_numbers("nobody") == []
+
+
+@pytest.mark.parametrize("value", [True, False, 2 ** 32, 2 ** 40, 4.0, None, [4]])
+def test_a_counter_that_is_not_a_build_number_is_treated_as_missing(state, value):
+    # {"next": true} made a directory builds/hello/True; past 2**32 a number
+    # no longer fits the uint32 of the D-Bus signals.
+    for _ in range(3):
+        state.allocate_number("hello")
+    records.write(hint_path(state, "hello"), "counter", {"next": value})
+    assert state.recent_numbers("hello", 2) == [2, 3]
+    assert state.allocate_number("hello") == 4
+    assert sorted(os.listdir(state.builder_dir("hello"))) == ["1", "2", "3", "4", "next.json"]
+    assert records.read(hint_path(state, "hello"), "counter")["next"] == 5
+    records.write(hint_path(state, "hello"), "counter", {"next": value})
+    assert state.read_counter("hello") is None
+
+
+def test_only_canonical_decimal_names_are_builds(state):
+    state.allocate_number("hello")
+    bdir = state.builder_dir("hello")
+    for n in ("True", "0", "00", "+2", "-3", " 4", "5\n", "\u00b2", "\u0661", "\uff17", "4294967296", "99999999999"):
+        os.mkdir(os.path.join(bdir, n))
+    os.mkdir(os.path.join(bdir, "4294967295"))
+    assert state.build_numbers("hello") == [1, 4294967295]
+    assert [statemod.parse_number(n) for n in ("1", "10", "4294967295", "4294967296", "01", "\u0661", "True")] \
+        == [1, 10, 4294967295, None, None, None, None]
+
+
+def test_build_numbers_stop_below_2_to_the_32(state):
+    os.makedirs(state.build_dir("hello", 2 ** 32 - 2))
+    records.write(hint_path(state, "hello"), "counter", {"next": 2 ** 32 - 2})
+    assert state.allocate_number("hello") == 2 ** 32 - 1
+    with pytest.raises(statemod.NumbersExhausted, match="every build number up to 4294967295"):
+        state.allocate_number("hello")
+    os.unlink(hint_path(state, "hello"))
+    with pytest.raises(statemod.NumbersExhausted):
+        state.allocate_number("hello")
+    assert state.build_numbers("hello") == [2 ** 32 - 2, 2 ** 32 - 1]
+    assert state.recent_numbers("hello", 5) == [2 ** 32 - 2, 2 ** 32 - 1]
 
 
 def test_build_record_round_trip_keeps_unknown_keys(state):

@@ -46,14 +46,16 @@ EXIT STATUS
 import argparse
 import getpass
 import json
+import math
 import os
 import re
 import sys
 import time
 
 from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
-from .status import gather_status, runner_alive, peek as _peek
+from .status import gather_status, runner_alive
 from .spool import Spool
+from . import state as stmod
 from .state import State
 
 
@@ -185,7 +187,7 @@ def _user():
 # ------------------------------------------------------------- sendchange
 def cmd_sendchange(dirs, args):
     repo = config.normalize_repository(args.repository)
-    if not re.match(r"^[0-9a-fA-F]{4,64}$", args.revision):
+    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", args.revision):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
     branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
@@ -333,12 +335,14 @@ def cmd_fsck(dirs, args):
                     else:
                         found("%s #%d: recorded as running, but no runner holds it" % (b, n),
                               lambda rec=rec: _mark_lost(st, rec))
-        hint_path = os.path.join(st.builder_dir(b), "next.json")
-        hint = _peek(hint_path, ("counter",))
-        if nums and (hint is None or not isinstance(hint.get("next"), int) or hint["next"] <= nums[-1]):
-            found("%s: next-number hint is behind the highest build #%d" % (b, nums[-1]),
-                  lambda b=b, n=nums[-1]: records.write(os.path.join(st.builder_dir(b), "next.json"),
-                                                        "counter", {"next": n + 1}))
+        hint = st.read_counter(b)
+        if nums and nums[-1] == stmod.MAX_BUILD_NUMBER:
+            found("%s: has used every build number up to #%d; a new build cannot start until its history "
+                  "is moved away" % (b, nums[-1]))
+        elif nums and (hint is None or hint <= nums[-1]):
+            found("%s: next-number hint is %s (the highest build is #%d)"
+                  % (b, "behind" if hint is not None else "missing or not a build number", nums[-1]),
+                  lambda b=b, n=nums[-1]: st.write_counter(b, n + 1, durable=True))
     for p in _listdir(st.path("poller")):
         if p.endswith(".json"):
             try:
@@ -395,6 +399,18 @@ def _listdir(d):
 
 
 # ------------------------------------------------------------------- main
+def _epoch(text):
+    """--when: seconds since the epoch, a finite number (inf, nan and 1e400
+    cannot be written in a record)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds since the epoch: %r" % text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("%r is not a finite number of seconds since the epoch" % text)
+    return value
+
+
 def parser():
     p = argparse.ArgumentParser(prog="buildunits", description="Operate buildunits.")
     paths.add_arguments(p)
@@ -419,7 +435,7 @@ def parser():
     s.add_argument("--author")
     s.add_argument("--message")
     s.add_argument("--file", action="append")
-    s.add_argument("--when", type=float)
+    s.add_argument("--when", type=_epoch)
     st = sub.add_parser("status", help="show the queue, running builds and last results")
     st.add_argument("--json", action="store_true")
     k = sub.add_parser("fsck", help="check the spool and state")

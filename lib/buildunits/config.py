@@ -25,7 +25,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_STEPS = ("checkout",)
 
 
@@ -130,6 +131,9 @@ _SPAN_UNITS = {
     "y": 31557600, "year": 31557600, "years": 31557600,
 }
 _SPAN_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+# The longest finite time span, as in systemd: below 2^64 microseconds
+# (about 584542 years).  Longer ones are refused, never read as infinity.
+MAX_TIMESPAN_SEC = (2 ** 64 - 1) / 1e6
 
 
 def parse_timespan(text):
@@ -157,6 +161,10 @@ def parse_timespan(text):
         pos = m.end()
         while pos < len(t) and t[pos].isspace():
             pos += 1
+    if not total < MAX_TIMESPAN_SEC:   # also a number too long for a float
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError("time span %r is too long: at most %d years (systemd's limit); "
+                         "use infinity for no limit" % (shown, MAX_TIMESPAN_SEC // _SPAN_UNITS["y"]))
     return total
 
 
@@ -202,7 +210,7 @@ def parse_environment(text):
     out = {}
     for word in shlex.split(text):
         name, eq, value = word.partition("=")
-        if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError("not an assignment NAME=VALUE: %r" % word)
         out[name] = value
     return out
@@ -272,7 +280,7 @@ def parse_unit_file(path, text=None):
             continue
         key, eq, value = logical.partition("=")
         key = key.strip()
-        if not eq or not key or not re.match(r"^[A-Za-z][A-Za-z0-9]*$", key):
+        if not eq or not key or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", key):
             problems.append(Problem(path, start, current[0] if current else "", "",
                                     "expected Key=Value, got %r" % logical[:80]))
             continue
@@ -325,7 +333,7 @@ class _Setter:
                 elif kind == "bool":
                     setattr(obj, attr, parse_boolean(a.value))
                 elif kind == "int":
-                    if not re.match(r"^\d+$", a.value):
+                    if not re.fullmatch(r"[0-9]+", a.value):
                         raise ValueError("not a whole number: %r" % a.value)
                     setattr(obj, attr, int(a.value))
                 elif kind == "list":
@@ -386,7 +394,7 @@ def load_builder(path, cfg, problems, warnings):
     """Parse builders/NAME.builder (and its drop-ins) into a Builder."""
     name = os.path.basename(path)[: -len(".builder")]
     b = Builder(name=name, path=path, poll_interval=cfg.poll_interval, tree_stable=cfg.tree_stable)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         problems.append(Problem(path, 0, "", "", "builder name %r must be letters, digits, '.', '_' "
                                 "or '-', start with a letter or digit, at most 64 long" % name))
         return None
@@ -401,7 +409,7 @@ def load_builder(path, cfg, problems, warnings):
         elif section.startswith("Step ") or section == "Step":
             sname = section[len("Step"):].strip()
             hpath, line = header
-            if not NAME_RE.match(sname) or sname in RESERVED_STEPS:
+            if not NAME_RE.fullmatch(sname) or sname in RESERVED_STEPS:
                 why = ("%r is reserved" % sname) if sname in RESERVED_STEPS else (
                     "step name %r must be letters, digits, '.', '_' or '-', starting with a "
                     "letter or digit" % sname)

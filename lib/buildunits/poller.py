@@ -53,7 +53,7 @@ class Poller(daemon.Daemon):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self._timers = {}        # repository -> GLib source id
+        self._timers = {}        # repository -> daemon.Timer
         self._errors = {}        # repository -> last error text (logged once)
         self._polls = 0
         self._queued = 0
@@ -75,11 +75,11 @@ class Poller(daemon.Daemon):
 
     def _arm(self):
         for src in self._timers.values():
-            GLib.source_remove(src)
+            src.remove()
         self._timers = {}
         for repo, (interval, _globs) in self.repositories().items():
             if interval:
-                self._timers[repo] = GLib.timeout_add(max(100, int(interval * 1000)), self._timer, repo)
+                self._timers[repo] = daemon.Timer(max(0.1, interval), self._timer, repo)
 
     def _timer(self, repo):
         if not self.stopping:

@@ -26,6 +26,7 @@ The formats and their current versions are listed in FORMATS.
 
 import errno
 import json
+import math
 import os
 import stat
 
@@ -79,11 +80,11 @@ def decode(data, path, formats):
     if not text.strip():
         raise RecordError(path, "empty file")
     try:
-        rec = json.loads(text, parse_constant=_no_constant)
+        rec = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
     except RecursionError:
         raise RecordError(path, "not a record: nested too deeply")
     except _NonFinite as e:
-        raise RecordError(path, "not a record: %s is not a JSON number" % e.args[0])
+        raise RecordError(path, "not a record: %s" % e.args[0])
     except json.JSONDecodeError as e:
         if e.msg != "Extra data" and _unclosed(text):
             # A record's last character is the "}" that closes it.
@@ -109,7 +110,31 @@ class _NonFinite(ValueError):
 def _no_constant(name):
     # NaN and Infinity are not JSON (encode() refuses them); Python's json
     # would accept them and hand a value to code that cannot write it back.
-    raise _NonFinite(name)
+    raise _NonFinite("%s is not a JSON number" % name)
+
+
+def _shown(text):
+    return text if len(text) <= 40 else "%s... (%d digits)" % (text[:20], len(text))
+
+
+def _finite_float(text):
+    # 1e400 is valid JSON, but a double cannot hold it: Python makes it
+    # infinity, which encode() cannot write back.  Not a record.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite("the number %s is out of range (not a finite double)" % _shown(text))
+    return value
+
+
+def _finite_int(text):
+    # Likewise an integer beyond a double's range: no JSON reader but
+    # Python's keeps it, and time or arithmetic on it overflows.
+    try:
+        value = int(text)
+        float(value)
+    except (ValueError, OverflowError):   # past Python's digit limit, or a double's range
+        raise _NonFinite("the number %s is out of range (not a finite double)" % _shown(text))
+    return value
 
 
 def _unclosed(text):

@@ -78,7 +78,7 @@ from . import daemon, fsutil, log, records, results
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 _PR_SET_CHILD_SUBREAPER = 36
-WORKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+WORKER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # not "w1\n"
 
 
 def checkout_script(repository, branch, revision):
@@ -233,7 +233,7 @@ class Runner(daemon.Daemon):
         if self._proc is not None:
             self._kill_tree(signal.SIGKILL)
         for src in self._sources:
-            GLib.source_remove(src)
+            daemon.remove_source(src)
         self._sources = []
         self._proc = None
         self.build = None
@@ -368,11 +368,11 @@ class Runner(daemon.Daemon):
         timeout = spec.timeout if spec else math.inf
         idle = spec.timeout_idle if spec else 20 * 60.0
         if timeout != math.inf:
-            self._sources.append(GLib.timeout_add(max(1, int(timeout * 1000)), self._timeout, "timeout", timeout))
+            self._sources.append(daemon.Timer(timeout, self._timeout, "timeout", timeout))
         if idle != math.inf:
             tick = max(0.1, min(idle / 4, 10.0))
             self._idle_limit = idle
-            self._sources.append(GLib.timeout_add(int(tick * 1000), self._idle_check))
+            self._sources.append(daemon.Timer(tick, self._idle_check))
         return True
 
     def _step_exception(self, i, why):
@@ -433,7 +433,7 @@ class Runner(daemon.Daemon):
 
     def _step_exited(self, pid, status, i):
         for src in self._sources[1:]:
-            GLib.source_remove(src)
+            daemon.remove_source(src)
         self._sources = []
         proc, self._proc = self._proc, None
         code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
@@ -542,7 +542,7 @@ class Runner(daemon.Daemon):
         rec = self.build
         self._kill_tree(signal.SIGKILL)
         for src in self._sources:
-            GLib.source_remove(src)
+            daemon.remove_source(src)
         self._sources = []
         if self._proc is not None:
             try:
@@ -636,7 +636,7 @@ def _duration(rec):
 
 def _worker_arg(parser):
     def worker(text):
-        if not WORKER_RE.match(text):
+        if not WORKER_RE.fullmatch(text):
             raise ValueError
         return text
     worker.__name__ = "worker name"

@@ -299,11 +299,10 @@ class Scheduler(daemon.Daemon):
 
     def _arm(self, deadline, now):
         if self._timer is not None:
-            GLib.source_remove(self._timer)
+            self._timer.remove()
             self._timer = None
         if deadline is not None:
-            ms = max(1, int((deadline - now) * 1000) + 1)
-            self._timer = GLib.timeout_add(ms, self._fire)
+            self._timer = daemon.Timer(deadline - now, self._fire)
 
     def _fire(self):
         self._timer = None

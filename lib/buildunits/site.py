@@ -374,13 +374,9 @@ class Site:
     def _catch_up(self, b, hint=0):
         """The numbers of B taken since the last pass (now in b.unfinal)."""
         latest = b.known
-        nxt = None
-        try:
-            nxt = records.read(os.path.join(self.state.builder_dir(b.name), "next.json"), "counter").get("next")
-            if isinstance(nxt, int) and not isinstance(nxt, bool):
-                latest = max(latest, nxt - 1)
-        except (OSError, ValueError):
-            pass
+        nxt = self.state.read_counter(b.name)
+        if nxt is not None:
+            latest = max(latest, nxt - 1)
         if hint > latest and os.path.isdir(self.state.build_dir(b.name, hint)):
             latest = hint
         if latest - b.known > MAX_CATCHUP and b.listed_for != (nxt, hint):

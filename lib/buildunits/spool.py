@@ -53,6 +53,7 @@ import secrets
 import time
 
 from . import fsutil, records
+from .state import parse_number
 
 QUEUES = ("changes", "requests")
 QUEUE_FORMATS = {"changes": ("change", "force"), "requests": ("request",)}
@@ -67,9 +68,13 @@ def new_id():
     return "%019d.%d.%d.%s" % (time.time_ns(), os.getpid(), _id_counter, secrets.token_hex(3))
 
 
+_ID_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9A-Za-z]+")
+
+
 def valid_id(name):
-    return (not name.startswith(".") and "/" not in name and name.count(".") == 3
-            and name.split(".", 1)[0].isdigit())
+    """True if NAME is the form new_id() makes: whole (fullmatch: not "ID\n"),
+    ASCII digits (not "²"), no "/" and no leading dot."""
+    return isinstance(name, str) and _ID_RE.fullmatch(name) is not None
 
 
 class Spool:
@@ -240,11 +245,12 @@ class Spool:
             return out
         for n in names:
             b, at, num = n.rpartition("@")
-            if n.startswith(".") or not at or not num.isdigit():
+            number = parse_number(num)
+            if n.startswith(".") or not at or number is None:
                 continue
-            rec = self.read_cancel(b, int(num))
+            rec = self.read_cancel(b, number)
             if rec is not None:
-                out[(b, int(num))] = rec
+                out[(b, number)] = rec
         return out
 
     def read_cancel(self, builder, number):
@@ -294,8 +300,8 @@ class Spool:
                 os.unlink(self.path("hints", n))
             except FileNotFoundError:
                 continue
-            if at and num.isdigit():
-                out.append((b, int(num)))
+            if at and parse_number(num) is not None:
+                out.append((b, parse_number(num)))
         return out
 
     # ------------------------------------------------------------- corrupt

@@ -20,6 +20,12 @@ hint of where to start trying; if it is lost or behind, the mkdir loop
 still skips every number taken.  A crash after the mkdir and before
 build.json is written leaves an empty directory: a number used by no build
 (a gap, never a repeat), which the pages skip and `buildunits fsck` lists.
+
+A build number is an int with 1 <= N < 2**32 (the D-Bus signals carry it as
+uint32), and only its canonical decimal name (no leading zero, ASCII digits)
+is a build directory.  next.json is read by read_counter() alone: a "next"
+that is not such a number (true, 2**40, "7") is treated as missing, and the
+directory listed.  allocate_number() refuses to go past 2**32 - 1.
 """
 
 import hashlib
@@ -27,6 +33,30 @@ import os
 import re
 
 from . import fsutil, records
+
+# Build numbers are carried as D-Bus uint32 ("u" in BuildStarted and the
+# others): 1 <= NUMBER < 2**32.  The counter's "next" is held to the same.
+MAX_BUILD_NUMBER = 2 ** 32 - 1
+_NUMBER_RE = re.compile(r"[1-9][0-9]{0,9}")   # canonical decimal, ASCII digits only
+
+
+def valid_number(n):
+    """True if N is a build number: an int (not a bool), 1 <= N < 2**32."""
+    return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_BUILD_NUMBER
+
+
+def parse_number(name):
+    """The build number a directory or file name NAME spells, or None: only
+    canonical decimal (no sign, no leading zero, no other digits than 0-9)."""
+    if isinstance(name, str) and _NUMBER_RE.fullmatch(name):
+        n = int(name)
+        if valid_number(n):
+            return n
+    return None
+
+
+class NumbersExhausted(Exception):
+    """A builder has used every build number below 2**32."""
 
 
 class State:
@@ -50,35 +80,56 @@ class State:
     def build_path(self, builder, number):
         return self.path("builds", builder, str(number), "build.json")
 
+    def counter_path(self, builder):
+        return self.path("builds", builder, "next.json")
+
+    def read_counter(self, builder):
+        """The next-number hint of BUILDER, or None when it is missing,
+        unreadable or not a valid build number (see valid_number): then the
+        caller lists the directory.  The one reader of next.json."""
+        try:
+            n = records.read(self.counter_path(builder), "counter").get("next")
+        except (OSError, records.RecordError):
+            return None
+        return n if valid_number(n) else None
+
+    def write_counter(self, builder, n, durable=False):
+        """Write the hint NEXT=N (a hint: not fsync'd unless DURABLE).  One
+        past the last number (2**32) is not written: nothing follows it."""
+        if valid_number(n):
+            records.write(self.counter_path(builder), "counter", {"next": n}, durable=durable)
+
     def allocate_number(self, builder):
-        """Take the next build number of BUILDER for good; see the docstring."""
+        """Take the next build number of BUILDER for good; see the docstring.
+        Raises NumbersExhausted past 2**32 - 1."""
         bdir = self.builder_dir(builder)
         fsutil.makedirs(bdir)
-        hint_path = os.path.join(bdir, "next.json")
-        try:
-            n = records.read(hint_path, "counter").get("next")
-            if not isinstance(n, int) or n < 1:
-                raise ValueError
-        except (OSError, ValueError):
+        n = self.read_counter(builder)
+        if n is None:
             nums = self.build_numbers(builder)
             n = (nums[-1] + 1) if nums else 1
         while True:
+            if n > MAX_BUILD_NUMBER:
+                raise NumbersExhausted("%s has used every build number up to %d (2^32 - 1, the largest "
+                                       "D-Bus signals carry); move its history away to start again"
+                                       % (builder, MAX_BUILD_NUMBER))
             try:
                 os.mkdir(os.path.join(bdir, str(n)))
                 break
             except FileExistsError:
                 n += 1
         fsutil.fsync_dir(bdir)  # the number is now taken for good
-        records.write(hint_path, "counter", {"next": n + 1}, durable=False)
+        self.write_counter(builder, n + 1)
         return n
 
     def build_numbers(self, builder):
-        """All build numbers of BUILDER, ascending (reads the directory)."""
+        """All build numbers of BUILDER, ascending (reads the directory).
+        Only canonical names count (parse_number): not "007", "True" or "²"."""
         try:
             names = os.listdir(self.builder_dir(builder))
         except FileNotFoundError:
             return []
-        return sorted(int(n) for n in names if n.isdigit() and not n.startswith("0"))
+        return sorted(n for n in map(parse_number, names) if n is not None)
 
     def recent_numbers(self, builder, count):
         """The highest COUNT build numbers of BUILDER, ascending, without
@@ -86,14 +137,11 @@ class State:
         the next-number hint, and up past it (the hint is written after the
         mkdir, so a crash can leave it behind).  Lists the directory only
         when the hint is missing or unreadable."""
-        try:
-            nxt = records.read(os.path.join(self.builder_dir(builder), "next.json"), "counter").get("next")
-            if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt < 1:
-                raise ValueError
-        except (OSError, ValueError):
+        nxt = self.read_counter(builder)
+        if nxt is None:
             return self.build_numbers(builder)[-count:]
         top = nxt - 1
-        while os.path.isdir(self.build_dir(builder, top + 1)):
+        while top < MAX_BUILD_NUMBER and os.path.isdir(self.build_dir(builder, top + 1)):
             top += 1
         # Twice COUNT candidates: room for the gaps a crash can leave.
         found = [n for n in range(top, max(0, top - 2 * count), -1) if os.path.isdir(self.build_dir(builder, n))]
