@@ -20,13 +20,32 @@ hint of where to start trying; if it is lost or behind, the mkdir loop
 still skips every number taken.  A crash after the mkdir and before
 build.json is written leaves an empty directory: a number used by no build
 (a gap, never a repeat), which the pages skip and `buildunits fsck` lists.
+
+Symbolic links are never records.  A build step runs as the same user
+and can write here, so whatever it plants is hostile: the readers of the
+builds tree (build_numbers, builders, read_build, open_log) walk it with
+O_NOFOLLOW at every step below builds/, so a link to a directory or a file
+elsewhere is neither followed nor shown (fsck reports it), and the runner
+creates each step log with O_EXCL, never writing through what is there.
 """
 
+import errno
 import hashlib
 import os
 import re
+import stat
 
 from . import fsutil, records
+
+
+class NotLinked(ValueError):
+    """A symbolic link (or a non-directory) where the state tree must have
+    a directory or a file of its own: not followed."""
+
+    def __init__(self, path, link):
+        self.path = path
+        self.reason = "a symbolic link, not followed" if link else "not a directory"
+        super().__init__("%s: %s" % (path, self.reason))
 
 
 class State:
@@ -75,10 +94,16 @@ class State:
     def build_numbers(self, builder):
         """All build numbers of BUILDER, ascending (reads the directory)."""
         try:
-            names = os.listdir(self.builder_dir(builder))
-        except FileNotFoundError:
+            fd = self._open_dir("builds", builder)
+        except (FileNotFoundError, NotLinked):
             return []
-        return sorted(int(n) for n in names if n.isdigit() and not n.startswith("0"))
+        try:
+            with os.scandir(fd) as it:
+                # d_type, no stat per entry: a link to a directory is no build.
+                names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        finally:
+            os.close(fd)
+        return sorted(int(n) for n in names if n.isdigit() and n.isascii() and not n.startswith("0"))
 
     def recent_numbers(self, builder, count):
         """The highest COUNT build numbers of BUILDER, ascending, without
@@ -102,16 +127,27 @@ class State:
     def builders(self):
         """Names of builders with any history."""
         try:
-            return sorted(n for n in os.listdir(self.path("builds")) if not n.startswith("."))
+            with os.scandir(self.path("builds")) as it:
+                return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
 
     def read_build(self, builder, number):
-        """The build record, or None if the number holds none (a gap)."""
+        """The build record, or None if the number holds none (a gap).
+        A symbolic link on the way (builds/B, builds/B/N, build.json) or a
+        file that is not a regular one raises RecordError: never followed."""
+        path = self.build_path(builder, number)
         try:
-            return records.read(self.build_path(builder, number), "build")
+            fd = self.open_file("builds", builder, str(number), "build.json")
         except FileNotFoundError:
             return None
+        except NotLinked as e:
+            raise records.RecordError(e.path, e.reason)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise records.RecordError(path, "not a regular file")
+            data = f.read()
+        return records.decode(data, path, "build")
 
     def write_build(self, rec, durable=True):
         """Atomically (re)write a build record; REC keeps unknown keys.
@@ -124,6 +160,60 @@ class State:
 
     def log_path(self, builder, number, index, step):
         return os.path.join(self.build_dir(builder, number), self.log_name(index, step))
+
+    def open_log(self, builder, number, name):
+        """A read-only descriptor of the log NAME of B #N, or None if it is
+        missing, a symbolic link (or under one) or not a regular file."""
+        try:
+            fd = self.open_file("builds", builder, str(number), name)
+        except (OSError, NotLinked):
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def create_log(self, builder, number, name):
+        """A new log file NAME of B #N, open for appending.  Never opens
+        what is already there (a file or link planted by an earlier step):
+        raises FileExistsError, or NotLinked for a link on the way."""
+        return self.open_file("builds", builder, str(number), name,
+                              flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, mode=0o644)
+
+    # ------------------------------------------------------------ no links
+    def _open_dir(self, *parts):
+        """A descriptor of the directory STATE/PARTS, reached without
+        following a symbolic link below the root."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        link = stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
+                        raise NotLinked(os.path.join(self.root, *parts[:i + 1]), link)
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_file(self, *parts, flags=os.O_RDONLY, mode=0o644):
+        """os.open of STATE/PARTS, following no symbolic link below the root
+        (NotLinked if there is one, or a file where a directory should be).
+        Never blocks on a FIFO."""
+        dfd = self._open_dir(*parts[:-1])
+        try:
+            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise NotLinked(os.path.join(self.root, *parts), True)
+            raise
+        finally:
+            os.close(dfd)
 
     # -------------------------------------------------------------- poller
     def poller_path(self, repository):
