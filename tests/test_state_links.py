@@ -120,3 +120,29 @@ def test_a_build_record_under_a_linked_directory_is_refused(tmp_path):
         raise AssertionError("a record read through a link")
     assert st.open_log("hello", 1, other.log_name(1, "compile")) is None
 
+
+def test_a_link_planted_at_a_step_log_is_not_written_through(daemons, tmp_path):
+    """An earlier step plants $STATE/builds/B/N/02-next.log, a link to a
+    file of the same user; the runner must not truncate or write it."""
+    target = tmp_path / "bashrc"
+    target.write_text("precious settings\n")
+    daemons.write_builder("plant", """
+        [Builder]
+        PollIntervalSec=0
+
+        [Step plant]
+        Command=state="$BUILDUNITS_WORKDIR/../../.."; ln -s {target} "$state/builds/$BUILDUNITS_BUILDER/$BUILDUNITS_BUILD/02-next.log"
+
+        [Step next]
+        Command=echo WRITTEN THROUGH
+        """.format(target=target))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("force", "plant", check=True)
+    b = daemons.wait_build_finished("plant", 1)
+    assert target.read_text() == "precious settings\n"
+    plant, nxt = b["steps"]
+    assert plant["result"] == "success", plant
+    assert nxt["result"] == "exception" and "02-next.log" in nxt["summary"], nxt
+    assert b["result"] == "exception" and "02-next.log" in b["reason"]
+    assert os.path.islink(os.path.join(daemons.state.build_dir("plant", 1), "02-next.log"))

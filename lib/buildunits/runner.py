@@ -75,6 +75,7 @@ import traceback
 from gi.repository import GLib
 
 from . import daemon, fsutil, log, records, results
+from .state import NotLinked
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 _PR_SET_CHILD_SUBREAPER = 36
@@ -342,7 +343,16 @@ class Runner(daemon.Daemon):
         if st.spec and st.spec.working_directory:
             cwd = os.path.join(self._workdir, st.spec.working_directory)
         try:
-            fd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            # A new file, never what is there: an earlier step (same user)
+            # may have planted a file or a link at this name.
+            fd = self.state.create_log(rec["builder"], rec["number"], logname)
+        except FileExistsError:
+            srec["log"] = None
+            return self._step_exception(i, "cannot create the log %s: a file or link is already there "
+                                        "(made by an earlier step?); it is left as it is" % logpath)
+        except NotLinked as e:
+            srec["log"] = None
+            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e))
         except OSError as e:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
         try:
@@ -491,9 +501,11 @@ class Runner(daemon.Daemon):
         _reap()
 
     def _log_tail(self, rec, srec, lines=5):
-        path = os.path.join(self.state.build_dir(rec["builder"], rec["number"]), srec["log"])
+        fd = self.state.open_log(rec["builder"], rec["number"], srec["log"]) if srec.get("log") else None
+        if fd is None:
+            return
         try:
-            with open(path, "rb") as f:
+            with open(fd, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
                 tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
         except OSError:
