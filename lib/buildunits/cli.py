@@ -48,6 +48,7 @@ import sys
 import time
 
 from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
+from . import redact
 from .status import gather_status, runner_alive, peek as _peek
 from .spool import Spool
 from .state import State
@@ -70,7 +71,7 @@ def cmd_checkconfig(dirs, args):
     for w in cfg.warnings:
         print("warning: %s" % w, file=sys.stderr)
     for b in cfg.builders.values():
-        print("%s: %s%s; %d step%s" % (b.name, b.repository or "no repository",
+        print("%s: %s%s; %d step%s" % (b.name, redact.url(b.repository) or "no repository",
                                       (" [%s]" % " ".join(b.branches)) if b.repository else "",
                                       len(b.steps), "" if len(b.steps) == 1 else "s"))
     print("%s: configuration OK, %d builder%s" % (dirs.config, len(cfg.builders),
@@ -184,7 +185,7 @@ def cmd_sendchange(dirs, args):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
     branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
-    fields = {"source": "sendchange", "repository": repo, "branch": branch, "revision": args.revision,
+    fields = {"source": "sendchange", "repository": redact.url(repo), "branch": branch, "revision": args.revision,
               "author": args.author, "message": args.message, "files": args.file or None,
               "when": args.when}
     if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):

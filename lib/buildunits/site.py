@@ -93,6 +93,7 @@ from urllib.parse import quote, unquote
 import markupsafe
 
 from . import fsutil, log, records, templates
+from . import redact
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
 INDEX = ".buildunits-site.json"
@@ -991,7 +992,8 @@ def build_view(rec, dir_href):
         "duration": _duration(rec.get("started"), rec.get("finished")),
         "worker": _str(rec.get("worker")), "reason": _str(rec.get("reason")),
         "request_reason": _str(request.get("reason")), "queued": _num(request.get("queued")),
-        "repository": _str(rec.get("repository") or request.get("repository")),
+        # Masked again: a record of an older release may hold credentials.
+        "repository": redact.url(_str(rec.get("repository") or request.get("repository"))),
         "branch": _str(rec.get("branch") or request.get("branch")),
         "revision": _str(rec.get("revision") or request.get("revision")),
         "properties": _pairs(request.get("properties")), "force": _pairs(request.get("force")),
@@ -1021,7 +1023,7 @@ def change_view(c):
     files = [_str(f) for f in _list(c.get("files")) if isinstance(f, str)]
     return {"revision": _str(c.get("revision")), "author": _str(c.get("author")),
             "when": _num(c.get("when")), "branch": _str(c.get("branch")),
-            "repository": _str(c.get("repository")), "message": _str(c.get("message")),
+            "repository": redact.url(_str(c.get("repository"))), "message": _str(c.get("message")),
             "files": files}
 
 

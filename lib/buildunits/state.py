@@ -35,7 +35,7 @@ import os
 import re
 import stat
 
-from . import fsutil, records
+from . import fsutil, records, redact
 
 
 class NotLinked(ValueError):
@@ -216,21 +216,32 @@ class State:
             os.close(dfd)
 
     # -------------------------------------------------------------- poller
-    def poller_path(self, repository):
-        key = re.sub(r"[^A-Za-z0-9._-]+", "_", repository.strip("/"))[-48:]
+    def poller_path(self, repository, _shown=True):
+        # The readable part is made from the masked URL: no credentials in
+        # file names (redact.py); the digest, of the real one, tells apart
+        # two URLs that differ only in them.
+        shown = redact.url(repository) if _shown else repository
+        key = re.sub(r"[^A-Za-z0-9._-]+", "_", shown.strip("/"))[-48:]
         digest = hashlib.sha256(repository.encode("utf-8")).hexdigest()[:12]
         return self.path("poller", "%s-%s.json" % (key.strip("._") or "repo", digest))
 
     def read_poller(self, repository):
         """(record or None).  A corrupt one raises RecordError."""
+        path = self.poller_path(repository)
+        old = self.poller_path(repository, _shown=False)
+        if old != path and not os.path.lexists(path) and os.path.lexists(old):
+            # Named after the URL with its credentials by buildunits 0.1.
+            if os.path.isdir(old[:-5] + ".git") and not os.path.lexists(path[:-5] + ".git"):
+                os.rename(old[:-5] + ".git", path[:-5] + ".git")
+            os.rename(old, path)
         try:
-            return records.read(self.poller_path(repository), "poller")
+            return records.read(path, "poller")
         except FileNotFoundError:
             return None
 
     def write_poller(self, repository, refs, extra=None):
         fields = dict(extra or {})
-        fields.update({"repository": repository, "refs": refs})
+        fields.update({"repository": redact.url(repository), "refs": refs})
         records.write(self.poller_path(repository), "poller", fields)
 
     # ----------------------------------------------------------- scheduler
