@@ -552,6 +552,41 @@ class Site:
         self._count += 1
         self._log_memo[page] = memo
 
+    def follow_logs(self):
+        """Write again the log pages of running steps whose log changed
+        since their page was written, and nothing else: htmlgen calls this
+        every few seconds while builds run, so a log page follows its log.
+        What it costs is one lstat per running step, and a page per log
+        that grew.  Returns the number of pages written, or None when no
+        build is running (or the site is not loaded): nothing to follow."""
+        if not self._loaded or self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+            return None
+        self._count = 0
+        running = False
+        for b in self._b.values():
+            for n, rec in sorted(b.recs.items()):
+                running = True
+                view = None
+                for s in _list(rec.get("steps")):
+                    stem = _log_stem(s.get("log")) if isinstance(s, dict) and s.get("state") == "running" else ""
+                    if not stem:
+                        continue
+                    page = os.path.join(self.build_dir(b.name, n), stem + ".html")
+                    try:
+                        st = os.lstat(os.path.join(self.state.build_dir(b.name, n), stem + ".log"))
+                        source = (st.st_size, st.st_mtime_ns)
+                    except OSError:
+                        source = None
+                    memo = self._log_memo.get(page)
+                    if memo is not None and memo[0] == source:
+                        continue
+                    if view is None:
+                        view = build_view(rec, dir_href="")
+                    for sv in view["steps"]:
+                        if sv["log_page"] == stem + ".html":
+                            self._render_log(b, n, view, sv, force=False)
+        return self._count if running else None
+
     # ---------------------------------------------------- pages of history
     def _complete_pages(self, b, full):
         """Write B's history pages up to FULL that are full and not written.
