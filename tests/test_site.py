@@ -977,7 +977,7 @@ def test_raw_log_is_copied_across_filesystems(env, tmp_path, monkeypatch):
     st, sp, cfg, s = env
     n = make_build(st, "hello", running_step=("compile", "cc a.c\n"))
 
-    def no_link(src, dst):
+    def no_link(src, dst, **kw):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
     monkeypatch.setattr(os, "link", no_link)
     s.update([("hello", n)])

@@ -49,10 +49,12 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import time
 
 from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
+from . import redact
 from .status import gather_status, runner_alive
 from .spool import Spool
 from . import state as stmod
@@ -79,7 +81,7 @@ def cmd_checkconfig(dirs, args):
     for w in cfg.warnings:
         print("warning: %s" % w, file=sys.stderr)
     for b in cfg.builders.values():
-        print("%s: %s%s; %d step%s" % (b.name, b.repository or "no repository",
+        print("%s: %s%s; %d step%s" % (b.name, redact.url(b.repository) or "no repository",
                                       (" [%s]" % " ".join(b.branches)) if b.repository else "",
                                       len(b.steps), "" if len(b.steps) == 1 else "s"))
     print("%s: configuration OK, %d builder%s" % (dirs.config, len(cfg.builders),
@@ -191,7 +193,7 @@ def cmd_sendchange(dirs, args):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
     branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
-    fields = {"source": "sendchange", "repository": repo, "branch": branch, "revision": args.revision,
+    fields = {"source": "sendchange", "repository": redact.url(repo), "branch": branch, "revision": args.revision,
               "author": args.author, "message": args.message, "files": args.file or None,
               "when": args.when}
     if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
@@ -304,6 +306,7 @@ def cmd_fsck(dirs, args):
         if ptr and ptr.get("request") not in sp.claimed(worker) and not runner_alive(dirs, worker):
             found("worker %s's pointer names request %s, which it no longer holds" % (worker, ptr.get("request")),
                   lambda w=worker: st.clear_worker(w))
+    _odd_entries(st, found)
     holders = {}
     for worker in st.workers():
         try:
@@ -366,6 +369,44 @@ def _mark_lost(st, rec):
         if s.get("state") != "finished":
             s.update(state="finished", result="skipped" if s.get("state") == "pending" else "exception")
     st.write_build(rec)
+
+
+def _odd_entries(st, found):
+    """Symbolic links and files that are not regular in builds/, builds/B
+    and builds/B/N: never records, so noted, kept, not followed (a build
+    step may have planted them; the readers do not follow them and the
+    site does not show them)."""
+    def scan(d, depth):
+        try:
+            it = list(os.scandir(d))
+        except OSError:
+            return
+        for e in sorted(it, key=lambda e: e.name):
+            try:
+                mode = os.lstat(e.path).st_mode
+            except OSError:
+                continue
+            if stat.S_ISLNK(mode):
+                try:
+                    target = " -> %s" % _printable(os.readlink(e.path))
+                except OSError:
+                    target = ""
+                found("%s: a symbolic link%s (kept; not followed, not shown)" % (_printable(e.path), target))
+            elif stat.S_ISDIR(mode):
+                if depth < 2:
+                    scan(e.path, depth + 1)
+                else:
+                    found("%s: a directory where a build has only files (kept; not shown)" % _printable(e.path))
+            elif not stat.S_ISREG(mode):
+                found("%s: not a regular file (kept; not read, not shown)" % _printable(e.path))
+            elif depth == 0:
+                found("%s: a file where a builder's directory should be (kept; not shown)" % _printable(e.path))
+    scan(st.path("builds"), 0)
+
+
+def _printable(text):
+    """TEXT (a name a build step may have chosen) without control characters."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_spool_file(sp, queue, path, found):

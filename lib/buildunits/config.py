@@ -25,6 +25,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from . import redact
+
 # \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_STEPS = ("checkout",)
@@ -61,8 +63,10 @@ class Problem:
         return "%s: %s" % (where, what) if what else where
 
     def __str__(self):
-        # "FILE:LINE: [Section] Key=: message", "FILE:LINE: [Section] message"
-        return "%s%s%s" % (self.location(), " " if self.section and not self.key else ": ", self.message)
+        # "FILE:LINE: [Section] Key=: message", "FILE:LINE: [Section] message";
+        # a message quoting a line quotes no credentials (redact.py).
+        return "%s%s%s" % (self.location(), " " if self.section and not self.key else ": ",
+                           redact.text(self.message))
 
 
 @dataclass
@@ -113,9 +117,11 @@ class Config:
     warnings: list = field(default_factory=list)
 
     def builders_for(self, repository):
-        """Builders polling REPOSITORY (already normalized)."""
+        """Builders polling REPOSITORY (already normalized).  Records hold
+        repositories masked (redact.py), so the masked forms are compared."""
+        shown = redact.url(repository)
         return [b for b in self.builders.values()
-                if b.repository and normalize_repository(b.repository) == repository]
+                if b.repository and redact.url(normalize_repository(b.repository)) == shown]
 
 
 # ---------------------------------------------------------------- values

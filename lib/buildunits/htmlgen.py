@@ -21,6 +21,11 @@ DESCRIPTION
     SITE/.buildunits-site.json (a site without it is rendered whole once),
     and on the rescan timer it brings the head pages up to date.
 
+    While a build runs, the log page of its running step follows the log:
+    every LOG_FOLLOW_SEC the logs of the running steps are looked at (one
+    lstat each) and the page of each that grew is written again; no other
+    page is.  The timer runs only while a build runs.
+
     --rebuild renders everything from state, including finished builds'
     pages, and exits (with a progress bar on a terminal).  A running
     htmlgen notices and takes up from the result.
@@ -39,9 +44,13 @@ SIGNALS
 
 import sys
 
+from gi.repository import GLib
+
 from . import config, daemon, log
 from .spool import Spool
 from .state import State
+
+LOG_FOLLOW_SEC = 2      # how often a running step's log page is brought up to date
 
 
 class HTMLGen(daemon.Daemon):
@@ -58,6 +67,8 @@ class HTMLGen(daemon.Daemon):
         self._site = None
         self._full = True
         self._renders = 0
+        self._follow_source = None
+        self._follow_error = None
 
     def site(self):
         if self._site is None:
@@ -79,6 +90,27 @@ class HTMLGen(daemon.Daemon):
         self._renders += 1
         for b, n in touched:
             self.bus.emit("SiteUpdated", b, n)
+        if self._follow_source is None and self.site().follow_logs() is not None:
+            self._follow_source = GLib.timeout_add_seconds(LOG_FOLLOW_SEC, self._follow)
+
+    def _follow(self):
+        """The log-follow timer: on while a build runs (see DESCRIPTION)."""
+        if self.stopping:
+            self._follow_source = None
+            return False
+        try:
+            following = self.site().follow_logs() is not None
+        except Exception as e:
+            # A full disk: said once; the next update (wake, rescan) retries.
+            if str(e) != self._follow_error:
+                self._follow_error = str(e)
+                log.warning("cannot bring a running step's log page up to date: %s" % e)
+            following = True
+        else:
+            self._follow_error = None
+        if not following:
+            self._follow_source = None
+        return following
 
     def _rescan(self):
         self._full = True

@@ -43,6 +43,7 @@ import time
 from gi.repository import GLib
 
 from . import config, daemon, git, log, records
+from . import redact
 
 MAX_COMMITS = 200   # per branch and poll; older ones are logged as skipped
 
@@ -124,12 +125,12 @@ class Poller(daemon.Daemon):
         except records.RecordError as e:
             aside = e.path + ".corrupt-%d" % time.time()
             os.rename(e.path, aside)
-            log.error("%s: %s; moved to %s; treating %s as new" % (e.path, e.reason, aside, repo))
+            log.error("%s: %s; moved to %s; treating %s as new" % (e.path, e.reason, aside, redact.url(repo)))
             prev = None
         if prev is None:
             self.state.write_poller(repo, wanted, {"polled": time.time()})
             log.info("%s: first poll: recorded %d branch head%s; commits from now on will be built"
-                     % (repo, len(wanted), "" if len(wanted) == 1 else "s"))
+                     % (redact.url(repo), len(wanted), "" if len(wanted) == 1 else "s"))
             self._errors.pop(repo, None)
             return
         old_refs = prev.get("refs") if isinstance(prev.get("refs"), dict) else {}
@@ -144,7 +145,7 @@ class Poller(daemon.Daemon):
                 found = git.commits(src, old, sha, MAX_COMMITS + 1)
                 if len(found) > MAX_COMMITS:
                     log.warning("%s %s: %d+ new commits; queueing the newest %d"
-                                % (repo, br, MAX_COMMITS, MAX_COMMITS))
+                                % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
                     found = found[-MAX_COMMITS:]
                 for c in found:
                     self.queue_change(repo, br, c)
@@ -163,6 +164,7 @@ class Poller(daemon.Daemon):
         self._errors.pop(repo, None)
 
     def queue_change(self, repo, branch, c):
+        repo = redact.url(repo)   # what records, the journal and the bus show
         fields = {"source": "poller", "repository": repo, "branch": branch}
         fields.update(c)
         cid = self.spool.deliver("changes", "change", fields)
@@ -174,7 +176,7 @@ class Poller(daemon.Daemon):
 
     def _problem(self, repo, text):
         if self._errors.get(repo) != text:
-            log.error("%s: cannot poll: %s" % (repo, text))
+            log.error("%s: cannot poll: %s" % (redact.url(repo), redact.text(text)))
             self._errors[repo] = text
 
 

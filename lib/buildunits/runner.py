@@ -74,7 +74,8 @@ import traceback
 
 from gi.repository import GLib
 
-from . import daemon, fsutil, log, records, results
+from . import daemon, fsutil, log, records, redact, results
+from .state import NotLinked
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 _PR_SET_CHILD_SUBREAPER = 36
@@ -82,25 +83,41 @@ WORKER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # not "w1\n"
 
 
 def checkout_script(repository, branch, revision):
-    """The shell commands of the implicit checkout step."""
+    """The shell commands of the implicit checkout step.
+
+    The repository's URL is not in them: it may hold credentials, and the
+    command is recorded and shown (with the URL masked, as a comment).  The
+    step has it in BUILDUNITS_REPOSITORY, and gives it to git as the URL of
+    a remote through GIT_CONFIG_* variables, so it is on no command line and
+    in no file; git's messages, which may quote it, are shown masked."""
     q = shlex.quote
     target = revision if revision else "FETCH_HEAD"
     fetch_ref = revision if revision else "refs/heads/" + branch
+    shown = re.sub(r"[\x00-\x1f\x7f]", "?", redact.url(repository))
     lines = [
+        "# fetch from %s" % shown,
         "set -e",
         "[ -d .git ] || git init --quiet .",
         # A git killed with its runner leaves lock files; only this worker's
         # runner (one per worker, locks/ in the state directory) works here.
         "find .git -name '*.lock' -type f -delete",
+        'export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.buildunits.url GIT_CONFIG_VALUE_0="$BUILDUNITS_REPOSITORY"',
+        "masked() { \"$@\" 2>.git/buildunits-stderr && s=0 || s=$?; sed -e %s .git/buildunits-stderr >&2; "
+        "rm -f .git/buildunits-stderr; return $s; }" % q(_SED_MASK),
         # A revision not on the branch's tip is fetched by name when the
         # server allows it; otherwise all branches are fetched.
-        "git fetch --quiet --no-tags %s %s 2>/dev/null || git fetch --quiet --no-tags %s '+refs/heads/*:refs/remotes/origin/*'"
-        % (q(repository), q(fetch_ref), q(repository)),
+        "git fetch --quiet --no-tags buildunits %s 2>/dev/null || "
+        "masked git fetch --quiet --no-tags buildunits '+refs/heads/*:refs/remotes/origin/*'" % q(fetch_ref),
         "git checkout --quiet --force --detach %s" % q(target),
         "git clean --quiet -ffdx",
         "git log -1 --format='checked out %H%n%an: %s'",
     ]
     return "\n".join(lines)
+
+
+# redact.text() in sed (POSIX BRE): user:secret@ -> user:***@, token@ -> ***@.
+_SED_MASK = ("s|\\(://[^/?#[:space:]:@]*\\):[^/?#[:space:]]*@|\\1:***@|g; "
+             "s|://[^/?#[:space:]:@]\\{1,\\}@|://***@|g")
 
 
 class _Step:
@@ -268,6 +285,7 @@ class Runner(daemon.Daemon):
             self._kill_tree(signal.SIGKILL)   # _exited() records the rest
 
     def _new_record(self, req, builder, number, steps):
+        req = redact.record(req)   # a request from an older release may hold the real URL
         return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
                 "worker": self.worker, "state": "running", "result": None, "reason": "",
                 "started": time.time(), "finished": None, "repository": req.get("repository", ""),
@@ -327,7 +345,9 @@ class Runner(daemon.Daemon):
             env.update(st.spec.environment)
         env.update({"BUILDUNITS_BUILDER": rec["builder"], "BUILDUNITS_BUILD": str(rec["number"]),
                     "BUILDUNITS_REVISION": rec.get("revision") or "", "BUILDUNITS_BRANCH": rec.get("branch") or "",
-                    "BUILDUNITS_REPOSITORY": rec.get("repository") or "", "BUILDUNITS_WORKDIR": self._workdir,
+                    # The real URL, from the configuration: the record holds it masked.
+                    "BUILDUNITS_REPOSITORY": self._builder.repository or rec.get("repository") or "",
+                    "BUILDUNITS_WORKDIR": self._workdir,
                     "BUILDUNITS_WORKER": self.worker, "BUILDUNITS_STEP": st.name})
         return env
 
@@ -342,7 +362,16 @@ class Runner(daemon.Daemon):
         if st.spec and st.spec.working_directory:
             cwd = os.path.join(self._workdir, st.spec.working_directory)
         try:
-            fd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            # A new file, never what is there: an earlier step (same user)
+            # may have planted a file or a link at this name.
+            fd = self.state.create_log(rec["builder"], rec["number"], logname)
+        except FileExistsError:
+            srec["log"] = None
+            return self._step_exception(i, "cannot create the log %s: a file or link is already there "
+                                        "(made by an earlier step?); it is left as it is" % logpath)
+        except NotLinked as e:
+            srec["log"] = None
+            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e))
         except OSError as e:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
         try:
@@ -491,9 +520,11 @@ class Runner(daemon.Daemon):
         _reap()
 
     def _log_tail(self, rec, srec, lines=5):
-        path = os.path.join(self.state.build_dir(rec["builder"], rec["number"]), srec["log"])
+        fd = self.state.open_log(rec["builder"], rec["number"], srec["log"]) if srec.get("log") else None
+        if fd is None:
+            return
         try:
-            with open(path, "rb") as f:
+            with open(fd, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
                 tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
         except OSError:

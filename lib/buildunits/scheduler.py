@@ -54,6 +54,7 @@ import time
 from gi.repository import GLib
 
 from . import bus as busmod, config, daemon, fsutil, log, records
+from . import redact
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -315,7 +316,7 @@ class Scheduler(daemon.Daemon):
             reason = "change %s on %s" % (newest["revision"][:12], branch)
         else:
             reason = "%d changes on %s" % (len(changes), branch)
-        fields = {"builder": b.name, "repository": b.repository, "branch": branch,
+        fields = {"builder": b.name, "repository": redact.url(b.repository), "branch": branch,
                   "revision": newest["revision"], "reason": reason, "changes": changes,
                   "force": None, "properties": {}}
         rid = self.spool.deliver("requests", "request", fields)   # commit point
@@ -338,7 +339,7 @@ class Scheduler(daemon.Daemon):
         m = self.memory(b.name)
         if not m.has_id(fid):
             branch = rec.get("branch") or default_branch(b)
-            fields = {"builder": b.name, "repository": b.repository, "branch": branch,
+            fields = {"builder": b.name, "repository": redact.url(b.repository), "branch": branch,
                       "revision": rec.get("revision") or "", "changes": [], "force": fid,
                       "reason": "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given"),
                       "properties": rec.get("properties") if isinstance(rec.get("properties"), dict) else {}}

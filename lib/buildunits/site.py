@@ -85,6 +85,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 import uuid
 from urllib.parse import quote, unquote
@@ -92,6 +93,7 @@ from urllib.parse import quote, unquote
 import markupsafe
 
 from . import fsutil, log, records, templates
+from . import redact
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
 INDEX = ".buildunits-site.json"
@@ -518,25 +520,68 @@ class Site:
         src = os.path.join(self.state.build_dir(b.name, n), step["log"])
         raw = os.path.join(bdir, step["log_raw"])
         page = os.path.join(bdir, step["log_page"])
-        self._count += int(_link_or_copy(src, raw))
-        step = dict(step, log_raw=step["log_raw"] if os.path.exists(raw) else "")
+        # A step can plant a link at a log's name: only a regular file of
+        # the build's own directory, reached without a link, is shown.
+        fd = self.state.open_log(b.name, n, step["log"])
         try:
-            st = os.stat(src)
-            source = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            source = None
-        memo = (source, json.dumps(step, sort_keys=True, default=str), self.cfg.title)
-        if not force and self._log_memo.get(page) == memo and os.path.exists(page):
-            return
-        excerpt = LogExcerpt(src)
-        pieces = templates.generate("log.html", title="%s #%d %s" % (build["builder"], n, step["name"]),
-                                    root="../../../", refresh=0, site_title=self.cfg.title,
-                                    builder_html="builders/%s/index.html" % b.q,
-                                    build=build, step=step, log=excerpt,
-                                    max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
-        _write_pieces(page, pieces)
+            if fd is not None:
+                self._count += int(_link_or_copy(src, raw, fd))
+            step = dict(step, log_raw=step["log_raw"] if os.path.exists(raw) else "")
+            if fd is not None:
+                st = os.fstat(fd)
+                source = (st.st_size, st.st_mtime_ns)
+            else:
+                source = None
+            memo = (source, json.dumps(step, sort_keys=True, default=str), self.cfg.title)
+            if not force and self._log_memo.get(page) == memo and os.path.exists(page):
+                return
+            excerpt = LogExcerpt(src, fd=fd)
+            pieces = templates.generate("log.html", title="%s #%d %s" % (build["builder"], n, step["name"]),
+                                        root="../../../", refresh=0, site_title=self.cfg.title,
+                                        builder_html="builders/%s/index.html" % b.q,
+                                        build=build, step=step, log=excerpt,
+                                        max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
+            _write_pieces(page, pieces)
+        finally:
+            if fd is not None:
+                os.close(fd)
         self._count += 1
         self._log_memo[page] = memo
+
+    def follow_logs(self):
+        """Write again the log pages of running steps whose log changed
+        since their page was written, and nothing else: htmlgen calls this
+        every few seconds while builds run, so a log page follows its log.
+        What it costs is one lstat per running step, and a page per log
+        that grew.  Returns the number of pages written, or None when no
+        build is running (or the site is not loaded): nothing to follow."""
+        if not self._loaded or self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+            return None
+        self._count = 0
+        running = False
+        for b in self._b.values():
+            for n, rec in sorted(b.recs.items()):
+                running = True
+                view = None
+                for s in _list(rec.get("steps")):
+                    stem = _log_stem(s.get("log")) if isinstance(s, dict) and s.get("state") == "running" else ""
+                    if not stem:
+                        continue
+                    page = os.path.join(self.build_dir(b.name, n), stem + ".html")
+                    try:
+                        st = os.lstat(os.path.join(self.state.build_dir(b.name, n), stem + ".log"))
+                        source = (st.st_size, st.st_mtime_ns)
+                    except OSError:
+                        source = None
+                    memo = self._log_memo.get(page)
+                    if memo is not None and memo[0] == source:
+                        continue
+                    if view is None:
+                        view = build_view(rec, dir_href="")
+                    for sv in view["steps"]:
+                        if sv["log_page"] == stem + ".html":
+                            self._render_log(b, n, view, sv, force=False)
+        return self._count if running else None
 
     # ---------------------------------------------------- pages of history
     def _complete_pages(self, b, full):
@@ -978,7 +1023,8 @@ def build_view(rec, dir_href):
         "duration": _duration(rec.get("started"), rec.get("finished")),
         "worker": _str(rec.get("worker")), "reason": _str(rec.get("reason")),
         "request_reason": _str(request.get("reason")), "queued": _num(request.get("queued")),
-        "repository": _str(rec.get("repository") or request.get("repository")),
+        # Masked again: a record of an older release may hold credentials.
+        "repository": redact.url(_str(rec.get("repository") or request.get("repository"))),
         "branch": _str(rec.get("branch") or request.get("branch")),
         "revision": _str(rec.get("revision") or request.get("revision")),
         "properties": _pairs(request.get("properties")), "force": _pairs(request.get("force")),
@@ -1008,7 +1054,7 @@ def change_view(c):
     files = [_str(f) for f in _list(c.get("files")) if isinstance(f, str)]
     return {"revision": _str(c.get("revision")), "author": _str(c.get("author")),
             "when": _num(c.get("when")), "branch": _str(c.get("branch")),
-            "repository": _str(c.get("repository")), "message": _str(c.get("message")),
+            "repository": redact.url(_str(c.get("repository"))), "message": _str(c.get("message")),
             "files": files}
 
 
@@ -1186,14 +1232,22 @@ class LogExcerpt:
     more.  A missing file yields nothing (`missing` is true).
     """
 
-    def __init__(self, path, max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES):
+    def __init__(self, path, max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES, fd=_UNREAD):
+        # FD: the log, opened by the caller (None: there is none to show);
+        # else PATH is opened, but never through a symbolic link.
         self.path = path
+        self.fd = fd
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.shown = 0
         self.truncated = False
         try:
-            self.size = os.path.getsize(path)
+            if fd is None:
+                raise FileNotFoundError(path)
+            st = os.lstat(path) if fd is _UNREAD else os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFoundError(path)
+            self.size = st.st_size
             self.missing = False
         except OSError:
             self.size = 0
@@ -1201,7 +1255,13 @@ class LogExcerpt:
 
     def __iter__(self):
         try:
-            f = open(self.path, "rb")
+            if self.missing:
+                raise FileNotFoundError(self.path)
+            if self.fd is _UNREAD:
+                f = open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+            else:
+                f = open(os.dup(self.fd), "rb")
+                f.seek(0)
         except OSError:
             self.missing = True
             return
@@ -1261,13 +1321,12 @@ def _write_pieces(path, pieces):
         raise
 
 
-def _link_or_copy(src, dst):
-    """Make DST the raw log SRC: a hard link, or a chunked copy across
-    filesystems.  True if DST was (re)written."""
-    try:
-        s = os.stat(src)
-    except FileNotFoundError:
-        return False
+def _link_or_copy(src, dst, fd):
+    """Make DST the raw log SRC, open as FD (a regular file reached without
+    a link): a hard link, or a chunked copy across filesystems.  True if
+    DST was (re)written.  What is linked is checked to be FD's file, never
+    what a link at SRC's name points to."""
+    s = os.fstat(fd)
     try:
         d = os.stat(dst)
         if (d.st_dev, d.st_ino) == (s.st_dev, s.st_ino):
@@ -1279,11 +1338,16 @@ def _link_or_copy(src, dst):
     tmp = fsutil.tmp_name(dst)
     try:
         try:
-            os.link(src, tmp)
+            os.link(src, tmp, follow_symlinks=False)
+            if not os.path.samestat(os.lstat(tmp), s):
+                # SRC was replaced since FD was opened (by a link, perhaps).
+                os.unlink(tmp)
+                _copy(fd, tmp)
         except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES):
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES,
+                               errno.ENOENT):
                 raise
-            _copy(src, tmp)
+            _copy(fd, tmp)
         # Replace, never unlink first: a reader sees the old file or the new.
         os.rename(tmp, dst)
     except BaseException:
@@ -1292,8 +1356,9 @@ def _link_or_copy(src, dst):
     return True
 
 
-def _copy(src, dst):
-    with open(src, "rb") as fi, open(dst, "xb") as fo:
+def _copy(fd, dst):
+    with open(os.dup(fd), "rb") as fi, open(dst, "xb") as fo:
+        fi.seek(0)
         while True:
             chunk = fi.read(_COPY_CHUNK)
             if not chunk:

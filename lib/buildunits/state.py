@@ -26,13 +26,32 @@ uint32), and only its canonical decimal name (no leading zero, ASCII digits)
 is a build directory.  next.json is read by read_counter() alone: a "next"
 that is not such a number (true, 2**40, "7") is treated as missing, and the
 directory listed.  allocate_number() refuses to go past 2**32 - 1.
+
+Symbolic links are never records.  A build step runs as the same user
+and can write here, so whatever it plants is hostile: the readers of the
+builds tree (build_numbers, builders, read_build, open_log) walk it with
+O_NOFOLLOW at every step below builds/, so a link to a directory or a file
+elsewhere is neither followed nor shown (fsck reports it), and the runner
+creates each step log with O_EXCL, never writing through what is there.
 """
 
+import errno
 import hashlib
 import os
 import re
+import stat
 
-from . import fsutil, records
+from . import fsutil, records, redact
+
+
+class NotLinked(ValueError):
+    """A symbolic link (or a non-directory) where the state tree must have
+    a directory or a file of its own: not followed."""
+
+    def __init__(self, path, link):
+        self.path = path
+        self.reason = "a symbolic link, not followed" if link else "not a directory"
+        super().__init__("%s: %s" % (path, self.reason))
 
 # Build numbers are carried as D-Bus uint32 ("u" in BuildStarted and the
 # others): 1 <= NUMBER < 2**32.  The counter's "next" is held to the same.
@@ -88,9 +107,10 @@ class State:
         unreadable or not a valid build number (see valid_number): then the
         caller lists the directory.  The one reader of next.json."""
         try:
-            n = records.read(self.counter_path(builder), "counter").get("next")
+            rec = self._read_record("counter", "builds", builder, "next.json")
         except (OSError, records.RecordError):
             return None
+        n = rec.get("next") if rec else None
         return n if valid_number(n) else None
 
     def write_counter(self, builder, n, durable=False):
@@ -126,9 +146,15 @@ class State:
         """All build numbers of BUILDER, ascending (reads the directory).
         Only canonical names count (parse_number): not "007", "True" or "²"."""
         try:
-            names = os.listdir(self.builder_dir(builder))
-        except FileNotFoundError:
+            fd = self._open_dir("builds", builder)
+        except (FileNotFoundError, NotLinked):
             return []
+        try:
+            with os.scandir(fd) as it:
+                # d_type, no stat per entry: a link to a directory is no build.
+                names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        finally:
+            os.close(fd)
         return sorted(n for n in map(parse_number, names) if n is not None)
 
     def recent_numbers(self, builder, count):
@@ -150,16 +176,33 @@ class State:
     def builders(self):
         """Names of builders with any history."""
         try:
-            return sorted(n for n in os.listdir(self.path("builds")) if not n.startswith("."))
+            with os.scandir(self.path("builds")) as it:
+                return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
 
     def read_build(self, builder, number):
-        """The build record, or None if the number holds none (a gap)."""
+        """The build record, or None if the number holds none (a gap).
+        A symbolic link on the way (builds/B, builds/B/N, build.json) or a
+        file that is not a regular one raises RecordError: never followed."""
+        return self._read_record("build", "builds", builder, str(number), "build.json")
+
+    def _read_record(self, fmt, *parts):
+        """The record STATE/PARTS of format FMT, or None if it is missing;
+        reached without following a symbolic link (RecordError if one is on
+        the way, or the file is not a regular one)."""
+        path = self.path(*parts)
         try:
-            return records.read(self.build_path(builder, number), "build")
+            fd = self.open_file(*parts)
         except FileNotFoundError:
             return None
+        except NotLinked as e:
+            raise records.RecordError(e.path, e.reason)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise records.RecordError(path, "not a regular file")
+            data = f.read()
+        return records.decode(data, path, fmt)
 
     def write_build(self, rec, durable=True):
         """Atomically (re)write a build record; REC keeps unknown keys.
@@ -173,22 +216,87 @@ class State:
     def log_path(self, builder, number, index, step):
         return os.path.join(self.build_dir(builder, number), self.log_name(index, step))
 
+    def open_log(self, builder, number, name):
+        """A read-only descriptor of the log NAME of B #N, or None if it is
+        missing, a symbolic link (or under one) or not a regular file."""
+        try:
+            fd = self.open_file("builds", builder, str(number), name)
+        except (OSError, NotLinked):
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def create_log(self, builder, number, name):
+        """A new log file NAME of B #N, open for appending.  Never opens
+        what is already there (a file or link planted by an earlier step):
+        raises FileExistsError, or NotLinked for a link on the way."""
+        return self.open_file("builds", builder, str(number), name,
+                              flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, mode=0o644)
+
+    # ------------------------------------------------------------ no links
+    def _open_dir(self, *parts):
+        """A descriptor of the directory STATE/PARTS, reached without
+        following a symbolic link below the root."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        link = stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
+                        raise NotLinked(os.path.join(self.root, *parts[:i + 1]), link)
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_file(self, *parts, flags=os.O_RDONLY, mode=0o644):
+        """os.open of STATE/PARTS, following no symbolic link below the root
+        (NotLinked if there is one, or a file where a directory should be).
+        Never blocks on a FIFO."""
+        dfd = self._open_dir(*parts[:-1])
+        try:
+            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise NotLinked(os.path.join(self.root, *parts), True)
+            raise
+        finally:
+            os.close(dfd)
+
     # -------------------------------------------------------------- poller
-    def poller_path(self, repository):
-        key = re.sub(r"[^A-Za-z0-9._-]+", "_", repository.strip("/"))[-48:]
+    def poller_path(self, repository, _shown=True):
+        # The readable part is made from the masked URL: no credentials in
+        # file names (redact.py); the digest, of the real one, tells apart
+        # two URLs that differ only in them.
+        shown = redact.url(repository) if _shown else repository
+        key = re.sub(r"[^A-Za-z0-9._-]+", "_", shown.strip("/"))[-48:]
         digest = hashlib.sha256(repository.encode("utf-8")).hexdigest()[:12]
         return self.path("poller", "%s-%s.json" % (key.strip("._") or "repo", digest))
 
     def read_poller(self, repository):
         """(record or None).  A corrupt one raises RecordError."""
+        path = self.poller_path(repository)
+        old = self.poller_path(repository, _shown=False)
+        if old != path and not os.path.lexists(path) and os.path.lexists(old):
+            # Named after the URL with its credentials by buildunits 0.1.
+            if os.path.isdir(old[:-5] + ".git") and not os.path.lexists(path[:-5] + ".git"):
+                os.rename(old[:-5] + ".git", path[:-5] + ".git")
+            os.rename(old, path)
         try:
-            return records.read(self.poller_path(repository), "poller")
+            return records.read(path, "poller")
         except FileNotFoundError:
             return None
 
     def write_poller(self, repository, refs, extra=None):
         fields = dict(extra or {})
-        fields.update({"repository": repository, "refs": refs})
+        fields.update({"repository": redact.url(repository), "refs": refs})
         records.write(self.poller_path(repository), "poller", fields)
 
     # ----------------------------------------------------------- scheduler

@@ -34,7 +34,7 @@ def gather_status(dirs, cfg):
         for rid in ids:
             entry = {"worker": worker, "request": rid, "alive": runner_alive(dirs, worker)}
             if ptr and ptr.get("request") == rid:
-                b = peek(st.build_path(ptr["builder"], ptr["number"]), ("build",))
+                b = _peek_build(st, ptr["builder"], ptr["number"])
                 entry.update(builder=ptr["builder"], number=ptr["number"])
                 if b:
                     entry["started"] = b.get("started")
@@ -44,7 +44,7 @@ def gather_status(dirs, cfg):
     for name in names:
         last = None
         for n in reversed(st.recent_numbers(name, 20)):
-            b = peek(st.build_path(name, n), ("build",))
+            b = _peek_build(st, name, n)
             if b and b.get("state") == "finished":
                 last = {"number": n, "result": b.get("result"), "revision": b.get("revision"),
                         "finished": b.get("finished")}
@@ -59,6 +59,14 @@ def _s(v):
 
 def _t(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _peek_build(st, builder, number):
+    """The build record, or None; never read through a symbolic link."""
+    try:
+        return st.read_build(builder, number)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def peek(path, fmts):
