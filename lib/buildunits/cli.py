@@ -179,18 +179,29 @@ def _user():
 # ------------------------------------------------------------- sendchange
 def cmd_sendchange(dirs, args):
     repo = config.normalize_repository(args.repository)
-    if not re.match(r"^[0-9a-fA-F]{4,64}$", args.revision):
+    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", args.revision):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
+    revision = args.revision.lower()
+    if not git.valid_revision(revision):
+        # An abbreviated id: the full one is what is built and recorded.
+        if not git.is_local(repo):
+            _err("--revision %s is abbreviated; with a remote repository give %s" % (args.revision, git.REVISION_RULE))
+            return 2
+        try:
+            revision = git.resolve(git.git_dir_for(repo), args.revision)
+        except git.GitError as e:
+            _err("cannot resolve --revision %s in %s: %s" % (args.revision, repo, e))
+            return 1
     branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
-    fields = {"source": "sendchange", "repository": repo, "branch": branch, "revision": args.revision,
+    fields = {"source": "sendchange", "repository": repo, "branch": branch, "revision": revision,
               "author": args.author, "message": args.message, "files": args.file or None,
               "when": args.when}
     if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
         try:
-            c = git.commit(git.git_dir_for(repo), args.revision)
+            c = git.commit(git.git_dir_for(repo), revision)
         except git.GitError as e:
-            _err("cannot read %s in %s: %s" % (args.revision, repo, e))
+            _err("cannot read %s in %s: %s" % (revision, repo, e))
             return 1
         for k in ("author", "message", "files", "when"):
             if fields[k] is None:
