@@ -269,3 +269,42 @@ def test_sendchange_takes_only_commit_ids_and_records_the_full_one(daemons, git_
                          "--revision", sha[:12])
     assert remote.returncode == 2 and "abbreviated; with a remote repository give a full commit id" in remote.stderr
     assert len(queued_changes(daemons)) == 2
+
+
+def test_force_refuses_a_revision_that_is_not_a_commit_id(daemons):
+    daemons.write_builder("solo", "[Step hi]\nCommand=echo hi\n")
+    for bus in (True, False):
+        for rev in ("--upload-pack=touch x", "HEAD", "abc1234", "A" * 40):
+            p = daemons.cli("force", "solo", "--revision=" + rev, bus=bus)
+            assert p.returncode == 2 and "--revision must be a full commit id" in p.stderr, p.stderr
+    assert queued_changes(daemons) == []
+    daemons.cli("force", "solo", "--revision", "a" * 40, bus=False, check=True)
+    assert [c["revision"] for c in queued_changes(daemons)] == ["a" * 40]
+
+
+def test_spool_records_with_a_bad_revision_are_not_built(daemons, git_repo):
+    """Written into the spool by hand (or an older release): a change or a
+    force goes to corrupt/ at the scheduler, a request at the runner."""
+    git_repo.commit({"a": "1"}, "initial")
+    daemons.write_builder("p", POLLED.format(repo=git_repo.bare).replace("200ms", "0"))
+    sp = daemons.spool
+    sp.ensure()
+    evil = "--upload-pack=touch %s" % os.path.join(daemons.tmp_path, "pwned")
+    sp.deliver("changes", "change", {"source": "poller", "repository": git_repo.bare, "branch": "main",
+                                     "revision": evil, "author": "", "message": "", "files": [], "when": 0})
+    sp.deliver("changes", "force", {"builder": "p", "branch": "", "revision": "HEAD", "reason": "",
+                                    "properties": {}, "user": "u"})
+    sp.deliver("requests", "request", {"builder": "p", "repository": git_repo.bare, "branch": "main",
+                                       "revision": evil, "reason": "r", "changes": [], "force": None,
+                                       "properties": {}})
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    wait_for(lambda: len(sp.corrupted()) == 3, what="three records moved to corrupt/")
+    reasons = sorted(r for _, r in sp.corrupted())
+    assert reasons == sorted([
+        "change record whose revision %r is not a full commit id (40 or 64 lowercase hex digits)" % evil,
+        "forced build whose revision 'HEAD' is not empty or a full commit id (40 or 64 lowercase hex digits)",
+        "request whose revision %r is not empty or a full commit id (40 or 64 lowercase hex digits)" % evil])
+    assert daemons.builds("p") == [] and not os.path.exists(os.path.join(daemons.tmp_path, "pwned"))
+    assert idle(daemons)
+

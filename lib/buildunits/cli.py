@@ -96,6 +96,9 @@ def _bus():
 
 
 def cmd_force(dirs, args):
+    if args.revision and not git.valid_revision(args.revision):
+        _err("--revision must be %s, not %r" % (git.REVISION_RULE, args.revision))
+        return 2
     busmod = _bus()
     props = {}
     for p in args.property:

@@ -74,7 +74,7 @@ import traceback
 
 from gi.repository import GLib
 
-from . import daemon, fsutil, log, records, results
+from . import daemon, fsutil, git, log, records, results
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 _PR_SET_CHILD_SUBREAPER = 36
@@ -82,7 +82,13 @@ WORKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def checkout_script(repository, branch, revision):
-    """The shell commands of the implicit checkout step."""
+    """The shell commands of the implicit checkout step.
+
+    REVISION is empty or a full id (git.valid_revision: the runner refuses
+    any other request); the repository, the branch and the revision are
+    data, so each git command has `--end-of-options` before them (git
+    checkout has no such option: it is given the id rev-parse printed,
+    and `--` after it)."""
     q = shlex.quote
     target = revision if revision else "FETCH_HEAD"
     fetch_ref = revision if revision else "refs/heads/" + branch
@@ -94,13 +100,25 @@ def checkout_script(repository, branch, revision):
         "find .git -name '*.lock' -type f -delete",
         # A revision not on the branch's tip is fetched by name when the
         # server allows it; otherwise all branches are fetched.
-        "git fetch --quiet --no-tags %s %s 2>/dev/null || git fetch --quiet --no-tags %s '+refs/heads/*:refs/remotes/origin/*'"
+        "git fetch --quiet --no-tags --end-of-options %s %s 2>/dev/null || "
+        "git fetch --quiet --no-tags --end-of-options %s '+refs/heads/*:refs/remotes/origin/*'"
         % (q(repository), q(fetch_ref), q(repository)),
-        "git checkout --quiet --force --detach %s" % q(target),
+        "rev=$(git rev-parse --verify --quiet --end-of-options %s) || { echo %s >&2; exit 1; }"
+        % (q(target + "^{commit}"), q("buildunits: no commit %s fetched" % target)),
+        'git checkout --quiet --force --detach "$rev" --',
         "git clean --quiet -ffdx",
         "git log -1 --format='checked out %H%n%an: %s'",
     ]
     return "\n".join(lines)
+
+
+def bad_request(req):
+    """Why the request REQ must not be built, or None.  Its revision must be
+    empty (build the branch's tip) or a full commit id."""
+    rev = req.get("revision")
+    if rev not in (None, "") and not git.valid_revision(rev):
+        return "request whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
+    return None
 
 
 class _Step:
@@ -217,6 +235,14 @@ class Runner(daemon.Daemon):
             claimed = self.spool.claim(rid, self.worker)
             if claimed is None:
                 continue       # another runner won, or it was corrupt
+            why = bad_request(claimed)
+            if why:
+                # Not built: its fields would reach a command line.  Moved
+                # to corrupt/ from our claim, so no other runner races it;
+                # a crash before the move leaves the claim, which startup()
+                # hands back and the next pass moves.
+                self.spool.corrupt(self.spool.path("requests", "active", self.worker, rid), "requests", why)
+                continue
             try:
                 self._start(rid, claimed, b)
             except Exception as e:
