@@ -308,3 +308,93 @@ def test_spool_records_with_a_bad_revision_are_not_built(daemons, git_repo):
     assert daemons.builds("p") == [] and not os.path.exists(os.path.join(daemons.tmp_path, "pwned"))
     assert idle(daemons)
 
+
+# ------------------------------- repositories that cannot be (fully) polled
+
+def test_unparseable_commit_is_skipped_shown_and_the_next_built(daemons, git_repo):
+    git_repo.commit({"a": "1"}, "initial")
+    polled(daemons, git_repo.bare)
+    for name in ("poller", "scheduler"):
+        daemons.start(name)
+    daemons.start("runner", "w1")
+    first_poll_done(daemons, git_repo.bare)
+    bare = git_repo.bare
+    head = git_repo.head()
+    tree_id = raw_git(bare, "rev-parse", head + "^{tree}").decode()
+    bad = commit_object(bare, tree_id, head, None, b"no author here\n")
+    good = commit_object(bare, tree_id, bad, b"Good <g@example.invalid>", b"after the bad one\n")
+    raw_git(bare, "update-ref", "refs/heads/main", good, head)
+    b = daemons.wait_build_finished("p", 1)
+    assert b["revision"] == good and b["result"] == "success"
+    assert [c["revision"] for c in b["request"]["changes"]] == [good]
+    assert "%s: commit skipped: cannot be parsed: no author line" % bad[:12] in daemons.log("poller")
+    repo = status(daemons)["repositories"]
+    assert repo[0]["problem"] is None
+    assert [(k["revision"], k["branch"], k["reason"]) for k in repo[0]["skipped"]] == [(bad, "main", "no author line")]
+    out = daemons.cli("status", check=True).stdout
+    assert "commit %s on main skipped, cannot be parsed" % bad[:12] in out
+    daemons.notify("poller").wait_for(lambda m: any("1 commit skipped" in x for x in m), what="STATUS= saying so")
+    # And the repository goes on.
+    git_repo.git("fetch", "-q", "origin")
+    git_repo.git("reset", "-q", "--hard", "origin/main")
+    sha = git_repo.commit({"c": "3"}, "later")
+    assert daemons.wait_build_finished("p", 2)["revision"] == sha
+
+
+def test_force_push_and_gc_does_not_stop_the_repository(daemons, git_repo):
+    base = git_repo.commit({"a": "1"}, "initial")
+    polled(daemons, git_repo.bare)
+    for name in ("poller", "scheduler"):
+        daemons.start(name)
+    daemons.start("runner", "w1")
+    first_poll_done(daemons, git_repo.bare)
+    old = git_repo.commit({"b": "2"}, "to be rewritten")
+    assert daemons.wait_build_finished("p", 1)["revision"] == old
+    # Rewritten while the poller is down, and the old head pruned.
+    daemons.stop("poller")
+    git_repo.git("reset", "-q", "--hard", base)
+    new = git_repo.commit({"b": "rewritten"}, "rewritten", push=False)
+    git_repo.push("main", force=True)
+    harness.git("gc", "-q", "--prune=now", cwd=git_repo.bare)
+    assert subprocess.run(["git", "--git-dir=" + git_repo.bare, "cat-file", "-e", old],
+                          env=harness.git_env(), stderr=subprocess.DEVNULL).returncode != 0, "not pruned"
+    daemons.start("poller")
+    b = daemons.wait_build_finished("p", 2)
+    assert b["revision"] == new and [c["revision"] for c in b["request"]["changes"]] == [new]
+    assert "main: old head %s no longer exists; building the new head only" % old in daemons.log("poller")
+    later = git_repo.commit({"c": "3"}, "later")
+    assert daemons.wait_build_finished("p", 3)["revision"] == later
+    assert status(daemons)["repositories"][0]["problem"] is None
+
+
+def test_repository_that_cannot_be_polled_is_shown_until_it_can(daemons, git_repo, tmp_path):
+    git_repo.commit({"a": "1"}, "initial")
+    missing = str(tmp_path / "repos" / "later.git")
+    polled(daemons, git_repo.bare, "p")
+    polled(daemons, missing, "q")
+    poller = daemons.start("poller")
+    first_poll_done(daemons, git_repo.bare)
+    away = git_repo.bare + ".away"
+    os.rename(git_repo.bare, away)
+
+    def problems():
+        return {r["repository"]: r["problem"]["text"] for r in status(daemons)["repositories"] if r["problem"]}
+
+    found = wait_for(lambda: len(problems()) == 2 and problems(), what="both repositories shown as not pollable")
+    assert found == {git_repo.bare: "%s: no such repository" % git_repo.bare,
+                     missing: "%s: no such repository" % missing}
+    out = daemons.cli("status", check=True).stdout
+    assert "%s  CANNOT BE POLLED (since " % git_repo.bare in out and "no such repository" in out
+    poller.notify.wait_for(lambda m: any("cannot poll %s: %s: no such repository" % (git_repo.bare, git_repo.bare)
+                                         in x for x in m), what="STATUS= naming the repository")
+    # Back again: shown as polled; the one that appeared has its first poll
+    # (it records the heads and builds nothing).
+    os.rename(away, git_repo.bare)
+    harness.make_repo(missing).commit({"x": "1"}, "first")
+    wait_for(lambda: not problems(), what="the problems to be cleared")
+    assert "CANNOT BE POLLED" not in daemons.cli("status", check=True).stdout
+    mark = poller.notify.mark()
+    poller.notify.wait_for(lambda m: any(x.startswith("STATUS=") and "cannot poll" not in x for x in m),
+                           what="STATUS= without the problem", start=mark)
+    assert daemons.spool.pending("changes") == []
+    assert "%s: first poll" % missing in daemons.log("poller")

@@ -257,7 +257,24 @@ def cmd_status(dirs, args):
         last = b["last"]
         lasts = ("#%d %s (%s)" % (last["number"], last["result"], _ago(last["finished"]))) if last else "no builds yet"
         print("  %-20s %s%s" % (name, lasts, "" if b["configured"] else "  [not configured]"))
+    if s["repositories"]:
+        print("repositories:")
+    for r in s["repositories"]:
+        if r["problem"]:
+            print("  %s  CANNOT BE POLLED (since %s): %s" % (_line(r["repository"]), _ago(r["problem"]["since"]),
+                                                         _line(r["problem"]["text"])))
+        else:
+            print("  %s  %s" % (_line(r["repository"]), ("polled " + _ago(r["polled"])) if r["polled"]
+                                else "not polled yet"))
+        for k in r["skipped"]:
+            print("    commit %s on %s skipped, cannot be parsed (%s): %s"
+                  % (k["revision"][:12], _line(k["branch"]), _ago(k["when"]), _line(k["reason"])))
     return 0
+
+
+def _line(text):
+    """TEXT on one line of the terminal: control characters shown as "?"."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)
 
 
 # ------------------------------------------------------------------- fsck
