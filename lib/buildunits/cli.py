@@ -28,8 +28,18 @@ DESCRIPTION
                  does (share/examples/post-receive).  With a local
                  repository, the author, message, date and files missing
                  from the command line are read from git.
-    status       the queue, the running builds and each builder's last
-                 build; --json for scripts.
+    status       the queue, the running builds, each builder's last
+                 build, and each polled repository: a repository that
+                 cannot be polled is shown with the reason until it can,
+                 and the commits the poller skipped because they cannot
+                 be parsed are listed; --json for scripts.
+
+REVISIONS
+    A revision is a full commit id: 40 lowercase hex digits (64 in a
+    SHA-256 repository).  force --revision refuses anything else (exit
+    status 2).  sendchange takes 4 to 64 hex digits in either case: an
+    abbreviated id is resolved to the full one in a local repository, and
+    refused for a remote one (exit status 2).
     fsck         check the spool and state invariants and say what would
                  be repaired; --repair does it.
 

@@ -43,7 +43,8 @@ DESCRIPTION
 
 FILES
     SPOOL/changes/new/ID      the change records it queues
-    STATE/poller/KEY.json     last seen heads per repository
+    STATE/poller/KEY.json     last seen heads per repository; its problem and
+                              skipped commits, for `buildunits status`
     STATE/poller/KEY.git      bare mirror of a remote (non-path) repository
 
 SIGNALS
