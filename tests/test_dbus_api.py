@@ -163,3 +163,19 @@ def test_signals_from_a_connection_not_owning_the_name_are_ignored(private_bus):
         owner.close()
     finally:
         del os.environ["DBUS_SYSTEM_BUS_ADDRESS"]
+
+
+def test_force_over_the_bus_refuses_a_revision_that_is_not_a_commit_id(daemons):
+    daemons.write_builder("solo", "[Step hi]\nCommand=echo hi\n")
+    daemons.start("scheduler")
+    call = ["busctl", "--address=" + daemons.bus.address, "call", "--", "org.buildunits.Scheduler",
+            "/org/buildunits/Scheduler", "org.buildunits.Scheduler", "Force", "ssssa{ss}", "solo", "main"]
+    p = subprocess.run(call + ["--upload-pack=touch x", "why", "0"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    assert p.returncode != 0
+    assert "revision '--upload-pack=touch x' is not a full commit id (40 or 64 lowercase hex digits)" in p.stderr
+    assert daemons.spool.pending("changes") == [] and daemons.spool.pending("requests") == []
+    p = subprocess.run(call + ["b" * 40, "why", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0, p.stderr
+    rid = wait_for(lambda: daemons.spool.pending("requests"), what="the request")[0]
+    assert daemons.spool.read("requests", rid)["revision"] == "b" * 40

@@ -672,12 +672,14 @@ def test_runner_and_scheduler_start_over_any_well_formed_request(queued, claimed
     root = scratch()
     r = run_runner(root, queued, claimed)
     _after_the_daemon(r, "requests")
-    # Every request for a builder this worker runs was run; the others wait.
+    # Every request for a builder this worker runs was run (or, if its
+    # revision is not a commit id, moved to corrupt/); the others wait.
     for rid in r.spool.pending("requests"):
         req = r.spool.read("requests", rid)
         b = req.get("builder")
         assert not (isinstance(b, str) and b in r.cfg.builders), req
     shutil.rmtree(os.path.join(root, "config"))
+    shutil.rmtree(r.spool.path("corrupt"))     # the runner's, checked above
     s, _ = run_scheduler(root, [])
     _after_the_daemon(s, "requests")
 

@@ -33,8 +33,18 @@ DESCRIPTION
                  does (share/examples/post-receive).  With a local
                  repository, the author, message, date and files missing
                  from the command line are read from git.
-    status       the queue, the running builds and each builder's last
-                 build; --json for scripts.
+    status       the queue, the running builds, each builder's last
+                 build, and each polled repository: a repository that
+                 cannot be polled is shown with the reason until it can,
+                 and the commits the poller skipped because they cannot
+                 be parsed are listed; --json for scripts.
+
+REVISIONS
+    A revision is a full commit id: 40 lowercase hex digits (64 in a
+    SHA-256 repository).  force --revision refuses anything else (exit
+    status 2).  sendchange takes 4 to 64 hex digits in either case: an
+    abbreviated id is resolved to the full one in a local repository, and
+    refused for a remote one (exit status 2).
     fsck         check the spool and state invariants and say what would
                  be repaired; --repair does it.
 
@@ -98,6 +108,9 @@ def _bus():
 
 
 def cmd_force(dirs, args):
+    if args.revision and not git.valid_revision(args.revision):
+        _err("--revision must be %s, not %r" % (git.REVISION_RULE, args.revision))
+        return 2
     busmod = _bus()
     props = {}
     for p in args.property:
@@ -192,15 +205,26 @@ def cmd_sendchange(dirs, args):
     if not re.fullmatch(r"[0-9a-fA-F]{4,64}", args.revision):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
+    revision = args.revision.lower()
+    if not git.valid_revision(revision):
+        # An abbreviated id: the full one is what is built and recorded.
+        if not git.is_local(repo):
+            _err("--revision %s is abbreviated; with a remote repository give %s" % (args.revision, git.REVISION_RULE))
+            return 2
+        try:
+            revision = git.resolve(git.git_dir_for(repo), args.revision)
+        except git.GitError as e:
+            _err("cannot resolve --revision %s in %s: %s" % (args.revision, repo, e))
+            return 1
     branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
-    fields = {"source": "sendchange", "repository": redact.url(repo), "branch": branch, "revision": args.revision,
+    fields = {"source": "sendchange", "repository": redact.url(repo), "branch": branch, "revision": revision,
               "author": args.author, "message": args.message, "files": args.file or None,
               "when": args.when}
     if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
         try:
-            c = git.commit(git.git_dir_for(repo), args.revision)
+            c = git.commit(git.git_dir_for(repo), revision)
         except git.GitError as e:
-            _err("cannot read %s in %s: %s" % (args.revision, repo, e))
+            _err("cannot read %s in %s: %s" % (revision, repo, e))
             return 1
         for k in ("author", "message", "files", "when"):
             if fields[k] is None:
@@ -253,7 +277,24 @@ def cmd_status(dirs, args):
         last = b["last"]
         lasts = ("#%d %s (%s)" % (last["number"], last["result"], _ago(last["finished"]))) if last else "no builds yet"
         print("  %-20s %s%s" % (name, lasts, "" if b["configured"] else "  [not configured]"))
+    if s["repositories"]:
+        print("repositories:")
+    for r in s["repositories"]:
+        if r["problem"]:
+            print("  %s  CANNOT BE POLLED (since %s): %s" % (_line(r["repository"]), _ago(r["problem"]["since"]),
+                                                         _line(r["problem"]["text"])))
+        else:
+            print("  %s  %s" % (_line(r["repository"]), ("polled " + _ago(r["polled"])) if r["polled"]
+                                else "not polled yet"))
+        for k in r["skipped"]:
+            print("    commit %s on %s skipped, cannot be parsed (%s): %s"
+                  % (k["revision"][:12], _line(k["branch"]), _ago(k["when"]), _line(k["reason"])))
     return 0
+
+
+def _line(text):
+    """TEXT on one line of the terminal: control characters shown as "?"."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)
 
 
 # ------------------------------------------------------------------- fsck

@@ -21,6 +21,20 @@ DESCRIPTION
     from the new head and not from the old one (at most MAX_COMMITS, the
     newest).
 
+    Everything in a repository is what whoever can push chose, and is
+    parsed so that no content can change the structure (see git.py).  A
+    commit that cannot be parsed (no author line, no date) is that
+    commit's problem: it is logged, recorded in the state record's
+    "skipped" list (shown by `buildunits status`) and left out; the
+    commits after it are queued and the new heads saved as usual.  A
+    branch whose old head no longer exists (a force-push, then `git gc
+    --prune=now`) is treated as a new branch: its new tip is queued, and
+    the log says "old head X no longer exists; building the new head only".
+    A repository that cannot be polled (git fails, the path is gone) is
+    shown, with the reason, in `buildunits status` (the state record's
+    "problem") and in the STATUS= line of `systemctl status`, until a poll
+    succeeds again; the other repositories are polled as usual.
+
     Crash safety: the last seen heads (state poller/KEY.json) are written
     only after the change records are committed to the spool, so a crash
     in between re-sends changes on the next poll rather than losing them;
@@ -29,7 +43,8 @@ DESCRIPTION
 
 FILES
     SPOOL/changes/new/ID      the change records it queues
-    STATE/poller/KEY.json     last seen heads per repository
+    STATE/poller/KEY.json     last seen heads per repository; its problem and
+                              skipped commits, for `buildunits status`
     STATE/poller/KEY.git      bare mirror of a remote (non-path) repository
 
 SIGNALS
@@ -46,6 +61,7 @@ from . import config, daemon, git, log, records
 from . import redact
 
 MAX_COMMITS = 200   # per branch and poll; older ones are logged as skipped
+SKIPPED_KEPT = 20   # unparseable commits remembered per repository (state "skipped")
 
 
 class Poller(daemon.Daemon):
@@ -58,6 +74,7 @@ class Poller(daemon.Daemon):
         self._errors = {}        # repository -> last error text (logged once)
         self._polls = 0
         self._queued = 0
+        self._skipped = 0        # unparseable commits left out since start
 
     # Each repository polls on its own timer; a wake (rescan, reload)
     # polls everything.
@@ -106,8 +123,14 @@ class Poller(daemon.Daemon):
                 self.keepalive()
 
     def status_text(self):
-        return "watching %d repositor%s; %d polls, %d changes queued" % (
+        text = "watching %d repositor%s; %d polls, %d changes queued" % (
             len(self._timers), "y" if len(self._timers) == 1 else "ies", self._polls, self._queued)
+        if self._skipped:
+            text += "; %d commit%s skipped (cannot be parsed)" % (self._skipped, "" if self._skipped == 1 else "s")
+        for repo, why in sorted(self._errors.items()):
+            text += "; cannot poll %s: %s" % (redact.url(repo), why)
+        # STATUS= is one line, and a git error may quote what a server sent.
+        return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
 
     # -------------------------------------------------------------- poll
     def poll(self, repo):
@@ -127,7 +150,9 @@ class Poller(daemon.Daemon):
             os.rename(e.path, aside)
             log.error("%s: %s; moved to %s; treating %s as new" % (e.path, e.reason, aside, redact.url(repo)))
             prev = None
-        if prev is None:
+        if prev is None or "polled" not in prev:
+            # (A record without "polled" holds only the problem of a
+            # repository never polled yet: see _record_problem.)
             self.state.write_poller(repo, wanted, {"polled": time.time()})
             log.info("%s: first poll: recorded %d branch head%s; commits from now on will be built"
                      % (redact.url(repo), len(wanted), "" if len(wanted) == 1 else "s"))
@@ -136,30 +161,49 @@ class Poller(daemon.Daemon):
         old_refs = prev.get("refs") if isinstance(prev.get("refs"), dict) else {}
         moved = {br: sha for br, sha in wanted.items() if old_refs.get(br) != sha}
         if not moved:
-            self._errors.pop(repo, None)
+            self._clear_problem(repo, prev)
             return
+        skipped = []
         try:
             src = git.source(repo, self.state.poller_path(repo)[:-5] + ".git", sorted(moved))
             for br, sha in sorted(moved.items()):
                 old = old_refs.get(br)
-                found = git.commits(src, old, sha, MAX_COMMITS + 1)
+                if old is not None and not git.has_commit(src, old):
+                    # A force-push dropped it (and gc pruned it), or the
+                    # state holds something that is no commit id: old..new
+                    # means nothing, so do as for a new branch.
+                    log.warning("%s %s: old head %s no longer exists; building the new head only"
+                                % (repo, br, str(old)[:40]), repository=repo, branch=br)
+                    old = None
+                unparseable = []
+                found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
                 if len(found) > MAX_COMMITS:
                     log.warning("%s %s: %d+ new commits; queueing the newest %d"
                                 % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
                     found = found[-MAX_COMMITS:]
+                for rev, why in unparseable:
+                    log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (repo, br, rev[:12], why),
+                              repository=repo, branch=br, revision=rev)
+                    skipped.append({"revision": rev, "branch": br, "reason": why, "when": time.time()})
                 for c in found:
                     self.queue_change(repo, br, c)
         except git.GitError as e:
             self._problem(repo, str(e))
             return
         # Only now, with every change committed to the spool: a crash
-        # before this line re-sends them (the scheduler drops repeats).
+        # before this line re-sends them (the scheduler drops repeats),
+        # and logs the skipped commits again.
         refs = dict(old_refs)
         refs.update(wanted)
         for br in list(refs):
             if br not in heads:
                 del refs[br]   # deleted branch: forget it
         prev.update({"refs": refs, "polled": time.time()})
+        prev.pop("problem", None)
+        if skipped:
+            kept = prev.get("skipped") if isinstance(prev.get("skipped"), list) else []
+            prev["skipped"] = (kept + skipped)[-SKIPPED_KEPT:]
+            self._skipped += len(skipped)
         self.state.write_poller(repo, refs, prev)
         self._errors.pop(repo, None)
 
@@ -175,9 +219,40 @@ class Poller(daemon.Daemon):
         self.bus.emit("ChangeQueued", cid, repo, branch, c["revision"])
 
     def _problem(self, repo, text):
+        text = redact.text(text)   # a git error may quote the URL: kept and shown masked
         if self._errors.get(repo) != text:
-            log.error("%s: cannot poll: %s" % (redact.url(repo), redact.text(text)))
+            log.error("%s: cannot poll: %s" % (redact.url(repo), text))
             self._errors[repo] = text
+            self._record_problem(repo, text)
+
+    def _record_problem(self, repo, text):
+        """Keep TEXT as the repository's "problem" in its state record, for
+        `buildunits status` (another process) to show until a poll succeeds.
+        Only the problem changes: the refs are written back as read, so this
+        write can never lose or re-send a change.  A repository never polled
+        yet gets a record without "polled", which its first good poll still
+        treats as a first poll."""
+        try:
+            prev = self.state.read_poller(repo)
+        except (records.RecordError, OSError):
+            return          # the next poll that reaches git moves it aside
+        prev = dict(prev or {})
+        old = prev.get("problem")
+        if isinstance(old, dict) and old.get("text") == text:
+            return          # already recorded (by this poller or the previous one)
+        prev["problem"] = {"text": text, "since": time.time()}
+        try:
+            self.state.write_poller(repo, prev.get("refs") if isinstance(prev.get("refs"), dict) else {}, prev)
+        except OSError as e:
+            log.error("%s: cannot record the problem in %s: %s"
+                      % (redact.url(repo), self.state.poller_path(repo), e.strerror or e))
+
+    def _clear_problem(self, repo, prev):
+        """A good poll that changed nothing: forget the problem, if any."""
+        self._errors.pop(repo, None)
+        if "problem" in prev:
+            del prev["problem"]
+            self.state.write_poller(repo, prev.get("refs") if isinstance(prev.get("refs"), dict) else {}, prev)
 
 
 def main(argv):

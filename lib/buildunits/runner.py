@@ -74,7 +74,7 @@ import traceback
 
 from gi.repository import GLib
 
-from . import daemon, fsutil, log, records, redact, results
+from . import daemon, fsutil, git, log, records, redact, results
 from .state import NotLinked
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
@@ -89,7 +89,13 @@ def checkout_script(repository, branch, revision):
     command is recorded and shown (with the URL masked, as a comment).  The
     step has it in BUILDUNITS_REPOSITORY, and gives it to git as the URL of
     a remote through GIT_CONFIG_* variables, so it is on no command line and
-    in no file; git's messages, which may quote it, are shown masked."""
+    in no file; git's messages, which may quote it, are shown masked.
+
+    REVISION is empty or a full id (git.valid_revision: the runner refuses
+    any other request); the branch and the revision are data, so each
+    git command has `--end-of-options` before them (git
+    checkout has no such option: it is given the id rev-parse printed,
+    and `--` after it)."""
     q = shlex.quote
     target = revision if revision else "FETCH_HEAD"
     fetch_ref = revision if revision else "refs/heads/" + branch
@@ -106,9 +112,12 @@ def checkout_script(repository, branch, revision):
         "rm -f .git/buildunits-stderr; return $s; }" % q(_SED_MASK),
         # A revision not on the branch's tip is fetched by name when the
         # server allows it; otherwise all branches are fetched.
-        "git fetch --quiet --no-tags buildunits %s 2>/dev/null || "
-        "masked git fetch --quiet --no-tags buildunits '+refs/heads/*:refs/remotes/origin/*'" % q(fetch_ref),
-        "git checkout --quiet --force --detach %s" % q(target),
+        "git fetch --quiet --no-tags --end-of-options buildunits %s 2>/dev/null || "
+        "masked git fetch --quiet --no-tags --end-of-options buildunits '+refs/heads/*:refs/remotes/origin/*'"
+        % q(fetch_ref),
+        "rev=$(git rev-parse --verify --quiet --end-of-options %s) || { echo %s >&2; exit 1; }"
+        % (q(target + "^{commit}"), q("buildunits: no commit %s fetched" % target)),
+        'git checkout --quiet --force --detach "$rev" --',
         "git clean --quiet -ffdx",
         "git log -1 --format='checked out %H%n%an: %s'",
     ]
@@ -118,6 +127,15 @@ def checkout_script(repository, branch, revision):
 # redact.text() in sed (POSIX BRE): user:secret@ -> user:***@, token@ -> ***@.
 _SED_MASK = ("s|\\(://[^/?#[:space:]:@]*\\):[^/?#[:space:]]*@|\\1:***@|g; "
              "s|://[^/?#[:space:]:@]\\{1,\\}@|://***@|g")
+
+
+def bad_request(req):
+    """Why the request REQ must not be built, or None.  Its revision must be
+    empty (build the branch's tip) or a full commit id."""
+    rev = req.get("revision")
+    if rev not in (None, "") and not git.valid_revision(rev):
+        return "request whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
+    return None
 
 
 class _Step:
@@ -234,6 +252,14 @@ class Runner(daemon.Daemon):
             claimed = self.spool.claim(rid, self.worker)
             if claimed is None:
                 continue       # another runner won, or it was corrupt
+            why = bad_request(claimed)
+            if why:
+                # Not built: its fields would reach a command line.  Moved
+                # to corrupt/ from our claim, so no other runner races it;
+                # a crash before the move leaves the claim, which startup()
+                # hands back and the next pass moves.
+                self.spool.corrupt(self.spool.path("requests", "active", self.worker, rid), "requests", why)
+                continue
             try:
                 self._start(rid, claimed, b)
             except Exception as e:

@@ -53,7 +53,7 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, config, daemon, fsutil, log, records
+from . import bus as busmod, config, daemon, fsutil, git, log, records
 from . import redact
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
@@ -236,6 +236,9 @@ class Scheduler(daemon.Daemon):
                 break
         if why is None and rec["id"] != cid:
             why = "change record whose id %r is not its file name" % rec["id"]
+        if why is None and not git.valid_revision(rec["revision"]):
+            # It would become a request, and the runner's git command line.
+            why = "change record whose revision %r is not %s" % (rec["revision"], git.REVISION_RULE)
         q = rec.get("queued")
         if why is None and (not isinstance(q, (int, float)) or isinstance(q, bool)):
             why = "change record without a valid queued time"
@@ -331,9 +334,14 @@ class Scheduler(daemon.Daemon):
     def _force(self, fid, rec):
         name = rec.get("builder")
         b = self.cfg.builders.get(name) if isinstance(name, str) else None
+        rev = rec.get("revision")
+        why = None
         if b is None:
-            self.spool.corrupt(self.spool.path("changes", "new", fid), "changes",
-                               "forced build of unknown builder %r" % (name,))
+            why = "forced build of unknown builder %r" % (name,)
+        elif rev not in (None, "") and not git.valid_revision(rev):
+            why = "forced build whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
+        if why:
+            self.spool.corrupt(self.spool.path("changes", "new", fid), "changes", why)
             self._cache.pop(fid, None)
             return
         m = self.memory(b.name)
@@ -365,6 +373,8 @@ class Scheduler(daemon.Daemon):
         writes, so one code path turns it into a request."""
         if builder not in self.cfg.builders:
             raise busmod.MethodError("no builder %r (builders: %s)" % (builder, ", ".join(sorted(self.cfg.builders))))
+        if revision and not git.valid_revision(revision):
+            raise busmod.MethodError("revision %r is not %s" % (revision, git.REVISION_RULE))
         fid = self.spool.deliver("changes", "force", {
             "builder": builder, "branch": branch, "revision": revision, "reason": reason,
             "properties": dict(properties), "user": caller})

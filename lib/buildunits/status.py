@@ -6,7 +6,7 @@ Reads only; never moves or repairs anything (fsck does that).
 
 import os
 
-from . import records
+from . import config, records, redact
 from .spool import Spool
 from .state import State
 
@@ -50,6 +50,39 @@ def gather_status(dirs, cfg):
                         "finished": b.get("finished")}
                 break
         out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
+    out["repositories"] = _repositories(st, cfg)
+    return out
+
+
+def _repositories(st, cfg):
+    """[{repository, polled, problem, skipped}] of the polled repositories,
+    from the poller's state records: "problem" ({text, since} or None) is
+    why the repository cannot be polled now; "skipped" the commits it could
+    not parse (most recent last)."""
+    if cfg is not None:
+        repos = sorted({config.normalize_repository(b.repository) for b in cfg.builders.values()
+                        if b.repository and b.poll_interval > 0})
+        recs = [(r, peek(st.poller_path(r), ("poller",))) for r in repos]
+    else:
+        try:
+            names = sorted(n for n in os.listdir(st.path("poller")) if n.endswith(".json"))
+        except OSError:
+            names = []
+        recs = [(None, peek(st.path("poller", n), ("poller",))) for n in names]
+    out = []
+    for repo, rec in recs:
+        rec = rec or {}
+        repo = repo or _s(rec.get("repository"))
+        if not repo:
+            continue
+        problem = rec.get("problem") if isinstance(rec.get("problem"), dict) else None
+        skipped = rec.get("skipped") if isinstance(rec.get("skipped"), list) else []
+        out.append({"repository": redact.url(repo), "polled": _t(rec.get("polled")),
+                    "problem": {"text": redact.text(_s(problem.get("text"))), "since": _t(problem.get("since"))}
+                    if problem else None,
+                    "skipped": [{"revision": _s(k.get("revision")), "branch": _s(k.get("branch")),
+                                 "reason": _s(k.get("reason")), "when": _t(k.get("when"))}
+                                for k in skipped if isinstance(k, dict)]})
     return out
 
 
