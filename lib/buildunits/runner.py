@@ -48,7 +48,9 @@ DESCRIPTION
 
     On SIGTERM a running build is stopped the same way: its processes are
     killed, it is recorded as "retry" (interrupted), and its request is
-    handed back; then the runner exits.
+    handed back; then the runner exits.  A build whose cancel record is in
+    the spool by then (committed while the runner was stopped, say) is
+    recorded as "cancelled" instead, and its request is not handed back.
 
 FILES
     SPOOL/requests/active/WORKER/ID   the claimed request
@@ -556,9 +558,28 @@ class Runner(daemon.Daemon):
                 pass
         _reap()
         rec.pop("_contrib", None)
-        self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"],
-                                 "interrupted: runner %s was stopped; the request is queued again" % self.worker)
-        self.spool.unclaim(self.worker, self._rid)
+        # A cancel committed before we got here (while this runner was
+        # stopped, or in the same main-loop pass as SIGTERM) is the last
+        # word on the build: the spool's record is what counts, not whether
+        # _check_cancels() happened to run first.  Recorded as cancelled, the
+        # claim is dropped rather than handed back, so it never runs again.
+        # A crash before the record is written leaves the claim and the
+        # cancel record, and startup() does the same.
+        reason = self._cancelled
+        if not reason:
+            cancel = self.spool.read_cancel(rec["builder"], rec["number"])
+            if cancel is not None:
+                reason = "cancelled by %s" % (cancel.get("user") or "someone")
+        if reason:
+            self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"], reason,
+                                     results.CANCELLED)
+            self.spool.finish(self.worker, self._rid)
+            self.spool.clear_cancel(rec["builder"], rec["number"])
+        else:
+            self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"],
+                                     "interrupted: runner %s was stopped; the request is queued again"
+                                     % self.worker)
+            self.spool.unclaim(self.worker, self._rid)
         self.state.clear_worker(self.worker)
         self.build = None
         return True
