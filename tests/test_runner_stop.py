@@ -55,3 +55,71 @@ def test_cancel_committed_while_the_runner_is_stopped_survives_its_sigterm(daemo
     daemons.start("runner", "w1")
     daemons.stop("runner@w1")
     assert daemons.builds("long") == [1]
+
+
+def _finished_records(daemons, builder):
+    out = {}
+    for n in daemons.builds(builder):
+        path = daemons.state.build_path(builder, n)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        rec = daemons.read_build(builder, n)
+        if rec and rec.get("state") == "finished":
+            out[n] = data
+    return out
+
+
+def test_second_runner_with_the_name_never_runs_even_with_the_lock_file_deleted(daemons):
+    flag = os.path.join(daemons.tmp_path, "flag")
+    daemons.write_builder("long", """
+        [Builder]
+        PollIntervalSec=0
+
+        [Step wait]
+        Command=while [ ! -e {flag} ]; do sleep 0.05; done
+        """.format(flag=flag))
+    # Without a bus (the bus name would stop the second runner), as when
+    # runners are started by hand or on separate buses: only the lock is left.
+    daemons.start("scheduler")
+    daemons.start("runner", "w1", bus=False)
+    daemons.cli("force", "long", check=True)
+    wait_step(daemons, "long", 1)
+    lock = os.path.join(daemons.state_dir, "locks", "buildunits-runner@w1.lock")
+    os.unlink(lock)
+    # The harness knows one process per name: set the first aside to start
+    # the second (both stay in its history, and are killed at teardown).
+    first = daemons.procs.pop("runner@w1")
+    second = daemons.start("runner", "w1", wait_ready=False, bus=False)
+    wait_for(lambda: not second.running() or second.notify.has("READY=1"),
+             what="the second runner to start or to refuse", describe=daemons._describe_builds)
+    seen = _finished_records(daemons, "long")
+    open(flag, "w").close()
+    daemons.cli("force", "long", check=True)
+    daemons.cli("force", "long", check=True)
+
+    def drained():
+        sp = daemons.spool
+        if sp.pending("requests") or sp.all_claimed() or os.listdir(sp.path("changes", "new")):
+            return False
+        return len(_finished_records(daemons, "long")) == len(daemons.builds("long"))
+    wait_for(drained, what="every request to be built", describe=daemons._describe_builds)
+    builds = [daemons.read_build("long", n) for n in daemons.builds("long")]
+    per_request = {}
+    for b in builds:
+        per_request.setdefault(b["request_id"], []).append((b["number"], b["result"]))
+    assert all(len(v) == 1 for v in per_request.values()), per_request
+    assert len(per_request) == 3 and all(b["result"] == "success" for b in builds), per_request
+    after = _finished_records(daemons, "long")
+    for n, data in seen.items():
+        assert after[n] == data, "finished build #%d was rewritten" % n
+    # The second runner refused to run beside the first, and said why.
+    assert second.returncode == 3, "a second runner w1 ran"
+    assert "another buildunits-runner@w1 is running" in daemons.log("runner@w1", -1)
+    # The first one holds a lock again, so that `buildunits status` sees it.
+    from buildunits import paths, status
+    assert first.running()
+    assert status.runner_alive(paths.Dirs(daemons.config_dir, daemons.spool_dir, daemons.state_dir,
+                                          daemons.site_dir), "w1")

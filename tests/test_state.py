@@ -124,6 +124,22 @@ def test_build_record_round_trip_keeps_unknown_keys(state):
     assert state.read_build("hello", 99) is None
 
 
+def test_a_finished_build_record_is_never_rewritten(state):
+    from buildunits.state import FinishedBuild
+    n = state.allocate_number("hello")
+    running = {"builder": "hello", "number": n, "state": "running", "result": None, "steps": []}
+    state.write_build(running, durable=False)
+    state.write_build(dict(running, reason="progress"), durable=False)
+    state.write_build(dict(running, state="finished", result="retry"))
+    with open(state.build_path("hello", n), "rb") as f:
+        committed = f.read()
+    for rec in (dict(running, state="finished", result="success"), running):
+        with pytest.raises(FinishedBuild):
+            state.write_build(rec)
+    with open(state.build_path("hello", n), "rb") as f:
+        assert f.read() == committed
+
+
 def test_log_paths(state):
     assert state.log_name(1, "compile") == "01-compile.log"
     assert state.log_path("hello", 4, 12, "test") == os.path.join(state.build_dir("hello", 4), "12-test.log")

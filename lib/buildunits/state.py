@@ -29,6 +29,14 @@ import re
 from . import fsutil, records
 
 
+class FinishedBuild(RuntimeError):
+    """A finished build record was about to be rewritten (refused)."""
+
+    def __init__(self, path):
+        super().__init__("%s is finished already; a finished build record is never rewritten" % path)
+        self.path = path
+
+
 class State:
     def __init__(self, root):
         self.root = root
@@ -116,8 +124,27 @@ class State:
     def write_build(self, rec, durable=True):
         """Atomically (re)write a build record; REC keeps unknown keys.
         durable=False skips the fsyncs, for the runner's progress updates
-        (see runner.py: only the final record is a commit point)."""
-        records.write(self.build_path(rec["builder"], rec["number"]), "build", rec, durable=durable)
+        (see runner.py: only the final record is a commit point).
+
+        A finished record is never rewritten: if the one on disk is
+        finished, FinishedBuild is raised and nothing is written.  This is
+        the one place every writer of build.json goes through, so two
+        writers that both believe they own a build (two runners of one
+        name, a runner and `fsck --repair`) cannot change a result once it
+        is committed.  (A writer between this check and its rename could
+        still race another; the instance locks, daemon.py, keep one
+        runner per worker, and this is the check that a lost lock or a
+        confused writer does no harm with.)"""
+        path = self.build_path(rec["builder"], rec["number"])
+        try:
+            old = records.read(path, "build")
+        except FileNotFoundError:
+            old = None
+        except records.RecordError:
+            old = None        # torn or unreadable: not a committed result; rewritten
+        if old is not None and old.get("state") == "finished":
+            raise FinishedBuild(path)
+        records.write(path, "build", rec, durable=durable)
 
     def log_name(self, index, step):
         return "%02d-%s.log" % (index, step)
