@@ -123,3 +123,46 @@ def test_second_runner_with_the_name_never_runs_even_with_the_lock_file_deleted(
     assert first.running()
     assert status.runner_alive(paths.Dirs(daemons.config_dir, daemons.spool_dir, daemons.state_dir,
                                           daemons.site_dir), "w1")
+
+
+TRAPPING = """
+    [Builder]
+    PollIntervalSec=0
+
+    [Step trap]
+    Command=trap 'echo got TERM; exit 0' TERM; echo waiting; sleep 300 & wait
+    {extra}
+    """
+
+
+def test_a_stopped_runner_gives_the_step_its_grace_period(daemons):
+    daemons.write_builder("trap", TRAPPING.format(extra=""))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("force", "trap", check=True)
+    wait_for(lambda: "waiting" in (daemons.step_log("trap", 1, "trap") or ""), what="the step to trap TERM")
+    assert daemons.stop("runner@w1") == 0
+    assert "got TERM" in daemons.step_log("trap", 1, "trap")
+    assert daemons.read_build("trap", 1)["result"] == "retry"
+
+
+def test_a_cancelled_step_gets_its_grace_period(daemons):
+    daemons.write_builder("trap", TRAPPING.format(extra=""))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("force", "trap", check=True)
+    wait_for(lambda: "waiting" in (daemons.step_log("trap", 1, "trap") or ""), what="the step to trap TERM")
+    daemons.cli("cancel", "trap", "1", check=True)
+    b = daemons.wait_build_finished("trap", 1)
+    assert b["result"] == "cancelled"
+    assert "got TERM" in daemons.step_log("trap", 1, "trap")
+
+
+def test_a_timed_out_step_gets_its_grace_period(daemons):
+    daemons.write_builder("trap", TRAPPING.format(extra="TimeoutSec=3s"))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("force", "trap", check=True)
+    b = daemons.wait_build_finished("trap", 1)
+    assert b["result"] == "failure" and b["steps"][0]["timed_out"]
+    assert "got TERM" in daemons.step_log("trap", 1, "trap")

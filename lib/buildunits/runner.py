@@ -19,9 +19,11 @@ DESCRIPTION
       produced (the runner never holds output in memory).
 
     A step that runs longer than TimeoutSec= or prints nothing for
-    TimeoutIdleSec= has its whole process tree killed: its process group,
+    TimeoutIdleSec= has its whole process tree stopped: its process group,
     and any descendant that left it (the runner is a child subreaper, so
-    orphans stay its descendants).  After each step, processes the step left
+    orphans stay its descendants), get SIGTERM, and SIGKILL if the step has
+    not exited KILL_GRACE_SEC later; a cancel and SIGTERM to the runner
+    stop a step the same way.  After each step, processes the step left
     behind are killed too.  Steps get BUILDUNITS_BUILDER, _BUILD,
     _REVISION, _BRANCH, _REPOSITORY, _WORKDIR, _WORKER and _STEP.
 
@@ -130,6 +132,7 @@ class Runner(daemon.Daemon):
         self._builds_run = 0
         self._skipped = set()      # request ids this worker cannot run (logged once)
         self._cancelled = None     # why the running build is being cancelled
+        self._grace_source = None  # the SIGKILL that follows a SIGTERM (_terminate_step)
 
     def instance(self):
         return self.worker
@@ -237,6 +240,7 @@ class Runner(daemon.Daemon):
         for src in self._sources:
             GLib.source_remove(src)
         self._sources = []
+        self._cancel_grace()
         self._proc = None
         self.build = None
         self.notifier.status("error: %s" % why)
@@ -263,11 +267,11 @@ class Runner(daemon.Daemon):
                    builder=b["builder"], build=b["number"])
         if self._proc is not None:
             try:
-                os.write(self._logfd, ("\nbuildunits: build %s; killing the step's processes\n"
+                os.write(self._logfd, ("\nbuildunits: build %s; stopping the step's processes\n"
                                        % self._cancelled).encode())
             except OSError:
                 pass
-            self._kill_tree(signal.SIGKILL)   # _exited() records the rest
+            self._terminate_step()   # _exited() records the rest
 
     def _new_record(self, req, builder, number, steps):
         return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
@@ -407,9 +411,33 @@ class Runner(daemon.Daemon):
         from .config import format_timespan
         self._timed_out = ("timed out after %s" % format_timespan(limit) if kind == "timeout"
                            else "timed out: no output for %s" % format_timespan(limit))
-        os.write(self._logfd, ("\nbuildunits: %s; killing the step's processes\n" % self._timed_out).encode())
-        self._kill_tree(signal.SIGKILL)
+        os.write(self._logfd, ("\nbuildunits: %s; stopping the step's processes\n" % self._timed_out).encode())
+        self._terminate_step()
         return False
+
+    def _terminate_step(self):
+        """Stop the running step as systemd stops a unit: SIGTERM to its
+        whole tree now, SIGKILL to what is left if the step has not exited
+        within KILL_GRACE_SEC.  Its exit (_exited) cancels the SIGKILL, and
+        kills whatever it left behind."""
+        self._kill_tree(signal.SIGTERM)
+        if self._grace_source is not None:
+            return
+        proc = self._proc
+
+        def expired():
+            self._grace_source = None
+            if self._proc is proc:
+                os.write(self._logfd, ("buildunits: still running %ds after SIGTERM; sending SIGKILL\n"
+                                       % KILL_GRACE_SEC).encode())
+                self._kill_tree(signal.SIGKILL)
+            return False
+        self._grace_source = GLib.timeout_add(int(KILL_GRACE_SEC * 1000), expired)
+
+    def _cancel_grace(self):
+        if self._grace_source is not None:
+            GLib.source_remove(self._grace_source)
+            self._grace_source = None
 
     def _kill_tree(self, sig):
         """Signal the step's process group and every other descendant."""
@@ -437,6 +465,7 @@ class Runner(daemon.Daemon):
         for src in self._sources[1:]:
             GLib.source_remove(src)
         self._sources = []
+        self._cancel_grace()
         proc, self._proc = self._proc, None
         code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
         proc.returncode = code
@@ -542,11 +571,19 @@ class Runner(daemon.Daemon):
         if self.build is None:
             return True
         rec = self.build
-        self._kill_tree(signal.SIGKILL)
+        # SIGTERM, up to KILL_GRACE_SEC for the step to exit, then SIGKILL to
+        # whatever is left (the step, or what it left behind).
+        self._kill_tree(signal.SIGTERM)
         for src in self._sources:
             GLib.source_remove(src)
         self._sources = []
+        self._cancel_grace()
         if self._proc is not None:
+            try:
+                self._proc.wait(timeout=KILL_GRACE_SEC)
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill_tree(signal.SIGKILL)
             try:
                 self._proc.wait(timeout=KILL_GRACE_SEC)
             except subprocess.TimeoutExpired:
