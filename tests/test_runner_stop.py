@@ -166,3 +166,60 @@ def test_a_timed_out_step_gets_its_grace_period(daemons):
     b = daemons.wait_build_finished("trap", 1)
     assert b["result"] == "failure" and b["steps"][0]["timed_out"]
     assert "got TERM" in daemons.step_log("trap", 1, "trap")
+
+
+ESCAPING = """#!/bin/sh
+if [ -e {flag} ]; then
+    # The retry: the first build's escaped process must be gone by now.
+    pid=$(cat {pidfile})
+    state=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f1)
+    echo "old process $pid: ${{state:-gone}}"
+    [ -z "$state" ] || [ "$state" = Z ]
+else
+    setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; while :; do echo tick; sleep 0.05; done' &
+    while [ ! -e {pidfile} ]; do sleep 0.01; done
+    echo escaped
+    sleep 1000
+fi
+"""
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_runner_killed_outside_systemd_leaves_no_process_of_its_build(daemons, tmp_path):
+    flag, pidfile, script = tmp_path / "flag", tmp_path / "escaped.pid", tmp_path / "step.sh"
+    script.write_text(ESCAPING.format(flag=flag, pidfile=pidfile))
+    daemons.write_builder("escape", """
+        [Builder]
+        PollIntervalSec=0
+
+        [Step run]
+        Command=sh {script}
+        """.format(script=script))
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("force", "escape", check=True)
+    wait_for(lambda: "escaped" in (daemons.step_log("escape", 1, "run") or ""), what="the step's process to escape")
+    escaped = int(pidfile.read_text())
+    daemons.kill("runner@w1", group=False)      # SIGKILL, and no cgroup to take the steps with it
+    log1 = daemons.state.log_path("escape", 1, 1, "run")
+    wait_for(lambda: "tick" in daemons.step_log("escape", 1, "run"),
+             what="the escaped process to write into the first build's log")
+    assert _alive(escaped)
+    flag.write_text("")
+    daemons.start("runner", "w1")
+    # Once the new runner is ready, it has recovered build 1: nothing of it runs.
+    assert not _alive(escaped), "process %d of build 1 survived the new runner's start" % escaped
+    size = os.path.getsize(log1)
+    b1 = daemons.read_build("escape", 1)
+    assert b1["result"] == "retry"
+    b2 = daemons.wait_build_finished("escape", 2)
+    assert b2["result"] == "success", daemons.step_log("escape", 2, "run")
+    assert os.path.getsize(log1) == size, "the finished build's log still grows"
+    assert "outlived runner w1" in daemons.log("runner@w1", -1)

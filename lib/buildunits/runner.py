@@ -70,6 +70,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -149,6 +150,12 @@ class Runner(daemon.Daemon):
         except records.RecordError as e:
             log.error("%s; ignoring it" % e)
             ptr = None
+        if ptr:
+            # Before the build is recorded and its request handed back (so
+            # before a retry can start in the same work directory): no
+            # process of it may survive.  Raises if one does; the claim then
+            # stays, and work() tries again on the next wake or rescan.
+            self._end_survivors(ptr)
         for rid in self.spool.claimed(self.worker):
             req = self.spool.read_claimed(self.worker, rid)
             if req is None:
@@ -177,6 +184,52 @@ class Runner(daemon.Daemon):
                 log.notice("%s: request %s handed back to the queue" % (req.get("builder"), rid),
                            builder=req.get("builder"))
         self.state.clear_worker(self.worker)
+
+    def _end_survivors(self, ptr):
+        """Kill what is left of the build PTR (the worker record) names.
+
+        Under systemd, the unit's cgroup dies with the runner (KillMode=),
+        and the runner is the subreaper of its steps while it lives; a
+        runner killed outside systemd (SIGKILL, the OOM killer) takes
+        neither with it, and its steps go on, writing into a build that
+        recovery is about to record as finished, in the work directory the
+        retry will use.  Every step of a build carries the build's token
+        (BUILDUNITS_BUILD_TOKEN, recorded in the worker record before any
+        step starts) in its environment, which its descendants inherit, in
+        or out of its session; a token is random, so a match in
+        /proc/PID/environ is a process of that build and nothing else, and
+        a reused pid cannot be mistaken for one.  They get SIGTERM, then
+        SIGKILL after KILL_GRACE_SEC; if any is still there (or cannot be
+        signalled), RuntimeError: the build is not recovered, nor its
+        request handed back, until they are gone.  Not found: a process
+        that cleared its environment (env -i) or runs as another user
+        (setuid); the cgroup is the answer to those."""
+        token = ptr.get("token")
+        if not isinstance(token, str) or not token:
+            return      # written by an older runner
+        pids = _processes_with_token(token)
+        if not pids:
+            return
+        what = "%s #%s" % (ptr.get("builder"), ptr.get("number"))
+        log.warning("%s: %d process%s of the build outlived runner %s (pid %s); stopping them: %s"
+                    % (what, len(pids), "" if len(pids) == 1 else "es", self.worker, ptr.get("pid"),
+                       " ".join(map(str, pids))), builder=ptr.get("builder"))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                except PermissionError as e:
+                    raise RuntimeError("%s: cannot stop process %d of the build: %s" % (what, pid, e.strerror))
+            deadline = time.monotonic() + KILL_GRACE_SEC
+            while pids and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pids = _processes_with_token(token)
+            if not pids:
+                return
+        raise RuntimeError("%s: processes of the build survive SIGKILL: %s; the build is recovered once "
+                           "they are gone" % (what, " ".join(map(str, pids))))
 
     def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY):
         now = time.time()
@@ -292,8 +345,12 @@ class Runner(daemon.Daemon):
         for s in b.steps:
             steps.append(_Step(len(steps) + 1, s.name, s.command, s))
         number = self.state.allocate_number(b.name)
+        # The token is in every step's environment: what lets the next
+        # runner find the processes of this build if this one dies
+        # (_end_survivors).  Written (fsync'd) before any step can start.
+        self._token = secrets.token_hex(16)
         self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
-                                              "pid": os.getpid()})
+                                              "pid": os.getpid(), "token": self._token})
         rec = self._new_record(req, b.name, number, steps)
         self.state.write_build(rec, durable=False)
         self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
@@ -334,7 +391,8 @@ class Runner(daemon.Daemon):
         env.update({"BUILDUNITS_BUILDER": rec["builder"], "BUILDUNITS_BUILD": str(rec["number"]),
                     "BUILDUNITS_REVISION": rec.get("revision") or "", "BUILDUNITS_BRANCH": rec.get("branch") or "",
                     "BUILDUNITS_REPOSITORY": rec.get("repository") or "", "BUILDUNITS_WORKDIR": self._workdir,
-                    "BUILDUNITS_WORKER": self.worker, "BUILDUNITS_STEP": st.name})
+                    "BUILDUNITS_WORKER": self.worker, "BUILDUNITS_STEP": st.name,
+                    "BUILDUNITS_BUILD_TOKEN": self._token})
         return env
 
     def _launch(self, i):
@@ -631,6 +689,24 @@ class Runner(daemon.Daemon):
 
     def methods(self):
         return {"Status": lambda caller: json.dumps({"worker": self.worker, "status": self.status_text()})}
+
+
+def _processes_with_token(token):
+    """PIDs of the live processes (not this one) whose environment holds
+    BUILDUNITS_BUILD_TOKEN=TOKEN.  A zombie has no environment left."""
+    needle = ("BUILDUNITS_BUILD_TOKEN=%s" % token).encode()
+    me, out = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                env = f.read()
+        except OSError:
+            continue     # gone, or another user's (then not one we could have started)
+        if needle in env.split(b"\0"):
+            out.append(int(name))
+    return out
 
 
 def _has_children():
