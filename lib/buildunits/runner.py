@@ -48,6 +48,11 @@ DESCRIPTION
     recovery rewrites it as interrupted.  The final record is, and the claim
     is removed only after it: it is the commit point of the result.
 
+    A build that fills the disk itself (a step wrote at least half the
+    room there was when it started; see _filled_by_step) is not requeued:
+    once the record can be written, it ends as "exception" with the
+    reason, and the next request is taken.
+
     On SIGTERM a running build is stopped the same way: its processes are
     killed, it is recorded as "retry" (interrupted), and its request is
     handed back; then the runner exits.  A build whose cancel record is in
@@ -66,6 +71,7 @@ SIGNALS
 """
 
 import ctypes
+import errno
 import json
 import math
 import os
@@ -134,6 +140,8 @@ class Runner(daemon.Daemon):
         self._skipped = set()      # request ids this worker cannot run (logged once)
         self._cancelled = None     # why the running build is being cancelled
         self._grace_source = None  # the SIGKILL that follows a SIGTERM (_terminate_step)
+        self._space = []           # (step index, start time, free bytes then) of the build's steps
+        self._own_failures = {}    # (builder, number) -> why the build failed by its own doing
 
     def instance(self):
         return self.worker
@@ -170,6 +178,15 @@ class Runner(daemon.Daemon):
                     rec = None
                 if rec and rec.get("state") == "finished":
                     self.spool.finish(self.worker, rid)
+                    continue
+                own = self._own_failures.get((b, n))
+                if own is not None:
+                    # It failed by what it did itself (_stuck): running it
+                    # again would fail the same way.  Written once the disk
+                    # has room; the claim goes only after the record.
+                    self._record_interrupted(rec, req, b, n, own, results.EXCEPTION, summary=own)
+                    self.spool.finish(self.worker, rid)
+                    del self._own_failures[(b, n)]
                     continue
                 cancel = self.spool.read_cancel(b, n)
                 if cancel is not None:
@@ -231,13 +248,14 @@ class Runner(daemon.Daemon):
         raise RuntimeError("%s: processes of the build survive SIGKILL: %s; the build is recovered once "
                            "they are gone" % (what, " ".join(map(str, pids))))
 
-    def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY):
+    def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY,
+                            summary="interrupted"):
         now = time.time()
         if rec is None:
             rec = self._new_record(req, builder, number, [])
         for s in rec.get("steps", []):
             if s.get("state") == "running":
-                s.update(state="finished", result=result, finished=now, summary="interrupted")
+                s.update(state="finished", result=result, finished=now, summary=summary)
             elif s.get("state") == "pending":
                 s.update(state="finished", result=results.SKIPPED)
         rec.update(state="finished", result=result, reason=reason, finished=now)
@@ -281,10 +299,22 @@ class Runner(daemon.Daemon):
                 self._stuck("cannot start a build of %s: %s" % (b.name, e))
             return
 
-    def _stuck(self, why):
+    def _stuck(self, why, error=None):
         """A build could not go on (full disk, I/O error): drop it from
         memory; its claim stays, and work() recovers it (records it as
-        interrupted and requeues it) as soon as the disk lets it."""
+        interrupted and requeues it) as soon as the disk lets it.
+
+        Unless the build filled the disk itself (_filled_by_step): then it
+        is recorded as an exception, with the reason, and not requeued: a
+        retry would fill the disk again, forever.  That verdict is kept in
+        memory until the record can be written (the disk is full: nothing
+        can be stored now); a runner restarted before there is room again
+        records the build as interrupted, as before."""
+        if self.build is not None and isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            own = self._filled_by_step()
+            if own is not None:
+                self._own_failures[(self.build["builder"], self.build["number"])] = own
+                why += "; %s: the build ends as an exception and is not retried" % own
         log.error("%s; the build is recovered when the disk allows (next wake or rescan)" % why)
         for line in traceback.format_exc().rstrip().splitlines():
             log.error("  " + line)
@@ -356,6 +386,7 @@ class Runner(daemon.Daemon):
         self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
         self._halted = False
         self._cancelled = None
+        self._space = []
         self._workdir = self.state.work_dir(self.worker, b.name)
         fsutil.makedirs(self._workdir)
         self.spool.hint(b.name, number)
@@ -374,6 +405,7 @@ class Runner(daemon.Daemon):
                 rec["steps"][i].update(state="finished", result=results.SKIPPED)
                 i += 1
                 continue
+            self._space.append((i, time.time(), _free_bytes(self.state.build_dir(rec["builder"], rec["number"]))))
             if self._launch(i):
                 return
             i += 1
@@ -517,7 +549,37 @@ class Runner(daemon.Daemon):
             self._step_exited(pid, status, i)
         except Exception as e:
             self._stuck("%s #%d: cannot record the end of a step: %s"
-                        % (self.build["builder"], self.build["number"], e) if self.build else str(e))
+                        % (self.build["builder"], self.build["number"], e) if self.build else str(e), e)
+
+    def _filled_by_step(self):
+        """Why the build itself filled the disk, or None if it did not.
+
+        Called when a write of the build's record failed with ENOSPC after
+        a step ran.  "The step filled it" rather than "it was full already":
+        the step started with FREE bytes free on the state filesystem (its
+        log and the work directory are on it) and the runner could still
+        write the record then (the step's start is recorded); since then
+        it wrote at least half of FREE itself, counted as its log's size
+        plus the files of the work directory changed since it started.
+        A disk full before the step started (FREE about 0), or filled by
+        someone else while it wrote little, is not the build's doing: the
+        build is interrupted and retried, as before."""
+        rec = self.build
+        for i, started, free in reversed(self._space[-2:]):
+            if free <= 0:
+                continue       # started on a full disk: not its doing
+            name = self._steps[i].name
+            written = 0
+            try:
+                written += os.stat(self.state.log_path(rec["builder"], rec["number"],
+                                                       self._steps[i].index, name)).st_size
+            except OSError:
+                pass
+            written += _written_since(self._workdir, started)
+            if written * 2 >= free:
+                return ("the disk filled up during step %s (ENOSPC): it wrote %s where %s were free when "
+                        "it started" % (name, _size(written), _size(free)))
+        return None
 
     def _step_exited(self, pid, status, i):
         for src in self._sources[1:]:
@@ -707,6 +769,36 @@ def _processes_with_token(token):
         if needle in env.split(b"\0"):
             out.append(int(name))
     return out
+
+
+def _free_bytes(path):
+    """Bytes free for this process on PATH's filesystem (-1: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+def _written_since(top, since):
+    """Bytes taken by the files under TOP changed at or after SINCE."""
+    total = 0
+    for d, dirs, files in os.walk(top):
+        for n in files:
+            try:
+                st = os.lstat(os.path.join(d, n))
+            except OSError:
+                continue
+            if st.st_mtime >= since:
+                total += st.st_blocks * 512
+    return total
+
+
+def _size(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return "%d %s" % (n, unit) if unit == "bytes" else "%.1f %s" % (n, unit)
+        n /= 1024.0
 
 
 def _has_children():
