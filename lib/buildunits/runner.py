@@ -31,9 +31,10 @@ DESCRIPTION
     request and build number it holds; it is written before the build
     record.  The order of a build:
         claim (rename)  ->  mkdir number  ->  pointer  ->  build.json running
-        ->  steps (build.json rewritten at each transition, not fsync'd)
+        (every step pending)  ->  steps (a line appended to progress.jsonl
+        at each transition, not fsync'd: O(1) whatever the build's size)
         ->  build.json finished, fsync'd (COMMIT POINT of the result)
-        ->  remove the claim  ->  remove the pointer
+        ->  progress.jsonl removed  ->  remove the claim  ->  remove the pointer
     At startup, before READY=1, whatever is in requests/active/WORKER/ was
     held by this worker's previous, dead, process: if its build record is
     final the claim is just removed; otherwise the build is recorded as
@@ -43,10 +44,12 @@ DESCRIPTION
 
     Which writes are fsync'd, and why: the claim, the number's mkdir and
     the pointer are, in that order, so that a build record can never exist
-    without the pointer that lets recovery find it.  The progress rewrites
-    of build.json are not: whatever version of it a crash leaves (or none),
-    recovery rewrites it as interrupted.  The final record is, and the claim
-    is removed only after it: it is the commit point of the result.
+    without the pointer that lets recovery find it.  The first build.json
+    and the progress lines are not: whatever a crash leaves of them (none,
+    or build.json and a prefix of the lines; state.read_build applies
+    them), recovery rewrites the record as interrupted.  The final record
+    is, and the claim is removed only after it: it is the commit point of
+    the result.
 
     A build that fills the disk itself (a step wrote at least half the
     room there was when it started; see _filled_by_step) is not requeued:
@@ -85,7 +88,7 @@ import traceback
 
 from gi.repository import GLib
 
-from . import daemon, fsutil, log, records, results
+from . import changes, daemon, fsutil, log, records, results
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 _PR_SET_CHILD_SUBREAPER = 36
@@ -357,6 +360,8 @@ class Runner(daemon.Daemon):
             self._terminate_step()   # _exited() records the rest
 
     def _new_record(self, req, builder, number, steps):
+        # A request from an older scheduler may carry its changes whole.
+        req = changes.bound_request(req)
         return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
                 "worker": self.worker, "state": "running", "result": None, "reason": "",
                 "started": time.time(), "finished": None, "repository": req.get("repository", ""),
@@ -382,7 +387,10 @@ class Runner(daemon.Daemon):
         self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
                                               "pid": os.getpid(), "token": self._token})
         rec = self._new_record(req, b.name, number, steps)
+        # Written whole once, with every step pending; the steps' progress
+        # goes to progress.jsonl, a line per transition (state.py).
         self.state.write_build(rec, durable=False)
+        self.state.start_progress(b.name, number)
         self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
         self._halted = False
         self._cancelled = None
@@ -403,6 +411,7 @@ class Runner(daemon.Daemon):
             st = self._steps[i]
             if self._cancelled or (self._halted and not (st.spec and st.spec.always_run)):
                 rec["steps"][i].update(state="finished", result=results.SKIPPED)
+                self._progress(i)
                 i += 1
                 continue
             self._space.append((i, time.time(), _free_bytes(self.state.build_dir(rec["builder"], rec["number"]))))
@@ -453,7 +462,7 @@ class Runner(daemon.Daemon):
         self._step_i = i
         self._timed_out = None
         self._last_size, self._last_output = 0, time.monotonic()
-        self.state.write_build(rec, durable=False)
+        self._progress(i)
         self.spool.hint(rec["builder"], rec["number"])
         self.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
         log.info("%s #%d: step %s started" % (rec["builder"], rec["number"], st.name),
@@ -479,8 +488,16 @@ class Runner(daemon.Daemon):
         rec["reason"] = "step %s: %s" % (self._steps[i].name, why)
         log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], self._steps[i].name, why),
                   builder=rec["builder"], build=rec["number"], step=self._steps[i].name, result=results.EXCEPTION)
-        self.state.write_build(rec, durable=False)
+        self._progress(i, "reason")
         return False
+
+    def _progress(self, i, *build_keys):
+        """Record step I's state (and the build's BUILD_KEYS) in the
+        build's progress file: one line, whatever the size of the build.
+        Not fsync'd: a crash leaves what recovery records as interrupted."""
+        rec = self.build
+        self.state.append_progress(rec["builder"], rec["number"], i, rec["steps"][i],
+                                   {k: rec.get(k) for k in build_keys})
 
     def _idle_check(self):
         try:
@@ -616,8 +633,7 @@ class Runner(daemon.Daemon):
         rec["_contrib"] = rec.get("_contrib", []) + [contrib]
         if srec["result"] != results.SUCCESS and (st.spec is None or st.spec.halt_on_failure):
             self._halted = True
-        # No write here: the next step's start or the build's end, a moment
-        # later in this same callback, writes the record with this result.
+        self._progress(i, *(("revision",) if st.name == "checkout" else ()))
         log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
                                                      " (%s)" % srec["summary"] if srec["summary"] else ""),
                  builder=rec["builder"], build=rec["number"], step=st.name, result=srec["result"])

@@ -134,7 +134,7 @@ class _Builder:
         self.unfinal = set()    # numbers <= known whose pages are not final yet
         self.last = None        # the newest finished build: {"number", "status", "finished"}
         self.cards = {}         # number -> card: the builds head pages show, and running ones
-        self.stamps = {}        # number -> stat of the build.json its card was made from
+        self.stamps = {}        # number -> State.build_stamp its card was made from
         self.recs = {}          # number -> record of a running build
         self.listed_for = None  # the counter value that made us list the directory
 
@@ -319,11 +319,7 @@ class Site:
         NAME, read lazily, for the merge."""
         when = 0.0
         for n in numbers:
-            try:
-                st = os.stat(self.state.build_path(name, n))
-                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError:
-                stamp = None
+            stamp = self.state.build_stamp(name, n)
             rec = self._read(name, n) if stamp else None
             if rec is not None:
                 when = max(when, _sort_time(rec))
@@ -442,11 +438,8 @@ class Site:
             if final and not force:
                 return
         if rec is _UNREAD:
-            try:
-                st = os.stat(self.state.build_path(b.name, n))
-                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError:
-                stamp = None
+            # build.json and a running build's progress file (state.py).
+            stamp = self.state.build_stamp(b.name, n)
             if stamp is not None and not force and stamp == b.stamps.get(n) and n in b.recs:
                 rec = b.recs[n]        # a running build whose record did not change
             else:

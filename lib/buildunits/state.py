@@ -5,6 +5,7 @@ This module alone knows the state directory's layout (default
 
     builds/BUILDER/NUMBER/build.json   the build record (format "build")
     builds/BUILDER/NUMBER/NN-STEP.log  each step's output, streamed as produced
+    builds/BUILDER/NUMBER/progress.jsonl  a running build's step transitions ("progress")
     builds/BUILDER/next.json           hint: the next number to try ("counter")
     poller/KEY.json                    last seen refs of one repository ("poller")
     poller/KEY.git/                    bare mirror of a remote (non-path) repository
@@ -20,13 +21,42 @@ hint of where to start trying; if it is lost or behind, the mkdir loop
 still skips every number taken.  A crash after the mkdir and before
 build.json is written leaves an empty directory: a number used by no build
 (a gap, never a repeat), which the pages skip and `buildunits fsck` lists.
+
+A build is written whole twice: build.json when it starts (state
+"running", every step pending) and when it ends (state "finished", the
+COMMIT POINT of its result, fsync'd).  In between, each step transition
+is one line appended to progress.jsonl (format "progress"): a cost that
+does not grow with the build (rewriting build.json at each step was
+quadratic in its number of steps).  read_build() applies those lines to a
+running record, so every reader sees the build as it progresses; a
+finished record is complete and its progress file, removed after the
+commit point, is ignored if a crash left it.  The lines are not fsync'd:
+a crash leaves some prefix of them (a torn last line is ignored), and
+recovery records the build as interrupted from what is there.
 """
 
 import hashlib
+import json
 import os
 import re
+import stat
 
 from . import fsutil, records
+
+PROGRESS = "progress.jsonl"
+# The keys of a step a progress line may set, and those of the build.
+PROGRESS_STEP_KEYS = ("state", "result", "started", "finished", "log", "exit_status", "summary", "timed_out")
+PROGRESS_BUILD_KEYS = ("revision", "reason")
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _no_constant(name):
+    raise ValueError("%s is not a JSON number" % name)
 
 
 class FinishedBuild(RuntimeError):
@@ -115,11 +145,102 @@ class State:
             return []
 
     def read_build(self, builder, number):
-        """The build record, or None if the number holds none (a gap)."""
+        """The build record, or None if the number holds none (a gap).  A
+        running build's record has its progress lines applied (see the
+        module's docstring)."""
         try:
-            return records.read(self.build_path(builder, number), "build")
+            rec = records.read(self.build_path(builder, number), "build")
         except FileNotFoundError:
             return None
+        if rec.get("state") == "running":
+            self._apply_progress(rec, self.progress_path(builder, number))
+        return rec
+
+    def build_stamp(self, builder, number):
+        """What tells one version of a build from another without reading it
+        (build.json's and its progress file's inode, mtime and size), or
+        None if it has no build.json."""
+        out = []
+        for path in (self.build_path(builder, number), self.progress_path(builder, number)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                if not out:
+                    return None
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def progress_path(self, builder, number):
+        return os.path.join(self.build_dir(builder, number), PROGRESS)
+
+    def start_progress(self, builder, number):
+        """Create the progress file of a build that starts (its first line
+        names it).  Not fsync'd: see the module's docstring."""
+        head = {"format": "progress", "version": records.FORMATS["progress"], "builder": builder, "number": number}
+        fd = os.open(self.progress_path(builder, number),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, (json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def append_progress(self, builder, number, step=None, fields=None, build=None):
+        """Append one transition: FIELDS of step STEP (an index in the
+        record's steps), and BUILD fields of the build.  One write(2) of a
+        line on O_APPEND, whose cost does not depend on the build's size."""
+        event = {}
+        if step is not None:
+            event["step"] = step
+            event["set"] = {k: v for k, v in (fields or {}).items() if k in PROGRESS_STEP_KEYS}
+        if build:
+            event["build"] = {k: v for k, v in build.items() if k in PROGRESS_BUILD_KEYS}
+        line = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+        fd = os.open(self.progress_path(builder, number),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _apply_progress(rec, path):
+        """Apply the lines of the progress file PATH to the running REC.  A
+        file that is not one (no header naming the build), and anything from
+        a line that does not parse on (a torn end), are ignored."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            head = f.readline()
+            try:
+                head = json.loads(head)
+            except ValueError:
+                return
+            if not isinstance(head, dict) or head.get("format") != "progress" \
+                    or head.get("builder") != rec.get("builder") or head.get("number") != rec.get("number"):
+                return
+            steps = rec.get("steps") if isinstance(rec.get("steps"), list) else []
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break          # torn: the writer died in the middle of it
+                try:
+                    ev = json.loads(line, parse_constant=_no_constant)
+                except ValueError:
+                    break
+                if not isinstance(ev, dict):
+                    break
+                i, fields = ev.get("step"), ev.get("set")
+                if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(steps) \
+                        and isinstance(steps[i], dict) and isinstance(fields, dict):
+                    steps[i].update((k, v) for k, v in fields.items() if k in PROGRESS_STEP_KEYS)
+                build = ev.get("build")
+                if isinstance(build, dict):
+                    rec.update((k, v) for k, v in build.items() if k in PROGRESS_BUILD_KEYS)
 
     def write_build(self, rec, durable=True):
         """Atomically (re)write a build record; REC keeps unknown keys.
@@ -145,6 +266,13 @@ class State:
         if old is not None and old.get("state") == "finished":
             raise FinishedBuild(path)
         records.write(path, "build", rec, durable=durable)
+        if rec.get("state") == "finished":
+            # After the commit point: the record is complete, and a crash
+            # before this leaves a progress file that readers ignore.
+            try:
+                os.unlink(self.progress_path(rec["builder"], rec["number"]))
+            except OSError:
+                pass
 
     def log_name(self, index, step):
         return "%02d-%s.log" % (index, step)

@@ -34,7 +34,10 @@ def gather_status(dirs, cfg):
         for rid in ids:
             entry = {"worker": worker, "request": rid, "alive": runner_alive(dirs, worker)}
             if ptr and ptr.get("request") == rid:
-                b = peek(st.build_path(ptr["builder"], ptr["number"]), ("build",))
+                try:   # with its progress applied: the step running now
+                    b = st.read_build(ptr["builder"], ptr["number"])
+                except (OSError, records.RecordError):
+                    b = None
                 entry.update(builder=ptr["builder"], number=ptr["number"])
                 if b:
                     entry["started"] = b.get("started")
