@@ -73,8 +73,12 @@ def test_a_push_of_huge_commits_makes_a_bounded_build_record(daemons):
     assert newest["message"].startswith("commit 39\n") and newest["message_omitted"] > 0
     assert len(newest["files"]) == changes.MAX_FILES and newest["files_omitted"] == 200
     assert daemons.builds("big") == [1]
-    page = daemons.wait_site_finished("big", 1)
-    assert page
+    daemons.wait_site_finished("big", 1)
+    with open(os.path.join(daemons.site_dir, "builders", "big", "1", "index.html"), encoding="utf-8") as f:
+        page = f.read()
+    assert "and 200 more" in page and "not kept: a build keeps" in page
+    assert "[... %d more characters not kept]" % newest["message_omitted"] in page
+    assert os.path.getsize(os.path.join(daemons.site_dir, "builders", "big", "1", "index.html")) < 1 << 20
 
 
 def _site_build(daemons, builder, number):

@@ -948,7 +948,8 @@ def build_json(rec, view, c):
     doc.update({
         "repository": view["repository"], "properties": dict(view["properties"]),
         "force": _str(force) if isinstance(force, str) else dict(view["force"]) or None,
-        "changes": [dict(ch, subject=templates.firstline(ch["message"])) for ch in view["changes"]],
+        "changes": [dict({k: v for k, v in ch.items() if k not in _PAGE_ONLY},
+                         subject=templates.firstline(ch["message"])) for ch in view["changes"]],
         "steps": [dict(s, command=v["command"], exit_status=v["exit_status"])
                   for s, v in zip(c["steps"], view["steps"])],
     })
@@ -1006,7 +1007,13 @@ def change_view(c):
     return {"revision": _str(c.get("revision")), "author": _str(c.get("author")),
             "when": _num(c.get("when")), "branch": _str(c.get("branch")),
             "repository": _str(c.get("repository")), "message": _str(c.get("message")),
-            "files": files}
+            "files": files,
+            # What the record did not keep of it (changes.py); for the page only.
+            "files_omitted": c["files_omitted"] if _is_int(c.get("files_omitted")) else 0,
+            "details_omitted": c.get("details_omitted") is True}
+
+
+_PAGE_ONLY = ("files_omitted", "details_omitted")   # change_view keys not in the JSON API
 
 
 def request_view(req):
