@@ -1090,11 +1090,9 @@ class Daemons:
 
     # --------------------------------------------------------------- state
     def read_build(self, builder, number):
-        """The build record (records.read of build.json), or None."""
-        try:
-            return records.read(self.state.build_path(builder, number), "build")
-        except FileNotFoundError:
-            return None
+        """The build record (build.json, with a running build's progress
+        lines applied: State.read_build), or None."""
+        return self.state.read_build(builder, number)
 
     def builds(self, builder):
         """The build numbers of BUILDER, ascending (empty ones included)."""

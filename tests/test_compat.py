@@ -69,7 +69,7 @@ def test_old_state_is_read_rendered_and_built_on(corpus, daemons, git_repo):
     daemons.start("runner", "w1")
     nxt = max(old) + 1
     b = daemons.wait_build_finished("hello", nxt)
-    assert b["result"] == "success" and "queued by 0.1.0" in b["request"]["reason"]
+    assert b["result"] == "success" and "queued by 0." in b["request"]["reason"]
     harness.wait_for(lambda: not daemons.spool.pending("changes"), what="the old queue to drain")
     st = json.loads(daemons.cli("status", "--json", check=True).stdout)
     assert st["builders"]["hello"]["last"]["number"] >= nxt

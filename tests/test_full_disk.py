@@ -336,6 +336,39 @@ def test_runner_full_disk_when_a_step_ends(daemons, disk, tmp_path):
     check_fsck(daemons)
 
 
+def test_a_step_that_fills_the_disk_ends_its_build_and_is_not_retried(daemons, disk, tmp_path):
+    """The disk is not full when the step starts; the step's own output
+    fills it.  The build is an exception saying so, not a retry (which
+    would fill the disk again, forever), and once there is room again the
+    next build runs."""
+    flag = str(tmp_path / "fixed")       # outside the small disk
+    daemons.write_builder("noisy", "[Builder]\n[Step fill]\nCommand=[ -e %s ] || yes filling the disk\n" % flag)
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    # Most of the disk taken by something else, 300 KiB left to the step.
+    with open(disk.filler, "wb") as f:
+        f.write(b"\0" * max(0, disk.free() - 300 * 1024))
+    mark = log_mark(daemons, "runner@w1")
+    daemons.cli("force", "noisy", check=True)
+    wait_logged(daemons, "runner@w1", ENOSPC_TEXT, mark)
+    assert_running(daemons, "runner@w1")
+    check_records(daemons)
+    open(flag, "w").close()
+    disk.unfill()
+    b1 = daemons.wait_build_finished("noisy", 1, timeout=20)
+    assert b1["result"] == results.EXCEPTION, b1
+    assert "disk filled up during step fill" in b1["reason"] and "ENOSPC" in b1["reason"], b1["reason"]
+    # The step itself: its exit status if that much could be recorded
+    # (its write failed: a failure), else an exception like the build.
+    assert b1["steps"][0]["result"] in (results.FAILURE, results.EXCEPTION), b1["steps"]
+    assert daemons.spool.pending("requests") == [] and daemons.spool.all_claimed() == {}
+    daemons.cli("force", "noisy", check=True)
+    assert daemons.wait_build_finished("noisy", 2, timeout=20)["result"] == results.SUCCESS
+    drain(daemons, ["noisy"], timeout=20)
+    assert daemons.builds("noisy") == [1, 2]
+    check_fsck(daemons)
+
+
 @pytest.mark.parametrize("who", ["scheduler", "runner@w1"])
 def test_daemon_starts_on_a_full_disk_with_work_queued(daemons, disk, git_repo, who):
     daemons.write_builder("plain", FORCE_BUILDER)

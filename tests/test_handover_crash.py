@@ -260,7 +260,10 @@ def _formats(in_spool, rel, name):
     if rel[0] == "builds" and len(rel) == 2 and name == "next.json":
         return ("counter",)
     if rel[0] == "builds" and len(rel) == 3:
-        return ("build",) if name == "build.json" else (() if name.endswith(".log") else None)
+        # progress.jsonl is appended to, not replaced: a crash may tear its
+        # last line, which readers ignore (state.py).
+        return ("build",) if name == "build.json" else (() if name.endswith(".log") or name == "progress.jsonl"
+                                                        else None)
     if rel == ["workers"] and name.endswith(".json"):
         return ("worker",)
     if rel == ["scheduler"] and name.endswith(".json"):

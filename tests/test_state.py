@@ -163,6 +163,58 @@ def test_build_record_round_trip_keeps_unknown_keys(state):
     assert state.read_build("hello", 99) is None
 
 
+def test_a_finished_build_record_is_never_rewritten(state):
+    from buildunits.state import FinishedBuild
+    n = state.allocate_number("hello")
+    running = {"builder": "hello", "number": n, "state": "running", "result": None, "steps": []}
+    state.write_build(running, durable=False)
+    state.write_build(dict(running, reason="progress"), durable=False)
+    state.write_build(dict(running, state="finished", result="retry"))
+    with open(state.build_path("hello", n), "rb") as f:
+        committed = f.read()
+    for rec in (dict(running, state="finished", result="success"), running):
+        with pytest.raises(FinishedBuild):
+            state.write_build(rec)
+    with open(state.build_path("hello", n), "rb") as f:
+        assert f.read() == committed
+
+
+def test_a_running_build_is_read_with_its_progress_lines(state):
+    n = state.allocate_number("hello")
+    steps = [{"name": "a", "state": "pending", "result": None}, {"name": "b", "state": "pending", "result": None}]
+    state.write_build({"builder": "hello", "number": n, "state": "running", "result": None, "steps": steps,
+                       "revision": ""}, durable=False)
+    state.start_progress("hello", n)
+    state.append_progress("hello", n, 0, {"state": "running", "started": 1.0, "name": "not settable"})
+    state.append_progress("hello", n, 0, {"state": "finished", "result": "success"}, {"revision": "abc"})
+    state.append_progress("hello", n, 7, {"state": "running"})            # no such step: ignored
+    rec = state.read_build("hello", n)
+    assert rec["steps"][0] == {"name": "a", "state": "finished", "result": "success", "started": 1.0}
+    assert rec["steps"][1]["state"] == "pending" and rec["revision"] == "abc"
+    # A torn last line (a crash while it was written) is ignored, and so is
+    # everything after a line that does not parse.
+    with open(state.progress_path("hello", n), "ab") as f:
+        f.write(b'{"step":1,"set":{"state":"running"}}\n{"step":1,"set":{"state":"fini')
+    assert state.read_build("hello", n)["steps"][1]["state"] == "running"
+    with open(state.progress_path("hello", n), "ab") as f:
+        f.write(b'\n{"step":1,"set":{"result":"failure"}}\n')
+    assert state.read_build("hello", n)["steps"][1]["result"] is None
+    # A progress file of another build is not applied.
+    m = state.allocate_number("hello")
+    state.write_build({"builder": "hello", "number": m, "state": "running", "steps": [{"name": "a"}]})
+    with open(state.progress_path("hello", n), "rb") as src, open(state.progress_path("hello", m), "wb") as dst:
+        dst.write(src.read())
+    assert state.read_build("hello", m)["steps"] == [{"name": "a"}]
+    # The final record is the whole build: the progress file goes, and a
+    # leftover one beside a finished record is ignored.
+    final = dict(state.read_build("hello", n), state="finished", result="success")
+    state.write_build(final)
+    assert not os.path.exists(state.progress_path("hello", n))
+    state.start_progress("hello", n)
+    state.append_progress("hello", n, 0, {"result": "failure"})
+    assert state.read_build("hello", n)["steps"][0]["result"] == "success"
+
+
 def test_log_paths(state):
     assert state.log_name(1, "compile") == "01-compile.log"
     assert state.log_path("hello", 4, 12, "test") == os.path.join(state.build_dir("hello", 4), "12-test.log")

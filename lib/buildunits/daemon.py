@@ -25,10 +25,13 @@ directory, 2 on bad usage, 3 if another instance holds the lock.
 """
 
 import argparse
+import errno
 import fcntl
+import hashlib
 import math
 import os
 import signal
+import socket
 import time
 import traceback
 
@@ -170,6 +173,9 @@ class Daemon:
         self._wake_pending = False
         if self.stopping:
             return False
+        if not self.check_lock():
+            self._on_term()
+            return False
         try:
             self.work()
         except Exception as e:
@@ -303,11 +309,51 @@ class Daemon:
         return self.exit_status
 
     def _lock(self):
-        """One instance per role (and worker) per state directory."""
+        """One instance per role (and worker) per state directory.
+
+        Two locks, both released by the kernel when the process dies:
+
+        - an abstract unix socket bound to a name made from the state
+          directory's device and inode and the instance's name.  Nobody can
+          delete it while it is held (it is not a file), so it is the lock
+          that counts: a second instance cannot bind it, whatever was done
+          to the files.  Its namespace is the network namespace, so it does
+          not separate a daemon with PrivateNetwork= (htmlgen, scheduler)
+          from one started by hand; the flock below does;
+        - an flock on STATE/locks/PROGRAM[@WORKER].lock, which `buildunits
+          status` and `fsck` find in /proc/locks.  A file can be deleted
+          while it is held, and a second instance would then lock a new
+          file of that name: check_lock() notices the deletion at each work
+          pass and locks the file again (or exits if someone else did)."""
         name = self.program + ("@" + self.instance() if self.instance() else "")
+        try:
+            st = os.stat(self.dirs.state)
+            key = hashlib.sha256(("%d:%d:%s" % (st.st_dev, st.st_ino, name)).encode()).hexdigest()[:40]
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind("\0buildunits-lock-" + key)
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                log.error("another %s is running on %s" % (name, self.dirs.state))
+                return None
+        except OSError as e:   # no AF_UNIX here (a sandbox): the flock alone
+            log.warning("cannot bind the lock socket of %s: %s; relying on the lock file" % (name, e))
+            sock = None
+        self._lock_sock = sock  # held until exit
+        self._lock_name = name
+        fd = self._lock_file()
+        if fd is None and sock is not None:
+            sock.close()
+        return fd
+
+    def _lock_file(self):
+        name = self._lock_name
         ldir = self.state.path("locks")
         os.makedirs(ldir, exist_ok=True)
-        fd = os.open(os.path.join(ldir, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        path = os.path.join(ldir, name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -315,7 +361,32 @@ class Daemon:
             os.close(fd)
             return None
         self._lock_fd = fd  # held until exit
+        self._lock_path = path
         return fd
+
+    def check_lock(self):
+        """True if this daemon still holds its lock file.  A deleted (or
+        replaced) lock file is locked anew, so that status readers see this
+        daemon again; False (and an error) if another process holds the
+        new one: the caller must stop."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is None:
+            return True
+        try:
+            a, b = os.fstat(fd), os.stat(self._lock_path)
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                return True
+        except FileNotFoundError:
+            pass
+        log.warning("%s: the lock file %s was deleted or replaced while held; locking it again"
+                    % (self._lock_name, self._lock_path))
+        os.close(fd)
+        self._lock_fd = None
+        if self._lock_file() is None:
+            log.error("%s: lost the lock file to another process; stopping" % self._lock_name)
+            self.exit_status = 3
+            return False
+        return True
 
 
 def argument_parser(program, description):

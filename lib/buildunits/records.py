@@ -37,9 +37,10 @@ from . import fsutil
 FORMATS = {
     "change": 1,        # spool changes/: a commit, from the poller or sendchange
     "force": 1,         # spool changes/: an operator's forced build
-    "request": 1,       # spool requests/: a build to run
+    "request": 2,       # spool requests/: a build to run (2: changes bounded, changes.py)
     "cancel": 1,        # spool cancel/BUILDER@NUMBER: cancel a running build
-    "build": 1,         # state builds/BUILDER/NUMBER/build.json
+    "build": 2,         # state builds/BUILDER/NUMBER/build.json (2: progress in progress.jsonl)
+    "progress": 1,      # state builds/BUILDER/NUMBER/progress.jsonl: a running build's step transitions
     "poller": 1,        # state poller/KEY.json: last seen refs of a repository
     "scheduler": 1,     # state scheduler/BUILDER.json: consumed change ids and revisions
     "worker": 1,        # state workers/WORKER.json: what a runner holds

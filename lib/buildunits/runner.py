@@ -19,9 +19,11 @@ DESCRIPTION
       produced (the runner never holds output in memory).
 
     A step that runs longer than TimeoutSec= or prints nothing for
-    TimeoutIdleSec= has its whole process tree killed: its process group,
+    TimeoutIdleSec= has its whole process tree stopped: its process group,
     and any descendant that left it (the runner is a child subreaper, so
-    orphans stay its descendants).  After each step, processes the step left
+    orphans stay its descendants), get SIGTERM, and SIGKILL if the step has
+    not exited KILL_GRACE_SEC later; a cancel and SIGTERM to the runner
+    stop a step the same way.  After each step, processes the step left
     behind are killed too.  Steps get BUILDUNITS_BUILDER, _BUILD,
     _REVISION, _BRANCH, _REPOSITORY, _WORKDIR, _WORKER and _STEP.
 
@@ -29,9 +31,10 @@ DESCRIPTION
     request and build number it holds; it is written before the build
     record.  The order of a build:
         claim (rename)  ->  mkdir number  ->  pointer  ->  build.json running
-        ->  steps (build.json rewritten at each transition, not fsync'd)
+        (every step pending)  ->  steps (a line appended to progress.jsonl
+        at each transition, not fsync'd: O(1) whatever the build's size)
         ->  build.json finished, fsync'd (COMMIT POINT of the result)
-        ->  remove the claim  ->  remove the pointer
+        ->  progress.jsonl removed  ->  remove the claim  ->  remove the pointer
     At startup, before READY=1, whatever is in requests/active/WORKER/ was
     held by this worker's previous, dead, process: if its build record is
     final the claim is just removed; otherwise the build is recorded as
@@ -41,14 +44,23 @@ DESCRIPTION
 
     Which writes are fsync'd, and why: the claim, the number's mkdir and
     the pointer are, in that order, so that a build record can never exist
-    without the pointer that lets recovery find it.  The progress rewrites
-    of build.json are not: whatever version of it a crash leaves (or none),
-    recovery rewrites it as interrupted.  The final record is, and the claim
-    is removed only after it: it is the commit point of the result.
+    without the pointer that lets recovery find it.  The first build.json
+    and the progress lines are not: whatever a crash leaves of them (none,
+    or build.json and a prefix of the lines; state.read_build applies
+    them), recovery rewrites the record as interrupted.  The final record
+    is, and the claim is removed only after it: it is the commit point of
+    the result.
+
+    A build that fills the disk itself (a step wrote at least half the
+    room there was when it started; see _filled_by_step) is not requeued:
+    once the record can be written, it ends as "exception" with the
+    reason, and the next request is taken.
 
     On SIGTERM a running build is stopped the same way: its processes are
     killed, it is recorded as "retry" (interrupted), and its request is
-    handed back; then the runner exits.
+    handed back; then the runner exits.  A build whose cancel record is in
+    the spool by then (committed while the runner was stopped, say) is
+    recorded as "cancelled" instead, and its request is not handed back.
 
 FILES
     SPOOL/requests/active/WORKER/ID   the claimed request
@@ -62,10 +74,12 @@ SIGNALS
 """
 
 import ctypes
+import errno
 import json
 import math
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -74,7 +88,7 @@ import traceback
 
 from gi.repository import GLib
 
-from . import daemon, fsutil, git, log, records, redact, results
+from . import changes, daemon, fsutil, git, log, records, redact, results
 from .state import NotLinked
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
@@ -163,6 +177,9 @@ class Runner(daemon.Daemon):
         self._builds_run = 0
         self._skipped = set()      # request ids this worker cannot run (logged once)
         self._cancelled = None     # why the running build is being cancelled
+        self._grace_source = None  # the SIGKILL that follows a SIGTERM (_terminate_step)
+        self._space = []           # (step index, start time, free bytes then) of the build's steps
+        self._own_failures = {}    # (builder, number) -> why the build failed by its own doing
 
     def instance(self):
         return self.worker
@@ -179,6 +196,12 @@ class Runner(daemon.Daemon):
         except records.RecordError as e:
             log.error("%s; ignoring it" % e)
             ptr = None
+        if ptr:
+            # Before the build is recorded and its request handed back (so
+            # before a retry can start in the same work directory): no
+            # process of it may survive.  Raises if one does; the claim then
+            # stays, and work() tries again on the next wake or rescan.
+            self._end_survivors(ptr)
         for rid in self.spool.claimed(self.worker):
             req = self.spool.read_claimed(self.worker, rid)
             if req is None:
@@ -194,6 +217,15 @@ class Runner(daemon.Daemon):
                 if rec and rec.get("state") == "finished":
                     self.spool.finish(self.worker, rid)
                     continue
+                own = self._own_failures.get((b, n))
+                if own is not None:
+                    # It failed by what it did itself (_stuck): running it
+                    # again would fail the same way.  Written once the disk
+                    # has room; the claim goes only after the record.
+                    self._record_interrupted(rec, req, b, n, own, results.EXCEPTION, summary=own)
+                    self.spool.finish(self.worker, rid)
+                    del self._own_failures[(b, n)]
+                    continue
                 cancel = self.spool.read_cancel(b, n)
                 if cancel is not None:
                     self._record_interrupted(rec, req, b, n, "cancelled by %s" % cancel.get("user"),
@@ -208,13 +240,60 @@ class Runner(daemon.Daemon):
                            builder=req.get("builder"))
         self.state.clear_worker(self.worker)
 
-    def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY):
+    def _end_survivors(self, ptr):
+        """Kill what is left of the build PTR (the worker record) names.
+
+        Under systemd, the unit's cgroup dies with the runner (KillMode=),
+        and the runner is the subreaper of its steps while it lives; a
+        runner killed outside systemd (SIGKILL, the OOM killer) takes
+        neither with it, and its steps go on, writing into a build that
+        recovery is about to record as finished, in the work directory the
+        retry will use.  Every step of a build carries the build's token
+        (BUILDUNITS_BUILD_TOKEN, recorded in the worker record before any
+        step starts) in its environment, which its descendants inherit, in
+        or out of its session; a token is random, so a match in
+        /proc/PID/environ is a process of that build and nothing else, and
+        a reused pid cannot be mistaken for one.  They get SIGTERM, then
+        SIGKILL after KILL_GRACE_SEC; if any is still there (or cannot be
+        signalled), RuntimeError: the build is not recovered, nor its
+        request handed back, until they are gone.  Not found: a process
+        that cleared its environment (env -i) or runs as another user
+        (setuid); the cgroup is the answer to those."""
+        token = ptr.get("token")
+        if not isinstance(token, str) or not token:
+            return      # written by an older runner
+        pids = _processes_with_token(token)
+        if not pids:
+            return
+        what = "%s #%s" % (ptr.get("builder"), ptr.get("number"))
+        log.warning("%s: %d process%s of the build outlived runner %s (pid %s); stopping them: %s"
+                    % (what, len(pids), "" if len(pids) == 1 else "es", self.worker, ptr.get("pid"),
+                       " ".join(map(str, pids))), builder=ptr.get("builder"))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                except PermissionError as e:
+                    raise RuntimeError("%s: cannot stop process %d of the build: %s" % (what, pid, e.strerror))
+            deadline = time.monotonic() + KILL_GRACE_SEC
+            while pids and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pids = _processes_with_token(token)
+            if not pids:
+                return
+        raise RuntimeError("%s: processes of the build survive SIGKILL: %s; the build is recovered once "
+                           "they are gone" % (what, " ".join(map(str, pids))))
+
+    def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY,
+                            summary="interrupted"):
         now = time.time()
         if rec is None:
             rec = self._new_record(req, builder, number, [])
         for s in rec.get("steps", []):
             if s.get("state") == "running":
-                s.update(state="finished", result=result, finished=now, summary="interrupted")
+                s.update(state="finished", result=result, finished=now, summary=summary)
             elif s.get("state") == "pending":
                 s.update(state="finished", result=results.SKIPPED)
         rec.update(state="finished", result=result, reason=reason, finished=now)
@@ -266,10 +345,22 @@ class Runner(daemon.Daemon):
                 self._stuck("cannot start a build of %s: %s" % (b.name, e))
             return
 
-    def _stuck(self, why):
+    def _stuck(self, why, error=None):
         """A build could not go on (full disk, I/O error): drop it from
         memory; its claim stays, and work() recovers it (records it as
-        interrupted and requeues it) as soon as the disk lets it."""
+        interrupted and requeues it) as soon as the disk lets it.
+
+        Unless the build filled the disk itself (_filled_by_step): then it
+        is recorded as an exception, with the reason, and not requeued: a
+        retry would fill the disk again, forever.  That verdict is kept in
+        memory until the record can be written (the disk is full: nothing
+        can be stored now); a runner restarted before there is room again
+        records the build as interrupted, as before."""
+        if self.build is not None and isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            own = self._filled_by_step()
+            if own is not None:
+                self._own_failures[(self.build["builder"], self.build["number"])] = own
+                why += "; %s: the build ends as an exception and is not retried" % own
         log.error("%s; the build is recovered when the disk allows (next wake or rescan)" % why)
         for line in traceback.format_exc().rstrip().splitlines():
             log.error("  " + line)
@@ -278,6 +369,7 @@ class Runner(daemon.Daemon):
         for src in self._sources:
             daemon.remove_source(src)
         self._sources = []
+        self._cancel_grace()
         self._proc = None
         self.build = None
         self.notifier.status("error: %s" % why)
@@ -304,14 +396,16 @@ class Runner(daemon.Daemon):
                    builder=b["builder"], build=b["number"])
         if self._proc is not None:
             try:
-                os.write(self._logfd, ("\nbuildunits: build %s; killing the step's processes\n"
+                os.write(self._logfd, ("\nbuildunits: build %s; stopping the step's processes\n"
                                        % self._cancelled).encode())
             except OSError:
                 pass
-            self._kill_tree(signal.SIGKILL)   # _exited() records the rest
+            self._terminate_step()   # _exited() records the rest
 
     def _new_record(self, req, builder, number, steps):
         req = redact.record(req)   # a request from an older release may hold the real URL
+        # A request from an older scheduler may carry its changes whole.
+        req = changes.bound_request(req)
         return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
                 "worker": self.worker, "state": "running", "result": None, "reason": "",
                 "started": time.time(), "finished": None, "repository": req.get("repository", ""),
@@ -330,13 +424,21 @@ class Runner(daemon.Daemon):
         for s in b.steps:
             steps.append(_Step(len(steps) + 1, s.name, s.command, s))
         number = self.state.allocate_number(b.name)
+        # The token is in every step's environment: what lets the next
+        # runner find the processes of this build if this one dies
+        # (_end_survivors).  Written (fsync'd) before any step can start.
+        self._token = secrets.token_hex(16)
         self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
-                                              "pid": os.getpid()})
+                                              "pid": os.getpid(), "token": self._token})
         rec = self._new_record(req, b.name, number, steps)
+        # Written whole once, with every step pending; the steps' progress
+        # goes to progress.jsonl, a line per transition (state.py).
         self.state.write_build(rec, durable=False)
+        self.state.start_progress(b.name, number)
         self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
         self._halted = False
         self._cancelled = None
+        self._space = []
         self._workdir = self.state.work_dir(self.worker, b.name)
         fsutil.makedirs(self._workdir)
         self.spool.hint(b.name, number)
@@ -353,8 +455,10 @@ class Runner(daemon.Daemon):
             st = self._steps[i]
             if self._cancelled or (self._halted and not (st.spec and st.spec.always_run)):
                 rec["steps"][i].update(state="finished", result=results.SKIPPED)
+                self._progress(i)
                 i += 1
                 continue
+            self._space.append((i, time.time(), _free_bytes(self.state.build_dir(rec["builder"], rec["number"]))))
             if self._launch(i):
                 return
             i += 1
@@ -374,7 +478,8 @@ class Runner(daemon.Daemon):
                     # The real URL, from the configuration: the record holds it masked.
                     "BUILDUNITS_REPOSITORY": self._builder.repository or rec.get("repository") or "",
                     "BUILDUNITS_WORKDIR": self._workdir,
-                    "BUILDUNITS_WORKER": self.worker, "BUILDUNITS_STEP": st.name})
+                    "BUILDUNITS_WORKER": self.worker, "BUILDUNITS_STEP": st.name,
+                    "BUILDUNITS_BUILD_TOKEN": self._token})
         return env
 
     def _launch(self, i):
@@ -412,7 +517,7 @@ class Runner(daemon.Daemon):
         self._step_i = i
         self._timed_out = None
         self._last_size, self._last_output = 0, time.monotonic()
-        self.state.write_build(rec, durable=False)
+        self._progress(i)
         self.spool.hint(rec["builder"], rec["number"])
         self.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
         log.info("%s #%d: step %s started" % (rec["builder"], rec["number"], st.name),
@@ -438,8 +543,16 @@ class Runner(daemon.Daemon):
         rec["reason"] = "step %s: %s" % (self._steps[i].name, why)
         log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], self._steps[i].name, why),
                   builder=rec["builder"], build=rec["number"], step=self._steps[i].name, result=results.EXCEPTION)
-        self.state.write_build(rec, durable=False)
+        self._progress(i, "reason")
         return False
+
+    def _progress(self, i, *build_keys):
+        """Record step I's state (and the build's BUILD_KEYS) in the
+        build's progress file: one line, whatever the size of the build.
+        Not fsync'd: a crash leaves what recovery records as interrupted."""
+        rec = self.build
+        self.state.append_progress(rec["builder"], rec["number"], i, rec["steps"][i],
+                                   {k: rec.get(k) for k in build_keys})
 
     def _idle_check(self):
         try:
@@ -460,9 +573,33 @@ class Runner(daemon.Daemon):
         from .config import format_timespan
         self._timed_out = ("timed out after %s" % format_timespan(limit) if kind == "timeout"
                            else "timed out: no output for %s" % format_timespan(limit))
-        os.write(self._logfd, ("\nbuildunits: %s; killing the step's processes\n" % self._timed_out).encode())
-        self._kill_tree(signal.SIGKILL)
+        os.write(self._logfd, ("\nbuildunits: %s; stopping the step's processes\n" % self._timed_out).encode())
+        self._terminate_step()
         return False
+
+    def _terminate_step(self):
+        """Stop the running step as systemd stops a unit: SIGTERM to its
+        whole tree now, SIGKILL to what is left if the step has not exited
+        within KILL_GRACE_SEC.  Its exit (_exited) cancels the SIGKILL, and
+        kills whatever it left behind."""
+        self._kill_tree(signal.SIGTERM)
+        if self._grace_source is not None:
+            return
+        proc = self._proc
+
+        def expired():
+            self._grace_source = None
+            if self._proc is proc:
+                os.write(self._logfd, ("buildunits: still running %ds after SIGTERM; sending SIGKILL\n"
+                                       % KILL_GRACE_SEC).encode())
+                self._kill_tree(signal.SIGKILL)
+            return False
+        self._grace_source = GLib.timeout_add(int(KILL_GRACE_SEC * 1000), expired)
+
+    def _cancel_grace(self):
+        if self._grace_source is not None:
+            GLib.source_remove(self._grace_source)
+            self._grace_source = None
 
     def _kill_tree(self, sig):
         """Signal the step's process group and every other descendant."""
@@ -484,12 +621,43 @@ class Runner(daemon.Daemon):
             self._step_exited(pid, status, i)
         except Exception as e:
             self._stuck("%s #%d: cannot record the end of a step: %s"
-                        % (self.build["builder"], self.build["number"], e) if self.build else str(e))
+                        % (self.build["builder"], self.build["number"], e) if self.build else str(e), e)
+
+    def _filled_by_step(self):
+        """Why the build itself filled the disk, or None if it did not.
+
+        Called when a write of the build's record failed with ENOSPC after
+        a step ran.  "The step filled it" rather than "it was full already":
+        the step started with FREE bytes free on the state filesystem (its
+        log and the work directory are on it) and the runner could still
+        write the record then (the step's start is recorded); since then
+        it wrote at least half of FREE itself, counted as its log's size
+        plus the files of the work directory changed since it started.
+        A disk full before the step started (FREE about 0), or filled by
+        someone else while it wrote little, is not the build's doing: the
+        build is interrupted and retried, as before."""
+        rec = self.build
+        for i, started, free in reversed(self._space[-2:]):
+            if free <= 0:
+                continue       # started on a full disk: not its doing
+            name = self._steps[i].name
+            written = 0
+            try:
+                written += os.stat(self.state.log_path(rec["builder"], rec["number"],
+                                                       self._steps[i].index, name)).st_size
+            except OSError:
+                pass
+            written += _written_since(self._workdir, started)
+            if written * 2 >= free:
+                return ("the disk filled up during step %s (ENOSPC): it wrote %s where %s were free when "
+                        "it started" % (name, _size(written), _size(free)))
+        return None
 
     def _step_exited(self, pid, status, i):
         for src in self._sources[1:]:
             daemon.remove_source(src)
         self._sources = []
+        self._cancel_grace()
         proc, self._proc = self._proc, None
         code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
         proc.returncode = code
@@ -520,8 +688,7 @@ class Runner(daemon.Daemon):
         rec["_contrib"] = rec.get("_contrib", []) + [contrib]
         if srec["result"] != results.SUCCESS and (st.spec is None or st.spec.halt_on_failure):
             self._halted = True
-        # No write here: the next step's start or the build's end, a moment
-        # later in this same callback, writes the record with this result.
+        self._progress(i, *(("revision",) if st.name == "checkout" else ()))
         log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
                                                      " (%s)" % srec["summary"] if srec["summary"] else ""),
                  builder=rec["builder"], build=rec["number"], step=st.name, result=srec["result"])
@@ -597,11 +764,19 @@ class Runner(daemon.Daemon):
         if self.build is None:
             return True
         rec = self.build
-        self._kill_tree(signal.SIGKILL)
+        # SIGTERM, up to KILL_GRACE_SEC for the step to exit, then SIGKILL to
+        # whatever is left (the step, or what it left behind).
+        self._kill_tree(signal.SIGTERM)
         for src in self._sources:
             daemon.remove_source(src)
         self._sources = []
+        self._cancel_grace()
         if self._proc is not None:
+            try:
+                self._proc.wait(timeout=KILL_GRACE_SEC)
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill_tree(signal.SIGKILL)
             try:
                 self._proc.wait(timeout=KILL_GRACE_SEC)
             except subprocess.TimeoutExpired:
@@ -613,9 +788,28 @@ class Runner(daemon.Daemon):
                 pass
         _reap()
         rec.pop("_contrib", None)
-        self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"],
-                                 "interrupted: runner %s was stopped; the request is queued again" % self.worker)
-        self.spool.unclaim(self.worker, self._rid)
+        # A cancel committed before we got here (while this runner was
+        # stopped, or in the same main-loop pass as SIGTERM) is the last
+        # word on the build: the spool's record is what counts, not whether
+        # _check_cancels() happened to run first.  Recorded as cancelled, the
+        # claim is dropped rather than handed back, so it never runs again.
+        # A crash before the record is written leaves the claim and the
+        # cancel record, and startup() does the same.
+        reason = self._cancelled
+        if not reason:
+            cancel = self.spool.read_cancel(rec["builder"], rec["number"])
+            if cancel is not None:
+                reason = "cancelled by %s" % (cancel.get("user") or "someone")
+        if reason:
+            self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"], reason,
+                                     results.CANCELLED)
+            self.spool.finish(self.worker, self._rid)
+            self.spool.clear_cancel(rec["builder"], rec["number"])
+        else:
+            self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"],
+                                     "interrupted: runner %s was stopped; the request is queued again"
+                                     % self.worker)
+            self.spool.unclaim(self.worker, self._rid)
         self.state.clear_worker(self.worker)
         self.build = None
         return True
@@ -630,6 +824,54 @@ class Runner(daemon.Daemon):
 
     def methods(self):
         return {"Status": lambda caller: json.dumps({"worker": self.worker, "status": self.status_text()})}
+
+
+def _processes_with_token(token):
+    """PIDs of the live processes (not this one) whose environment holds
+    BUILDUNITS_BUILD_TOKEN=TOKEN.  A zombie has no environment left."""
+    needle = ("BUILDUNITS_BUILD_TOKEN=%s" % token).encode()
+    me, out = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                env = f.read()
+        except OSError:
+            continue     # gone, or another user's (then not one we could have started)
+        if needle in env.split(b"\0"):
+            out.append(int(name))
+    return out
+
+
+def _free_bytes(path):
+    """Bytes free for this process on PATH's filesystem (-1: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+def _written_since(top, since):
+    """Bytes taken by the files under TOP changed at or after SINCE."""
+    total = 0
+    for d, dirs, files in os.walk(top):
+        for n in files:
+            try:
+                st = os.lstat(os.path.join(d, n))
+            except OSError:
+                continue
+            if st.st_mtime >= since:
+                total += st.st_blocks * 512
+    return total
+
+
+def _size(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return "%d %s" % (n, unit) if unit == "bytes" else "%.1f %s" % (n, unit)
+        n /= 1024.0
 
 
 def _has_children():

@@ -53,7 +53,7 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, config, daemon, fsutil, git, log, records
+from . import bus as busmod, changes as changes_mod, config, daemon, fsutil, git, log, records
 from . import redact
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
@@ -218,7 +218,9 @@ class Scheduler(daemon.Daemon):
                 rec = self.spool.read("changes", cid)
                 if rec is None:
                     continue
-                self._cache[cid] = rec
+                # Capped as soon as read (changes.py): the cache holds
+                # every change waiting, and a message may be megabytes.
+                rec = self._cache[cid] = changes_mod.bound_change(rec)
             if rec["format"] == "force":
                 self._force(cid, rec)
                 continue
@@ -319,9 +321,10 @@ class Scheduler(daemon.Daemon):
             reason = "change %s on %s" % (newest["revision"][:12], branch)
         else:
             reason = "%d changes on %s" % (len(changes), branch)
+        carried, omitted = changes_mod.bound_changes(changes)
         fields = {"builder": b.name, "repository": redact.url(b.repository), "branch": branch,
-                  "revision": newest["revision"], "reason": reason, "changes": changes,
-                  "force": None, "properties": {}}
+                  "revision": newest["revision"], "reason": reason, "changes": carried,
+                  "changes_omitted": omitted, "force": None, "properties": {}}
         rid = self.spool.deliver("requests", "request", fields)   # commit point
         self.bus.emit("BuildRequested", rid, b.name, branch, newest["revision"])
         log.info("%s: build requested for %s %s (%s)" % (b.name, branch, newest["revision"][:12], reason),

@@ -136,7 +136,7 @@ class _Builder:
         self.unfinal = set()    # numbers <= known whose pages are not final yet
         self.last = None        # the newest finished build: {"number", "status", "finished"}
         self.cards = {}         # number -> card: the builds head pages show, and running ones
-        self.stamps = {}        # number -> stat of the build.json its card was made from
+        self.stamps = {}        # number -> State.build_stamp its card was made from
         self.recs = {}          # number -> record of a running build
         self.listed_for = None  # the counter value that made us list the directory
 
@@ -321,11 +321,7 @@ class Site:
         NAME, read lazily, for the merge."""
         when = 0.0
         for n in numbers:
-            try:
-                st = os.stat(self.state.build_path(name, n))
-                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError:
-                stamp = None
+            stamp = self.state.build_stamp(name, n)
             rec = self._read(name, n) if stamp else None
             if rec is not None:
                 when = max(when, _sort_time(rec))
@@ -440,11 +436,8 @@ class Site:
             if final and not force:
                 return
         if rec is _UNREAD:
-            try:
-                st = os.stat(self.state.build_path(b.name, n))
-                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError:
-                stamp = None
+            # build.json and a running build's progress file (state.py).
+            stamp = self.state.build_stamp(b.name, n)
             if stamp is not None and not force and stamp == b.stamps.get(n) and n in b.recs:
                 rec = b.recs[n]        # a running build whose record did not change
             else:
@@ -996,7 +989,8 @@ def build_json(rec, view, c):
     doc.update({
         "repository": view["repository"], "properties": dict(view["properties"]),
         "force": _str(force) if isinstance(force, str) else dict(view["force"]) or None,
-        "changes": [dict(ch, subject=templates.firstline(ch["message"])) for ch in view["changes"]],
+        "changes": [dict({k: v for k, v in ch.items() if k not in _PAGE_ONLY},
+                         subject=templates.firstline(ch["message"])) for ch in view["changes"]],
         "steps": [dict(s, command=v["command"], exit_status=v["exit_status"])
                   for s, v in zip(c["steps"], view["steps"])],
     })
@@ -1055,7 +1049,13 @@ def change_view(c):
     return {"revision": _str(c.get("revision")), "author": _str(c.get("author")),
             "when": _num(c.get("when")), "branch": _str(c.get("branch")),
             "repository": redact.url(_str(c.get("repository"))), "message": _str(c.get("message")),
-            "files": files}
+            "files": files,
+            # What the record did not keep of it (changes.py); for the page only.
+            "files_omitted": c["files_omitted"] if _is_int(c.get("files_omitted")) else 0,
+            "details_omitted": c.get("details_omitted") is True}
+
+
+_PAGE_ONLY = ("files_omitted", "details_omitted")   # change_view keys not in the JSON API
 
 
 def request_view(req):

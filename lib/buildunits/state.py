@@ -5,6 +5,7 @@ This module alone knows the state directory's layout (default
 
     builds/BUILDER/NUMBER/build.json   the build record (format "build")
     builds/BUILDER/NUMBER/NN-STEP.log  each step's output, streamed as produced
+    builds/BUILDER/NUMBER/progress.jsonl  a running build's step transitions ("progress")
     builds/BUILDER/next.json           hint: the next number to try ("counter")
     poller/KEY.json                    last seen refs of one repository ("poller")
     poller/KEY.git/                    bare mirror of a remote (non-path) repository
@@ -33,10 +34,23 @@ builds tree (build_numbers, builders, read_build, open_log) walk it with
 O_NOFOLLOW at every step below builds/, so a link to a directory or a file
 elsewhere is neither followed nor shown (fsck reports it), and the runner
 creates each step log with O_EXCL, never writing through what is there.
+
+A build is written whole twice: build.json when it starts (state
+"running", every step pending) and when it ends (state "finished", the
+COMMIT POINT of its result, fsync'd).  In between, each step transition
+is one line appended to progress.jsonl (format "progress"): a cost that
+does not grow with the build (rewriting build.json at each step was
+quadratic in its number of steps).  read_build() applies those lines to a
+running record, so every reader sees the build as it progresses; a
+finished record is complete and its progress file, removed after the
+commit point, is ignored if a crash left it.  The lines are not fsync'd:
+a crash leaves some prefix of them (a torn last line is ignored), and
+recovery records the build as interrupted from what is there.
 """
 
 import errno
 import hashlib
+import json
 import os
 import re
 import stat
@@ -76,6 +90,29 @@ def parse_number(name):
 
 class NumbersExhausted(Exception):
     """A builder has used every build number below 2**32."""
+
+PROGRESS = "progress.jsonl"
+# The keys of a step a progress line may set, and those of the build.
+PROGRESS_STEP_KEYS = ("state", "result", "started", "finished", "log", "exit_status", "summary", "timed_out")
+PROGRESS_BUILD_KEYS = ("revision", "reason")
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _no_constant(name):
+    raise ValueError("%s is not a JSON number" % name)
+
+
+class FinishedBuild(RuntimeError):
+    """A finished build record was about to be rewritten (refused)."""
+
+    def __init__(self, path):
+        super().__init__("%s is finished already; a finished build record is never rewritten" % path)
+        self.path = path
 
 
 class State:
@@ -184,8 +221,13 @@ class State:
     def read_build(self, builder, number):
         """The build record, or None if the number holds none (a gap).
         A symbolic link on the way (builds/B, builds/B/N, build.json) or a
-        file that is not a regular one raises RecordError: never followed."""
-        return self._read_record("build", "builds", builder, str(number), "build.json")
+        file that is not a regular one raises RecordError: never followed.
+        A running build's record has its progress lines applied (see the
+        module's docstring)."""
+        rec = self._read_record("build", "builds", builder, str(number), "build.json")
+        if rec is not None and rec.get("state") == "running":
+            self._apply_progress(rec, builder, number)
+        return rec
 
     def _read_record(self, fmt, *parts):
         """The record STATE/PARTS of format FMT, or None if it is missing;
@@ -204,11 +246,123 @@ class State:
             data = f.read()
         return records.decode(data, path, fmt)
 
+    def build_stamp(self, builder, number):
+        """What tells one version of a build from another without reading it
+        (build.json's and its progress file's inode, mtime and size), or
+        None if it has no build.json."""
+        out = []
+        for path in (self.build_path(builder, number), self.progress_path(builder, number)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                if not out:
+                    return None
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def progress_path(self, builder, number):
+        return os.path.join(self.build_dir(builder, number), PROGRESS)
+
+    def start_progress(self, builder, number):
+        """Create the progress file of a build that starts (its first line
+        names it).  Not fsync'd: see the module's docstring."""
+        head = {"format": "progress", "version": records.FORMATS["progress"], "builder": builder, "number": number}
+        fd = os.open(self.progress_path(builder, number),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, (json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def append_progress(self, builder, number, step=None, fields=None, build=None):
+        """Append one transition: FIELDS of step STEP (an index in the
+        record's steps), and BUILD fields of the build.  One write(2) of a
+        line on O_APPEND, whose cost does not depend on the build's size."""
+        event = {}
+        if step is not None:
+            event["step"] = step
+            event["set"] = {k: v for k, v in (fields or {}).items() if k in PROGRESS_STEP_KEYS}
+        if build:
+            event["build"] = {k: v for k, v in build.items() if k in PROGRESS_BUILD_KEYS}
+        line = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+        fd = os.open(self.progress_path(builder, number),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def _apply_progress(self, rec, builder, number):
+        """Apply the lines of the progress file of B #N to the running REC.
+        A file that is not one (no header naming the build), and anything
+        from a line that does not parse on (a torn end), are ignored; so is
+        a symbolic link (open_file)."""
+        try:
+            fd = self.open_file("builds", builder, str(number), PROGRESS)
+        except (OSError, NotLinked):
+            return
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            head = f.readline()
+            try:
+                head = json.loads(head)
+            except ValueError:
+                return
+            if not isinstance(head, dict) or head.get("format") != "progress" \
+                    or head.get("builder") != rec.get("builder") or head.get("number") != rec.get("number"):
+                return
+            steps = rec.get("steps") if isinstance(rec.get("steps"), list) else []
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break          # torn: the writer died in the middle of it
+                try:
+                    ev = json.loads(line, parse_constant=_no_constant)
+                except ValueError:
+                    break
+                if not isinstance(ev, dict):
+                    break
+                i, fields = ev.get("step"), ev.get("set")
+                if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(steps) \
+                        and isinstance(steps[i], dict) and isinstance(fields, dict):
+                    steps[i].update((k, v) for k, v in fields.items() if k in PROGRESS_STEP_KEYS)
+                build = ev.get("build")
+                if isinstance(build, dict):
+                    rec.update((k, v) for k, v in build.items() if k in PROGRESS_BUILD_KEYS)
+
     def write_build(self, rec, durable=True):
         """Atomically (re)write a build record; REC keeps unknown keys.
         durable=False skips the fsyncs, for the runner's progress updates
-        (see runner.py: only the final record is a commit point)."""
-        records.write(self.build_path(rec["builder"], rec["number"]), "build", rec, durable=durable)
+        (see runner.py: only the final record is a commit point).
+
+        A finished record is never rewritten: if the one on disk is
+        finished, FinishedBuild is raised and nothing is written.  This is
+        the one place every writer of build.json goes through, so two
+        writers that both believe they own a build (two runners of one
+        name, a runner and `fsck --repair`) cannot change a result once it
+        is committed.  (A writer between this check and its rename could
+        still race another; the instance locks, daemon.py, keep one
+        runner per worker, and this is the check that a lost lock or a
+        confused writer does no harm with.)"""
+        path = self.build_path(rec["builder"], rec["number"])
+        try:
+            old = records.read(path, "build")
+        except FileNotFoundError:
+            old = None
+        except records.RecordError:
+            old = None        # torn or unreadable: not a committed result; rewritten
+        if old is not None and old.get("state") == "finished":
+            raise FinishedBuild(path)
+        records.write(path, "build", rec, durable=durable)
+        if rec.get("state") == "finished":
+            # After the commit point: the record is complete, and a crash
+            # before this leaves a progress file that readers ignore.
+            try:
+                os.unlink(self.progress_path(rec["builder"], rec["number"]))
+            except OSError:
+                pass
 
     def log_name(self, index, step):
         return "%02d-%s.log" % (index, step)
