@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""Write the installable unit files: units/*.service and *.target with
-@BINDIR@ replaced and the shared hardening (@HARDENING@: hardening.inc,
-@STRICT@: strict.inc) pasted in, so each installed unit is complete on its
-own and `systemctl cat` shows everything that applies.
+"""Write the installable unit files: units/*.service.in and *.target.in
+under their final names (without .in), with @BINDIR@ replaced and the
+shared hardening (@HARDENING@: hardening.inc, @STRICT@: strict.inc) pasted
+in, so each installed unit is complete on its own and `systemctl cat` shows everything that applies.
 
     mkunits.py BINDIR OUTDIR
 """
@@ -27,10 +27,10 @@ def main(argv):
     bindir, out = argv
     os.makedirs(out, exist_ok=True)
     for name in sorted(os.listdir(HERE)):
-        if name.endswith((".service", ".target")):
+        if name.endswith((".service.in", ".target.in")):
             with open(os.path.join(HERE, name)) as f:
                 text = render(f.read(), bindir)
-            with open(os.path.join(out, name), "w") as f:
+            with open(os.path.join(out, name[:-len(".in")]), "w") as f:
                 f.write(text)
     return 0
 

@@ -24,7 +24,7 @@ Command=echo hello
 
 
 def test_target_starts_every_daemon(make_container):
-    if not os.path.exists(os.path.join(ROOT, "units", "buildunits.target")):
+    if not os.path.exists(os.path.join(ROOT, "units", "buildunits.target.in")):
         pytest.fail("units/buildunits.target is not in this checkout: the units under test are missing",
                     pytrace=False)
     c = make_container()
