@@ -72,7 +72,10 @@ man:
 		b=$$(basename $$f .md); $(PYTHON) docs/mkman.py $$f > $(BUILDDIR)/man/man5/$$b || exit 1; \
 	done
 
+# units/*.in with @BINDIR@ filled in, and the drop-in directories (the
+# shared hardening: buildunits-.service.d/), as they are installed.
 units:
+	rm -rf $(BUILDDIR)/units
 	$(PYTHON) units/mkunits.py $(BINDIR) $(BUILDDIR)/units
 
 install: man units
@@ -86,7 +89,10 @@ install: man units
 	install -m 0644 share/templates/* $(DESTDIR)$(SHAREDIR)/templates/
 	install -m 0755 share/examples/post-receive $(DESTDIR)$(SHAREDIR)/examples/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
-	install -m 0644 $(BUILDDIR)/units/* $(DESTDIR)$(UNITDIR)/
+	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
+	for d in $(BUILDDIR)/units/*.d; do \
+		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
+	done
 	install -m 0644 units/sysusers.d/buildunits.conf $(DESTDIR)$(SYSUSERSDIR)/
 	install -m 0644 units/tmpfiles.d/buildunits.conf $(DESTDIR)$(TMPFILESDIR)/
 	# dbus-daemon reads policies from /usr/share (or /etc) whatever the PREFIX.

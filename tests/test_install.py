@@ -1,7 +1,9 @@
 """`make install` gives working programs: the installed layout finds its
-library and templates, and ships the man pages, policy and example hook."""
+library and templates, and ships the man pages, policy and example hook;
+the installed units get their shared hardening from the installed drop-in."""
 
 import os
+import re
 import subprocess
 
 import harness
@@ -22,6 +24,18 @@ def test_make_install_into_destdir(tmp_path):
     assert (prefix / "share" / "man" / "man5" / "buildunits-state.5").exists()
     assert (prefix / "share" / "buildunits" / "examples" / "post-receive").exists()
     assert (dest / "usr" / "share" / "dbus-1" / "system.d" / "org.buildunits.conf").exists()
+    unitdir = prefix / "lib" / "systemd" / "system"
+    assert (unitdir / "buildunits-.service.d" / "10-hardening.conf").exists()
+    assert not [n for n in os.listdir(unitdir) if n.endswith(".in")]
+
+    # As systemd combines them on that root (/usr/local/lib/systemd/system is
+    # on its unit path): a runner instance too gets the shared drop-in.
+    for unit in ("buildunits-poller.service", "buildunits-runner@1.service"):
+        out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", "--root=%s" % dest,
+                              unit], env=dict(os.environ, LC_ALL="C.UTF-8", SYSTEMD_UTF8="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+        assert re.search(r"^\u2713 ProtectSystem= .*strict", out, re.M), out
+        assert re.search(r"^\u2713 NoNewPrivileges=", out, re.M), out
 
     # The installed programs run from their own tree, not from the checkout.
     cfg, state = tmp_path / "cfg", tmp_path / "state"
