@@ -20,13 +20,27 @@ def test_make_install_into_destdir(tmp_path):
     for prog in ("buildunits", "buildunits-poller", "buildunits-scheduler", "buildunits-runner",
                  "buildunits-htmlgen"):
         assert os.access(prefix / "bin" / prog, os.X_OK), prog
-    assert (prefix / "share" / "man" / "man5" / "buildunits.builder.5").exists()
-    assert (prefix / "share" / "man" / "man5" / "buildunits-state.5").exists()
+    mandir = prefix / "share" / "man"
+    for page in ("man1/buildunits.1", "man5/buildunits.builder.5", "man5/buildunits-state.5",
+                 "man8/buildunits-poller.8", "man8/buildunits-scheduler.8", "man8/buildunits-runner.8",
+                 "man8/buildunits-htmlgen.8"):
+        assert (mandir / page).exists(), page
     assert (prefix / "share" / "buildunits" / "examples" / "post-receive").exists()
     assert (dest / "usr" / "share" / "dbus-1" / "system.d" / "org.buildunits.conf").exists()
     unitdir = prefix / "lib" / "systemd" / "system"
     assert (unitdir / "buildunits-.service.d" / "10-hardening.conf").exists()
     assert not [n for n in os.listdir(unitdir) if n.endswith(".in")]
+
+    # Every installed unit points at installed pages, its own first.
+    for unit in sorted(os.listdir(unitdir)):
+        if unit.endswith((".service", ".target")):
+            text = (unitdir / unit).read_text()
+            pages = re.findall(r"man:([\w.-]+)\(([0-9])\)", "".join(re.findall(r"^Documentation=(.*)$", text, re.M)))
+            assert pages, unit
+            own = unit.split("@")[0].split(".")[0]
+            assert pages[0] == (own, "8" if unit.endswith(".service") else "1"), (unit, pages)
+            for name, section in pages:
+                assert (mandir / ("man" + section) / ("%s.%s" % (name, section))).exists(), (unit, name)
 
     # As systemd combines them on that root (/usr/local/lib/systemd/system is
     # on its unit path): a runner instance too gets the shared drop-in.
