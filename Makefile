@@ -18,6 +18,7 @@ BINDIR = $(PREFIX)/bin
 LIBDIR = $(PREFIX)/lib/buildunits/python
 SHAREDIR = $(PREFIX)/share/buildunits
 MANDIR = $(PREFIX)/share/man
+DOCDIR = $(PREFIX)/share/doc/buildunits
 UNITDIR = $(PREFIX)/lib/systemd/system
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
@@ -92,7 +93,7 @@ units:
 install: man units
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/buildunits $(DESTDIR)$(SHAREDIR)/templates \
 		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
-		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d
 	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
 	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
@@ -100,6 +101,7 @@ install: man units
 	$(PYTHON) -m compileall -q -d $(LIBDIR)/buildunits $(DESTDIR)$(LIBDIR)/buildunits
 	install -m 0644 share/templates/* $(DESTDIR)$(SHAREDIR)/templates/
 	install -m 0755 share/examples/post-receive $(DESTDIR)$(SHAREDIR)/examples/
+	install -m 0644 LICENSE $(DESTDIR)$(DOCDIR)/
 	install -m 0644 $(BUILDDIR)/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(BUILDDIR)/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/

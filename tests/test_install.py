@@ -4,7 +4,11 @@ the installed units get their shared hardening from the installed drop-in."""
 
 import os
 import re
+import shutil
 import subprocess
+import zipfile
+
+import pytest
 
 import harness
 
@@ -26,6 +30,7 @@ def test_make_install_into_destdir(tmp_path):
                  "man8/buildunits-htmlgen.8"):
         assert (mandir / page).exists(), page
     assert (prefix / "share" / "buildunits" / "examples" / "post-receive").exists()
+    assert "MIT License" in (prefix / "share" / "doc" / "buildunits" / "LICENSE").read_text()
     assert (dest / "usr" / "share" / "dbus-1" / "system.d" / "org.buildunits.conf").exists()
     unitdir = prefix / "lib" / "systemd" / "system"
     assert (unitdir / "buildunits-.service.d" / "10-hardening.conf").exists()
@@ -67,3 +72,30 @@ def test_make_install_into_destdir(tmp_path):
     # No module came from the checkout.
     installed_lib = prefix / "lib" / "buildunits" / "python" / "buildunits"
     assert (installed_lib / "runner.py").exists()
+
+
+def test_pip_builds_a_wheel_with_the_license_and_the_programs(tmp_path):
+    """pyproject.toml: what `pip install .` would install (built from a copy,
+    so the checkout gets no build/ or egg-info)."""
+    if subprocess.run([harness.PYTHON, "-c", "import setuptools, wheel, pip"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+        pytest.skip("pip, setuptools or wheel missing for %s" % harness.PYTHON)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "demo-output", "__pycache__",
+                                                             "*.egg-info", ".pytest_cache", ".hypothesis"))
+    p = subprocess.run([harness.PYTHON, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path / "whl"), str(src)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    assert p.returncode == 0, p.stdout
+    from buildunits import __version__
+    (wheel,) = os.listdir(tmp_path / "whl")
+    assert wheel == "buildunits-%s-py3-none-any.whl" % __version__
+    names = zipfile.ZipFile(tmp_path / "whl" / wheel).namelist()
+    info = "buildunits-%s.dist-info/" % __version__
+    assert info + "LICENSE" in names
+    meta = zipfile.ZipFile(tmp_path / "whl" / wheel).read(info + "METADATA").decode()
+    assert "\nLicense: MIT\n" in meta and "\nRequires-Dist: pydbus\n" in meta
+    for prog in ("buildunits", "buildunits-poller", "buildunits-scheduler", "buildunits-runner",
+                 "buildunits-htmlgen"):
+        assert "buildunits-%s.data/scripts/%s" % (__version__, prog) in names
+    assert "buildunits/runner.py" in names and "buildunits/__init__.py" in names
