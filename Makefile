@@ -2,7 +2,7 @@
 #
 #   make demo     buildunits.target under systemd (a container) on a built-in example
 #   make check    install what the tests need (Debian packages), run every test
-#   make install  install programs, library, templates, units (DESTDIR, PREFIX)
+#   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
 #   make bench    benchmarks against Buildbot (QUICK=1: short)
 #   make torture  long fault-injection and fuzzing runs (N=kills)
 
@@ -18,6 +18,7 @@ BINDIR = $(PREFIX)/bin
 LIBDIR = $(PREFIX)/lib/buildunits/python
 SHAREDIR = $(PREFIX)/share/buildunits
 MANDIR = $(PREFIX)/share/man
+DOCDIR = $(PREFIX)/share/doc/buildunits
 UNITDIR = $(PREFIX)/lib/systemd/system
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
@@ -66,18 +67,33 @@ demo: deps
 demo-local: deps
 	$(PYTHON) share/examples/demo.py --local
 
+# Section 5 from docs/*.5.md; the daemons' (8) and the command's (1) pages
+# from their module docstrings, which are their manuals.
+DAEMONS = poller scheduler runner htmlgen
+SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
+
 man:
-	mkdir -p $(BUILDDIR)/man/man5
-	for f in docs/*.[0-9].md; do \
+	mkdir -p $(BUILDDIR)/man/man1 $(BUILDDIR)/man/man5 $(BUILDDIR)/man/man8
+	for f in docs/*.5.md; do \
 		b=$$(basename $$f .md); $(PYTHON) docs/mkman.py $$f > $(BUILDDIR)/man/man5/$$b || exit 1; \
 	done
+	for d in $(DAEMONS); do \
+		$(PYTHON) docs/mkman.py --docstring 8 lib/buildunits/$$d.py --see-also "$(SEE_ALSO)" \
+			> $(BUILDDIR)/man/man8/buildunits-$$d.8 || exit 1; \
+	done
+	$(PYTHON) docs/mkman.py --docstring 1 lib/buildunits/cli.py --see-also "$(SEE_ALSO)" \
+		> $(BUILDDIR)/man/man1/buildunits.1
 
+# units/*.in with @BINDIR@ filled in, and the drop-in directories (the
+# shared hardening: buildunits-.service.d/), as they are installed.
 units:
+	rm -rf $(BUILDDIR)/units
 	$(PYTHON) units/mkunits.py $(BINDIR) $(BUILDDIR)/units
 
 install: man units
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/buildunits $(DESTDIR)$(SHAREDIR)/templates \
-		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d
 	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
 	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
@@ -85,8 +101,14 @@ install: man units
 	$(PYTHON) -m compileall -q -d $(LIBDIR)/buildunits $(DESTDIR)$(LIBDIR)/buildunits
 	install -m 0644 share/templates/* $(DESTDIR)$(SHAREDIR)/templates/
 	install -m 0755 share/examples/post-receive $(DESTDIR)$(SHAREDIR)/examples/
+	install -m 0644 LICENSE $(DESTDIR)$(DOCDIR)/
+	install -m 0644 $(BUILDDIR)/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
-	install -m 0644 $(BUILDDIR)/units/* $(DESTDIR)$(UNITDIR)/
+	install -m 0644 $(BUILDDIR)/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
+	for d in $(BUILDDIR)/units/*.d; do \
+		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
+	done
 	install -m 0644 units/sysusers.d/buildunits.conf $(DESTDIR)$(SYSUSERSDIR)/
 	install -m 0644 units/tmpfiles.d/buildunits.conf $(DESTDIR)$(TMPFILESDIR)/
 	# dbus-daemon reads policies from /usr/share (or /etc) whatever the PREFIX.

@@ -5,11 +5,15 @@ docs/buildunits.builder.5.md must document every configuration key (as a
 and its examples must load without a problem or a warning;
 docs/buildunits-state.5.md must document every record format at its
 current version.  docs/mkman.py must turn both into roff that groff
-(-ww, every warning) and man(1) format without a complaint.  Nothing is
-installed: if neither groff nor man is on the machine, the roff is only
-checked structurally (it starts with .TH and has a NAME section).
+(-ww, every warning) and man(1) format without a complaint.  The same
+holds for the pages mkman.py --docstring makes from the module docstrings
+of the daemons (section 8) and of the command (section 1), and no word of
+a docstring is lost on the way.  Nothing is installed: if neither groff
+nor man is on the machine, the roff is only checked structurally (it
+starts with .TH and has a NAME section).
 """
 
+import collections
 import importlib.util
 import math
 import os
@@ -25,6 +29,11 @@ DOCS = os.path.join(ROOT, "docs")
 BUILDER_PAGE = os.path.join(DOCS, "buildunits.builder.5.md")
 STATE_PAGE = os.path.join(DOCS, "buildunits-state.5.md")
 PAGES = [BUILDER_PAGE, STATE_PAGE]
+LIB = os.path.join(ROOT, "lib", "buildunits")
+# (module, section, page): the Makefile's man target makes these.
+DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
+                   ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
+                   ("cli", "1", "buildunits")]
 
 if os.path.join(ROOT, "lib") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "lib"))
@@ -240,6 +249,103 @@ def test_man_page_renders_without_warnings(page, tmp_path):
         # Nothing the Markdown defines is lost on the way.
         for term in _terms(_read(page)):
             assert term.replace("\\", "") in text, term
+        checked = True
+    if shutil.which("man"):
+        r = subprocess.run(["man", "--warnings", "-l", "-Tutf8", str(path)],
+                           capture_output=True, text=True, env=env, check=False)
+        assert (r.returncode, r.stderr) == (0, "")
+        checked = True
+    if not checked:
+        pytest.skip("neither groff nor man here: only the structure of the roff was checked")
+
+
+# ------------------------------------------------ mkman --docstring
+
+DOC = """prog ARG: does a thing.
+
+NAME
+    prog - does a thing
+
+DESCRIPTION
+    A paragraph with `code`
+    on two lines; it ends:
+        literal  -> kept
+    - a bullet
+      continued
+    Another paragraph.
+
+FILES
+    STATE/x.json    what it keeps,
+                    over two lines
+    SPOOL/y/        its inbox
+"""
+
+
+def test_docstring_page_layout():
+    roff = mkman.docstring_page(DOC, "8", "prog.py", see_also=["prog(8)", "other(1)"])
+    assert roff.split("\n")[:5] == ['.TH "PROG" "8" "" "buildunits"', ".nh", ".ad l", ".SH NAME",
+                                    "prog \\- does a thing"]
+    assert "\n.SH SYNOPSIS\n\\fBprog\\fR [\\fIDIRECTORY OPTIONS\\fR] \\fIARG\\fR\n" in roff
+    assert ("\n.SH DESCRIPTION\n.PP\nA paragraph with \\fBcode\\fR on two lines; it ends:\n"
+            ".RS 4\n.nf\nliteral  \\-> kept\n.fi\n.RE\n.IP \\(bu 2\na bullet continued\n"
+            ".PP\nAnother paragraph.\n") in roff
+    assert ("\n.SH FILES\n.TP\n\\fBSTATE/x.json\\fR\nwhat it keeps, over two lines\n"
+            ".TP\n\\fBSPOOL/y/\\fR\nits inbox\n") in roff
+    assert roff.endswith("\n.SH SEE ALSO\n\\fBother\\fR(1)\n")
+
+
+def test_docstring_page_directory_options_come_from_paths():
+    roff = mkman.docstring_page(DOC, "8", "prog.py", options_doc="paths: the four directories.\n\nEach.\n")
+    assert "\n.SH DIRECTORY OPTIONS\n.PP\nThe four directories.\n.PP\nEach.\n" in roff
+
+
+@pytest.mark.parametrize("bad", [DOC.replace("NAME\n    prog - does a thing\n", ""),     # no NAME
+                                 DOC.replace("    Another paragraph.", "Another paragraph."),  # not indented
+                                 DOC.replace("`code`", "`code"),
+                                 DOC.replace("prog ARG: does a thing.", "other: does a thing.")])
+def test_docstring_page_refuses_what_it_cannot_place(bad):
+    with pytest.raises(mkman.Error):
+        mkman.docstring_page(bad, "8", "prog.py")
+
+
+def _words(text):
+    """The words of TEXT as groff -Tutf8 shows them, punctuation kept."""
+    for a, b in (("\u2212", "-"), ("\u2010", "-"), ("\u2019", "'"), ("\u2018", "`"), ("`", ""),
+                 ("\u201c", '"'), ("\u201d", '"'), ("\u2022", "")):
+        text = text.replace(a, b)
+    return collections.Counter(text.split())
+
+
+@pytest.mark.parametrize("module,section,page", DOCSTRING_PAGES, ids=[p[2] for p in DOCSTRING_PAGES])
+def test_docstring_man_page_renders_without_warnings(module, section, page, tmp_path):
+    source = os.path.join(LIB, module + ".py")
+    r = subprocess.run([sys.executable, os.path.join(DOCS, "mkman.py"), "--docstring", section, source,
+                        "--see-also", "buildunits(1) buildunits-runner(8) buildunits.builder(5)"],
+                       capture_output=True, text=True, check=False)
+    assert (r.returncode, r.stderr) == (0, "")
+    roff = r.stdout
+    path = tmp_path / ("%s.%s" % (page, section))
+    path.write_text(roff, encoding="utf-8")
+    assert roff.startswith('.TH "%s" "%s" ' % (page.upper(), section))
+    heads = re.findall(r"^\.SH (.*)$", roff, re.M)
+    assert heads[:3] == ["NAME", "SYNOPSIS", "DESCRIPTION"], heads
+    doc = mkman.module_docstring(source)
+    assert set(re.findall(r"^([A-Z][A-Z ]*[A-Z])$", doc, re.M)) <= set(heads)
+    assert "SEE ALSO" in heads and "\\fB%s\\fR(%s)" % (page.replace("-", "\\-"), section) not in roff
+    env = dict(os.environ, LC_ALL="C.UTF-8", MANWIDTH="80", MANROFFSEQ="")
+    checked = False
+    if shutil.which("groff"):
+        r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(path)],
+                           capture_output=True, text=True, env=env, check=False)
+        assert (r.returncode, r.stderr) == (0, "")
+        text = subprocess.run(["groff", "-man", "-Tutf8", "-P-cbou", str(path)], capture_output=True,
+                              text=True, env=env, check=True).stdout
+        # Every word of the docstring (less its first line, the synopsis's
+        # source, the section headings and the bullets' dashes) is on the page.
+        body = "\n".join(re.sub(r"^ *- ", "", l) for l in doc.splitlines()[1:]
+                         if not re.match(r"^[A-Z][A-Z ]*[A-Z]$", l))
+        missing = _words(body) - _words(text)
+        assert not missing, sorted(missing)
         checked = True
     if shutil.which("man"):
         r = subprocess.run(["man", "--warnings", "-l", "-Tutf8", str(path)],

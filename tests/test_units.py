@@ -1,6 +1,9 @@
-"""The systemd units, checked offline: `systemd-analyze verify` prints
-nothing (it exits 0 on warnings, so the output is what counts), the
-hardening reaches its targets, and sysusers.d/tmpfiles.d apply cleanly."""
+"""The systemd units, checked offline as `make units` renders them (units/*.in
+and the drop-in directories, laid out as installed): `systemd-analyze verify`
+prints nothing (it exits 0 on warnings, so the output is what counts), the
+shared hardening of buildunits-.service.d/ reaches every daemon, the strict
+settings the three that run no build steps, and not the runner, and
+sysusers.d/tmpfiles.d apply cleanly."""
 
 import os
 import re
@@ -20,18 +23,39 @@ TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0
            "buildunits-runner@.service": 3.5}
 
 
+# What `systemd-analyze security` must find for every daemon: the settings of
+# buildunits-.service.d/10-hardening.conf (UMask=0022 aside, which it marks:
+# the site and logs are meant to be readable).
+SHARED = ["NoNewPrivileges=", "CapabilityBoundingSet=~CAP_SYS_ADMIN", "AmbientCapabilities=", "ProtectSystem=",
+          "ProtectHome=", "PrivateTmp=", "PrivateDevices=", "ProtectKernelTunables=", "ProtectKernelModules=",
+          "ProtectKernelLogs=", "ProtectControlGroups=", "ProtectClock=", "ProtectHostname=", "ProtectProc=",
+          "RestrictNamespaces=~user", "RestrictRealtime=", "RestrictSUIDSGID=", "LockPersonality=", "RemoveIPC=",
+          "KeyringMode=", "SystemCallArchitectures="]
+# ... and for the daemons that run no build steps, which the runner relaxes.
+STRICT = ["PrivateUsers=", "ProcSubset=", "SystemCallFilter=~@privileged", "SystemCallFilter=~@resources",
+          "SystemCallFilter=~@mount", "MemoryDenyWriteExecute="]
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    d = tmp_path_factory.mktemp("units")
-    subprocess.run([harness.PYTHON, os.path.join(ROOT, "units", "mkunits.py"), os.path.join(ROOT, "bin"),
-                    str(d / "units")], check=True)
-    man = d / "man" / "man5"
-    man.mkdir(parents=True)
-    for page in ("buildunits.builder.5", "buildunits-state.5"):
-        with open(man / page, "w") as f:
-            subprocess.run([harness.PYTHON, os.path.join(ROOT, "docs", "mkman.py"),
-                            os.path.join(ROOT, "docs", page + ".md")], stdout=f, check=True)
+    """BUILDDIR of `make units man`, with BINDIR the checkout's bin/."""
+    d = tmp_path_factory.mktemp("build")
+    p = subprocess.run(["make", "-s", "units", "man", "BUILDDIR=%s" % d, "PREFIX=%s" % ROOT,
+                        "PYTHON=" + harness.PYTHON], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    assert p.returncode == 0, p.stdout
     return d
+
+
+def assessment(unit_path):
+    """{check: passed} of `systemd-analyze security --offline` for the unit at
+    UNIT_PATH, with the drop-ins beside it, as systemd itself combines them."""
+    env = dict(os.environ, LC_ALL="C.UTF-8", SYSTEMD_UTF8="1")   # the check marks, not +/-
+    p = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit_path)], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checks = {m.group(2): m.group(1) == "\u2713" for m in re.finditer(r"^([\u2713\u2717]) (\S+)", p.stdout, re.M)}
+    assert len(checks) > 50, p.stdout
+    return checks
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -52,6 +76,35 @@ def test_security_exposure(rendered, unit):
     level = float(m.group(1))
     print("%s: exposure %.1f (target %.1f)" % (unit, level, TARGETS[unit]))
     assert level <= TARGETS[unit], p.stdout
+
+
+@pytest.mark.parametrize("unit", sorted(TARGETS))
+def test_the_shared_hardening_reaches_every_daemon(rendered, unit):
+    checks = assessment(rendered / "units" / unit)
+    assert [c for c in SHARED if not checks[c]] == []
+
+
+@pytest.mark.parametrize("unit", sorted(TARGETS))
+def test_only_the_runner_is_relaxed(rendered, unit):
+    checks = assessment(rendered / "units" / unit)
+    if unit == "buildunits-runner@.service":
+        # Its unit file says why: build steps run arbitrary commands.
+        assert [c for c in STRICT if checks[c]] == []
+    else:
+        assert [c for c in STRICT if not checks[c]] == []
+
+
+def test_the_shared_drop_in_only_restricts(rendered):
+    """systemd applies buildunits-.service.d/ to every buildunits-*.service,
+    an administrator's own too: a StateDirectory= there would chown the state
+    to that unit's user, a User= run it as ours.  Those stay in each unit."""
+    dropins = sorted(os.listdir(rendered / "units" / "buildunits-.service.d"))
+    assert dropins == ["10-hardening.conf"]
+    text = (rendered / "units" / "buildunits-.service.d" / "10-hardening.conf").read_text()
+    keys = re.findall(r"^(\w+)=", text, re.M)
+    assert "ProtectSystem" in keys
+    assert set(keys) & {"User", "Group", "DynamicUser", "StateDirectory", "ConfigurationDirectory",
+                        "ReadWritePaths", "ExecStart", "Environment"} == set()
 
 
 def test_every_daemon_unit_has_the_required_settings(rendered):

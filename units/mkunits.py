@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""Write the installable unit files: units/*.service and *.target with
-@BINDIR@ replaced and the shared hardening (@HARDENING@: hardening.inc,
-@STRICT@: strict.inc) pasted in, so each installed unit is complete on its
-own and `systemctl cat` shows everything that applies.
+"""Write the installable unit files: units/*.service.in and *.target.in
+under their final names (without .in), with @BINDIR@ replaced, and the
+drop-in directories (units/NAME.d/*.conf) beside them, so OUTDIR is a unit
+directory as it will be installed (`systemd-analyze verify` reads the
+drop-ins from beside the unit it checks).
 
     mkunits.py BINDIR OUTDIR
 """
@@ -14,10 +15,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def render(text, bindir):
-    for mark, inc in (("@HARDENING@", "hardening.inc"), ("@STRICT@", "strict.inc")):
-        with open(os.path.join(HERE, inc)) as f:
-            text = text.replace(mark, f.read().rstrip("\n"))
     return text.replace("@BINDIR@", bindir)
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def main(argv):
@@ -27,11 +30,16 @@ def main(argv):
     bindir, out = argv
     os.makedirs(out, exist_ok=True)
     for name in sorted(os.listdir(HERE)):
-        if name.endswith((".service", ".target")):
-            with open(os.path.join(HERE, name)) as f:
-                text = render(f.read(), bindir)
-            with open(os.path.join(out, name), "w") as f:
-                f.write(text)
+        src = os.path.join(HERE, name)
+        if name.endswith((".service.in", ".target.in")):
+            with open(src) as f:
+                write(os.path.join(out, name[:-len(".in")]), render(f.read(), bindir))
+        elif name.endswith((".service.d", ".target.d")) and os.path.isdir(src):
+            os.makedirs(os.path.join(out, name), exist_ok=True)
+            for conf in sorted(os.listdir(src)):
+                if conf.endswith(".conf"):
+                    with open(os.path.join(src, conf)) as f:
+                        write(os.path.join(out, name, conf), render(f.read(), bindir))
     return 0
 
 

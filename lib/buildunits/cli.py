@@ -38,6 +38,8 @@ DESCRIPTION
                  cannot be polled is shown with the reason until it can,
                  and the commits the poller skipped because they cannot
                  be parsed are listed; --json for scripts.
+    fsck         check the spool and state invariants and say what would
+                 be repaired; --repair does it.
 
 REVISIONS
     A revision is a full commit id: 40 lowercase hex digits (64 in a
@@ -45,8 +47,6 @@ REVISIONS
     status 2).  sendchange takes 4 to 64 hex digits in either case: an
     abbreviated id is resolved to the full one in a local repository, and
     refused for a remote one (exit status 2).
-    fsck         check the spool and state invariants and say what would
-                 be repaired; --repair does it.
 
 EXIT STATUS
     0 success; 1 a problem was found (checkconfig, fsck) or the command

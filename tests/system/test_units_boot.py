@@ -1,6 +1,8 @@
 """Under a real systemd, `systemctl start buildunits.target` brings every
 daemon up: each unit becomes active (Type=notify: READY=1 was sent) and
-says what it is doing (STATUS=)."""
+says what it is doing (STATUS=); every daemon, runner instances included,
+runs with the shared hardening drop-in, and only the runner without the
+strict settings."""
 
 import os
 import time
@@ -24,7 +26,7 @@ Command=echo hello
 
 
 def test_target_starts_every_daemon(make_container):
-    if not os.path.exists(os.path.join(ROOT, "units", "buildunits.target")):
+    if not os.path.exists(os.path.join(ROOT, "units", "buildunits.target.in")):
         pytest.fail("units/buildunits.target is not in this checkout: the units under test are missing",
                     pytrace=False)
     c = make_container()
@@ -57,3 +59,16 @@ def test_target_starts_every_daemon(make_container):
         pytest.fail("%s: %s\n%s" % (e, texts, status), pytrace=False)
     for unit, text in sorted(texts.items()):
         print("%-32s %s" % (unit, text))
+
+
+def test_every_daemon_runs_with_the_shared_drop_in(container):
+    c = container
+    for unit in UNITS:
+        cat = c.run(["systemctl", "cat", unit]).stdout
+        assert "# /usr/lib/systemd/system/buildunits-.service.d/10-hardening.conf\n" in cat, cat
+        props = dict(line.split("=", 1) for line in c.run(
+            ["systemctl", "show", "-p", "ProtectSystem,NoNewPrivileges,PrivateUsers,SystemCallFilter", unit]
+        ).stdout.splitlines())
+        assert props["ProtectSystem"] == "strict" and props["NoNewPrivileges"] == "yes", (unit, props)
+        strict = props["PrivateUsers"] == "yes" and props["SystemCallFilter"] != ""
+        assert strict == (not unit.startswith("buildunits-runner@")), (unit, props)
