@@ -63,7 +63,7 @@ import stat
 import sys
 import time
 
-from . import __version__, config, fsutil, git, paths, records, spool as spoolmod
+from . import __version__, buildrecord, config, fsutil, git, paths, records, results, spool as spoolmod
 from . import redact
 from .status import gather_status, runner_alive
 from .spool import Spool
@@ -404,12 +404,8 @@ def cmd_fsck(dirs, args):
 
 
 def _mark_lost(st, rec):
-    rec.update(state="finished", result="exception", finished=time.time(),
-               reason="found running with no runner holding it (buildunits fsck --repair)")
-    for s in rec.get("steps", []):
-        if s.get("state") != "finished":
-            s.update(state="finished", result="skipped" if s.get("state") == "pending" else "exception")
-    st.write_build(rec)
+    st.write_build(buildrecord.interrupted(rec, "found running with no runner holding it (buildunits fsck --repair)",
+                                           results.EXCEPTION, time.time()))
 
 
 def _odd_entries(st, found):

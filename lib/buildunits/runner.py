@@ -88,7 +88,7 @@ import traceback
 
 from gi.repository import GLib
 
-from . import changes, daemon, fsutil, git, log, records, redact, results
+from . import buildrecord, changes, daemon, fsutil, git, log, records, redact, results
 from .state import NotLinked
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
@@ -288,16 +288,9 @@ class Runner(daemon.Daemon):
 
     def _record_interrupted(self, rec, req, builder, number, reason, result=results.RETRY,
                             summary="interrupted"):
-        now = time.time()
         if rec is None:
             rec = self._new_record(req, builder, number, [])
-        for s in rec.get("steps", []):
-            if s.get("state") == "running":
-                s.update(state="finished", result=result, finished=now, summary=summary)
-            elif s.get("state") == "pending":
-                s.update(state="finished", result=results.SKIPPED)
-        rec.update(state="finished", result=result, reason=reason, finished=now)
-        self.state.write_build(rec)
+        self.state.write_build(buildrecord.interrupted(rec, reason, result, time.time(), summary))
         self.spool.hint(builder, number)
         log.warning("%s #%d: %s" % (builder, number, reason), builder=builder, build=number, result=result)
         self.bus.emit("BuildFinished", builder, number, result)
