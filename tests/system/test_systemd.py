@@ -8,6 +8,7 @@ operator has: systemctl, journalctl, busctl/dbus-monitor, files in
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -17,6 +18,16 @@ import container as ct
 REPO = "/srv/git/hello.git"
 WC = "/var/lib/buildunits-dev/hello"
 RUNNERS = ("buildunits-runner@1.service", "buildunits-runner@2.service")
+# What a script on the machine runs to read a build (make install puts the
+# library under PREFIX/lib/buildunits/python; the container installs PREFIX=/usr).
+READ_BUILD = """\
+import json, sys
+sys.path.insert(0, "/usr/lib/buildunits/python")
+from buildunits.state import State
+rec = State("/var/lib/buildunits").read_build(sys.argv[1], int(sys.argv[2]))
+if rec is not None:
+    print(json.dumps(rec))
+"""
 DAEMONS = ("buildunits-poller.service", "buildunits-scheduler.service", "buildunits-htmlgen.service") + RUNNERS
 
 HELLO = """\
@@ -72,7 +83,10 @@ class CI:
         return self.sh("git -C %s rev-parse HEAD" % WC, user="buildunits").stdout.strip()
 
     def build(self, builder, number):
-        p = self.sh("cat /var/lib/buildunits/builds/%s/%d/build.json" % (builder, number), check=False)
+        """The build record as the installed code reads it: build.json with
+        a running build's progress.jsonl applied (buildunits-state(5))."""
+        p = self.sh("/usr/bin/python3 -c %s %s %d" % (shlex.quote(READ_BUILD), shlex.quote(builder), number),
+                    check=False)
         return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else None
 
     def wait_finished(self, builder, number, timeout=60):
