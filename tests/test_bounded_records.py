@@ -121,7 +121,8 @@ def test_steps_are_appended_not_rewritten_and_readers_follow_them(daemons, tmp_p
     # The final record is complete by itself, and the progress file is gone.
     whole = records.read(path, "build")
     assert [s["result"] for s in whole["steps"]] == ["success"] * 51
-    assert not os.path.exists(daemons.state.progress_path("long", 1))
+    # (Removed right after the commit point, so a moment after it.)
+    wait_for(lambda: not os.path.exists(daemons.state.progress_path("long", 1)), what="the progress file to go")
     wait_for(lambda: (_site_build(daemons, "long", 1) or {}).get("state") == "finished", what="the site")
 
 

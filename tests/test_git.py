@@ -390,7 +390,12 @@ def test_repository_that_cannot_be_polled_is_shown_until_it_can(daemons, git_rep
     # Back again: shown as polled; the one that appeared has its first poll
     # (it records the heads and builds nothing).
     os.rename(away, git_repo.bare)
-    harness.make_repo(missing).commit({"x": "1"}, "first")
+    # The new one appears whole (a rename), as a clone or a push to a new
+    # path would: an empty repository first would be polled as having no
+    # branch, and its first commit then built as a new branch's tip.
+    staging = str(tmp_path / "staging" / "later.git")
+    harness.make_repo(staging).commit({"x": "1"}, "first")
+    os.rename(staging, missing)
     wait_for(lambda: not problems(), what="the problems to be cleared")
     assert "CANNOT BE POLLED" not in daemons.cli("status", check=True).stdout
     mark = poller.notify.mark()
