@@ -81,10 +81,10 @@ import secrets
 import time
 import traceback
 
-from . import buildrecord, checkout, daemon, executor as executormod, fsutil, git, log, records, results
+from . import buildrecord, daemon, executor as executormod, fsutil, git, log, records, results
 from . import step as stepmod
+from .build import Build
 from .checkout import checkout_script  # noqa: F401 (buildunits.runner.checkout_script, for the tools)
-from .state import NotLinked
 
 KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 WORKER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # not "w1\n"
@@ -111,15 +111,9 @@ class Runner(daemon.Daemon):
         self.worker = self.args.worker
         self.executor = self.executor_class()
         self.build = None          # the build record being run
-        self._steps = []           # its plan (step.Planned)
-        self._contrib = []         # what each step that ended did to its result
-        self._handle = None        # the running step (executor)
-        self._watch = None         # its time limits (step.Watch)
-        self._halted = False
+        self._run = None           # and its steps being run (build.Build)
         self._builds_run = 0
         self._skipped = set()      # request ids this worker cannot run (logged once)
-        self._cancelled = None     # why the running build is being cancelled
-        self._space = []           # (step index, start time, free bytes then) of the build's steps
         self._own_failures = {}    # (builder, number) -> why the build failed by its own doing
 
     def instance(self):
@@ -282,45 +276,24 @@ class Runner(daemon.Daemon):
         full: nothing can be stored now); a runner restarted before there
         is room again records the build as interrupted, as before."""
         if self.build is not None and isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            own = buildrecord.filled_by_step(self._measured())
+            own = buildrecord.filled_by_step(self._run.measured())
             if own is not None:
                 self._own_failures[(self.build["builder"], self.build["number"])] = own
                 why += "; %s: the build ends as an exception and is not retried" % own
         log.error("%s; the build is recovered when the disk allows (next wake or rescan)" % why)
         for line in traceback.format_exc().rstrip().splitlines():
             log.error("  " + line)
-        if self._handle is not None:
-            self._handle.kill()
-            self._handle = None
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        self.build = None
+        if self._run is not None:
+            self._run.drop()
+        self.build = self._run = None
         self.notifier.status("error: %s" % why)
         self.retry_later()
-
-    def _measured(self):
-        """(name, bytes written, bytes free at its start) of the last two
-        steps started, newest first: the step that ran, and the one that
-        may have started when the disk was already full."""
-        rec, out = self.build, []
-        for i, started, free in reversed(self._space[-2:]):
-            st, written = self._steps[i], 0
-            if free > 0:
-                try:
-                    written += os.stat(self.state.log_path(rec["builder"], rec["number"],
-                                                           st.index, st.name)).st_size
-                except OSError:
-                    pass
-                written += stepmod.written_since(self._workdir, started)
-            out.append((st.name, written, free))
-        return out
 
     def _check_cancels(self):
         """Act on cancellations of our build; clear those of finished builds."""
         for (b, n), rec in self.spool.cancel_requests().items():
             if self.build is not None and (b, n) == (self.build["builder"], self.build["number"]):
-                if not self._cancelled:
+                if not self._run.cancelled:
                     self._cancel(rec)
                 continue
             try:
@@ -332,12 +305,9 @@ class Runner(daemon.Daemon):
 
     def _cancel(self, rec):
         b = self.build
-        self._cancelled = "cancelled by %s" % (rec.get("user") or "someone")
-        log.notice("%s #%d: %s" % (b["builder"], b["number"], self._cancelled),
-                   builder=b["builder"], build=b["number"])
-        if self._handle is not None:
-            self._note("\nbuildunits: build %s; stopping the step's processes\n" % self._cancelled)
-            self._handle.stop(KILL_GRACE_SEC)   # _exited() records the rest
+        reason = "cancelled by %s" % (rec.get("user") or "someone")
+        log.notice("%s #%d: %s" % (b["builder"], b["number"], reason), builder=b["builder"], build=b["number"])
+        self._run.cancel(reason)     # the step's end records the rest
 
     def _new_record(self, req, builder, number, steps):
         return buildrecord.new_record(req, builder, number, self.worker, steps, time.time())
@@ -348,164 +318,28 @@ class Runner(daemon.Daemon):
         # The token marks every step of the build: what lets the next
         # runner find the processes of this build if this one dies
         # (_end_survivors).  Written (fsync'd) before any step can start.
-        self._token = secrets.token_hex(16)
+        token = secrets.token_hex(16)
         self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
-                                              "pid": os.getpid(), "token": self._token})
+                                              "pid": os.getpid(), "token": token})
         rec = self._new_record(req, b.name, number, steps)
         # Written whole once, with every step pending; the steps' progress
         # goes to progress.jsonl, a line per transition (state.py).
         self.state.write_build(rec, durable=False)
         self.state.start_progress(b.name, number)
-        self.build, self._steps, self._builder, self._rid = rec, steps, b, rid
-        self._halted = False
-        self._cancelled = None
-        self._contrib = []
-        self._space = []
-        self._workdir = self.state.work_dir(self.worker, b.name)
-        fsutil.makedirs(self._workdir)
+        workdir = self.state.work_dir(self.worker, b.name)
+        self.build, self._rid = rec, rid
+        self._run = Build(self, rec, steps, b, workdir, token, KILL_GRACE_SEC)
+        fsutil.makedirs(workdir)
         self.spool.hint(b.name, number)
         log.info("%s #%d: build started on worker %s (%s)" % (b.name, number, self.worker, req.get("reason", "")),
                  builder=b.name, build=number, worker=self.worker)
         self.bus.emit("BuildStarted", b.name, number, self.worker)
         self.notifier.status(self.status_text())
-        self._next(0)
-
-    # -------------------------------------------------------------- steps
-    def _next(self, i):
-        rec = self.build
-        while i < len(self._steps):
-            st = self._steps[i]
-            if not buildrecord.runs(st.spec, self._halted, self._cancelled):
-                rec["steps"][i].update(state="finished", result=results.SKIPPED)
-                self._progress(i)
-                i += 1
-                continue
-            free = stepmod.free_bytes(self.state.build_dir(rec["builder"], rec["number"]))
-            self._space.append((i, time.time(), free))
-            if self._launch(i):
-                return
-            i += 1
-        self._finish()
-
-    def _launch(self, i):
-        """Start step I; False if it could not start (recorded as exception)."""
-        rec, st = self.build, self._steps[i]
-        srec = rec["steps"][i]
-        logname = self.state.log_name(st.index, st.name)
-        logpath = self.state.log_path(rec["builder"], rec["number"], st.index, st.name)
-        srec.update(state="running", started=time.time(), log=logname)
-        cwd = stepmod.working_directory(st, self._workdir)
-        try:
-            # A new file, never what is there: an earlier step (same user)
-            # may have planted a file or a link at this name.
-            fd = self.state.create_log(rec["builder"], rec["number"], logname)
-        except FileExistsError:
-            srec["log"] = None
-            return self._step_exception(i, "cannot create the log %s: a file or link is already there "
-                                        "(made by an earlier step?); it is left as it is" % logpath)
-        except NotLinked as e:
-            srec["log"] = None
-            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e))
-        except OSError as e:
-            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
-        spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self._token)
-        env = stepmod.environment(os.environ, self._builder, st, rec, self._workdir, self.worker)
-        try:
-            self._handle = self.executor.start(spec, st.argv, env, cwd, fd, lambda code: self._exited(code, i))
-        except OSError as e:
-            os.write(fd, ("buildunits: cannot start the step in %s: %s\n" % (cwd, e.strerror)).encode())
-            os.close(fd)
-            return self._step_exception(i, "cannot start: %s" % e.strerror)
-        self._logfd = fd
-        self._timed_out = None
-        self._watch = stepmod.Watch(st, fd, self._timeout)
-        self._progress(i)
-        self.spool.hint(rec["builder"], rec["number"])
-        self.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
-        log.info("%s #%d: step %s started" % (rec["builder"], rec["number"], st.name),
-                 builder=rec["builder"], build=rec["number"], step=st.name)
-        self.notifier.status(self.status_text())
-        return True
-
-    def _step_exception(self, i, why):
-        rec, name = self.build, self._steps[i].name
-        buildrecord.step_exception(rec["steps"][i], why, time.time())
-        self._halted = True
-        self._contrib.append(results.EXCEPTION)
-        rec["reason"] = "step %s: %s" % (name, why)
-        log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], name, why),
-                  builder=rec["builder"], build=rec["number"], step=name, result=results.EXCEPTION)
-        self._progress(i, "reason")
-        return False
-
-    def _progress(self, i, *build_keys):
-        """Record step I's state (and the build's BUILD_KEYS) in the
-        build's progress file: one line, whatever the size of the build.
-        Not fsync'd: a crash leaves what recovery records as interrupted."""
-        rec = self.build
-        self.state.append_progress(rec["builder"], rec["number"], i, rec["steps"][i],
-                                   {k: rec.get(k) for k in build_keys})
-
-    def _timeout(self, why):
-        """The step exceeded TimeoutSec= or TimeoutIdleSec= (step.Watch)."""
-        if self._handle is None or self._timed_out:
-            return
-        self._timed_out = why
-        self._note("\nbuildunits: %s; stopping the step's processes\n" % why)
-        self._handle.stop(KILL_GRACE_SEC)
-
-    def _note(self, text):
-        """A line of the runner's own in the running step's log."""
-        try:
-            os.write(self._logfd, text.encode())
-        except OSError:
-            pass
-
-    def _exited(self, code, i):
-        # A main-loop callback: an exception here would be printed and lost,
-        # and the build would hang as "running".  Say it, and let work() recover.
-        try:
-            self._step_exited(code, i)
-        except Exception as e:
-            self._stuck("%s #%d: cannot record the end of a step: %s"
-                        % (self.build["builder"], self.build["number"], e) if self.build else str(e), e)
-
-    def _step_exited(self, code, i):
-        self._watch.cancel()
-        self._watch = self._handle = None
-        try:
-            os.close(self._logfd)
-        except OSError:
-            pass
-        rec, st = self.build, self._steps[i]
-        srec = rec["steps"][i]
-        srec.update(state="finished", finished=time.time(), exit_status=code)
-        if st.name == "checkout" and code == 0 and not rec.get("revision"):
-            rec["revision"] = checkout.head(self._workdir)   # a forced build of a branch tip
-        if self.stopping:
-            return   # shutdown() records the build
-        srec.update(buildrecord.step_ended(code, self._cancelled, self._timed_out))
-        self._contrib.append(buildrecord.contribution(st.spec, srec["result"]))
-        if buildrecord.halts(st.spec, srec["result"]):
-            self._halted = True
-        self._progress(i, *(("revision",) if st.name == "checkout" else ()))
-        log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
-                                                     " (%s)" % srec["summary"] if srec["summary"] else ""),
-                 builder=rec["builder"], build=rec["number"], step=st.name, result=srec["result"])
-        if srec["result"] != results.SUCCESS:
-            self._log_tail(rec, srec)
-        self.bus.emit("StepFinished", rec["builder"], rec["number"], st.name, srec["result"])
-        self._next(i + 1)
-
-    def _log_tail(self, rec, srec):
-        fd = self.state.open_log(rec["builder"], rec["number"], srec["log"]) if srec.get("log") else None
-        for line in stepmod.log_tail(fd) if fd is not None else ():
-            log.info("%s #%d: %s| %s" % (rec["builder"], rec["number"], srec["name"], line[:200]),
-                     builder=rec["builder"], build=rec["number"], step=srec["name"])
+        self._run.run()
 
     def _finish(self):
         rec = self.build
-        buildrecord.finished(rec, self._contrib, self._cancelled, time.time())
+        buildrecord.finished(rec, self._run.contrib, self._run.cancelled, time.time())
         self.state.write_build(rec)            # commit point of the result
         # Announced at once: the clean-up below cannot change the result
         # (a crash before it ends leaves a claim that startup() just removes).
@@ -518,7 +352,7 @@ class Runner(daemon.Daemon):
         log.info("%s #%d: build finished: %s (%s)" % (
             rec["builder"], rec["number"], rec["result"], _duration(rec)),
             builder=rec["builder"], build=rec["number"], result=rec["result"])
-        self.build = None
+        self.build = self._run = None
         self.notifier.status(self.status_text())
         self.wake()
 
@@ -527,18 +361,9 @@ class Runner(daemon.Daemon):
         if self.build is None:
             return True
         rec = self.build
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        if self._handle is not None:
-            # SIGTERM, up to KILL_GRACE_SEC for the step to exit, then
-            # SIGKILL to whatever is left (the step, or what it left behind).
-            self._handle.halt(KILL_GRACE_SEC)
-            self._handle = None
-            try:
-                os.close(self._logfd)
-            except OSError:
-                pass
+        # SIGTERM, up to KILL_GRACE_SEC for the step to exit, then SIGKILL
+        # to whatever is left (the step, or what it left behind).
+        self._run.halt()
         # A cancel committed before we got here (while this runner was
         # stopped, or in the same main-loop pass as SIGTERM) is the last
         # word on the build: the spool's record is what counts, not whether
@@ -546,7 +371,7 @@ class Runner(daemon.Daemon):
         # claim is dropped rather than handed back, so it never runs again.
         # A crash before the record is written leaves the claim and the
         # cancel record, and startup() does the same.
-        reason = self._cancelled
+        reason = self._run.cancelled
         if not reason:
             cancel = self.spool.read_cancel(rec["builder"], rec["number"])
             if cancel is not None:
@@ -562,7 +387,7 @@ class Runner(daemon.Daemon):
                                      % self.worker)
             self.spool.unclaim(self.worker, self._rid)
         self.state.clear_worker(self.worker)
-        self.build = None
+        self.build = self._run = None
         return True
 
     def status_text(self):
