@@ -54,7 +54,7 @@ import time
 from gi.repository import GLib
 
 from . import bus as busmod, changes as changes_mod, config, daemon, fsutil, git, log, records
-from . import redact
+from . import redact, routing
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -253,26 +253,14 @@ class Scheduler(daemon.Daemon):
     def _route(self, cid, rec, pending):
         """Add REC to PENDING for each builder still wanting it; True if none does."""
         repo = config.normalize_repository(rec["repository"])
-        branch, rev = rec["branch"], rec["revision"]
-        done = True
-        for b in self.cfg.builders_for(repo):
-            if not b.wants_branch(branch):
-                continue
-            m = self.memory(b.name)
-            if m.has_id(cid):
-                continue
-            if m.has_revision(branch, rev):
-                log.info("%s: %s %s already requested; change %s dropped" % (b.name, branch, rev[:12], cid))
-                m.add([cid])
-                self._save(b.name)
-                continue
-            queue = pending.setdefault((b.name, branch), [])
-            if any(c["revision"] == rev for c in queue):
-                m.add([cid])        # the same commit reported twice, both waiting
-                self._save(b.name)
-                continue
-            queue.append(rec)
-            done = False
+        done, dropped = routing.route(rec, self.cfg.builders_for(repo), self.memory, pending)
+        for bname, why in dropped:
+            if why == routing.REQUESTED:
+                log.info("%s: %s %s already requested; change %s dropped"
+                         % (bname, rec["branch"], rec["revision"][:12], cid))
+            # (WAITING: the same commit reported twice, both waiting.)
+            self.memory(bname).add([cid])
+            self._save(bname)
         return done
 
     def _done(self, cid):
@@ -280,23 +268,12 @@ class Scheduler(daemon.Daemon):
         self._cache.pop(cid, None)
 
     def _flush(self, pending, now):
-        next_deadline = None
-        self._waiting = {}
+        requests, self._waiting, next_deadline = routing.due(
+            pending, lambda name: self.cfg.builders[name].tree_stable, now)
         finished = set()
-        for (bname, branch), changes in sorted(pending.items()):
-            b = self.cfg.builders[bname]
-            if b.tree_stable <= 0:
-                for c in changes:
-                    self._request(b, branch, [c])
-                finished.update(c["id"] for c in changes)
-                continue
-            deadline = max(c.get("queued", now) for c in changes) + b.tree_stable
-            if deadline <= now:
-                self._request(b, branch, changes)
-                finished.update(c["id"] for c in changes)
-            else:
-                self._waiting[(bname, branch)] = len(changes)
-                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        for bname, branch, changes in requests:
+            self._request(self.cfg.builders[bname], branch, changes)
+            finished.update(c["id"] for c in changes)
         for cid in finished:
             rec = self._cache.get(cid)
             if rec is not None and self._route(cid, rec, {}):
@@ -316,18 +293,11 @@ class Scheduler(daemon.Daemon):
         return False
 
     def _request(self, b, branch, changes):
-        newest = changes[-1]
-        if len(changes) == 1:
-            reason = "change %s on %s" % (newest["revision"][:12], branch)
-        else:
-            reason = "%d changes on %s" % (len(changes), branch)
-        carried, omitted = changes_mod.bound_changes(changes)
-        fields = {"builder": b.name, "repository": redact.url(b.repository), "branch": branch,
-                  "revision": newest["revision"], "reason": reason, "changes": carried,
-                  "changes_omitted": omitted, "force": None, "properties": {}}
+        fields = routing.request_fields(b, branch, changes)
         rid = self.spool.deliver("requests", "request", fields)   # commit point
-        self.bus.emit("BuildRequested", rid, b.name, branch, newest["revision"])
-        log.info("%s: build requested for %s %s (%s)" % (b.name, branch, newest["revision"][:12], reason),
+        self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
+        log.info("%s: build requested for %s %s (%s)" % (b.name, branch, fields["revision"][:12],
+                                                          fields["reason"]),
                  builder=b.name, request=rid)
         m = self.memory(b.name)
         m.add([c["id"] for c in changes], [(branch, c["revision"]) for c in changes])

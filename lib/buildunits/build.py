@@ -1,0 +1,228 @@
+"""One build being run: its steps in order, each through the executor, and
+its record brought up to date as each starts and ends.
+
+The runner claims a request, takes the build's number, writes its
+pointer and the first record (every step pending), and hands the rest
+to a Build: run() starts the first step that is to run; each step's end
+(reported by the executor) is recorded, and the next one started, until
+none is left and the runner commits the result (Runner._finish).  A
+step that ends badly halts the build unless HaltOnFailure= is off; a
+halted or cancelled build skips the steps after it (a halted one runs
+those with AlwaysRun=).  A step that cannot start (its log cannot be
+created, the command cannot be run) is an exception.
+
+Each transition is a line in the build's progress file (state.py), not
+a rewrite of build.json.  Whatever the runner cannot write (full disk,
+I/O error) it is told about (Runner._stuck): the build stops there, and
+the runner recovers it from the spool and the records as after a crash.
+
+What a step's end means is decided in buildrecord.py; how it is run and
+stopped in executor.py; its plan, environment and time limits in step.py.
+"""
+
+import os
+import time
+
+from . import buildrecord, checkout, executor as executormod, log, results
+from . import step as stepmod
+from .state import NotLinked
+
+
+class Build:
+    """Build REC of BUILDER (config.Builder) on RUNNER, with the steps of
+    PLAN (step.Planned), in WORKDIR, its processes tagged with TOKEN."""
+
+    def __init__(self, runner, rec, plan, builder, workdir, token, grace):
+        self.runner = runner       # the daemon: its state, spool, bus, notifier, executor
+        self.rec, self.steps, self.builder = rec, plan, builder
+        self.workdir, self.token, self.grace = workdir, token, grace
+        self.contrib = []          # what each step that ended did to the result
+        self.halted = False
+        self.cancelled = None      # why the build is being cancelled
+        self.space = []            # (step index, start time, free bytes then)
+        self._handle = None        # the running step (executor)
+        self._watch = None         # its time limits (step.Watch)
+        self._timed_out = None
+        self._logfd = None
+
+    def run(self):
+        self._next(0)
+
+    def cancel(self, reason):
+        """Stop the build for REASON: the running step is stopped (and
+        recorded as cancelled when it ends), the rest are skipped."""
+        self.cancelled = reason
+        if self._handle is not None:
+            self._note("\nbuildunits: build %s; stopping the step's processes\n" % reason)
+            self._handle.stop(self.grace)
+
+    def drop(self):
+        """Give up on the build (the runner cannot record it): kill the
+        running step, record nothing more."""
+        if self._handle is not None:
+            self._handle.kill()
+        self._release()
+
+    def halt(self):
+        """Stop the running step, without the main loop (the runner is
+        shutting down); record nothing more."""
+        if self._handle is not None:
+            self._handle.halt(self.grace)
+        self._release()
+
+    def _release(self):
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._logfd is not None:
+            try:
+                os.close(self._logfd)
+            except OSError:
+                pass
+        self._handle = self._watch = self._logfd = None
+
+    def measured(self):
+        """(name, bytes written, bytes free at its start) of the last two
+        steps started, newest first, for buildrecord.filled_by_step: the
+        step that ran, and the one that may have started on a full disk."""
+        rec, out = self.rec, []
+        for i, started, free in reversed(self.space[-2:]):
+            st, written = self.steps[i], 0
+            if free > 0:
+                try:
+                    written += os.stat(self.runner.state.log_path(rec["builder"], rec["number"],
+                                                                  st.index, st.name)).st_size
+                except OSError:
+                    pass
+                written += stepmod.written_since(self.workdir, started)
+            out.append((st.name, written, free))
+        return out
+
+    # -------------------------------------------------------------- steps
+    def _next(self, i):
+        rec = self.rec
+        while i < len(self.steps):
+            st = self.steps[i]
+            if not buildrecord.runs(st.spec, self.halted, self.cancelled):
+                rec["steps"][i].update(state="finished", result=results.SKIPPED)
+                self._progress(i)
+                i += 1
+                continue
+            free = stepmod.free_bytes(self.runner.state.build_dir(rec["builder"], rec["number"]))
+            self.space.append((i, time.time(), free))
+            if self._launch(i):
+                return
+            i += 1
+        self.runner._finish()
+
+    def _launch(self, i):
+        """Start step I; False if it could not start (recorded as exception)."""
+        r, rec, st = self.runner, self.rec, self.steps[i]
+        srec = rec["steps"][i]
+        logname = r.state.log_name(st.index, st.name)
+        logpath = r.state.log_path(rec["builder"], rec["number"], st.index, st.name)
+        srec.update(state="running", started=time.time(), log=logname)
+        cwd = stepmod.working_directory(st, self.workdir)
+        try:
+            # A new file, never what is there: an earlier step (same user)
+            # may have planted a file or a link at this name.
+            fd = r.state.create_log(rec["builder"], rec["number"], logname)
+        except FileExistsError:
+            srec["log"] = None
+            return self._step_exception(i, "cannot create the log %s: a file or link is already there "
+                                        "(made by an earlier step?); it is left as it is" % logpath)
+        except NotLinked as e:
+            srec["log"] = None
+            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e))
+        except OSError as e:
+            return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
+        spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self.token)
+        env = stepmod.environment(os.environ, self.builder, st, rec, self.workdir, r.worker)
+        try:
+            self._handle = r.executor.start(spec, st.argv, env, cwd, fd, lambda code: self._exited(code, i))
+        except OSError as e:
+            os.write(fd, ("buildunits: cannot start the step in %s: %s\n" % (cwd, e.strerror)).encode())
+            os.close(fd)
+            return self._step_exception(i, "cannot start: %s" % e.strerror)
+        self._logfd = fd
+        self._timed_out = None
+        self._watch = stepmod.Watch(st, fd, self._timeout)
+        self._progress(i)
+        r.spool.hint(rec["builder"], rec["number"])
+        r.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
+        log.info("%s #%d: step %s started" % (rec["builder"], rec["number"], st.name),
+                 builder=rec["builder"], build=rec["number"], step=st.name)
+        r.notifier.status(r.status_text())
+        return True
+
+    def _step_exception(self, i, why):
+        rec, name = self.rec, self.steps[i].name
+        buildrecord.step_exception(rec["steps"][i], why, time.time())
+        self.halted = True
+        self.contrib.append(results.EXCEPTION)
+        rec["reason"] = "step %s: %s" % (name, why)
+        log.error("%s #%d: step %s: %s" % (rec["builder"], rec["number"], name, why),
+                  builder=rec["builder"], build=rec["number"], step=name, result=results.EXCEPTION)
+        self._progress(i, "reason")
+        return False
+
+    def _progress(self, i, *build_keys):
+        """Record step I's state (and the build's BUILD_KEYS) in the
+        build's progress file: one line, whatever the size of the build.
+        Not fsync'd: a crash leaves what recovery records as interrupted."""
+        rec = self.rec
+        self.runner.state.append_progress(rec["builder"], rec["number"], i, rec["steps"][i],
+                                          {k: rec.get(k) for k in build_keys})
+
+    def _timeout(self, why):
+        """The step exceeded TimeoutSec= or TimeoutIdleSec= (step.Watch)."""
+        if self._handle is None or self._timed_out:
+            return
+        self._timed_out = why
+        self._note("\nbuildunits: %s; stopping the step's processes\n" % why)
+        self._handle.stop(self.grace)
+
+    def _note(self, text):
+        """A line of the runner's own in the running step's log."""
+        try:
+            os.write(self._logfd, text.encode())
+        except OSError:
+            pass
+
+    def _exited(self, code, i):
+        # A main-loop callback: an exception here would be printed and lost,
+        # and the build would hang as "running".  Say it, and let the
+        # runner recover the build.
+        try:
+            self._step_exited(code, i)
+        except Exception as e:
+            self.runner._stuck("%s #%d: cannot record the end of a step: %s"
+                               % (self.rec["builder"], self.rec["number"], e), e)
+
+    def _step_exited(self, code, i):
+        self._release()
+        rec, st = self.rec, self.steps[i]
+        srec = rec["steps"][i]
+        srec.update(state="finished", finished=time.time(), exit_status=code)
+        if st.name == "checkout" and code == 0 and not rec.get("revision"):
+            rec["revision"] = checkout.head(self.workdir)   # a forced build of a branch tip
+        if self.runner.stopping:
+            return   # the runner's shutdown() records the build
+        srec.update(buildrecord.step_ended(code, self.cancelled, self._timed_out))
+        self.contrib.append(buildrecord.contribution(st.spec, srec["result"]))
+        if buildrecord.halts(st.spec, srec["result"]):
+            self.halted = True
+        self._progress(i, *(("revision",) if st.name == "checkout" else ()))
+        log.info("%s #%d: step %s finished: %s%s" % (rec["builder"], rec["number"], st.name, srec["result"],
+                                                     " (%s)" % srec["summary"] if srec["summary"] else ""),
+                 builder=rec["builder"], build=rec["number"], step=st.name, result=srec["result"])
+        if srec["result"] != results.SUCCESS:
+            self._log_tail(srec)
+        self.runner.bus.emit("StepFinished", rec["builder"], rec["number"], st.name, srec["result"])
+        self._next(i + 1)
+
+    def _log_tail(self, srec):
+        rec, state = self.rec, self.runner.state
+        fd = state.open_log(rec["builder"], rec["number"], srec["log"]) if srec.get("log") else None
+        for line in stepmod.log_tail(fd) if fd is not None else ():
+            log.info("%s #%d: %s| %s" % (rec["builder"], rec["number"], srec["name"], line[:200]),
+                     builder=rec["builder"], build=rec["number"], step=srec["name"])

@@ -1,0 +1,75 @@
+"""The implicit checkout step: the shell script that fetches a build's
+revision into the work directory and checks it out.
+
+When a builder has a Repository= (and Checkout= is not off), the runner
+runs this script as a first step named "checkout", like any other step:
+its output is a log, it obeys the same timeouts and process-tree killing,
+and its failure shows on the waterfall.  The script is recorded and
+shown, so it holds no secret: the URL comes from the environment, and
+git's messages, which may quote it, are masked by sed (the same rule as
+redact.text()).
+"""
+
+import re
+import shlex
+import subprocess
+
+from . import redact
+
+DESCRIPTION = "fetch and check out the revision"
+
+
+def checkout_script(repository, branch, revision):
+    """The shell commands of the implicit checkout step.
+
+    The repository's URL is not in them: it may hold credentials, and the
+    command is recorded and shown (with the URL masked, as a comment).  The
+    step has it in BUILDUNITS_REPOSITORY, and gives it to git as the URL of
+    a remote through GIT_CONFIG_* variables, so it is on no command line and
+    in no file; git's messages, which may quote it, are shown masked.
+
+    REVISION is empty or a full id (git.valid_revision: the runner refuses
+    any other request); the branch and the revision are data, so each
+    git command has `--end-of-options` before them (git
+    checkout has no such option: it is given the id rev-parse printed,
+    and `--` after it)."""
+    q = shlex.quote
+    target = revision if revision else "FETCH_HEAD"
+    fetch_ref = revision if revision else "refs/heads/" + branch
+    shown = re.sub(r"[\x00-\x1f\x7f]", "?", redact.url(repository))
+    lines = [
+        "# fetch from %s" % shown,
+        "set -e",
+        "[ -d .git ] || git init --quiet .",
+        # A git killed with its runner leaves lock files; only this worker's
+        # runner (one per worker, locks/ in the state directory) works here.
+        "find .git -name '*.lock' -type f -delete",
+        'export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.buildunits.url GIT_CONFIG_VALUE_0="$BUILDUNITS_REPOSITORY"',
+        "masked() { \"$@\" 2>.git/buildunits-stderr && s=0 || s=$?; sed -e %s .git/buildunits-stderr >&2; "
+        "rm -f .git/buildunits-stderr; return $s; }" % q(_SED_MASK),
+        # A revision not on the branch's tip is fetched by name when the
+        # server allows it; otherwise all branches are fetched.
+        "git fetch --quiet --no-tags --end-of-options buildunits %s 2>/dev/null || "
+        "masked git fetch --quiet --no-tags --end-of-options buildunits '+refs/heads/*:refs/remotes/origin/*'"
+        % q(fetch_ref),
+        "rev=$(git rev-parse --verify --quiet --end-of-options %s) || { echo %s >&2; exit 1; }"
+        % (q(target + "^{commit}"), q("buildunits: no commit %s fetched" % target)),
+        'git checkout --quiet --force --detach "$rev" --',
+        "git clean --quiet -ffdx",
+        "git log -1 --format='checked out %H%n%an: %s'",
+    ]
+    return "\n".join(lines)
+
+
+# redact.text() in sed (POSIX BRE): user:secret@ -> user:***@, token@ -> ***@.
+_SED_MASK = ("s|\\(://[^/?#[:space:]:@]*\\):[^/?#[:space:]]*@|\\1:***@|g; "
+             "s|://[^/?#[:space:]:@]\\{1,\\}@|://***@|g")
+
+
+def head(workdir):
+    """The commit WORKDIR has checked out, or "" if git cannot say."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=60).stdout.decode().strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""

@@ -1,0 +1,155 @@
+"""The executor seam: run this step, tell me how it ended.
+
+The runner decides what runs, in which order, for how long, and what its
+end means for the build; an executor only starts one step's command,
+stops it when told, and reports its exit status.  Its whole interface:
+
+    executor.prepare()                  -> a warning, or None
+    executor.start(spec, argv, env, cwd, log_fd, on_exit) -> handle
+        Start ARGV with ENV in CWD, stdin empty, stdout and stderr the
+        descriptor LOG_FD (output goes straight to the log file, never
+        through the runner).  OSError if it cannot start.  ON_EXIT(code)
+        is called once, from the main loop, when the step has ended and
+        nothing of it is left running: CODE is the exit status, or
+        -SIGNAL when it was killed.
+    handle.pid, handle.identity         what the step is, for the journal
+    handle.stop(grace)                  stop it as systemd stops a unit:
+        SIGTERM to the whole tree now, SIGKILL to what is left GRACE
+        seconds later (said in the log); ON_EXIT reports the end
+    handle.kill()                       SIGKILL to the whole tree now; the
+        runner has given up on the step: ON_EXIT is not called
+    handle.halt(grace)                  stop() without the main loop (the
+        runner is shutting down): returns when it has ended, or after
+        twice GRACE; ON_EXIT is not called
+    executor.leftovers(token)           processes of a build whose runner
+    executor.end_leftovers(token, grace)   died, found and stopped before
+        the build is recovered; end_leftovers returns what survives
+
+SPEC is a StepSpec: which build and step this is, and the build's
+TOKEN, a random string the runner records (in its worker pointer)
+before any step of the build starts.  It is what lets the next runner
+find what a dead one left running.
+
+LocalExecutor, the first implementation and the one without systemd
+(plain-process mode, the tests): the command is a child process in its
+own session, tagged with BUILDUNITS_BUILD_TOKEN=TOKEN in its
+environment.  The runner is a child subreaper (proctree), so what leaves
+the step's session is still its descendant and is killed with it; one
+step runs at a time, so every descendant of the runner is the step's.
+
+The transient-unit executor (issue 11) slots in behind the same calls:
+start() is systemd's StartTransientUnit of a unit named after SPEC
+(buildunits-build-BUILDER-NUMBER-STEP), with LOG_FD handed over as its
+StandardOutput=/StandardError=, and the step's user, sandbox and limits
+as unit properties; ON_EXIT comes from the unit's PropertiesChanged
+(ExecMainStatus); stop(grace) is StopUnit with TimeoutStopSec=GRACE and
+KillMode=control-group (the cgroup is the tree), kill() is KillUnit;
+the token is in the unit's name or description, and leftovers() lists
+the units of the build (they outlive a runner killed with SIGKILL).  A
+remote executor (ssh) would run the command under a remote session,
+with the log written through the connection.  Nothing in runner.py
+changes for either: it only holds a handle.
+"""
+
+import collections
+import os
+import signal
+import subprocess
+
+from gi.repository import GLib
+
+from . import proctree
+
+StepSpec = collections.namedtuple("StepSpec", "builder number step token")
+
+
+class LocalExecutor:
+    """Steps as child processes of this one, each in its own session."""
+
+    name = "local"
+
+    def prepare(self):
+        if not proctree.become_subreaper():
+            return "cannot become a child subreaper; escaped step processes may survive a timeout"
+        return None
+
+    def start(self, spec, argv, env, cwd, log_fd, on_exit):
+        env = dict(env)
+        env[proctree.TOKEN_VARIABLE] = spec.token
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
+                                stderr=log_fd, start_new_session=True, close_fds=True)
+        return LocalStep(proc, log_fd, on_exit)
+
+    def leftovers(self, token):
+        return proctree.tagged(token)
+
+    def end_leftovers(self, token, grace):
+        return proctree.end_tagged(token, grace)
+
+
+class LocalStep:
+    """One step started by LocalExecutor: a process group led by PID."""
+
+    def __init__(self, proc, log_fd, on_exit):
+        self._proc = proc
+        self.pid = proc.pid
+        self.identity = "process %d" % proc.pid
+        self._log_fd = log_fd
+        self._on_exit = on_exit
+        self._grace_source = None
+        self._watch = GLib.child_watch_add(GLib.PRIORITY_DEFAULT, proc.pid, self._exited)
+        self.returncode = None
+
+    def stop(self, grace):
+        proctree.kill_tree(self.pid, signal.SIGTERM)
+        if self._grace_source is not None or self.returncode is not None:
+            return
+
+        def expired():
+            self._grace_source = None
+            if self.returncode is None:
+                self._note("buildunits: still running %ds after SIGTERM; sending SIGKILL\n" % grace)
+                proctree.kill_tree(self.pid, signal.SIGKILL)
+            return False
+        self._grace_source = GLib.timeout_add(int(grace * 1000), expired)
+
+    def kill(self):
+        self._detach()
+        proctree.kill_tree(self.pid, signal.SIGKILL)
+
+    def halt(self, grace):
+        self._detach()
+        proctree.kill_tree(self.pid, signal.SIGTERM)
+        for sig in (signal.SIGKILL, None):
+            try:
+                self._proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+            if sig is not None:
+                proctree.kill_tree(self.pid, sig)
+        proctree.reap()
+
+    def _detach(self):
+        for src in (self._watch, self._grace_source):
+            if src is not None:
+                GLib.source_remove(src)
+        self._watch = self._grace_source = None
+
+    def _exited(self, pid, status):
+        self._watch = None        # a child watch ends with its child
+        if self._grace_source is not None:
+            GLib.source_remove(self._grace_source)
+            self._grace_source = None
+        code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
+        self.returncode = self._proc.returncode = code
+        # Processes the step left behind (daemonized or backgrounded) do not
+        # outlive it: a step owns nothing after it ends.
+        proctree.kill_leftovers(pid)
+        self._on_exit(code)
+
+    def _note(self, text):
+        try:
+            os.write(self._log_fd, text.encode())
+        except OSError:
+            pass
+
