@@ -57,7 +57,7 @@ class Daemon:
         self.notifier = notifier
         self.spool = Spool(dirs.spool)
         self.state = State(dirs.state)
-        self.spool.on_corrupt = self._log_corrupt
+        self.spool.on_corrupt = self.state.on_corrupt = self._log_corrupt
         self.loop = GLib.MainLoop()
         self.stopping = False
         self.exit_status = 0
@@ -286,10 +286,9 @@ class Daemon:
         return fd
 
     def _lock_file(self):
+        path = self.state.lock_path(self.program, self.instance())
+        os.makedirs(os.path.dirname(path), exist_ok=True)   # recreated if someone removed it
         name = self._lock_name
-        ldir = self.state.path("locks")
-        os.makedirs(ldir, exist_ok=True)
-        path = os.path.join(ldir, name + ".lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -52,7 +52,6 @@ SIGNALS
 """
 
 import fnmatch
-import os
 import time
 
 from gi.repository import GLib
@@ -146,9 +145,8 @@ class Poller(daemon.Daemon):
         try:
             prev = self.state.read_poller(repo)
         except records.RecordError as e:
-            aside = e.path + ".corrupt-%d" % time.time()
-            os.rename(e.path, aside)
-            log.error("%s: %s; moved to %s; treating %s as new" % (e.path, e.reason, aside, redact.url(repo)))
+            self.state.quarantine(e.path, e.reason)     # logged, kept in STATE/corrupt/
+            log.error("treating %s as new" % redact.url(repo))
             prev = None
         if prev is None or "polled" not in prev:
             # (A record without "polled" holds only the problem of a
@@ -165,7 +163,7 @@ class Poller(daemon.Daemon):
             return
         skipped = []
         try:
-            src = git.source(repo, self.state.poller_path(repo)[:-5] + ".git", sorted(moved))
+            src = git.source(repo, self.state.mirror_path(repo), sorted(moved))
             for br, sha in sorted(moved.items()):
                 old = old_refs.get(br)
                 if old is not None and not git.has_commit(src, old):
@@ -235,7 +233,7 @@ class Poller(daemon.Daemon):
         try:
             prev = self.state.read_poller(repo)
         except (records.RecordError, OSError):
-            return          # the next poll that reaches git moves it aside
+            return          # the next poll that reaches git quarantines it
         prev = dict(prev or {})
         old = prev.get("problem")
         if isinstance(old, dict) and old.get("text") == text:

@@ -53,8 +53,8 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, changes as changes_mod, config, daemon, fsutil, git, log, records
-from . import redact
+from . import bus as busmod, changes as changes_mod, config, daemon, git, log, records
+from . import redact, spool as spoolmod
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -119,6 +119,7 @@ class Scheduler(daemon.Daemon):
             try:
                 rec = self.state.read_scheduler(builder)
             except records.RecordError as e:
+                self.state.quarantine(e.path, e.reason)
                 log.error("%s; starting %s's memory afresh (recovery scan still applies)" % (e, builder))
                 rec = None
             m = self._memory[builder] = _Memory(rec)
@@ -183,15 +184,15 @@ class Scheduler(daemon.Daemon):
     def sweep(self):
         """Remove temporary files abandoned by crashed writers, once they are
         older than fsutil.TMP_SWEEP_AGE_SEC (a writer gives up after
-        TMP_WRITER_MAX_SEC, far sooner, so no live writer loses its file).
-        The scheduler does it for the spool and the small state directories."""
-        swept = self.spool.sweep()
-        for d in ("scheduler", "poller", "workers"):
-            swept += fsutil.sweep_stale_tmp(self.state.path(d))
-        for b in self.state.builders():       # the next-number hints
-            swept += fsutil.sweep_stale_tmp(self.state.builder_dir(b))
-        for p in swept:
+        TMP_WRITER_MAX_SEC, far sooner, so no live writer loses its file),
+        and prune requests cancelled more than spool.CANCELLED_KEEP_SEC ago.
+        The scheduler does it for the spool and the small state directories
+        (spool.LAYOUT and state.LAYOUT say which)."""
+        for p in self.spool.sweep() + self.state.sweep():
             log.notice("removed %s, abandoned by a writer that crashed" % p)
+        for p in self.spool.prune():
+            log.info("pruned %s, a request cancelled more than %s ago"
+                     % (p, config.format_timespan(spoolmod.CANCELLED_KEEP_SEC)))
 
     def _rescan(self):
         self.sweep()
@@ -245,7 +246,7 @@ class Scheduler(daemon.Daemon):
         if why is None and (not isinstance(q, (int, float)) or isinstance(q, bool)):
             why = "change record without a valid queued time"
         if why:
-            self.spool.corrupt(self.spool.path("changes", "new", cid), "changes", why)
+            self.spool.reject("changes", cid, why)
             self._cache.pop(cid, None)
             return False
         return True
@@ -344,7 +345,7 @@ class Scheduler(daemon.Daemon):
         elif rev not in (None, "") and not git.valid_revision(rev):
             why = "forced build whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
         if why:
-            self.spool.corrupt(self.spool.path("changes", "new", fid), "changes", why)
+            self.spool.reject("changes", fid, why)
             self._cache.pop(fid, None)
             return
         m = self.memory(b.name)
