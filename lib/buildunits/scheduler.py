@@ -53,7 +53,7 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, changes as changes_mod, config, daemon, git, log, records
+from . import bus as busmod, changes as changes_mod, config, control, daemon, git, log, records
 from . import redact, spool as spoolmod
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
@@ -374,37 +374,32 @@ class Scheduler(daemon.Daemon):
 
     def _m_force(self, builder, branch, revision, reason, properties, caller):
         """Queue a forced build: the same force record `buildunits force`
-        writes, so one code path turns it into a request."""
-        if builder not in self.cfg.builders:
-            raise busmod.MethodError("no builder %r (builders: %s)" % (builder, ", ".join(sorted(self.cfg.builders))))
-        if revision and not git.valid_revision(revision):
-            raise busmod.MethodError("revision %r is not %s" % (revision, git.REVISION_RULE))
-        fid = self.spool.deliver("changes", "force", {
-            "builder": builder, "branch": branch, "revision": revision, "reason": reason,
-            "properties": dict(properties), "user": caller})
+        writes, so one code path turns it into a request (control.py)."""
+        try:
+            fid, notes = control.force(self.spool, self.cfg, builder, branch, revision, reason, properties, caller)
+        except control.Refused as e:
+            raise busmod.MethodError(str(e))
+        for n in notes:
+            log.info("%s: %s" % (builder, n), builder=builder)
         log.info("%s: forced build queued by %s over D-Bus" % (builder, caller), builder=builder)
         self.wake()
         return fid
 
     def _m_cancel(self, builder, number, request, caller):
-        """Cancel queued request REQUEST, or the running build BUILDER #NUMBER."""
-        if request:
-            if not self.spool.cancel_queued(request):
-                raise busmod.MethodError("request %s is not queued (already running, finished or unknown)" % request)
-            log.info("request %s cancelled by %s" % (request, caller), builder=builder or None, request=request)
-            return "request %s cancelled" % request
+        """Cancel queued request REQUEST, or the running build BUILDER #NUMBER (control.py)."""
         try:
-            rec = self.state.read_build(builder, number)
-        except (records.RecordError, OSError) as e:
+            if request:
+                text = control.cancel_request(self.spool, request)
+            else:
+                text = control.cancel_build(self.spool, self.state, builder, number, caller)
+        except control.Refused as e:
             raise busmod.MethodError(str(e))
-        if rec is None:
-            raise busmod.MethodError("%s #%d does not exist" % (builder, number))
-        if rec.get("state") == "finished":
-            raise busmod.MethodError("%s #%d has already finished (%s)" % (builder, number, rec.get("result")))
-        self.spool.request_cancel(builder, number, caller)        # commit point
-        log.info("%s #%d: cancellation requested by %s" % (builder, number, caller), builder=builder, build=number)
-        self.bus.emit("CancelRequested", builder, number)
-        return "cancelling %s #%d (running on %s)" % (builder, number, rec.get("worker"))
+        if request:
+            log.info("request %s cancelled by %s" % (request, caller), builder=builder or None, request=request)
+        else:
+            log.info("%s #%d: cancellation requested by %s" % (builder, number, caller), builder=builder, build=number)
+            self.bus.emit("CancelRequested", builder, number)
+        return text
 
     def _m_status(self, caller):
         from .status import gather_status

@@ -118,8 +118,8 @@ class Spool:
             fsutil.makedirs(self.path(d.path))
 
     def missing(self):
-        """The rows of LAYOUT whose directory is missing (for fsck)."""
-        return [d for d in LAYOUT if not os.path.isdir(self.path(d.path))]
+        """The directories of LAYOUT that are missing (for fsck)."""
+        return [self.path(d.path) for d in LAYOUT if not os.path.isdir(self.path(d.path))]
 
     def watch_dirs(self, *what):
         """Directories whose new entries mean work: 'changes', 'requests', 'cancel', 'hints'."""
@@ -185,6 +185,10 @@ class Spool:
             return self.path("cancel", name), ("cancel",)
         return self.path(queue, "new" if worker is None else os.path.join("active", worker), name), \
             QUEUE_FORMATS[queue]
+
+    def where(self, queue, name, worker=None):
+        """The path of the entry NAME of QUEUE (see _locate), for messages."""
+        return self._locate(queue, name, worker)[0]
 
     def peek(self, queue, rid, worker=None):
         """The record RID of QUEUE (see _locate), or None if it is gone or

@@ -182,6 +182,24 @@ class State:
         listing its directory (numbers.recent)."""
         return numbers.recent(self, builder, count)
 
+    def walk_builds(self):
+        """(path, lstat mode, depth) of every entry of builds/ (depth 0),
+        builds/B (1) and builds/B/N (2), sorted, following no link (fsck)."""
+        def scan(d, depth):
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError:
+                return
+            for e in entries:
+                try:
+                    mode = os.lstat(e.path).st_mode
+                except OSError:
+                    continue
+                yield e.path, mode, depth
+                if stat.S_ISDIR(mode) and depth < 2:
+                    yield from scan(e.path, depth + 1)
+        return scan(self.path("builds"), 0)
+
     def builders(self):
         """Names of builders with any history."""
         try:
