@@ -191,8 +191,8 @@ class Scheduler(daemon.Daemon):
         for p in self.spool.sweep() + self.state.sweep():
             log.notice("removed %s, abandoned by a writer that crashed" % p)
         for p in self.spool.prune():
-            log.info("pruned %s, a request cancelled more than %s ago"
-                     % (p, config.format_timespan(spoolmod.CANCELLED_KEEP_SEC)))
+            log.info("pruned %s, a request cancelled more than %d days ago"
+                     % (p, spoolmod.CANCELLED_KEEP_SEC // 86400))
 
     def _rescan(self):
         self.sweep()
