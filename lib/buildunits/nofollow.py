@@ -63,3 +63,21 @@ def open_file(root, parts, flags=os.O_RDONLY, mode=0o644):
         raise
     finally:
         os.close(dfd)
+
+
+def walk(top, depth, _level=0):
+    """(path, lstat mode, level) of each entry of TOP and of its
+    directories down to level DEPTH, sorted by name; a symbolic link is
+    listed, never entered."""
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError:
+        return
+    for e in entries:
+        try:
+            mode = os.lstat(e.path).st_mode
+        except OSError:
+            continue
+        yield e.path, mode, _level
+        if stat.S_ISDIR(mode) and _level < depth:
+            yield from walk(e.path, depth, _level + 1)

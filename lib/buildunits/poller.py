@@ -165,26 +165,7 @@ class Poller(daemon.Daemon):
         try:
             src = git.source(repo, self.state.mirror_path(repo), sorted(moved))
             for br, sha in sorted(moved.items()):
-                old = old_refs.get(br)
-                if old is not None and not git.has_commit(src, old):
-                    # A force-push dropped it (and gc pruned it), or the
-                    # state holds something that is no commit id: old..new
-                    # means nothing, so do as for a new branch.
-                    log.warning("%s %s: old head %s no longer exists; building the new head only"
-                                % (repo, br, str(old)[:40]), repository=repo, branch=br)
-                    old = None
-                unparseable = []
-                found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
-                if len(found) > MAX_COMMITS:
-                    log.warning("%s %s: %d+ new commits; queueing the newest %d"
-                                % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
-                    found = found[-MAX_COMMITS:]
-                for rev, why in unparseable:
-                    log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (repo, br, rev[:12], why),
-                              repository=repo, branch=br, revision=rev)
-                    skipped.append({"revision": rev, "branch": br, "reason": why, "when": time.time()})
-                for c in found:
-                    self.queue_change(repo, br, c)
+                skipped += self._queue_branch(repo, src, br, old_refs.get(br), sha)
         except git.GitError as e:
             self._problem(repo, str(e))
             return
@@ -204,6 +185,30 @@ class Poller(daemon.Daemon):
             self._skipped += len(skipped)
         self.state.write_poller(repo, refs, prev)
         self._errors.pop(repo, None)
+
+    def _queue_branch(self, repo, src, br, old, sha):
+        """Queue the commits of branch BR from OLD (None: a new branch) to
+        SHA; return the commits skipped because they cannot be parsed."""
+        if old is not None and not git.has_commit(src, old):
+            # A force-push dropped it (and gc pruned it), or the state
+            # holds something that is no commit id: old..new means
+            # nothing, so do as for a new branch.
+            log.warning("%s %s: old head %s no longer exists; building the new head only"
+                        % (repo, br, str(old)[:40]), repository=repo, branch=br)
+            old = None
+        unparseable, skipped = [], []
+        found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
+        if len(found) > MAX_COMMITS:
+            log.warning("%s %s: %d+ new commits; queueing the newest %d"
+                        % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
+            found = found[-MAX_COMMITS:]
+        for rev, why in unparseable:
+            log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (repo, br, rev[:12], why),
+                      repository=repo, branch=br, revision=rev)
+            skipped.append({"revision": rev, "branch": br, "reason": why, "when": time.time()})
+        for c in found:
+            self.queue_change(repo, br, c)
+        return skipped
 
     def queue_change(self, repo, branch, c):
         repo = redact.url(repo)   # what records, the journal and the bus show

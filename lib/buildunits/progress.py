@@ -20,6 +20,7 @@ recovery records the build as interrupted from what is there.
 """
 
 import json
+import os
 
 from . import records
 
@@ -27,6 +28,13 @@ NAME = "progress.jsonl"
 # The keys of a step a progress line may set, and those of the build.
 STEP_KEYS = ("state", "result", "started", "finished", "log", "exit_status", "summary", "timed_out")
 BUILD_KEYS = ("revision", "reason")
+
+
+def write_all(fd, data):
+    """os.write DATA to FD whole."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _no_constant(name):

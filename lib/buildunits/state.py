@@ -1,27 +1,13 @@
 """State: build history and daemon state, as plain versioned files.
 
 This module alone knows the state directory's layout (default
-/var/lib/buildunits):
-
-    builds/BUILDER/NUMBER/build.json   the build record (format "build")
-    builds/BUILDER/NUMBER/NN-STEP.log  each step's output, streamed as produced
-    builds/BUILDER/NUMBER/progress.jsonl  a running build's step transitions ("progress")
-    builds/BUILDER/next.json           hint: the next number to try ("counter")
-    poller/KEY.json                    last seen refs of one repository ("poller")
-    poller/KEY.git/                    bare mirror of a remote (non-path) repository
-    scheduler/BUILDER.json             consumed change ids and revisions ("scheduler")
-    locks/PROGRAM[@WORKER].lock        held by the running daemon (flock)
-    workers/WORKER.json                the build a runner holds ("worker")
-    work/WORKER/BUILDER/               a runner's work directory (the checkout)
-    corrupt/DIR.NAME, DIR.NAME.reason  a state record that could not be read, kept
-
-LAYOUT is the same as a table, which ensure(), sweep() and `buildunits
-fsck` follow.  A poller, scheduler or worker record that cannot be read
-is quarantined (quarantine(): moved to corrupt/ with the reason beside it,
-and a journal line), never deleted or overwritten in place, and its
-daemon goes on as without it.  Build history is never moved: a build
-record that cannot be read stays where it is (the pages skip it, fsck
-notes it).
+/var/lib/buildunits): the table LAYOUT below (and in buildunits-state(5)),
+which ensure(), sweep() and `buildunits fsck` follow.  A poller,
+scheduler or worker record that cannot be read is quarantined
+(quarantine(): moved to corrupt/ with the reason beside it, and a journal
+line), never deleted or overwritten in place, and its daemon goes on as
+without it.  Build history is never moved: a build record that cannot be
+read stays where it is (the pages skip it, fsck notes it).
 
 Build numbers are taken by mkdir and never repeat, even across crashes;
 next.json is only a hint (numbers.py).  Symbolic links are never records,
@@ -43,12 +29,6 @@ from .numbers import MAX_BUILD_NUMBER, NumbersExhausted, parse_number, valid_num
 PROGRESS = progress.NAME
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 class FinishedBuild(RuntimeError):
     """A finished build record was about to be rewritten (refused)."""
 
@@ -57,17 +37,19 @@ class FinishedBuild(RuntimeError):
         self.path = path
 
 
-# The rows of the layout: (directory, what lives there, whether sweep()
-# removes old hidden temporary files from it).  builds/BUILDER/ (the
-# next-number hints) is swept too; builds/B/N/ by its runner's recovery.
+# The rows of the layout: (directory, what lives there (format), whether
+# sweep() removes old hidden temporary files from it).  builds/BUILDER/
+# (the next-number hints) is swept too; builds/B/N/ by its runner's recovery.
 LAYOUT = (
-    ("builds", "BUILDER/NUMBER/: build records, logs, progress; BUILDER/next.json", False),
-    ("poller", "KEY.json: last seen refs of one repository; KEY.git/: its mirror", True),
-    ("scheduler", "BUILDER.json: consumed change ids and revisions", True),
-    ("workers", "WORKER.json: the build a runner holds", True),
-    ("work", "WORKER/BUILDER/: a runner's work directory", False),
-    ("locks", "PROGRAM[@WORKER].lock: held by the running daemon", False),
-    ("corrupt", "DIR.NAME and DIR.NAME.reason: records that could not be read", True),
+    ("builds", "BUILDER/NUMBER/build.json: the build record (\"build\"); BUILDER/NUMBER/NN-STEP.log: "
+               "each step's output, streamed; BUILDER/NUMBER/progress.jsonl: a running build's step "
+               "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\")", False),
+    ("poller", "KEY.json: last seen refs of one repository (\"poller\"); KEY.git/: its bare mirror", True),
+    ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\")", True),
+    ("workers", "WORKER.json: the build a runner holds (\"worker\")", True),
+    ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
+    ("locks", "PROGRAM[@WORKER].lock: held by the running daemon (flock)", False),
+    ("corrupt", "DIR.NAME, DIR.NAME.reason: a record that could not be read, and why (quarantine)", True),
 )
 # The directories whose records are quarantined when they cannot be read.
 QUARANTINED = ("poller", "scheduler", "workers")
@@ -185,20 +167,7 @@ class State:
     def walk_builds(self):
         """(path, lstat mode, depth) of every entry of builds/ (depth 0),
         builds/B (1) and builds/B/N (2), sorted, following no link (fsck)."""
-        def scan(d, depth):
-            try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
-            except OSError:
-                return
-            for e in entries:
-                try:
-                    mode = os.lstat(e.path).st_mode
-                except OSError:
-                    continue
-                yield e.path, mode, depth
-                if stat.S_ISDIR(mode) and depth < 2:
-                    yield from scan(e.path, depth + 1)
-        return scan(self.path("builds"), 0)
+        return nofollow.walk(self.path("builds"), 2)
 
     def builders(self):
         """Names of builders with any history."""
@@ -269,7 +238,7 @@ class State:
         fd = os.open(self.progress_path(builder, number),
                      os.O_WRONLY | os.O_CREAT | flag | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, line)
+            progress.write_all(fd, line)
         finally:
             os.close(fd)
 
