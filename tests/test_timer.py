@@ -1,4 +1,4 @@
-"""daemon.Timer: GLib timers for any number of seconds.
+"""timer.Timer: GLib timers for any number of seconds.
 
 GLib's timeouts take a 32-bit count of milliseconds (about 49.7 days);
 Timer arms at most TIMER_MAX_ARM_SEC at a time and re-arms until the real
@@ -12,7 +12,7 @@ import time
 from gi.repository import GLib
 
 import harness
-from buildunits import daemon
+from buildunits import daemon, timer
 
 
 def run_loop(until, timeout=10.0):
@@ -33,7 +33,7 @@ def run_loop(until, timeout=10.0):
 def test_a_clamped_timer_rearms_until_its_deadline_rather_than_firing_early():
     fired = []
     start = time.monotonic()
-    t = daemon.Timer(0.3, lambda tag: fired.append((tag, time.monotonic())), "x", max_arm_sec=0.05)
+    t = timer.Timer(0.3, lambda tag: fired.append((tag, time.monotonic())), "x", max_arm_sec=0.05)
     run_loop(lambda: fired)
     assert [tag for tag, _ in fired] == ["x"]
     assert fired[0][1] - start >= 0.3
@@ -48,25 +48,25 @@ def test_a_repeating_timer_runs_again_while_the_callback_says_so():
         fired.append(time.monotonic())
         return len(fired) < 3
     start = time.monotonic()
-    daemon.Timer(0.1, cb, max_arm_sec=0.03)
+    timer.Timer(0.1, cb, max_arm_sec=0.03)
     run_loop(lambda: len(fired) >= 3)
     assert fired[0] - start >= 0.1
     assert all(b - a >= 0.1 for a, b in zip(fired, fired[1:]))
     # Done: nothing more after it returned False.
     n = len(fired)
     later = []
-    daemon.Timer(0.3, lambda: later.append(1))
+    timer.Timer(0.3, lambda: later.append(1))
     run_loop(lambda: later)
     assert len(fired) == n == 3
 
 
 def test_removed_timers_never_fire_even_from_their_own_callback():
     fired, other = [], []
-    t = daemon.Timer(0.05, lambda: fired.append(1) or t.remove() or True)
-    removed = daemon.Timer(0.05, lambda: other.append(1))
+    t = timer.Timer(0.05, lambda: fired.append(1) or t.remove() or True)
+    removed = timer.Timer(0.05, lambda: other.append(1))
     removed.remove()
     done = []
-    daemon.Timer(0.3, lambda: done.append(1))
+    timer.Timer(0.3, lambda: done.append(1))
     run_loop(lambda: done)
     assert fired == [1] and other == []
 
@@ -74,10 +74,14 @@ def test_removed_timers_never_fire_even_from_their_own_callback():
 def test_spans_beyond_glibs_32_bit_milliseconds_arm_without_overflow():
     # 60 days, a thousand years and infinity: none overflows, none fires now.
     fired = []
-    timers = [daemon.Timer(s, lambda: fired.append(s)) for s in (60 * 86400, 1000 * 31557600, 1e300, math.inf)]
+    timers = [timer.Timer(s, lambda: fired.append(s)) for s in (60 * 86400, 1000 * 31557600, 1e300, math.inf)]
     done = []
-    daemon.Timer(0.05, lambda: done.append(1))
+    timer.Timer(0.05, lambda: done.append(1))
     run_loop(lambda: done)
     assert fired == []
     for t in timers:
         t.remove()
+
+
+def test_the_daemons_name_for_it_is_the_same_class():
+    assert daemon.Timer is timer.Timer and daemon.remove_source is timer.remove_source

@@ -59,15 +59,12 @@ import json
 import math
 import os
 import re
-import stat
 import sys
 import time
 
-from . import __version__, buildrecord, config, fsutil, git, paths, records, results, spool as spoolmod
-from . import redact
-from .status import gather_status, runner_alive
+from . import __version__, config, control, fsck, git, paths, redact
+from .status import gather_status
 from .spool import Spool
-from . import state as stmod
 from .state import State
 
 
@@ -108,10 +105,10 @@ def _bus():
 
 
 def cmd_force(dirs, args):
+    # Usage first (exit status 2); control.force checks again what it must.
     if args.revision and not git.valid_revision(args.revision):
         _err("--revision must be %s, not %r" % (git.REVISION_RULE, args.revision))
         return 2
-    busmod = _bus()
     props = {}
     for p in args.property:
         k, eq, v = p.partition("=")
@@ -119,6 +116,7 @@ def cmd_force(dirs, args):
             _err("--property wants NAME=VALUE, not %r" % p)
             return 2
         props[k] = v
+    busmod = _bus()
     try:
         fid = busmod.call("Scheduler", "Force", args.builder, args.branch, args.revision, args.reason, props)
         print("forced build of %s queued (%s)" % (args.builder, fid))
@@ -128,43 +126,43 @@ def cmd_force(dirs, args):
         return 1
     except busmod.Unreachable:
         pass   # no scheduler on the bus: hand it in through the spool
+    sp = Spool(dirs.spool)
+    sp.ensure()
     try:
-        cfg = config.load(dirs.config)
+        fid, notes = control.force(sp, _config_for_force(dirs), args.builder, args.branch, args.revision,
+                                   args.reason, props, _user())
+    except control.Refused as e:
+        _err(str(e))
+        return 1
+    for n in notes:
+        print("note: %s" % n, file=sys.stderr)
+    print("forced build of %s queued (%s; the scheduler is not on the bus: it takes it from the spool)"
+          % (args.builder, fid))
+    return 0
+
+
+def _config_for_force(dirs):
+    try:
+        return config.load(dirs.config)
     except config.ConfigError as e:
         # The daemons keep running the last configuration they accepted; a
         # broken file on disk does not stop a force of a builder it names.
         # The scheduler checks the builder again when it takes the record.
-        cfg = e.partial
         print("warning: the configuration in %s has %d problem%s (run `buildunits checkconfig`); the "
               "daemons run the last one they accepted" % (dirs.config, len(e.problems),
                                                           "" if len(e.problems) == 1 else "s"),
               file=sys.stderr)
-    b = cfg.builders.get(args.builder)
-    if b is None:
-        _err("no builder %r in %s (builders: %s)" % (args.builder, dirs.config,
-                                                     ", ".join(sorted(cfg.builders)) or "none"))
-        return 1
-    if args.branch and b.repository and not b.wants_branch(args.branch):
-        print("note: branch %s is not in %s's Branches= (%s); building it anyway"
-              % (args.branch, b.name, " ".join(b.branches)), file=sys.stderr)
-    sp = Spool(dirs.spool)
-    sp.ensure()
-    fid = sp.deliver("changes", "force", {
-        "builder": b.name, "branch": args.branch or "", "revision": args.revision or "",
-        "reason": args.reason or "", "properties": props, "user": _user()})
-    print("forced build of %s queued (%s; the scheduler is not on the bus: it takes it from the spool)"
-          % (b.name, fid))
-    return 0
+        return e.partial
 
 
 def cmd_cancel(dirs, args):
-    busmod = _bus()
     if bool(args.request) == bool(args.builder):
         _err("cancel wants BUILDER NUMBER, or --request ID")
         return 2
     if args.builder and args.number is None:
         _err("cancel %s: which build? give its NUMBER" % args.builder)
         return 2
+    busmod = _bus()
     try:
         print(busmod.call("Scheduler", "Cancel", args.builder or "", args.number or 0, args.request or ""))
         return 0
@@ -173,22 +171,15 @@ def cmd_cancel(dirs, args):
         return 1
     except busmod.Unreachable:
         pass
-    sp, st = Spool(dirs.spool), State(dirs.state)
-    if args.request:
-        if not sp.cancel_queued(args.request):
-            _err("request %s is not queued (already running, finished or unknown)" % args.request)
-            return 1
-        print("request %s cancelled" % args.request)
-        return 0
-    rec = st.read_build(args.builder, args.number)
-    if rec is None:
-        _err("%s #%d does not exist" % (args.builder, args.number))
+    sp = Spool(dirs.spool)
+    try:
+        if args.request:
+            print(control.cancel_request(sp, args.request))
+        else:
+            print(control.cancel_build(sp, State(dirs.state), args.builder, args.number, _user()))
+    except control.Refused as e:
+        _err(str(e))
         return 1
-    if rec.get("state") == "finished":
-        _err("%s #%d has already finished (%s)" % (args.builder, args.number, rec.get("result")))
-        return 1
-    sp.request_cancel(args.builder, args.number, _user())
-    print("cancelling %s #%d (running on %s)" % (args.builder, args.number, rec.get("worker")))
     return 0
 
 
@@ -299,100 +290,8 @@ def _line(text):
 
 # ------------------------------------------------------------------- fsck
 def cmd_fsck(dirs, args):
-    """Check the spool and state; list (or with --repair, make) repairs."""
-    sp, st = Spool(dirs.spool), State(dirs.state)
-    repair = args.repair
-    findings = []   # (repaired?, text)
-
-    def found(text, fix=None):
-        if repair and fix is not None:
-            fix()
-            findings.append(("repaired", text))
-        else:
-            findings.append(("would repair" if fix is not None else "note", text))
-
-    for d in [sp.path(q, s) for q in spoolmod.QUEUES for s in ("tmp", "new")] + \
-             [sp.path("requests", "active"), sp.path("hints"), sp.path("corrupt")]:
-        if not os.path.isdir(d):
-            found("missing spool directory %s" % d, lambda d=d: fsutil.makedirs(d))
-    stale = sp.sweep(dry_run=True)
-    for d in ("scheduler", "poller", "workers"):
-        stale += fsutil.sweep_stale_tmp(st.path(d), dry_run=True)
-    for b in st.builders():
-        stale += fsutil.sweep_stale_tmp(st.builder_dir(b), dry_run=True)
-        for n in st.build_numbers(b):
-            stale += fsutil.sweep_stale_tmp(st.build_dir(b, n), dry_run=True)
-    for p in stale:
-        found("stale temporary file %s (older than %ds)" % (p, fsutil.TMP_SWEEP_AGE_SEC),
-              lambda p=p: fsutil._unlink_quietly(p))
-    for q in spoolmod.QUEUES:
-        for name in _listdir(sp.path(q, "new")):
-            _check_spool_file(sp, q, sp.path(q, "new", name), found)
-    for worker, ids in _claims(sp).items():
-        alive = runner_alive(dirs, worker)
-        for name in ids:
-            path = sp.path("requests", "active", worker, name)
-            if _check_spool_file(sp, "requests", path, found) and not alive:
-                found("request %s claimed by worker %s, whose runner is not running; it is handed back "
-                      "when that runner starts" % (name, worker),
-                      lambda w=worker, n=name: sp.unclaim(w, n))
-    for name, reason in sp.corrupted():
-        found("corrupt/%s: %s (kept for inspection)" % (name, reason))
-    for worker in st.workers():
-        try:
-            ptr = st.read_worker(worker)
-        except records.RecordError as e:
-            found("%s" % e, lambda w=worker: st.clear_worker(w))
-            continue
-        if ptr and ptr.get("request") not in sp.claimed(worker) and not runner_alive(dirs, worker):
-            found("worker %s's pointer names request %s, which it no longer holds" % (worker, ptr.get("request")),
-                  lambda w=worker: st.clear_worker(w))
-    _odd_entries(st, found)
-    holders = {}
-    for worker in st.workers():
-        try:
-            ptr = st.read_worker(worker)
-        except records.RecordError:
-            continue
-        if ptr:
-            holders[(ptr.get("builder"), ptr.get("number"))] = worker
-    for b in st.builders():
-        nums = st.build_numbers(b)
-        for n in nums:
-            try:
-                rec = st.read_build(b, n)
-            except records.RecordError as e:
-                found("%s (history kept as is; the pages skip it)" % e)
-                continue
-            except OSError as e:
-                found("%s: %s" % (st.build_path(b, n), e.strerror))
-                continue
-            if rec is None:
-                found("%s #%d: number taken but no build record (a crash before the build started)" % (b, n))
-                continue
-            if rec.get("state") == "running":
-                w = holders.get((b, n))
-                if w is None or not runner_alive(dirs, w):
-                    if w is not None:
-                        found("%s #%d: running on %s, whose runner is not running; it records the build as "
-                              "interrupted when it starts" % (b, n, w))
-                    else:
-                        found("%s #%d: recorded as running, but no runner holds it" % (b, n),
-                              lambda rec=rec: _mark_lost(st, rec))
-        hint = st.read_counter(b)
-        if nums and nums[-1] == stmod.MAX_BUILD_NUMBER:
-            found("%s: has used every build number up to #%d; a new build cannot start until its history "
-                  "is moved away" % (b, nums[-1]))
-        elif nums and (hint is None or hint <= nums[-1]):
-            found("%s: next-number hint is %s (the highest build is #%d)"
-                  % (b, "behind" if hint is not None else "missing or not a build number", nums[-1]),
-                  lambda b=b, n=nums[-1]: st.write_counter(b, n + 1, durable=True))
-    for p in _listdir(st.path("poller")):
-        if p.endswith(".json"):
-            try:
-                records.read(st.path("poller", p), "poller")
-            except records.RecordError as e:
-                found("%s (the poller treats the repository as new)" % e)
+    """Check the spool and state (fsck.py); list (or with --repair, make) repairs."""
+    findings = fsck.run(dirs, repair=args.repair)
     for kind, text in findings:
         print("%s: %s" % (kind, text))
     todo = [f for f in findings if f[0] == "would repair"]
@@ -401,79 +300,6 @@ def cmd_fsck(dirs, args):
     elif todo:
         print("fsck: %d thing%s to repair; run `buildunits fsck --repair`" % (len(todo), "" if len(todo) == 1 else "s"))
     return 1 if todo else 0
-
-
-def _mark_lost(st, rec):
-    st.write_build(buildrecord.interrupted(rec, "found running with no runner holding it (buildunits fsck --repair)",
-                                           results.EXCEPTION, time.time()))
-
-
-def _odd_entries(st, found):
-    """Symbolic links and files that are not regular in builds/, builds/B
-    and builds/B/N: never records, so noted, kept, not followed (a build
-    step may have planted them; the readers do not follow them and the
-    site does not show them)."""
-    def scan(d, depth):
-        try:
-            it = list(os.scandir(d))
-        except OSError:
-            return
-        for e in sorted(it, key=lambda e: e.name):
-            try:
-                mode = os.lstat(e.path).st_mode
-            except OSError:
-                continue
-            if stat.S_ISLNK(mode):
-                try:
-                    target = " -> %s" % _printable(os.readlink(e.path))
-                except OSError:
-                    target = ""
-                found("%s: a symbolic link%s (kept; not followed, not shown)" % (_printable(e.path), target))
-            elif stat.S_ISDIR(mode):
-                if depth < 2:
-                    scan(e.path, depth + 1)
-                else:
-                    found("%s: a directory where a build has only files (kept; not shown)" % _printable(e.path))
-            elif not stat.S_ISREG(mode):
-                found("%s: not a regular file (kept; not read, not shown)" % _printable(e.path))
-            elif depth == 0:
-                found("%s: a file where a builder's directory should be (kept; not shown)" % _printable(e.path))
-    scan(st.path("builds"), 0)
-
-
-def _printable(text):
-    """TEXT (a name a build step may have chosen) without control characters."""
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", text).encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _check_spool_file(sp, queue, path, found):
-    name = os.path.basename(path)
-    if not spoolmod.valid_id(name):
-        found("%s: not a spool id" % path, lambda: sp.corrupt(path, queue, "file name is not a spool id"))
-        return False
-    try:
-        records.read(path, spoolmod.QUEUE_FORMATS[queue])
-    except FileNotFoundError:
-        return False
-    except (records.RecordError, OSError) as e:
-        reason = getattr(e, "reason", None) or str(e)
-        found("%s: %s" % (path, reason), lambda: sp.corrupt(path, queue, reason))
-        return False
-    return True
-
-
-def _claims(sp):
-    out = {}
-    for w in _listdir(sp.path("requests", "active")):
-        out[w] = [n for n in _listdir(sp.path("requests", "active", w))]
-    return out
-
-
-def _listdir(d):
-    try:
-        return sorted(n for n in os.listdir(d) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 # ------------------------------------------------------------------- main

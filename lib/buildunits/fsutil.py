@@ -8,7 +8,9 @@ beside the target; sweep_stale_tmp() removes those once they are older
 than TMP_SWEEP_AGE_SEC.
 """
 
+import hashlib
 import os
+import re
 import secrets
 import time
 
@@ -122,8 +124,11 @@ def makedirs(path, mode=0o755):
         fsync_dir(os.path.dirname(d))
 
 
-def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False):
-    """Remove abandoned temporary files in DIRECTORY; return their paths."""
+def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False, everything=None):
+    """Remove abandoned temporary files in DIRECTORY; return their paths.
+    EVERYTHING: every file is temporary (default: when DIRECTORY is a tmp/)."""
+    if everything is None:
+        everything = os.path.basename(directory) == "tmp"
     now = time.time() if now is None else now
     swept = []
     try:
@@ -134,7 +139,7 @@ def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False):
         # In a spool tmp/ directory everything is temporary; elsewhere only
         # the hidden names tmp_name() makes (".NAME.tmp-PID-HEX"), so a
         # file whose name merely contains ".tmp-" is never touched.
-        if os.path.basename(directory) != "tmp" and not (e.name.startswith(".") and TMP_MARK in e.name):
+        if not everything and not (e.name.startswith(".") and TMP_MARK in e.name):
             continue
         try:
             if now - e.stat(follow_symlinks=False).st_mtime < age:
@@ -152,3 +157,62 @@ def _unlink_quietly(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def sweep_stale_tmp_tree(top, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False):
+    """sweep_stale_tmp() in TOP and every directory below it (not through
+    symbolic links); return the paths removed."""
+    swept = []
+    for d, _dirs, _names in os.walk(top):
+        swept += sweep_stale_tmp(d, now=now, age=age, dry_run=dry_run, everything=False)
+    return swept
+
+
+def move_aside(path, directory, prefix, reason):
+    """Move the broken file PATH to DIRECTORY/PREFIX.NAME (NAME: its own)
+    with REASON in a .reason file beside it (the reason first); return
+    where it went, or None if PATH was gone.  Never deletes anything: a
+    name taken already gets a random suffix.  A NAME that is not UTF-8, or
+    too long to carry a prefix and a suffix, is shortened to something
+    printable plus a digest."""
+    base = os.path.basename(path)
+    raw = os.fsencode(base)
+    printable = raw.decode("utf-8", "replace")
+    if printable != base or len(raw) > 160:
+        digest = hashlib.sha256(raw).hexdigest()[:12]
+        base = "%s-%s" % (re.sub(r"[^A-Za-z0-9._-]", "_", printable)[:100], digest)
+    name = "%s.%s" % (prefix, base)
+    dest = os.path.join(directory, name)
+    if os.path.lexists(dest):
+        dest = "%s.%s" % (dest, secrets.token_hex(3))
+    makedirs(directory)
+    # The reason first: a crash between the two leaves a reason for a file
+    # still in place, and the next read moves it again.
+    shown = os.fsencode(path).decode("utf-8", "replace")
+    write_atomic(dest + ".reason", "%s\nfrom: %s\nwhen: %s\n" % (reason, shown, time.strftime("%Y-%m-%d %H:%M:%S %z")))
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:
+        _unlink_quietly(dest + ".reason")
+        return None
+    fsync_dir_after_commit(directory)
+    return dest
+
+
+def read_aside(directory):
+    """[(name, first line of its reason)] of the files move_aside() put in DIRECTORY."""
+    out = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return out
+    for n in names:
+        if n.endswith(".reason") or n.startswith("."):
+            continue
+        try:
+            with open(os.path.join(directory, n + ".reason"), encoding="utf-8", errors="replace") as f:
+                reason = f.readline().strip()
+        except FileNotFoundError:
+            reason = "(no reason recorded)"
+        out.append((n, reason))
+    return out

@@ -36,6 +36,8 @@ FILES
     SITE/index.html          the waterfall
     SITE/api/                the JSON files (docs/site.md)
     SITE/.buildunits-site.json  what it remembers between updates
+    SITE/**/.NAME.tmp-*      a page being written; swept at startup and daily
+                             once older than fsutil.TMP_SWEEP_AGE_SEC
 
 SIGNALS
     SIGHUP re-reads the configuration (titles, builders) and re-renders the
@@ -43,14 +45,19 @@ SIGNALS
 """
 
 import sys
+import time
 
 from gi.repository import GLib
 
-from . import config, daemon, log
+from . import config, daemon, fsutil, log
 from .spool import Spool
 from .state import State
 
 LOG_FOLLOW_SEC = 2      # how often a running step's log page is brought up to date
+# How often, besides at startup, the site is swept of the temporary files a
+# crashed htmlgen left (each older than fsutil.TMP_SWEEP_AGE_SEC): a walk of
+# the whole site, so not at every rescan.
+SITE_SWEEP_INTERVAL_SEC = 86400
 
 
 class HTMLGen(daemon.Daemon):
@@ -69,6 +76,18 @@ class HTMLGen(daemon.Daemon):
         self._renders = 0
         self._follow_source = None
         self._follow_error = None
+        self._swept = None
+
+    def startup(self):
+        self._sweep_site()
+
+    def _sweep_site(self):
+        """Remove the temporary files (fsutil.tmp_name) that writers of the
+        site which crashed left in it; htmlgen, the site's one writer, does
+        it (the scheduler's unit is not given the site directory)."""
+        self._swept = time.monotonic()
+        for p in fsutil.sweep_stale_tmp_tree(self.dirs.site):
+            log.notice("removed %s, abandoned by a writer that crashed" % p)
 
     def site(self):
         if self._site is None:
@@ -114,6 +133,8 @@ class HTMLGen(daemon.Daemon):
 
     def _rescan(self):
         self._full = True
+        if self._swept is None or time.monotonic() - self._swept >= SITE_SWEEP_INTERVAL_SEC:
+            self._sweep_site()
         return super()._rescan()
 
     def status_text(self):

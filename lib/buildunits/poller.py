@@ -52,7 +52,6 @@ SIGNALS
 """
 
 import fnmatch
-import os
 import time
 
 from gi.repository import GLib
@@ -146,9 +145,8 @@ class Poller(daemon.Daemon):
         try:
             prev = self.state.read_poller(repo)
         except records.RecordError as e:
-            aside = e.path + ".corrupt-%d" % time.time()
-            os.rename(e.path, aside)
-            log.error("%s: %s; moved to %s; treating %s as new" % (e.path, e.reason, aside, redact.url(repo)))
+            self.state.quarantine(e.path, e.reason)     # logged, kept in STATE/corrupt/
+            log.error("treating %s as new" % redact.url(repo))
             prev = None
         if prev is None or "polled" not in prev:
             # (A record without "polled" holds only the problem of a
@@ -165,28 +163,9 @@ class Poller(daemon.Daemon):
             return
         skipped = []
         try:
-            src = git.source(repo, self.state.poller_path(repo)[:-5] + ".git", sorted(moved))
+            src = git.source(repo, self.state.mirror_path(repo), sorted(moved))
             for br, sha in sorted(moved.items()):
-                old = old_refs.get(br)
-                if old is not None and not git.has_commit(src, old):
-                    # A force-push dropped it (and gc pruned it), or the
-                    # state holds something that is no commit id: old..new
-                    # means nothing, so do as for a new branch.
-                    log.warning("%s %s: old head %s no longer exists; building the new head only"
-                                % (repo, br, str(old)[:40]), repository=repo, branch=br)
-                    old = None
-                unparseable = []
-                found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
-                if len(found) > MAX_COMMITS:
-                    log.warning("%s %s: %d+ new commits; queueing the newest %d"
-                                % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
-                    found = found[-MAX_COMMITS:]
-                for rev, why in unparseable:
-                    log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (repo, br, rev[:12], why),
-                              repository=repo, branch=br, revision=rev)
-                    skipped.append({"revision": rev, "branch": br, "reason": why, "when": time.time()})
-                for c in found:
-                    self.queue_change(repo, br, c)
+                skipped += self._queue_branch(repo, src, br, old_refs.get(br), sha)
         except git.GitError as e:
             self._problem(repo, str(e))
             return
@@ -206,6 +185,30 @@ class Poller(daemon.Daemon):
             self._skipped += len(skipped)
         self.state.write_poller(repo, refs, prev)
         self._errors.pop(repo, None)
+
+    def _queue_branch(self, repo, src, br, old, sha):
+        """Queue the commits of branch BR from OLD (None: a new branch) to
+        SHA; return the commits skipped because they cannot be parsed."""
+        if old is not None and not git.has_commit(src, old):
+            # A force-push dropped it (and gc pruned it), or the state
+            # holds something that is no commit id: old..new means
+            # nothing, so do as for a new branch.
+            log.warning("%s %s: old head %s no longer exists; building the new head only"
+                        % (repo, br, str(old)[:40]), repository=repo, branch=br)
+            old = None
+        unparseable, skipped = [], []
+        found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
+        if len(found) > MAX_COMMITS:
+            log.warning("%s %s: %d+ new commits; queueing the newest %d"
+                        % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
+            found = found[-MAX_COMMITS:]
+        for rev, why in unparseable:
+            log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (repo, br, rev[:12], why),
+                      repository=repo, branch=br, revision=rev)
+            skipped.append({"revision": rev, "branch": br, "reason": why, "when": time.time()})
+        for c in found:
+            self.queue_change(repo, br, c)
+        return skipped
 
     def queue_change(self, repo, branch, c):
         repo = redact.url(repo)   # what records, the journal and the bus show
@@ -235,7 +238,7 @@ class Poller(daemon.Daemon):
         try:
             prev = self.state.read_poller(repo)
         except (records.RecordError, OSError):
-            return          # the next poll that reaches git moves it aside
+            return          # the next poll that reaches git quarantines it
         prev = dict(prev or {})
         old = prev.get("problem")
         if isinstance(old, dict) and old.get("text") == text:

@@ -127,7 +127,8 @@ class Runner(daemon.Daemon):
         try:
             ptr = self.state.read_worker(self.worker)
         except records.RecordError as e:
-            log.error("%s; ignoring it" % e)
+            self.state.quarantine(e.path, e.reason)     # logged, kept in STATE/corrupt/
+            log.error("ignoring the pointer of %s" % self.worker)
             ptr = None
         if ptr:
             # Before the build is recorded and its request handed back (so
@@ -256,7 +257,7 @@ class Runner(daemon.Daemon):
                 # to corrupt/ from our claim, so no other runner races it;
                 # a crash before the move leaves the claim, which startup()
                 # hands back and the next pass moves.
-                self.spool.corrupt(self.spool.path("requests", "active", self.worker, rid), "requests", why)
+                self.spool.reject("requests", rid, why, worker=self.worker)
                 continue
             try:
                 self._start(rid, claimed, b)

@@ -53,8 +53,8 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, changes as changes_mod, config, daemon, fsutil, git, log, records
-from . import redact, routing
+from . import bus as busmod, changes as changes_mod, config, control, daemon, git, log, records
+from . import redact, routing, spool as spoolmod
 
 KEEP = 1000             # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -119,6 +119,7 @@ class Scheduler(daemon.Daemon):
             try:
                 rec = self.state.read_scheduler(builder)
             except records.RecordError as e:
+                self.state.quarantine(e.path, e.reason)
                 log.error("%s; starting %s's memory afresh (recovery scan still applies)" % (e, builder))
                 rec = None
             m = self._memory[builder] = _Memory(rec)
@@ -183,15 +184,15 @@ class Scheduler(daemon.Daemon):
     def sweep(self):
         """Remove temporary files abandoned by crashed writers, once they are
         older than fsutil.TMP_SWEEP_AGE_SEC (a writer gives up after
-        TMP_WRITER_MAX_SEC, far sooner, so no live writer loses its file).
-        The scheduler does it for the spool and the small state directories."""
-        swept = self.spool.sweep()
-        for d in ("scheduler", "poller", "workers"):
-            swept += fsutil.sweep_stale_tmp(self.state.path(d))
-        for b in self.state.builders():       # the next-number hints
-            swept += fsutil.sweep_stale_tmp(self.state.builder_dir(b))
-        for p in swept:
+        TMP_WRITER_MAX_SEC, far sooner, so no live writer loses its file),
+        and prune requests cancelled more than spool.CANCELLED_KEEP_SEC ago.
+        The scheduler does it for the spool and the small state directories
+        (spool.LAYOUT and state.LAYOUT say which)."""
+        for p in self.spool.sweep() + self.state.sweep():
             log.notice("removed %s, abandoned by a writer that crashed" % p)
+        for p in self.spool.prune():
+            log.info("pruned %s, a request cancelled more than %d days ago"
+                     % (p, spoolmod.CANCELLED_KEEP_SEC // 86400))
 
     def _rescan(self):
         self.sweep()
@@ -245,7 +246,7 @@ class Scheduler(daemon.Daemon):
         if why is None and (not isinstance(q, (int, float)) or isinstance(q, bool)):
             why = "change record without a valid queued time"
         if why:
-            self.spool.corrupt(self.spool.path("changes", "new", cid), "changes", why)
+            self.spool.reject("changes", cid, why)
             self._cache.pop(cid, None)
             return False
         return True
@@ -314,7 +315,7 @@ class Scheduler(daemon.Daemon):
         elif rev not in (None, "") and not git.valid_revision(rev):
             why = "forced build whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
         if why:
-            self.spool.corrupt(self.spool.path("changes", "new", fid), "changes", why)
+            self.spool.reject("changes", fid, why)
             self._cache.pop(fid, None)
             return
         m = self.memory(b.name)
@@ -343,37 +344,32 @@ class Scheduler(daemon.Daemon):
 
     def _m_force(self, builder, branch, revision, reason, properties, caller):
         """Queue a forced build: the same force record `buildunits force`
-        writes, so one code path turns it into a request."""
-        if builder not in self.cfg.builders:
-            raise busmod.MethodError("no builder %r (builders: %s)" % (builder, ", ".join(sorted(self.cfg.builders))))
-        if revision and not git.valid_revision(revision):
-            raise busmod.MethodError("revision %r is not %s" % (revision, git.REVISION_RULE))
-        fid = self.spool.deliver("changes", "force", {
-            "builder": builder, "branch": branch, "revision": revision, "reason": reason,
-            "properties": dict(properties), "user": caller})
+        writes, so one code path turns it into a request (control.py)."""
+        try:
+            fid, notes = control.force(self.spool, self.cfg, builder, branch, revision, reason, properties, caller)
+        except control.Refused as e:
+            raise busmod.MethodError(str(e))
+        for n in notes:
+            log.info("%s: %s" % (builder, n), builder=builder)
         log.info("%s: forced build queued by %s over D-Bus" % (builder, caller), builder=builder)
         self.wake()
         return fid
 
     def _m_cancel(self, builder, number, request, caller):
-        """Cancel queued request REQUEST, or the running build BUILDER #NUMBER."""
-        if request:
-            if not self.spool.cancel_queued(request):
-                raise busmod.MethodError("request %s is not queued (already running, finished or unknown)" % request)
-            log.info("request %s cancelled by %s" % (request, caller), builder=builder or None, request=request)
-            return "request %s cancelled" % request
+        """Cancel queued request REQUEST, or the running build BUILDER #NUMBER (control.py)."""
         try:
-            rec = self.state.read_build(builder, number)
-        except (records.RecordError, OSError) as e:
+            if request:
+                text = control.cancel_request(self.spool, request)
+            else:
+                text = control.cancel_build(self.spool, self.state, builder, number, caller)
+        except control.Refused as e:
             raise busmod.MethodError(str(e))
-        if rec is None:
-            raise busmod.MethodError("%s #%d does not exist" % (builder, number))
-        if rec.get("state") == "finished":
-            raise busmod.MethodError("%s #%d has already finished (%s)" % (builder, number, rec.get("result")))
-        self.spool.request_cancel(builder, number, caller)        # commit point
-        log.info("%s #%d: cancellation requested by %s" % (builder, number, caller), builder=builder, build=number)
-        self.bus.emit("CancelRequested", builder, number)
-        return "cancelling %s #%d (running on %s)" % (builder, number, rec.get("worker"))
+        if request:
+            log.info("request %s cancelled by %s" % (request, caller), builder=builder or None, request=request)
+        else:
+            log.info("%s #%d: cancellation requested by %s" % (builder, number, caller), builder=builder, build=number)
+            self.bus.emit("CancelRequested", builder, number)
+        return text
 
     def _m_status(self, caller):
         from .status import gather_status

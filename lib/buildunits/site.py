@@ -510,7 +510,7 @@ class Site:
     def _render_log(self, b, n, build, step, force):
         """Write a step's raw log link and log page, if they changed."""
         bdir = self.build_dir(b.name, n)
-        src = os.path.join(self.state.build_dir(b.name, n), step["log"])
+        src = self.state.build_file(b.name, n, step["log"])
         raw = os.path.join(bdir, step["log_raw"])
         page = os.path.join(bdir, step["log_page"])
         # A step can plant a link at a log's name: only a regular file of
@@ -562,7 +562,7 @@ class Site:
                         continue
                     page = os.path.join(self.build_dir(b.name, n), stem + ".html")
                     try:
-                        st = os.lstat(os.path.join(self.state.build_dir(b.name, n), stem + ".log"))
+                        st = os.lstat(self.state.build_file(b.name, n, stem + ".log"))
                         source = (st.st_size, st.st_mtime_ns)
                     except OSError:
                         source = None

@@ -1,18 +1,9 @@
 """The spool: the durable hand-over between the daemons.
 
-This module alone knows the spool's layout and protocol.  Layout (default
-/var/spool/buildunits, one filesystem):
-
-    changes/tmp/ID            a change or force record being written
-    changes/new/ID            queued for the scheduler
-    requests/tmp/ID           a build request being written
-    requests/new/ID           queued for any runner whose name the builder accepts
-    requests/active/WORKER/ID claimed by runner WORKER
-    requests/cancelled/ID     a queued request cancelled before any runner claimed it
-    cancel/BUILDER@NUMBER     "cancel this running build" (format "cancel"), for its runner
-    hints/BUILDER@NUMBER      "this build changed": wake-up hints for htmlgen
-    corrupt/QUEUE.ID          an unreadable record, kept for a human
-    corrupt/QUEUE.ID.reason   why it was moved there
+This module alone knows the spool's layout and protocol.  The layout
+(default /var/spool/buildunits, one filesystem) is the table LAYOUT below:
+each directory, what lives there, what is swept or pruned from it; ensure(),
+sweep(), prune(), `buildunits fsck` and units/tmpfiles.d follow it.
 
 Hand-over (qmail, Maildir, Postfix): the writer creates tmp/ID with
 O_EXCL, writes the whole record, fsyncs and closes it, renames it to new/ID
@@ -36,8 +27,10 @@ INTERNALS notation; "+" exists, "-" does not):
              K2  +cancel/B@N                     COMMITTED: the runner of B #N cancels it
              K3  -cancel/B@N                     removed once B #N is final (by any runner)
 
-A crash in C1 or R1 leaves a file in tmp/ that nobody reads; it is swept
-after fsutil.TMP_SWEEP_AGE_SEC.  Every other crash leaves a record in a
+A crash in C1 or R1 leaves a file in tmp/ that nobody reads (in K1, a
+hidden file in cancel/); it is swept after fsutil.TMP_SWEEP_AGE_SEC.  A
+cancelled request is kept CANCELLED_KEEP_SEC for whoever asks what became
+of it, then pruned (the scheduler's sweep does both).  Every other crash leaves a record in a
 committed state, which the consumer's startup rescan picks up.  A record
 that cannot be read (torn, not JSON, wrong format) is moved to corrupt/
 with the reason and never deleted.
@@ -46,7 +39,7 @@ Hints carry no data: a lost hint costs latency (htmlgen rescans), never
 history; they are written without fsync.
 """
 
-import hashlib
+import collections
 import os
 import re
 import secrets
@@ -57,6 +50,40 @@ from .state import parse_number
 
 QUEUES = ("changes", "requests")
 QUEUE_FORMATS = {"changes": ("change", "force"), "requests": ("request",)}
+
+# How long a request cancelled while queued stays in requests/cancelled/
+# (for `ls` and whoever asks what became of it) before the scheduler's
+# sweep prunes it.  Nothing reads it after the cancel, so unlike
+# fsutil.TMP_SWEEP_AGE_SEC it pairs with no writer's limit.
+CANCELLED_KEEP_SEC = 7 * 86400
+
+ALL, HIDDEN = "all", "hidden"   # which old files a sweep removes: any, or hidden temp names
+
+
+# A row of LAYOUT: a directory, what lives there, which temporary files
+# sweep() removes from it (ALL, HIDDEN or None) once older than
+# fsutil.TMP_SWEEP_AGE_SEC, the age past which prune() removes any entry
+# (KEEP), and its mode and group in units/tmpfiles.d.
+Dir = collections.namedtuple("Dir", "path holds sweep keep mode group",
+                             defaults=(None, None, 0o755, "buildunits"))
+
+
+# The one table of the layout (the docstring's list, as data).  The
+# inboxes are group buildunits-admin, setgid, so its members may hand in
+# changes, forced builds and cancellations (docs/design.md).
+LAYOUT = (
+    Dir("changes", "the scheduler's queue"),
+    Dir("changes/tmp", "ID: a change or force record being written", ALL, mode=0o2770, group="buildunits-admin"),
+    Dir("changes/new", "ID: queued for the scheduler", mode=0o2770, group="buildunits-admin"),
+    Dir("requests", "the runners' queue"),
+    Dir("requests/tmp", "ID: a build request being written", ALL, mode=0o750),
+    Dir("requests/new", "ID: queued for any runner whose name the builder accepts"),
+    Dir("requests/active", "WORKER/ID: claimed by runner WORKER"),
+    Dir("requests/cancelled", "ID: cancelled while queued, before any claim", keep=CANCELLED_KEEP_SEC),
+    Dir("cancel", "BUILDER@NUMBER: cancel this running build", HIDDEN, mode=0o2770, group="buildunits-admin"),
+    Dir("hints", "BUILDER@NUMBER: this build changed (for htmlgen)"),
+    Dir("corrupt", "QUEUE.ID and QUEUE.ID.reason: unreadable records, kept", HIDDEN, mode=0o750),
+)
 
 _id_counter = 0
 
@@ -86,15 +113,13 @@ class Spool:
         return os.path.join(self.root, *parts)
 
     def ensure(self):
-        """Create the layout (idempotent)."""
-        for q in QUEUES:
-            fsutil.makedirs(self.path(q, "tmp"))
-            fsutil.makedirs(self.path(q, "new"))
-        fsutil.makedirs(self.path("requests", "active"))
-        fsutil.makedirs(self.path("requests", "cancelled"))
-        fsutil.makedirs(self.path("cancel"))
-        fsutil.makedirs(self.path("hints"))
-        fsutil.makedirs(self.path("corrupt"))
+        """Create the layout, every row of LAYOUT (idempotent)."""
+        for d in LAYOUT:
+            fsutil.makedirs(self.path(d.path))
+
+    def missing(self):
+        """The directories of LAYOUT that are missing (for fsck)."""
+        return [self.path(d.path) for d in LAYOUT if not os.path.isdir(self.path(d.path))]
 
     def watch_dirs(self, *what):
         """Directories whose new entries mean work: 'changes', 'requests', 'cancel', 'hints'."""
@@ -124,18 +149,12 @@ class Spool:
 
     def pending(self, queue):
         """Ids queued in QUEUE/new, oldest first.  Stray names go to corrupt/."""
-        d = self.path(queue, "new")
-        try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            return []
         out = []
-        for n in names:
+        for n in self.entries(queue):
             if valid_id(n):
                 out.append(n)
-            elif not n.startswith("."):
-                self.corrupt(os.path.join(d, n), queue, "file name is not a spool id")
-        out.sort()
+            else:
+                self.reject(queue, n, "file name is not a spool id")
         return out
 
     def read(self, queue, rid, where="new"):
@@ -147,11 +166,8 @@ class Spool:
             return records.read(p, QUEUE_FORMATS[queue])
         except FileNotFoundError:
             return None
-        except records.RecordError as e:
-            self.corrupt(p, queue, e.reason)
-            return None
-        except OSError as e:
-            self.corrupt(p, queue, "cannot read: %s" % e.strerror)
+        except (records.RecordError, OSError) as e:
+            self.corrupt(p, queue, getattr(e, "reason", None) or "cannot read: %s" % e.strerror)
             return None
 
     def remove(self, queue, rid):
@@ -161,6 +177,51 @@ class Spool:
         except FileNotFoundError:
             return
         fsutil.fsync_dir_after_commit(self.path(queue, "new"))
+
+    def _locate(self, queue, name, worker=None):
+        """(path, formats) of the entry NAME of QUEUE ("changes", "requests"
+        or "cancel"): in QUEUE/new, or claimed by WORKER."""
+        if queue == "cancel":
+            return self.path("cancel", name), ("cancel",)
+        return self.path(queue, "new" if worker is None else os.path.join("active", worker), name), \
+            QUEUE_FORMATS[queue]
+
+    def where(self, queue, name, worker=None):
+        """The path of the entry NAME of QUEUE (see _locate), for messages."""
+        return self._locate(queue, name, worker)[0]
+
+    def peek(self, queue, rid, worker=None):
+        """The record RID of QUEUE (see _locate), or None if it is gone or
+        unreadable; read-only (status): nothing is moved."""
+        try:
+            return records.read(*self._locate(queue, rid, worker))
+        except (OSError, records.RecordError):
+            return None
+
+    def problem(self, queue, name, worker=None):
+        """What is wrong with the entry NAME of QUEUE (see _locate): the reason
+        read() would move it to corrupt/ with, or None if it is a good record
+        or gone.  Read-only (fsck)."""
+        if not (valid_id(name) if queue != "cancel" else cancel_target(name)):
+            return "file name is not a spool id" if queue != "cancel" else "file name is not BUILDER@NUMBER"
+        try:
+            records.read(*self._locate(queue, name, worker))
+        except FileNotFoundError:
+            return None
+        except records.RecordError as e:
+            return e.reason
+        except OSError as e:
+            return "cannot read: %s" % e.strerror
+        return None
+
+    def reject(self, queue, name, reason, worker=None):
+        """Move the entry NAME of QUEUE (see _locate) to corrupt/ with REASON."""
+        return self.corrupt(self._locate(queue, name, worker)[0], queue, reason)
+
+    def entries(self, queue, worker=None):
+        """Every name but hidden ones in QUEUE (see _locate), ids or not,
+        sorted (for fsck; pending() moves the strays)."""
+        return _listdir(os.path.dirname(self._locate(queue, "x", worker)[0]))
 
     # -------------------------------------------------------------- claims
     def claim(self, rid, worker):
@@ -173,7 +234,7 @@ class Spool:
         except FileNotFoundError:
             return None
         fsutil.fsync_dir_after_commit(adir)
-        return self.read("requests", rid, where=os.path.join("active", worker))
+        return self.read_claimed(worker, rid)
 
     def claimed(self, worker):
         """Ids claimed by WORKER, oldest first."""
@@ -199,6 +260,10 @@ class Spool:
 
     def read_claimed(self, worker, rid):
         return self.read("requests", rid, where=os.path.join("active", worker))
+
+    def claimants(self):
+        """Names of the directories in requests/active/ (fsck)."""
+        return _listdir(self.path("requests", "active"))
 
     def unclaim(self, worker, rid):
         """Hand a claimed request back to the queue (R3 -> R2)."""
@@ -226,6 +291,10 @@ class Spool:
             os.rename(self.path("requests", "new", rid), self.path("requests", "cancelled", rid))
         except FileNotFoundError:
             return False
+        try:
+            os.utime(self.path("requests", "cancelled", rid))   # CANCELLED_KEEP_SEC counts from now
+        except OSError:
+            pass
         fsutil.fsync_dir_after_commit(self.path("requests", "cancelled"))
         return True
 
@@ -239,18 +308,11 @@ class Spool:
     def cancel_requests(self):
         """{(builder, number): cancel record} of the cancellations pending."""
         out = {}
-        try:
-            names = os.listdir(self.path("cancel"))
-        except FileNotFoundError:
-            return out
-        for n in names:
-            b, at, num = n.rpartition("@")
-            number = parse_number(num)
-            if n.startswith(".") or not at or number is None:
-                continue
-            rec = self.read_cancel(b, number)
+        for n in self.entries("cancel"):
+            target = cancel_target(n)
+            rec = self.read_cancel(*target) if target else None
             if rec is not None:
-                out[(b, number)] = rec
+                out[target] = rec
         return out
 
     def read_cancel(self, builder, number):
@@ -307,30 +369,8 @@ class Spool:
     # ------------------------------------------------------------- corrupt
     def corrupt(self, path, queue, reason):
         """Move the broken file PATH to corrupt/ with REASON beside it."""
-        base = os.path.basename(path)
-        # A name that is not UTF-8, or too long to carry a prefix and a
-        # suffix, is shortened to something printable plus a digest.
-        printable = os.fsencode(base).decode("utf-8", "replace")
-        if printable != base or len(os.fsencode(base)) > 160:
-            digest = hashlib.sha256(os.fsencode(base)).hexdigest()[:12]
-            base = "%s-%s" % (re.sub(r"[^A-Za-z0-9._-]", "_", printable)[:100], digest)
-        name = "%s.%s" % (queue, base)
-        dest = self.path("corrupt", name)
-        if os.path.lexists(dest):
-            dest = self.path("corrupt", "%s.%s" % (name, secrets.token_hex(3)))
-        fsutil.makedirs(self.path("corrupt"))
-        # The reason first: a crash between the two leaves a reason for a
-        # file still in the queue, and the next read moves it again.
-        shown = os.fsencode(path).decode("utf-8", "replace")
-        fsutil.write_atomic(dest + ".reason",
-                            "%s\nfrom: %s\nwhen: %s\n" % (reason, shown, time.strftime("%Y-%m-%d %H:%M:%S %z")))
-        try:
-            os.rename(path, dest)
-        except FileNotFoundError:
-            fsutil._unlink_quietly(dest + ".reason")
-            return None
-        fsutil.fsync_dir_after_commit(self.path("corrupt"))
-        if self.on_corrupt:
+        dest = fsutil.move_aside(path, self.path("corrupt"), queue, reason)
+        if dest is not None and self.on_corrupt:
             self.on_corrupt(path, dest, reason)
         return dest
 
@@ -338,27 +378,39 @@ class Spool:
 
     def corrupted(self):
         """[(name, reason)] in corrupt/."""
-        out = []
-        try:
-            names = sorted(os.listdir(self.path("corrupt")))
-        except FileNotFoundError:
-            return out
-        for n in names:
-            if n.endswith(".reason") or n.startswith("."):
-                continue
-            try:
-                with open(self.path("corrupt", n + ".reason"), encoding="utf-8", errors="replace") as f:
-                    reason = f.readline().strip()
-            except FileNotFoundError:
-                reason = "(no reason recorded)"
-            out.append((n, reason))
-        return out
+        return fsutil.read_aside(self.path("corrupt"))
 
     # --------------------------------------------------------------- sweep
     def sweep(self, dry_run=False, now=None):
-        """Remove temporary files abandoned by crashed writers; return them."""
+        """Remove the temporary files abandoned by crashed writers that
+        LAYOUT says are swept (older than fsutil.TMP_SWEEP_AGE_SEC); return
+        their paths."""
         out = []
-        for q in QUEUES:
-            out += fsutil.sweep_stale_tmp(self.path(q, "tmp"), now=now, dry_run=dry_run)
-        out += fsutil.sweep_stale_tmp(self.path("corrupt"), now=now, dry_run=dry_run)
+        for d in LAYOUT:
+            if d.sweep:
+                out += fsutil.sweep_stale_tmp(self.path(d.path), now=now, dry_run=dry_run, everything=d.sweep == ALL)
         return out
+
+    def prune(self, dry_run=False, now=None):
+        """Remove the entries older than their row's KEEP (cancelled requests
+        after CANCELLED_KEEP_SEC, counted from the cancel); return their paths."""
+        out = []
+        for d in LAYOUT:
+            if d.keep:
+                out += fsutil.sweep_stale_tmp(self.path(d.path), now=now, age=d.keep, dry_run=dry_run,
+                                              everything=True)
+        return out
+
+
+def cancel_target(name):
+    """(builder, number) of the cancel/ entry NAME ("B@N"), or None."""
+    b, at, num = name.rpartition("@")
+    number = parse_number(num)
+    return (b, number) if at and b and number is not None else None
+
+
+def _listdir(d):
+    try:
+        return sorted(n for n in os.listdir(d) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -1,110 +1,32 @@
 """State: build history and daemon state, as plain versioned files.
 
 This module alone knows the state directory's layout (default
-/var/lib/buildunits):
+/var/lib/buildunits): the table LAYOUT below (and in buildunits-state(5)),
+which ensure(), sweep() and `buildunits fsck` follow.  A poller,
+scheduler or worker record that cannot be read is quarantined
+(quarantine(): moved to corrupt/ with the reason beside it, and a journal
+line), never deleted or overwritten in place, and its daemon goes on as
+without it.  Build history is never moved: a build record that cannot be
+read stays where it is (the pages skip it, fsck notes it).
 
-    builds/BUILDER/NUMBER/build.json   the build record (format "build")
-    builds/BUILDER/NUMBER/NN-STEP.log  each step's output, streamed as produced
-    builds/BUILDER/NUMBER/progress.jsonl  a running build's step transitions ("progress")
-    builds/BUILDER/next.json           hint: the next number to try ("counter")
-    poller/KEY.json                    last seen refs of one repository ("poller")
-    poller/KEY.git/                    bare mirror of a remote (non-path) repository
-    scheduler/BUILDER.json             consumed change ids and revisions ("scheduler")
-    locks/PROGRAM[@WORKER].lock        held by the running daemon (flock)
-    workers/WORKER.json                the build a runner holds ("worker")
-    work/WORKER/BUILDER/               a runner's work directory (the checkout)
-
-Build numbers never repeat, even across crashes: a number is taken by
-mkdir(builds/BUILDER/NUMBER), which is atomic and exclusive, and made
-durable (fsync of builds/BUILDER/) before it is used.  next.json is only a
-hint of where to start trying; if it is lost or behind, the mkdir loop
-still skips every number taken.  A crash after the mkdir and before
-build.json is written leaves an empty directory: a number used by no build
-(a gap, never a repeat), which the pages skip and `buildunits fsck` lists.
-
-A build number is an int with 1 <= N < 2**32 (the D-Bus signals carry it as
-uint32), and only its canonical decimal name (no leading zero, ASCII digits)
-is a build directory.  next.json is read by read_counter() alone: a "next"
-that is not such a number (true, 2**40, "7") is treated as missing, and the
-directory listed.  allocate_number() refuses to go past 2**32 - 1.
-
-Symbolic links are never records.  A build step runs as the same user
-and can write here, so whatever it plants is hostile: the readers of the
-builds tree (build_numbers, builders, read_build, open_log) walk it with
-O_NOFOLLOW at every step below builds/, so a link to a directory or a file
-elsewhere is neither followed nor shown (fsck reports it), and the runner
-creates each step log with O_EXCL, never writing through what is there.
-
-A build is written whole twice: build.json when it starts (state
-"running", every step pending) and when it ends (state "finished", the
-COMMIT POINT of its result, fsync'd).  In between, each step transition
-is one line appended to progress.jsonl (format "progress"): a cost that
-does not grow with the build (rewriting build.json at each step was
-quadratic in its number of steps).  read_build() applies those lines to a
-running record, so every reader sees the build as it progresses; a
-finished record is complete and its progress file, removed after the
-commit point, is ignored if a crash left it.  The lines are not fsync'd:
-a crash leaves some prefix of them (a torn last line is ignored), and
-recovery records the build as interrupted from what is there.
+Build numbers are taken by mkdir and never repeat, even across crashes;
+next.json is only a hint (numbers.py).  Symbolic links are never records,
+nor followed below builds/ (nofollow.py).  A running build's step
+transitions are lines appended to its progress file (progress.py), which
+read_build() applies.
 """
 
-import errno
 import hashlib
-import json
 import os
 import re
 import stat
 
-from . import fsutil, records, redact
+from . import fsutil, nofollow, numbers, progress, records, redact
+from .nofollow import NotLinked  # noqa: F401 (state.NotLinked: the name readers catch)
+from .numbers import MAX_BUILD_NUMBER, NumbersExhausted, parse_number, valid_number  # noqa: F401
 
 
-class NotLinked(ValueError):
-    """A symbolic link (or a non-directory) where the state tree must have
-    a directory or a file of its own: not followed."""
-
-    def __init__(self, path, link):
-        self.path = path
-        self.reason = "a symbolic link, not followed" if link else "not a directory"
-        super().__init__("%s: %s" % (path, self.reason))
-
-# Build numbers are carried as D-Bus uint32 ("u" in BuildStarted and the
-# others): 1 <= NUMBER < 2**32.  The counter's "next" is held to the same.
-MAX_BUILD_NUMBER = 2 ** 32 - 1
-_NUMBER_RE = re.compile(r"[1-9][0-9]{0,9}")   # canonical decimal, ASCII digits only
-
-
-def valid_number(n):
-    """True if N is a build number: an int (not a bool), 1 <= N < 2**32."""
-    return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_BUILD_NUMBER
-
-
-def parse_number(name):
-    """The build number a directory or file name NAME spells, or None: only
-    canonical decimal (no sign, no leading zero, no other digits than 0-9)."""
-    if isinstance(name, str) and _NUMBER_RE.fullmatch(name):
-        n = int(name)
-        if valid_number(n):
-            return n
-    return None
-
-
-class NumbersExhausted(Exception):
-    """A builder has used every build number below 2**32."""
-
-PROGRESS = "progress.jsonl"
-# The keys of a step a progress line may set, and those of the build.
-PROGRESS_STEP_KEYS = ("state", "result", "started", "finished", "log", "exit_status", "summary", "timed_out")
-PROGRESS_BUILD_KEYS = ("revision", "reason")
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _no_constant(name):
-    raise ValueError("%s is not a JSON number" % name)
+PROGRESS = progress.NAME
 
 
 class FinishedBuild(RuntimeError):
@@ -115,7 +37,27 @@ class FinishedBuild(RuntimeError):
         self.path = path
 
 
+# The rows of the layout: (directory, what lives there (format), whether
+# sweep() removes old hidden temporary files from it).  builds/BUILDER/
+# (the next-number hints) is swept too; builds/B/N/ by its runner's recovery.
+LAYOUT = (
+    ("builds", "BUILDER/NUMBER/build.json: the build record (\"build\"); BUILDER/NUMBER/NN-STEP.log: "
+               "each step's output, streamed; BUILDER/NUMBER/progress.jsonl: a running build's step "
+               "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\")", False),
+    ("poller", "KEY.json: last seen refs of one repository (\"poller\"); KEY.git/: its bare mirror", True),
+    ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\")", True),
+    ("workers", "WORKER.json: the build a runner holds (\"worker\")", True),
+    ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
+    ("locks", "PROGRAM[@WORKER].lock: held by the running daemon (flock)", False),
+    ("corrupt", "DIR.NAME, DIR.NAME.reason: a record that could not be read, and why (quarantine)", True),
+)
+# The directories whose records are quarantined when they cannot be read.
+QUARANTINED = ("poller", "scheduler", "workers")
+
+
 class State:
+    on_corrupt = None  # callable(path, dest, reason), set by daemons to log
+
     def __init__(self, root):
         self.root = root
 
@@ -123,8 +65,49 @@ class State:
         return os.path.join(self.root, *parts)
 
     def ensure(self):
-        for d in ("builds", "poller", "scheduler", "workers", "work"):
+        for d, _holds, _swept in LAYOUT:
             fsutil.makedirs(self.path(d))
+
+    def missing(self):
+        """The directories of LAYOUT that are missing (for fsck)."""
+        return [self.path(d) for d, _h, _s in LAYOUT if not os.path.isdir(self.path(d))]
+
+    def sweep(self, dry_run=False, now=None, builds=False):
+        """Remove temporary files abandoned by crashed writers (older than
+        fsutil.TMP_SWEEP_AGE_SEC) in the swept rows of LAYOUT and each
+        builder's directory, and with BUILDS in every build's (fsck: it
+        lists the whole history); return their paths."""
+        dirs = [self.path(d) for d, _h, swept in LAYOUT if swept]
+        for b in self.builders():
+            dirs.append(self.builder_dir(b))
+            if builds:
+                dirs += [self.build_dir(b, n) for n in self.build_numbers(b)]
+        out = []
+        for d in dirs:
+            out += fsutil.sweep_stale_tmp(d, now=now, dry_run=dry_run)
+        return out
+
+    def lock_path(self, program, instance=None):
+        """The lock file of daemon PROGRAM (and its INSTANCE, a worker)."""
+        return self.path("locks", program + ("@" + instance if instance else "") + ".lock")
+
+    # ------------------------------------------------------------ quarantine
+    def quarantine(self, path, reason):
+        """Move the state record PATH that cannot be read (in one of
+        QUARANTINED) to corrupt/DIR.NAME with REASON beside it; return where
+        it went (None if it was gone, or is not such a record: a build's
+        history is never moved).  Logged through on_corrupt."""
+        rel = os.path.relpath(path, self.root).split(os.sep)
+        if len(rel) != 2 or rel[0] not in QUARANTINED:
+            return None
+        dest = fsutil.move_aside(path, self.path("corrupt"), rel[0], reason)
+        if dest is not None and self.on_corrupt:
+            self.on_corrupt(path, dest, reason)
+        return dest
+
+    def quarantined(self):
+        """[(name, reason)] in corrupt/."""
+        return fsutil.read_aside(self.path("corrupt"))
 
     # -------------------------------------------------------------- builds
     def builder_dir(self, builder):
@@ -157,27 +140,9 @@ class State:
             records.write(self.counter_path(builder), "counter", {"next": n}, durable=durable)
 
     def allocate_number(self, builder):
-        """Take the next build number of BUILDER for good; see the docstring.
+        """Take the next build number of BUILDER for good (numbers.allocate).
         Raises NumbersExhausted past 2**32 - 1."""
-        bdir = self.builder_dir(builder)
-        fsutil.makedirs(bdir)
-        n = self.read_counter(builder)
-        if n is None:
-            nums = self.build_numbers(builder)
-            n = (nums[-1] + 1) if nums else 1
-        while True:
-            if n > MAX_BUILD_NUMBER:
-                raise NumbersExhausted("%s has used every build number up to %d (2^32 - 1, the largest "
-                                       "D-Bus signals carry); move its history away to start again"
-                                       % (builder, MAX_BUILD_NUMBER))
-            try:
-                os.mkdir(os.path.join(bdir, str(n)))
-                break
-            except FileExistsError:
-                n += 1
-        fsutil.fsync_dir(bdir)  # the number is now taken for good
-        self.write_counter(builder, n + 1)
-        return n
+        return numbers.allocate(self, builder)
 
     def build_numbers(self, builder):
         """All build numbers of BUILDER, ascending (reads the directory).
@@ -196,19 +161,13 @@ class State:
 
     def recent_numbers(self, builder, count):
         """The highest COUNT build numbers of BUILDER, ascending, without
-        listing its directory (which grows with history): counted down from
-        the next-number hint, and up past it (the hint is written after the
-        mkdir, so a crash can leave it behind).  Lists the directory only
-        when the hint is missing or unreadable."""
-        nxt = self.read_counter(builder)
-        if nxt is None:
-            return self.build_numbers(builder)[-count:]
-        top = nxt - 1
-        while top < MAX_BUILD_NUMBER and os.path.isdir(self.build_dir(builder, top + 1)):
-            top += 1
-        # Twice COUNT candidates: room for the gaps a crash can leave.
-        found = [n for n in range(top, max(0, top - 2 * count), -1) if os.path.isdir(self.build_dir(builder, n))]
-        return sorted(found[:count])
+        listing its directory (numbers.recent)."""
+        return numbers.recent(self, builder, count)
+
+    def walk_builds(self):
+        """(path, lstat mode, depth) of every entry of builds/ (depth 0),
+        builds/B (1) and builds/B/N (2), sorted, following no link (fsck)."""
+        return nofollow.walk(self.path("builds"), 2)
 
     def builders(self):
         """Names of builders with any history."""
@@ -268,69 +227,31 @@ class State:
     def start_progress(self, builder, number):
         """Create the progress file of a build that starts (its first line
         names it).  Not fsync'd: see the module's docstring."""
-        head = {"format": "progress", "version": records.FORMATS["progress"], "builder": builder, "number": number}
-        fd = os.open(self.progress_path(builder, number),
-                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, (json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
-        finally:
-            os.close(fd)
+        self._progress_write(builder, number, progress.head(builder, number), os.O_TRUNC)
 
     def append_progress(self, builder, number, step=None, fields=None, build=None):
-        """Append one transition: FIELDS of step STEP (an index in the
-        record's steps), and BUILD fields of the build.  One write(2) of a
-        line on O_APPEND, whose cost does not depend on the build's size."""
-        event = {}
-        if step is not None:
-            event["step"] = step
-            event["set"] = {k: v for k, v in (fields or {}).items() if k in PROGRESS_STEP_KEYS}
-        if build:
-            event["build"] = {k: v for k, v in build.items() if k in PROGRESS_BUILD_KEYS}
-        line = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+        """Append one transition (progress.event): one write(2) of a line on
+        O_APPEND, whose cost does not depend on the build's size."""
+        self._progress_write(builder, number, progress.event(step, fields, build), os.O_APPEND)
+
+    def _progress_write(self, builder, number, line, flag):
         fd = os.open(self.progress_path(builder, number),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                     os.O_WRONLY | os.O_CREAT | flag | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, line.encode("utf-8"))
+            progress.write_all(fd, line)
         finally:
             os.close(fd)
 
     def _apply_progress(self, rec, builder, number):
-        """Apply the lines of the progress file of B #N to the running REC.
-        A file that is not one (no header naming the build), and anything
-        from a line that does not parse on (a torn end), are ignored; so is
-        a symbolic link (open_file)."""
+        """Apply the progress file of B #N to the running REC (progress.apply);
+        a symbolic link or a file that is not a regular one is ignored."""
         try:
             fd = self.open_file("builds", builder, str(number), PROGRESS)
         except (OSError, NotLinked):
             return
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return
-            head = f.readline()
-            try:
-                head = json.loads(head)
-            except ValueError:
-                return
-            if not isinstance(head, dict) or head.get("format") != "progress" \
-                    or head.get("builder") != rec.get("builder") or head.get("number") != rec.get("number"):
-                return
-            steps = rec.get("steps") if isinstance(rec.get("steps"), list) else []
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break          # torn: the writer died in the middle of it
-                try:
-                    ev = json.loads(line, parse_constant=_no_constant)
-                except ValueError:
-                    break
-                if not isinstance(ev, dict):
-                    break
-                i, fields = ev.get("step"), ev.get("set")
-                if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(steps) \
-                        and isinstance(steps[i], dict) and isinstance(fields, dict):
-                    steps[i].update((k, v) for k, v in fields.items() if k in PROGRESS_STEP_KEYS)
-                build = ev.get("build")
-                if isinstance(build, dict):
-                    rec.update((k, v) for k, v in build.items() if k in PROGRESS_BUILD_KEYS)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                progress.apply(rec, f)
 
     def write_build(self, rec, durable=True):
         """Atomically (re)write a build record; REC keeps unknown keys.
@@ -364,6 +285,10 @@ class State:
             except OSError:
                 pass
 
+    def build_file(self, builder, number, name):
+        """The path of the file NAME of B #N (a log); open it with open_log."""
+        return os.path.join(self.build_dir(builder, number), name)
+
     def log_name(self, index, step):
         return "%02d-%s.log" % (index, step)
 
@@ -391,38 +316,12 @@ class State:
 
     # ------------------------------------------------------------ no links
     def _open_dir(self, *parts):
-        """A descriptor of the directory STATE/PARTS, reached without
-        following a symbolic link below the root."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for i, part in enumerate(parts):
-                try:
-                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        link = stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
-                        raise NotLinked(os.path.join(self.root, *parts[:i + 1]), link)
-                    raise
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return nofollow.open_dir(self.root, parts)
 
     def open_file(self, *parts, flags=os.O_RDONLY, mode=0o644):
         """os.open of STATE/PARTS, following no symbolic link below the root
-        (NotLinked if there is one, or a file where a directory should be).
-        Never blocks on a FIFO."""
-        dfd = self._open_dir(*parts[:-1])
-        try:
-            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dfd)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise NotLinked(os.path.join(self.root, *parts), True)
-            raise
-        finally:
-            os.close(dfd)
+        (nofollow.open_file).  Never blocks on a FIFO."""
+        return nofollow.open_file(self.root, parts, flags, mode)
 
     # -------------------------------------------------------------- poller
     def poller_path(self, repository, _shown=True):
@@ -433,6 +332,30 @@ class State:
         key = re.sub(r"[^A-Za-z0-9._-]+", "_", shown.strip("/"))[-48:]
         digest = hashlib.sha256(repository.encode("utf-8")).hexdigest()[:12]
         return self.path("poller", "%s-%s.json" % (key.strip("._") or "repo", digest))
+
+    def mirror_path(self, repository):
+        """The bare mirror of REPOSITORY (poller/KEY.git, beside its record)."""
+        return self.poller_path(repository)[:-len(".json")] + ".git"
+
+    def poller_records(self):
+        """[(path, record, or the RecordError that reading it raised)] of
+        every poller record, by file name (status and fsck)."""
+        out = []
+        for n in self._names("poller", ".json"):
+            path = self.path("poller", n)
+            try:
+                out.append((path, records.read(path, "poller")))
+            except records.RecordError as e:
+                out.append((path, e))
+            except OSError:
+                continue
+        return out
+
+    def _names(self, d, suffix):
+        try:
+            return sorted(n for n in os.listdir(self.path(d)) if n.endswith(suffix) and not n.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def read_poller(self, repository):
         """(record or None).  A corrupt one raises RecordError."""
@@ -456,6 +379,10 @@ class State:
     # ----------------------------------------------------------- scheduler
     def scheduler_path(self, builder):
         return self.path("scheduler", builder + ".json")
+
+    def schedulers(self):
+        """Builders with a scheduler record."""
+        return [n[:-5] for n in self._names("scheduler", ".json")]
 
     def read_scheduler(self, builder):
         try:
@@ -490,8 +417,4 @@ class State:
         return self.path("work", worker, builder)
 
     def workers(self):
-        try:
-            return sorted(n[:-5] for n in os.listdir(self.path("workers")) if n.endswith(".json")
-                          and not n.startswith("."))
-        except FileNotFoundError:
-            return []
+        return [n[:-5] for n in self._names("workers", ".json")]

@@ -15,13 +15,13 @@ def gather_status(dirs, cfg):
     sp, st = Spool(dirs.spool), State(dirs.state)
     out = {"changes": [], "queued": [], "running": [], "builders": {}}
     for cid in sp.pending("changes"):
-        r = peek(sp.path("changes", "new", cid), ("change", "force"))
+        r = sp.peek("changes", cid)
         if r:
             out["changes"].append({"id": cid, "kind": r["format"], "builder": _s(r.get("builder")),
                                    "branch": _s(r.get("branch")), "revision": _s(r.get("revision")),
                                    "queued": _t(r.get("queued"))})
     for rid in sp.pending("requests"):
-        r = peek(sp.path("requests", "new", rid), ("request",))
+        r = sp.peek("requests", rid)
         if r:
             out["queued"].append({"id": rid, "builder": _s(r.get("builder")), "branch": _s(r.get("branch")),
                                   "revision": _s(r.get("revision")), "reason": _s(r.get("reason")),
@@ -64,11 +64,7 @@ def _repositories(st, cfg):
                         if b.repository and b.poll_interval > 0})
         recs = [(r, peek(st.poller_path(r), ("poller",))) for r in repos]
     else:
-        try:
-            names = sorted(n for n in os.listdir(st.path("poller")) if n.endswith(".json"))
-        except OSError:
-            names = []
-        recs = [(None, peek(st.path("poller", n), ("poller",))) for n in names]
+        recs = [(None, rec) for _path, rec in st.poller_records() if isinstance(rec, dict)]
     out = []
     for repo, rec in recs:
         rec = rec or {}
@@ -111,8 +107,7 @@ def peek(path, fmts):
 
 def runner_alive(dirs, worker):
     """True if the runner of WORKER holds its lock (daemon.py) now."""
-    path = os.path.join(dirs.state, "locks", "buildunits-runner@%s.lock" % worker)
-    return _locked(path)
+    return _locked(State(dirs.state).lock_path("buildunits-runner", worker))
 
 
 def _locked(path):

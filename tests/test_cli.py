@@ -1,0 +1,187 @@
+"""`buildunits` commands in process: checkconfig, force, cancel,
+sendchange, status.  The bus is replaced by a stand-in (bus.call): either
+nobody is on it (the spool fallback) or a scheduler that is handed the
+call, made of the real Scheduler's D-Bus methods, so both paths are seen
+to say the same (control.py).  fsck has tests/test_fsck.py."""
+
+import json
+import os
+import types
+
+import pytest
+
+from buildunits import bus as busmod, cli, config, paths, scheduler
+from buildunits.bus import NoBus
+from buildunits.spool import Spool
+from buildunits.state import State
+
+REV = "a" * 40
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    d = paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"), state=str(tmp_path / "state"),
+                   site=str(tmp_path / "site"))
+    os.makedirs(os.path.join(d.config, "builders"))
+    with open(os.path.join(d.config, "builders", "hello.builder"), "w") as f:
+        f.write("[Builder]\nRepository=/srv/git/hello.git\nBranches=main\n[Step s]\nCommand=true\n")
+    return d
+
+
+class _Notifier:
+    watchdog_sec = None
+
+    def status(self, text):
+        pass
+
+    ready = reloading = reloaded = stopping = watchdog = status
+
+
+@pytest.fixture(params=["spool", "bus"])
+def via(request, dirs, monkeypatch):
+    """Where force and cancel go: "spool" (nobody on the bus) or "bus" (a
+    Scheduler's D-Bus methods, in process)."""
+    if request.param == "spool":
+        def call(role, method, *args, **kw):
+            raise busmod.Unreachable("no bus")
+    else:
+        s = scheduler.Scheduler(dirs, config.load(dirs.config), NoBus(), _Notifier())
+        s.spool.ensure()
+        s.state.ensure()
+        s.wake = lambda *a: None
+
+        def call(role, method, *args, **kw):
+            try:
+                return s.methods()[method](*args, "root")
+            except busmod.MethodError as e:
+                raise busmod.Refused(str(e))
+    monkeypatch.setattr(busmod, "call", call)
+    return request.param
+
+
+@pytest.fixture
+def run(dirs, capsys):
+    def run(*args):
+        argv = ["--config-dir", dirs.config, "--spool-dir", dirs.spool, "--state-dir", dirs.state,
+                "--site-dir", dirs.site] + list(args)
+        code = cli.main(argv)
+        out = capsys.readouterr()
+        return types.SimpleNamespace(code=code, out=out.out, err=out.err)
+    return run
+
+
+def forces(dirs):
+    sp = Spool(dirs.spool)
+    return [sp.read("changes", cid) for cid in sp.pending("changes")]
+
+
+# ---------------------------------------------------------- checkconfig
+def test_checkconfig_lists_the_builders(run, dirs):
+    r = run("checkconfig")
+    assert r.code == 0 and "hello: /srv/git/hello.git [main]; 1 step" in r.out
+    assert "configuration OK, 1 builder" in r.out
+
+
+def test_checkconfig_names_each_problem(run, dirs):
+    with open(os.path.join(dirs.config, "builders", "bad.builder"), "w") as f:
+        f.write("[Step s]\n")
+    r = run("checkconfig")
+    assert r.code == 1 and "bad.builder" in r.err and "1 problem" in r.err
+
+
+# ---------------------------------------------------------------- force
+def test_force_queues_a_force_record(run, dirs, via):
+    r = run("force", "hello", "--reason", "because", "--property", "color=blue", "--revision", REV)
+    assert r.code == 0 and r.out.startswith("forced build of hello queued (")
+    [rec] = forces(dirs)
+    assert rec["format"] == "force" and rec["builder"] == "hello" and rec["revision"] == REV
+    assert rec["reason"] == "because" and rec["properties"] == {"color": "blue"}
+
+
+def test_force_of_an_unknown_builder_is_refused_the_same_way(run, dirs, via):
+    r = run("force", "nosuch")
+    assert r.code == 1 and "no builder 'nosuch' (builders: hello)" in r.err and forces(dirs) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--revision", "HEAD"], "--revision must be a full commit id"),
+    (["--property", "color"], "--property wants NAME=VALUE, not 'color'"),
+])
+def test_force_usage_errors_exit_2(run, dirs, via, args, message):
+    r = run("force", "hello", *args)
+    assert r.code == 2 and message in r.err and forces(dirs) == []
+
+
+def test_force_of_a_branch_outside_branches_notes_it(run, dirs):
+    Spool(dirs.spool).ensure()
+    r = run("force", "hello", "--branch", "topic")
+    assert r.code == 0 and "note: branch topic is not in hello's Branches= (main); building it anyway" in r.err
+
+
+def test_force_with_a_broken_configuration_warns_and_queues(run, dirs):
+    with open(os.path.join(dirs.config, "builders", "bad.builder"), "w") as f:
+        f.write("[Step s]\n")
+    r = run("force", "hello")
+    assert r.code == 0 and "warning: the configuration in %s has 1 problem" % dirs.config in r.err
+
+
+# --------------------------------------------------------------- cancel
+def _build(dirs, state):
+    st = State(dirs.state)
+    n = st.allocate_number("hello")
+    st.write_build({"builder": "hello", "number": n, "state": state, "result": "success" if state == "finished"
+                    else None, "steps": [], "worker": "w1"})
+    return n
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "cancel wants BUILDER NUMBER, or --request ID"),
+    (["hello"], "cancel hello: which build? give its NUMBER"),
+])
+def test_cancel_usage_errors_exit_2(run, dirs, args, message):
+    r = run("cancel", *args)
+    assert r.code == 2 and message in r.err
+
+
+def test_cancel_of_a_running_build_asks_its_runner(run, dirs, via):
+    Spool(dirs.spool).ensure()
+    n = _build(dirs, "running")
+    r = run("cancel", "hello", str(n))
+    assert r.code == 0 and "cancelling hello #%d (running on w1)" % n in r.out
+    assert list(Spool(dirs.spool).cancel_requests()) == [("hello", n)]
+
+
+@pytest.mark.parametrize("state,message", [(None, "hello #1 does not exist"),
+                                           ("finished", "hello #1 has already finished (success)")])
+def test_cancel_refusals_say_why_the_same_way(run, dirs, via, state, message):
+    Spool(dirs.spool).ensure()
+    if state:
+        _build(dirs, state)
+    r = run("cancel", "hello", "1")
+    assert r.code == 1 and message in r.err and Spool(dirs.spool).cancel_requests() == {}
+
+
+def test_cancel_of_a_queued_request(run, dirs, via):
+    sp = Spool(dirs.spool)
+    sp.ensure()
+    rid = sp.deliver("requests", "request", {"builder": "hello"})
+    r = run("cancel", "--request", rid)
+    assert r.code == 0 and "request %s cancelled" % rid in r.out and sp.cancelled() == [rid]
+    r = run("cancel", "--request", rid)
+    assert r.code == 1 and "request %s is not queued (already running, finished or unknown)" % rid in r.err
+
+
+# ------------------------------------------------------ sendchange, status
+def test_sendchange_queues_a_change_and_status_shows_it(run, dirs):
+    r = run("sendchange", "--repository", "/srv/git/hello.git", "--branch", "refs/heads/main", "--revision", REV,
+            "--author", "A <a@example.invalid>", "--message", "m", "--when", "1000", "--file", "f")
+    assert r.code == 0 and "change aaaaaaaaaaaa on main queued" in r.out
+    s = json.loads(run("status", "--json").out)
+    assert [(c["kind"], c["branch"], c["revision"]) for c in s["changes"]] == [("change", "main", REV)]
+    text = run("status").out
+    assert "changes waiting for the scheduler: 1" in text and "main aaaaaaaaaaaa" in text
+
+
+def test_sendchange_refuses_an_abbreviated_revision_of_a_remote_repository(run, dirs):
+    r = run("sendchange", "--repository", "https://example.invalid/r.git", "--branch", "main", "--revision", "abc1234")
+    assert r.code == 2 and "is abbreviated; with a remote repository give" in r.err
