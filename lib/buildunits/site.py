@@ -92,13 +92,15 @@ from urllib.parse import quote, unquote
 
 import markupsafe
 
-from . import fsutil, log, records, templates
-from . import redact
+from . import fsutil, log, records, siteviews, templates
+from .siteviews import API_VERSION, MAX_CHANGES_SHOWN, build_json, build_view, card  # noqa: F401
+from .siteviews import (card_order as _card_order, card_time as _card_time, log_stem as _log_stem,
+                        num as _num, safe_name as _safe_name, sort_time as _sort_time, text as _str)
+from .siteviews import _is_int, _list
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
 INDEX = ".buildunits-site.json"
 INDEX_VERSION = 1
-API_VERSION = 1                      # of the api/ files; docs/site.md has their history
 HISTORY_PAGE = 50                    # builds per history page; changing it needs a new FINAL_MARK
 GAP_PATIENCE = 10                    # later numbers taken before a number without a record is a gap
 MAX_CATCHUP = 10000                  # more new numbers than this at once: list the directory instead
@@ -108,7 +110,6 @@ CONSOLE_CELL = 3                     # builds shown in a console cell
 MAX_LOG_LINES = 5000
 MAX_LOG_BYTES = 2 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024           # a longer line is shown cut
-MAX_CHANGES_SHOWN = 5                # per build on the waterfall, history and cards
 MAX_QUEUED_SHOWN = 5                 # per builder on the waterfall
 REFRESH_SEC = 60                     # pages that change: heads, running builds
 _COPY_CHUNK = 1024 * 1024
@@ -413,7 +414,7 @@ class Site:
         if c is None:
             rec = self._read(b.name, n)
             if rec is not None:
-                c = b.cards[n] = card(rec)
+                c = b.cards[n] = card(build_view(rec))
         return c
 
     def _is_final_file(self, b, n):
@@ -446,12 +447,13 @@ class Site:
             self._gap(b, n)
             return
         changed = force or stamp != b.stamps.get(n) or n not in b.cards
-        c = card(rec) if changed else b.cards[n]
+        view = build_view(rec)   # the one reshaping of the record; the card is made of it
+        c = card(view) if changed else b.cards[n]
         b.cards[n] = c
         b.stamps[n] = stamp
         finished = c["state"] == "finished"
         if force or not final:
-            self._render_build(b, n, rec, c, pages=changed, force=force)
+            self._render_build(b, n, view, c, pages=changed, force=force)
         if finished:
             b.unfinal.discard(n)
             b.recs.pop(n, None)
@@ -485,12 +487,11 @@ class Site:
         else:
             b.unfinal.add(n)
 
-    def _render_build(self, b, n, rec, c, pages, force):
+    def _render_build(self, b, n, view, c, pages, force):
         """Write a build's log pages (those whose log or step changed) and,
         if PAGES, its page and JSON; then .final once it is finished."""
         bdir = self.build_dir(b.name, n)
         self._mkdir(bdir)
-        view = build_view(rec, dir_href="")
         running = view["state"] != "finished"
         for step in view["steps"]:
             if step["log_page"]:
@@ -501,7 +502,7 @@ class Site:
                                     feed="builders/%s/atom.xml" % b.q, build=view,
                                     builder_html="builders/%s/index.html" % b.q, json=c["json"])
             self._write(os.path.join(bdir, "index.html"), page)
-            self._write_json(c["json"], build_json(rec, view, c))
+            self._write_json(c["json"], build_json(view))
         if not running:
             fsutil.write_atomic(os.path.join(bdir, ".final"), FINAL_MARK, durable=False)
             for key in [k for k in self._log_memo if k.startswith(bdir + os.sep)]:
@@ -510,12 +511,12 @@ class Site:
     def _render_log(self, b, n, build, step, force):
         """Write a step's raw log link and log page, if they changed."""
         bdir = self.build_dir(b.name, n)
-        src = os.path.join(self.state.build_dir(b.name, n), step["log"])
+        src = os.path.join(self.state.build_dir(b.name, n), step["log_file"])
         raw = os.path.join(bdir, step["log_raw"])
         page = os.path.join(bdir, step["log_page"])
         # A step can plant a link at a log's name: only a regular file of
         # the build's own directory, reached without a link, is shown.
-        fd = self.state.open_log(b.name, n, step["log"])
+        fd = self.state.open_log(b.name, n, step["log_file"])
         try:
             if fd is not None:
                 self._count += int(_link_or_copy(src, raw, fd))
@@ -570,7 +571,7 @@ class Site:
                     if memo is not None and memo[0] == source:
                         continue
                     if view is None:
-                        view = build_view(rec, dir_href="")
+                        view = build_view(rec)
                     for sv in view["steps"]:
                         if sv["log_page"] == stem + ".html":
                             self._render_log(b, n, view, sv, force=False)
@@ -705,7 +706,7 @@ class Site:
         self._write_json("api/builders.json", {
             "format": "site-builders", "version": API_VERSION, "title": _str(self.cfg.title),
             "generated": time.time(), "waterfall": "index.html", "console": "console.html",
-            "atom": "atom.xml", "builders": [_builder_json(c) for c in columns]})
+            "atom": "atom.xml", "builders": [siteviews.builder_json(c) for c in columns]})
 
     def _render_builder_head(self, b, column):
         floor = b.head_floor()
@@ -728,7 +729,7 @@ class Site:
                          pager={"newer": "", "older": older, "pages": pages},
                          page_range=None)
         doc = {"format": "site-builder", "version": API_VERSION}
-        doc.update(_builder_json(column))
+        doc.update(siteviews.builder_json(column))
         doc["history"] = {"page_size": HISTORY_PAGE, "pages": b.pages, "skipped": b.skipped,
                           "html": "builders/%s/history/{page}.html" % b.q,
                           "json": "api/builders/%s/history/{page}.json" % b.q}
@@ -736,19 +737,7 @@ class Site:
 
     def _column(self, b, queued):
         """A builder as the heads show it (also its entry in api/builders.json)."""
-        builder = self.cfg.builders.get(b.name)
-        last = None
-        if b.last:
-            last = dict(b.last, html="builders/%s/%d/index.html" % (b.q, b.last["number"]))
-        running = [{"number": n, "html": b.cards[n]["html"], "current_step": b.cards[n]["current_step"]}
-                   for n in sorted(b.cards, reverse=True) if b.cards[n]["state"] != "finished"]
-        return {
-            "name": _str(b.name), "description": _str(builder.description) if builder else "",
-            "configured": builder is not None, "latest": b.known, "last": last, "running": running,
-            "queued": [request_view(r) for r in queued.get(b.name, [])],
-            "html": "builders/%s/index.html" % b.q, "json": "api/builders/%s/index.json" % b.q,
-            "atom": "builders/%s/atom.xml" % b.q, "badge": "builders/%s/badge.svg" % b.q,
-        }
+        return siteviews.column(b, self.cfg.builders.get(b.name), queued.get(b.name, []))
 
     def _rows(self, cards, names, root):
         """Waterfall rows, newest first: builds of one revision that follow
@@ -934,150 +923,6 @@ class Site:
         self._write(self._path(rel), text + "\n")
 
 
-# -------------------------------------------------------------- view models
-# Records come from every past version and may lack keys or carry unknown
-# ones; the templates use StrictUndefined, so these functions turn a record
-# into a view with every key a template reads, whatever the record held.
-
-def card(rec):
-    """What the heads, feeds and JSON lists show of a build: a small dict of
-    plain values, paths from the site's top (documented in docs/site.md)."""
-    builder, number = rec["builder"], rec["number"]
-    base = "builders/%s/%d/" % (quote(builder, safe=""), number)
-    request = _dict(rec.get("request"))
-    steps = []
-    for i, s in enumerate(_list(rec.get("steps")), 1):
-        if not isinstance(s, dict):
-            continue
-        state = _str(s.get("state")) or "pending"
-        stem = _log_stem(s.get("log"))
-        steps.append({
-            "name": _str(s.get("name")) or "step %d" % i, "description": _str(s.get("description")),
-            "state": state, "result": _result(s.get("result")), "status": status(state, s.get("result")),
-            "started": _num(s.get("started")), "finished": _num(s.get("finished")),
-            "duration": _duration(s.get("started"), s.get("finished")), "summary": _str(s.get("summary")),
-            "log": {"html": base + quote(stem) + ".html", "raw": base + quote(stem) + ".txt"} if stem else None,
-        })
-    changes = [c for c in _list(request.get("changes")) if isinstance(c, dict)]
-    state = _str(rec.get("state")) or "running"
-    current = [s["name"] for s in steps if s["state"] == "running"]
-    return {
-        "builder": _str(builder), "number": number, "state": state, "result": _result(rec.get("result")),
-        "status": status(state, rec.get("result")),
-        "started": _num(rec.get("started")), "finished": _num(rec.get("finished")),
-        "duration": _duration(rec.get("started"), rec.get("finished")),
-        "queued": _num(request.get("queued")), "worker": _str(rec.get("worker")),
-        "branch": _str(rec.get("branch") or request.get("branch")),
-        "revision": _str(rec.get("revision") or request.get("revision")),
-        "request_reason": _str(request.get("reason")), "reason": _str(rec.get("reason")),
-        "current_step": current[0] if current else "",
-        "changes": [{"revision": _str(c.get("revision")), "author": _str(c.get("author")),
-                     "when": _num(c.get("when")), "subject": templates.firstline(_str(c.get("message")))}
-                    for c in changes[:MAX_CHANGES_SHOWN]],
-        "changes_count": len(changes),
-        "steps": steps,
-        "html": base + "index.html",
-        "json": "api/builders/%s/builds/%d.json" % (quote(builder, safe=""), number),
-    }
-
-
-def build_json(rec, view, c):
-    """api/builders/B/builds/N.json: the card, and what the build page adds."""
-    force = _dict(rec.get("request")).get("force")
-    doc = {"format": "site-build", "version": API_VERSION}
-    doc.update(c)
-    doc.update({
-        "repository": view["repository"], "properties": dict(view["properties"]),
-        "force": _str(force) if isinstance(force, str) else dict(view["force"]) or None,
-        "changes": [dict({k: v for k, v in ch.items() if k not in _PAGE_ONLY},
-                         subject=templates.firstline(ch["message"])) for ch in view["changes"]],
-        "steps": [dict(s, command=v["command"], exit_status=v["exit_status"])
-                  for s, v in zip(c["steps"], view["steps"])],
-    })
-    return doc
-
-
-def _builder_json(column):
-    return {k: column[k] for k in ("name", "description", "configured", "latest", "last", "running",
-                                   "html", "json", "atom", "badge")} | {"queued": len(column["queued"])}
-
-
-def build_view(rec, dir_href):
-    """What the build page shows of a build record; links relative to DIR_HREF."""
-    request = _dict(rec.get("request"))
-    steps = [step_view(i, s, dir_href) for i, s in enumerate(_list(rec.get("steps")), 1)
-             if isinstance(s, dict)]
-    state = _str(rec.get("state")) or "running"
-    current = [s["name"] for s in steps if s["state"] == "running"]
-    return {
-        "builder": _str(rec["builder"]), "number": rec["number"], "state": state,
-        "status": status(state, rec.get("result")),
-        "href": dir_href + "index.html",
-        "started": _num(rec.get("started")), "finished": _num(rec.get("finished")),
-        "duration": _duration(rec.get("started"), rec.get("finished")),
-        "worker": _str(rec.get("worker")), "reason": _str(rec.get("reason")),
-        "request_reason": _str(request.get("reason")), "queued": _num(request.get("queued")),
-        # Masked again: a record of an older release may hold credentials.
-        "repository": redact.url(_str(rec.get("repository") or request.get("repository"))),
-        "branch": _str(rec.get("branch") or request.get("branch")),
-        "revision": _str(rec.get("revision") or request.get("revision")),
-        "properties": _pairs(request.get("properties")), "force": _pairs(request.get("force")),
-        "changes": [change_view(c) for c in _list(request.get("changes")) if isinstance(c, dict)],
-        "steps": steps, "current_step": current[0] if current else "",
-    }
-
-
-def step_view(index, step, dir_href):
-    state = _str(step.get("state")) or "pending"
-    stem = _log_stem(step.get("log"))
-    return {
-        "index": index, "name": _str(step.get("name")) or "step %d" % index,
-        "description": _str(step.get("description")), "command": _str(step.get("command")),
-        "state": state, "status": status(state, step.get("result")),
-        "started": _num(step.get("started")), "finished": _num(step.get("finished")),
-        "duration": _duration(step.get("started"), step.get("finished")),
-        "summary": _str(step.get("summary")),
-        "exit_status": step.get("exit_status") if _is_int(step.get("exit_status")) else None,
-        "log": stem + ".log" if stem else "",
-        "log_page": stem + ".html" if stem else "", "log_raw": stem + ".txt" if stem else "",
-        "log_href": dir_href + quote(stem) + ".html" if stem else "",
-    }
-
-
-def change_view(c):
-    files = [_str(f) for f in _list(c.get("files")) if isinstance(f, str)]
-    return {"revision": _str(c.get("revision")), "author": _str(c.get("author")),
-            "when": _num(c.get("when")), "branch": _str(c.get("branch")),
-            "repository": redact.url(_str(c.get("repository"))), "message": _str(c.get("message")),
-            "files": files,
-            # What the record did not keep of it (changes.py); for the page only.
-            "files_omitted": c["files_omitted"] if _is_int(c.get("files_omitted")) else 0,
-            "details_omitted": c.get("details_omitted") is True}
-
-
-_PAGE_ONLY = ("files_omitted", "details_omitted")   # change_view keys not in the JSON API
-
-
-def request_view(req):
-    changes = [change_view(c) for c in _list(req.get("changes")) if isinstance(c, dict)]
-    return {"revision": _str(req.get("revision")), "branch": _str(req.get("branch")),
-            "reason": _str(req.get("reason")), "queued": _num(req.get("queued")),
-            "changes": changes}
-
-
-def status(state, result):
-    """The word a box shows: the result, or what the build or step is doing."""
-    if isinstance(result, str) and result:
-        return _str(result)
-    if state == "finished":
-        return "exception"  # finished without a result: a record from a crash
-    return state if state in ("running", "pending") else "running"
-
-
-def _result(v):
-    return _str(v) if isinstance(v, str) and v else None
-
-
 def _feed_summary(c):
     parts = ["%s after %s." % (c["status"], templates.timespan(c["duration"])) if c["duration"] is not None
              else "%s." % c["status"]]
@@ -1115,107 +960,11 @@ def _stamp(path):
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _card_time(c):
-    for key in ("started", "finished", "queued"):
-        if c[key] is not None:
-            return c[key]
-    return 0.0
-
-
-def _card_order(c):
-    return (_card_time(c), c["builder"], c["number"])
-
-
-def _sort_time(rec):
-    for key in ("started", "finished"):
-        t = _num(rec.get(key))
-        if t is not None:
-            return t
-    return _num(_dict(rec.get("request")).get("queued")) or 0.0
-
-
-def _duration(start, end):
-    start, end = _num(start), _num(end)
-    return end - start if start is not None and end is not None else None
-
-
-def _pairs(d):
-    """[(key, text)] of a dict of properties, sorted; values shown as JSON
-    unless they are strings."""
-    if not isinstance(d, dict):
-        return []
-    out = []
-    for k, v in d.items():
-        try:
-            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
-        except (TypeError, ValueError):
-            text = repr(v)
-        out.append((_str(k), _str(text)))
-    return sorted(out)
-
-
-# Characters XML 1.0 cannot carry, even as references, and lone surrogates
-# (from \\u escapes in JSON), which cannot be encoded: shown as U+FFFD.
-_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-
-
-def _str(v):
-    s = v if isinstance(v, str) else ("" if v is None else str(v))
-    return _BAD_CHARS.sub("\ufffd", s)
-
-
-def _num(v):
-    """A time or duration from a record, or None (also for NaN, infinities
-    and times no calendar shows)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        v = float(v)
-    except OverflowError:
-        return None
-    return v if math.isfinite(v) and abs(v) < 1e11 else None
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _count(v):
     if not _is_int(v) or v < 0:
         raise ValueError("not a count: %r" % (v,))
     return v
 
-
-def _list(v):
-    return v if isinstance(v, list) else []
-
-
-def _dict(v):
-    return v if isinstance(v, dict) else {}
-
-
-def _safe_name(name):
-    """A builder or file name usable as one path component of the site."""
-    if not (isinstance(name, str) and name and not name.startswith(".") and "/" not in name):
-        return False
-    if _BAD_CHARS.search(name):
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False  # an undecodable file name, as os.listdir returns it
-    return True
-
-
-_LOG_NAME = re.compile(r"[0-9]+-[^/]+\.log")
-
-
-def _log_stem(name):
-    """The log's file name without .log, if it is one the runner makes
-    (NN-STEP.log): never "index", never a path."""
-    if isinstance(name, str) and _LOG_NAME.fullmatch(name) and _safe_name(name):
-        return name[:-len(".log")]
-    return ""
 
 
 # --------------------------------------------------------------------- logs
