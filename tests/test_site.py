@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from buildunits import config, records, site, templates
+from buildunits import config, records, site, sitelogs, siteviews, templates
 from buildunits.spool import Spool
 from buildunits.state import State
 
@@ -590,7 +590,7 @@ def test_json_api_describes_builders_and_builds(env, tmp_path):
     api = tmp_path / "state" / "site" / "api"
     root = tmp_path / "state" / "site"
     top = json.loads((api / "builders.json").read_text())
-    assert (top["format"], top["version"]) == ("site-builders", site.API_VERSION)
+    assert (top["format"], top["version"]) == ("site-builders", siteviews.API_VERSION)
     (b,) = top["builders"]
     assert b["name"] == "hello" and b["configured"] and b["latest"] == n2 and b["queued"] == 1
     assert b["last"]["number"] == n1 and b["last"]["status"] == "failure"
@@ -598,11 +598,11 @@ def test_json_api_describes_builders_and_builds(env, tmp_path):
     for key in ("html", "json", "atom", "badge"):
         assert (root / unquote(b[key])).is_file(), key
     one = json.loads((root / unquote(b["json"])).read_text())
-    assert (one["format"], one["version"]) == ("site-builder", site.API_VERSION)
+    assert (one["format"], one["version"]) == ("site-builder", siteviews.API_VERSION)
     assert [c["number"] for c in one["builds"]] == [n2, n1]
     assert one["history"]["page_size"] == site.HISTORY_PAGE and one["history"]["pages"] == 0
     build = json.loads((root / unquote(one["builds"][1]["json"])).read_text())
-    assert (build["format"], build["version"]) == ("site-build", site.API_VERSION)
+    assert (build["format"], build["version"]) == ("site-build", siteviews.API_VERSION)
     assert build["number"] == n1 and build["result"] == "failure" and build["state"] == "finished"
     assert build["changes"][0]["message"] == "fix the frobnicator\n\nlong story"
     assert build["changes"][0]["subject"] == "fix the frobnicator"
@@ -953,7 +953,7 @@ def test_big_log_is_shown_in_part_without_reading_it_all(env, tmp_path):
     assert "L5000" in page.ids and "L5001" not in page.ids
     assert "Showing the first 5000 lines" in page.all_text
     assert "01-compile.txt" in page.links()
-    assert os.path.getsize(bdir / "01-compile.html") < 2 * site.MAX_LOG_BYTES
+    assert os.path.getsize(bdir / "01-compile.html") < 2 * sitelogs.MAX_LOG_BYTES
     assert os.path.samefile(bdir / "01-compile.txt", path)
 
 
@@ -971,11 +971,11 @@ def test_log_limit_by_bytes_and_overlong_lines(env, tmp_path):
 def test_log_excerpt_counts_and_truncation(tmp_path):
     p = tmp_path / "log"
     p.write_bytes(b"a\nb\nc")
-    ex = site.LogExcerpt(str(p), max_lines=2)
+    ex = sitelogs.LogExcerpt(str(p), max_lines=2)
     assert list(ex) == [(1, "a"), (2, "b")] and ex.truncated and ex.shown == 2
-    ex = site.LogExcerpt(str(p), max_lines=3)
+    ex = sitelogs.LogExcerpt(str(p), max_lines=3)
     assert list(ex) == [(1, "a"), (2, "b"), (3, "c")] and not ex.truncated
-    ex = site.LogExcerpt(str(tmp_path / "missing"))
+    ex = sitelogs.LogExcerpt(str(tmp_path / "missing"))
     assert list(ex) == [] and ex.missing
 
 

@@ -79,24 +79,19 @@ builder names (quoted) and numbers, and text that XML cannot carry
 """
 
 import contextlib
-import errno
 import heapq
 import json
-import math
 import os
-import re
-import stat
 import time
 import uuid
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-import markupsafe
-
-from . import fsutil, log, records, siteviews, templates
-from .siteviews import API_VERSION, MAX_CHANGES_SHOWN, build_json, build_view, card  # noqa: F401
-from .siteviews import (card_order as _card_order, card_time as _card_time, log_stem as _log_stem,
-                        num as _num, safe_name as _safe_name, sort_time as _sort_time, text as _str)
-from .siteviews import _is_int, _list
+from . import fsutil, log, sitefiles, siteviews, templates
+from .sitelogs import LogPages
+from .siteviews import build_json, build_view, card
+from .siteviews import (card_order as _card_order, card_time as _card_time, num as _num,
+                        safe_name as _safe_name, sort_time as _sort_time, text as _str)
+from .siteviews import _is_int
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
 INDEX = ".buildunits-site.json"
@@ -107,12 +102,8 @@ MAX_CATCHUP = 10000                  # more new numbers than this at once: list 
 FEED_ENTRIES = 30                    # at most HISTORY_PAGE: the cards in memory must cover them
 CONSOLE_ROWS = 50
 CONSOLE_CELL = 3                     # builds shown in a console cell
-MAX_LOG_LINES = 5000
-MAX_LOG_BYTES = 2 * 1024 * 1024
-MAX_LINE_BYTES = 64 * 1024           # a longer line is shown cut
 MAX_QUEUED_SHOWN = 5                 # per builder on the waterfall
 REFRESH_SEC = 60                     # pages that change: heads, running builds
-_COPY_CHUNK = 1024 * 1024
 _UNREAD = object()
 
 # Badge colours by result word: (background, text).  Never from records.
@@ -187,18 +178,19 @@ class Site:
         self._warned = set()     # unreadable build records already logged
         self._loaded = False
         self._index_stamp = None  # INDEX as this process last wrote it
+        self.files = sitefiles.SiteFiles(site_dir)
+        self.logs = LogPages(self.files, state)
         self._reset()
 
     def _reset(self):
         self._b = {}             # name -> _Builder
         self._names = []         # the builders of this pass
-        self._dirs = set()       # directories known to exist
+        self.files.forget_dirs()
         self._badge_words = {}   # builder -> the word its badge shows
         self._wf_pages = 0       # older waterfall pages 1.._wf_pages are written
         self._wf_open = {}       # page -> {"members": [(B, n)], "waiting": {(B, n)}}: not final yet
-        self._log_memo = {}      # log page path -> what it was rendered from
+        self.logs.forget_all()
         self._pieces = {}        # (B, n) -> {(template, root): a finished build's piece of a page}
-        self._count = 0          # files written by this call
         self._all = True         # render every head page in this pass
         self._dirty = set()      # builders whose head pages must be rendered
         self._finished = set()   # builders with a newly finished build (feeds)
@@ -212,14 +204,14 @@ class Site:
         number) pairs) changed; also finds new and running builds without
         a hint.  FORCE renders the touched builds even if final.  Returns
         the number of files written (pages, feeds, JSON; not the marks)."""
-        self._count = 0
-        if self._loaded and self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+        self.files.count = 0
+        if self._loaded and self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             self._loaded = False  # another process (buildunits-htmlgen --rebuild) wrote the site
         with self._forget_on_failure():
             if not self._loaded and not self._load():
                 return self._generate(None, force=False)
             self._pass(touched, force)
-        return self._count
+        return self.files.count
 
     def rebuild(self, progress=None, force=False):
         """Bring everything up to date.  FORCE renders every page again from
@@ -228,8 +220,8 @@ class Site:
         know is rendered, skipping builds whose .final is current.
         PROGRESS(done, total) is called after each build.  Returns the
         number of files written."""
-        self._count = 0
-        if self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+        self.files.count = 0
+        if self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             self._loaded = False
         with self._forget_on_failure():
             if force or not (self._loaded or self._load()):
@@ -238,7 +230,7 @@ class Site:
             self._pass([], False)
         if progress:
             progress(1, 1)
-        return self._count
+        return self.files.count
 
     @contextlib.contextmanager
     def _forget_on_failure(self):
@@ -253,10 +245,6 @@ class Site:
     # ---------------------------------------------------------------- paths
     def build_dir(self, builder, number):
         return os.path.join(self.root, "builders", builder, str(number))
-
-    def _path(self, rel):
-        """The file at REL, a path from the top as links spell it (quoted)."""
-        return os.path.join(self.root, *(unquote(part) for part in rel.split("/")))
 
     # ------------------------------------------------------------ the passes
     def _pass(self, touched, force):
@@ -315,7 +303,7 @@ class Site:
         self._remove_stale_waterfall_pages()
         if progress:
             progress(total, total)
-        return self._count
+        return self.files.count
 
     def _stream(self, name, numbers):
         """(start time, name, number, record or None, stat) of each build of
@@ -491,56 +479,21 @@ class Site:
         """Write a build's log pages (those whose log or step changed) and,
         if PAGES, its page and JSON; then .final once it is finished."""
         bdir = self.build_dir(b.name, n)
-        self._mkdir(bdir)
+        self.files.mkdir(bdir)
         running = view["state"] != "finished"
         for step in view["steps"]:
             if step["log_page"]:
-                self._render_log(b, n, view, step, force)
+                self.logs.render(bdir, view, step, self.cfg.title, force)
         if pages or not running:
             page = templates.render("build.html", title="%s #%d" % (view["builder"], n), root="../../../",
                                     refresh=REFRESH_SEC if running else 0, site_title=self.cfg.title,
                                     feed="builders/%s/atom.xml" % b.q, build=view,
                                     builder_html="builders/%s/index.html" % b.q, json=c["json"])
-            self._write(os.path.join(bdir, "index.html"), page)
+            self.files.write(os.path.join(bdir, "index.html"), page)
             self._write_json(c["json"], build_json(view))
         if not running:
             fsutil.write_atomic(os.path.join(bdir, ".final"), FINAL_MARK, durable=False)
-            for key in [k for k in self._log_memo if k.startswith(bdir + os.sep)]:
-                del self._log_memo[key]
-
-    def _render_log(self, b, n, build, step, force):
-        """Write a step's raw log link and log page, if they changed."""
-        bdir = self.build_dir(b.name, n)
-        src = os.path.join(self.state.build_dir(b.name, n), step["log_file"])
-        raw = os.path.join(bdir, step["log_raw"])
-        page = os.path.join(bdir, step["log_page"])
-        # A step can plant a link at a log's name: only a regular file of
-        # the build's own directory, reached without a link, is shown.
-        fd = self.state.open_log(b.name, n, step["log_file"])
-        try:
-            if fd is not None:
-                self._count += int(_link_or_copy(src, raw, fd))
-            step = dict(step, log_raw=step["log_raw"] if os.path.exists(raw) else "")
-            if fd is not None:
-                st = os.fstat(fd)
-                source = (st.st_size, st.st_mtime_ns)
-            else:
-                source = None
-            memo = (source, json.dumps(step, sort_keys=True, default=str), self.cfg.title)
-            if not force and self._log_memo.get(page) == memo and os.path.exists(page):
-                return
-            excerpt = LogExcerpt(src, fd=fd)
-            pieces = templates.generate("log.html", title="%s #%d %s" % (build["builder"], n, step["name"]),
-                                        root="../../../", refresh=0, site_title=self.cfg.title,
-                                        builder_html="builders/%s/index.html" % b.q,
-                                        build=build, step=step, log=excerpt,
-                                        max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
-            _write_pieces(page, pieces)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        self._count += 1
-        self._log_memo[page] = memo
+            self.logs.forget(bdir)
 
     def follow_logs(self):
         """Write again the log pages of running steps whose log changed
@@ -549,33 +502,21 @@ class Site:
         What it costs is one lstat per running step, and a page per log
         that grew.  Returns the number of pages written, or None when no
         build is running (or the site is not loaded): nothing to follow."""
-        if not self._loaded or self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+        if not self._loaded or self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             return None
-        self._count = 0
+        self.files.count = 0
         running = False
         for b in self._b.values():
             for n, rec in sorted(b.recs.items()):
                 running = True
-                view = None
-                for s in _list(rec.get("steps")):
-                    stem = _log_stem(s.get("log")) if isinstance(s, dict) and s.get("state") == "running" else ""
-                    if not stem:
-                        continue
-                    page = os.path.join(self.build_dir(b.name, n), stem + ".html")
-                    try:
-                        st = os.lstat(os.path.join(self.state.build_dir(b.name, n), stem + ".log"))
-                        source = (st.st_size, st.st_mtime_ns)
-                    except OSError:
-                        source = None
-                    memo = self._log_memo.get(page)
-                    if memo is not None and memo[0] == source:
-                        continue
-                    if view is None:
-                        view = build_view(rec)
-                    for sv in view["steps"]:
-                        if sv["log_page"] == stem + ".html":
-                            self._render_log(b, n, view, sv, force=False)
-        return self._count if running else None
+                bdir = self.build_dir(b.name, n)
+                grew = self.logs.grew(bdir, b.name, n, rec)
+                if grew:
+                    view = build_view(rec)
+                    for step in view["steps"]:
+                        if step["log_page"][:-len(".html")] in grew:
+                            self.logs.render(bdir, view, step, self.cfg.title, force=False)
+        return self.files.count if running else None
 
     # ---------------------------------------------------- pages of history
     def _complete_pages(self, b, full):
@@ -612,10 +553,8 @@ class Site:
                          refresh=0, head=False, builder=self._column(b, {}),
                          rows=[templates.fragment("row.html", b=c, root="../../../") for c in builds],
                          pager=pager, page_range=(first, last))
-        self._write_json("api/builders/%s/history/%d.json" % (b.q, page), {
-            "format": "site-history", "version": API_VERSION, "builder": _str(b.name), "page": page,
-            "first": first, "last": last, "final": all(c["state"] == "finished" for c in builds),
-            "html": "builders/%s/history/%d.html" % (b.q, page)}, builds)
+        self._write_json("api/builders/%s/history/%d.json" % (b.q, page),
+                         siteviews.history_doc(b, page, first, last, builds), builds)
 
     def _seal(self):
         """Move the oldest builds of the waterfall's first page to a page of
@@ -657,13 +596,13 @@ class Site:
     def _remove_stale_waterfall_pages(self):
         """After a full rendering: older pages of a previous one beyond ours."""
         try:
-            names = os.listdir(self._path("waterfall"))
+            names = os.listdir(self.files.path("waterfall"))
         except FileNotFoundError:
             return
         for name in names:
             stem, dot, ext = name.partition(".")
             if ext == "html" and stem.isdigit() and int(stem) > self._wf_pages:
-                fsutil._unlink_quietly(os.path.join(self._path("waterfall"), name))
+                fsutil._unlink_quietly(os.path.join(self.files.path("waterfall"), name))
 
     # --------------------------------------------------------- head pages
     def _render_heads(self):
@@ -703,10 +642,7 @@ class Site:
                     self._badge_words[b.name] = word
         # Last, so a reader that sees a build here finds every page of the
         # pass that put it there: the build's own, the heads, feeds, badges.
-        self._write_json("api/builders.json", {
-            "format": "site-builders", "version": API_VERSION, "title": _str(self.cfg.title),
-            "generated": time.time(), "waterfall": "index.html", "console": "console.html",
-            "atom": "atom.xml", "builders": [siteviews.builder_json(c) for c in columns]})
+        self._write_json("api/builders.json", siteviews.builders_doc(self.cfg.title, columns, time.time()))
 
     def _render_builder_head(self, b, column):
         floor = b.head_floor()
@@ -728,12 +664,7 @@ class Site:
                          builder=column, rows=[self._fragment("row.html", c, "../../") for c in builds],
                          pager={"newer": "", "older": older, "pages": pages},
                          page_range=None)
-        doc = {"format": "site-builder", "version": API_VERSION}
-        doc.update(siteviews.builder_json(column))
-        doc["history"] = {"page_size": HISTORY_PAGE, "pages": b.pages, "skipped": b.skipped,
-                          "html": "builders/%s/history/{page}.html" % b.q,
-                          "json": "api/builders/%s/history/{page}.json" % b.q}
-        self._write_json(column["json"], doc, builds)
+        self._write_json(column["json"], siteviews.builder_doc(b, column, HISTORY_PAGE), builds)
 
     def _column(self, b, queued):
         """A builder as the heads show it (also its entry in api/builders.json)."""
@@ -811,7 +742,7 @@ class Site:
         entries = [self._fragment("entry.xml", c, root) for c in entries[:FEED_ENTRIES]]
         text = templates.render("atom.xml", title=_str(title), root=root, self_path=rel, alternate=alternate,
                                 feed_id=_urn("feed", self.cfg.title, builder), updated=updated, entries=entries)
-        self._write(self._path(rel), text)
+        self.files.write(self.files.path(rel), text)
 
     def _write_badge(self, b, word):
         label = _str(b.name)
@@ -820,7 +751,7 @@ class Site:
         bg, fg = BADGE_COLOURS.get(word, BADGE_OTHER)
         svg = templates.render("badge.svg", label=label, word=word, colour=bg, text=fg,
                                label_width=_text_width(label), word_width=_text_width(word))
-        self._write(self._path("builders/%s/badge.svg" % b.q), svg)
+        self.files.write(self.files.path("builders/%s/badge.svg" % b.q), svg)
 
     def _queued(self):
         """{builder: [request, ...]} oldest first, from the spool."""
@@ -878,10 +809,10 @@ class Site:
                    {"page": k, "members": o["members"], "waiting": sorted(o["waiting"])}
                    for k, o in sorted(self._wf_open.items())]},
                "builders": {name: b.index_entry() for name, b in sorted(self._b.items())}}
-        self._mkdir(self.root)
+        self.files.mkdir(self.root)
         path = os.path.join(self.root, INDEX)
         fsutil.write_atomic(path, json.dumps(idx, ensure_ascii=True) + "\n", durable=False)
-        self._index_stamp = _stamp(path)
+        self._index_stamp = sitefiles.stamp(path)
 
     def _prune(self, b):
         """Forget the cards of finished builds no head page shows and no
@@ -893,34 +824,14 @@ class Site:
             self._pieces.pop((b.name, n), None)
 
     # ------------------------------------------------------------- writing
-    def _mkdir(self, d):
-        if d not in self._dirs:
-            os.makedirs(d, exist_ok=True)
-            self._dirs.add(d)
-
-    def _write(self, path, data):
-        self._mkdir(os.path.dirname(path))
-        try:
-            fsutil.write_atomic(path, data, durable=False)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)  # removed under us
-            fsutil.write_atomic(path, data, durable=False)
-        self._count += 1
-
     def _write_page(self, rel, template, **context):
         context.setdefault("site_title", self.cfg.title)
-        context.setdefault("feed", "")
-        context.setdefault("generated", time.time())
-        context.setdefault("zone", time.strftime("%z"))
-        self._write(self._path(rel), templates.render(template, **context))
+        self.files.write_page(rel, template, **context)
 
     def _write_json(self, rel, doc, builds=None):
-        """DOC as JSON, ASCII so that lone surrogates from records stay
-        representable; BUILDS (cards) as its last key, from their pieces."""
-        text = json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
-        if builds is not None:
-            text = '%s,"builds":[%s]}' % (text[:-1], ",".join(self._fragment("json", c, "") for c in builds))
-        self._write(self._path(rel), text + "\n")
+        """DOC as JSON; BUILDS (cards) as its last key, from their pieces."""
+        self.files.write_json(rel, doc, None if builds is None else
+                              [self._fragment("json", c, "") for c in builds])
 
 
 def _feed_summary(c):
@@ -951,168 +862,8 @@ def _text_width(text):
     return 10 + int(sum(4.5 if ch in "fijlrt.,:;' |" else 8.5 if ch in "mwMW@" else 7 for ch in text))
 
 
-def _stamp(path):
-    """What tells one version of the file PATH from another, or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
 
 def _count(v):
     if not _is_int(v) or v < 0:
         raise ValueError("not a count: %r" % (v,))
     return v
-
-
-
-# --------------------------------------------------------------------- logs
-
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-class LogExcerpt:
-    """The first lines of a log file, read only as they are iterated.
-
-    Iterating yields (line number, text).  Afterwards, `shown` is the
-    number of lines yielded and `truncated` says whether the file holds
-    more.  A missing file yields nothing (`missing` is true).
-    """
-
-    def __init__(self, path, max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES, fd=_UNREAD):
-        # FD: the log, opened by the caller (None: there is none to show);
-        # else PATH is opened, but never through a symbolic link.
-        self.path = path
-        self.fd = fd
-        self.max_lines = max_lines
-        self.max_bytes = max_bytes
-        self.shown = 0
-        self.truncated = False
-        try:
-            if fd is None:
-                raise FileNotFoundError(path)
-            st = os.lstat(path) if fd is _UNREAD else os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise FileNotFoundError(path)
-            self.size = st.st_size
-            self.missing = False
-        except OSError:
-            self.size = 0
-            self.missing = True
-
-    def __iter__(self):
-        try:
-            if self.missing:
-                raise FileNotFoundError(self.path)
-            if self.fd is _UNREAD:
-                f = open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
-            else:
-                f = open(os.dup(self.fd), "rb")
-                f.seek(0)
-        except OSError:
-            self.missing = True
-            return
-        with f:
-            consumed = 0
-            while self.shown < self.max_lines and consumed < self.max_bytes:
-                line = f.readline(MAX_LINE_BYTES)
-                if not line:
-                    return
-                consumed += len(line)
-                cut = not line.endswith(b"\n")
-                # Skip the rest of an overlong line without holding it.
-                while cut and consumed < self.max_bytes:
-                    rest = f.readline(_COPY_CHUNK)
-                    consumed += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                self.shown += 1
-                yield self.shown, _clean(line, cut and len(line) == MAX_LINE_BYTES)
-            self.truncated = bool(f.read(1))
-
-    def html(self, batch=256):
-        """The lines as HTML, each with its anchor, in pieces of BATCH
-        lines: made here, not in the template, since a log has thousands
-        of lines and a template pays per piece.  The text is escaped; the
-        rest is numbers."""
-        out = []
-        for n, text in self:
-            out.append('<a class="ln" id="L%d" href="#L%d">%d</a>%s\n' % (n, n, n, markupsafe.escape(text)))
-            if len(out) >= batch:
-                yield markupsafe.Markup("".join(out))
-                out = []
-        if out:
-            yield markupsafe.Markup("".join(out))
-
-
-def _clean(line, cut):
-    text = line.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
-    # Colour codes and terminal titles are noise in a page; other control
-    # characters are not allowed in HTML text, so they show as U+FFFD.
-    text = _CONTROL.sub("\ufffd", _ANSI.sub("", text))
-    return text + " [line cut]" if cut else text
-
-
-# ------------------------------------------------------------------- files
-
-def _write_pieces(path, pieces):
-    """Replace PATH atomically with the str PIECES, written as they come."""
-    tmp = fsutil.tmp_name(path)
-    try:
-        with open(tmp, "x", encoding="utf-8", buffering=256 * 1024) as f:
-            for piece in pieces:
-                f.write(piece)
-        os.rename(tmp, path)  # commit point
-    except BaseException:
-        fsutil._unlink_quietly(tmp)
-        raise
-
-
-def _link_or_copy(src, dst, fd):
-    """Make DST the raw log SRC, open as FD (a regular file reached without
-    a link): a hard link, or a chunked copy across filesystems.  True if
-    DST was (re)written.  What is linked is checked to be FD's file, never
-    what a link at SRC's name points to."""
-    s = os.fstat(fd)
-    try:
-        d = os.stat(dst)
-        if (d.st_dev, d.st_ino) == (s.st_dev, s.st_ino):
-            return False  # the link: it grows with the log by itself
-        if (d.st_size, d.st_mtime_ns) == (s.st_size, s.st_mtime_ns):
-            return False  # a copy that is current
-    except FileNotFoundError:
-        pass
-    tmp = fsutil.tmp_name(dst)
-    try:
-        try:
-            os.link(src, tmp, follow_symlinks=False)
-            if not os.path.samestat(os.lstat(tmp), s):
-                # SRC was replaced since FD was opened (by a link, perhaps).
-                os.unlink(tmp)
-                _copy(fd, tmp)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES,
-                               errno.ENOENT):
-                raise
-            _copy(fd, tmp)
-        # Replace, never unlink first: a reader sees the old file or the new.
-        os.rename(tmp, dst)
-    except BaseException:
-        fsutil._unlink_quietly(tmp)
-        raise
-    return True
-
-
-def _copy(fd, dst):
-    with open(os.dup(fd), "rb") as fi, open(dst, "xb") as fo:
-        fi.seek(0)
-        while True:
-            chunk = fi.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fo.write(chunk)
-        st = os.fstat(fi.fileno())
-    # The source's times, so the next pass can tell the copy is current.
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
