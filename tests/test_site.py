@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from buildunits import config, records, site, sitelogs, siteviews, templates
+from buildunits import config, records, site, siteindex, sitelogs, sitepages, siteviews, templates
 from buildunits.spool import Spool
 from buildunits.state import State
 
@@ -546,9 +546,9 @@ def test_log_page_has_line_anchors(env, tmp_path):
 def test_atom_feeds_parse_and_hold_the_finished_builds(env, tmp_path):
     st, sp, cfg, s = env
     cfg.builders.update(make_cfg(tmp_path, names=("other",)).builders)
-    for i in range(site.FEED_ENTRIES + 5):
+    for i in range(sitepages.FEED_ENTRIES + 5):
         make_build(st, "hello", started=T0 + 60 * i,
-                   steps=(("compile", "failure" if i == site.FEED_ENTRIES + 4 else "success", "x\n"),))
+                   steps=(("compile", "failure" if i == sitepages.FEED_ENTRIES + 4 else "success", "x\n"),))
     make_build(st, "other", started=T0 + 30)
     make_build(st, "hello", started=T0 + 10000, running_step=("compile", "x\n"))
     s.update([])
@@ -556,10 +556,10 @@ def test_atom_feeds_parse_and_hold_the_finished_builds(env, tmp_path):
     feed = ElementTree.parse(str(root / "atom.xml")).getroot()
     assert feed.tag == ATOM + "feed"
     entries = feed.findall(ATOM + "entry")
-    assert len(entries) == site.FEED_ENTRIES
+    assert len(entries) == sitepages.FEED_ENTRIES
     titles = [e.find(ATOM + "title").text for e in entries]
-    assert titles[0] == "hello #%d: failure" % (site.FEED_ENTRIES + 5)
-    assert all("#%d:" % (site.FEED_ENTRIES + 6) not in t for t in titles)  # running: not in the feed
+    assert titles[0] == "hello #%d: failure" % (sitepages.FEED_ENTRIES + 5)
+    assert all("#%d:" % (sitepages.FEED_ENTRIES + 6) not in t for t in titles)  # running: not in the feed
     ids = [e.find(ATOM + "id").text for e in entries]
     assert len(set(ids)) == len(ids) and all(i.startswith("urn:uuid:") for i in ids)
     for e in entries:
@@ -922,7 +922,7 @@ def test_a_counter_that_lies_is_listed_once(env, tmp_path, monkeypatch):
 
 
 def test_numbers_and_pages_skip_empty_history_pages():
-    b = site._Builder("x")
+    b = siteindex.Builder("x")
     b.skipped = [[2, 4], [6, 6]]
     P = site.HISTORY_PAGE
     assert list(b.numbers(P - 2, 6 * P + 2)) == [P - 1, P] + list(range(4 * P + 1, 5 * P + 1)) + [6 * P + 1, 6 * P + 2]
