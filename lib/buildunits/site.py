@@ -1,45 +1,31 @@
-"""Site: render the static pages, feeds and JSON files from state.
+"""Site: the engine of the static site: its passes, and what triggers what.
 
 Pure rendering, no event loop: htmlgen.py owns the loop and calls update()
-with the builds its hints name, and rebuild() at start and on its rescan
-timer.  docs/site.md describes the pages and the JSON files for their
-readers; this docstring says how they are kept cheap.  Output layout, with
-relative links only, so it reads the same through any web server, from
-file://, or copied elsewhere (B is a builder, N a build number):
+with the builds its hints name, rebuild() at start and on its rescan
+timer, and follow_logs() while builds run.  docs/site.md describes the
+pages and the JSON files for their readers; this docstring says how they
+are kept cheap.  The work is shared out so:
 
-    index.html                  the waterfall's first page: the newest builds
-    waterfall/K.html            older waterfall pages, 1 the oldest (sealed)
-    console.html                revisions against builders
-    builders.html               every builder and its last result
-    atom.xml                    the newest finished builds
-    builders/B/index.html       B's newest builds
-    builders/B/history/C.html   B's builds (C-1)*HISTORY_PAGE+1 .. C*HISTORY_PAGE
-    builders/B/atom.xml         B's newest finished builds
-    builders/B/badge.svg        B's last result
-    builders/B/N/index.html     a build
-    builders/B/N/NN-STEP.html   a step's log, its first lines
-    builders/B/N/NN-STEP.txt    the whole log: a hard link to state's
-                                NN-STEP.log (a copy across filesystems)
-    builders/B/N/.final         FINAL_MARK: these pages are done
-    api/builders.json, api/builders/B/index.json,
-    api/builders/B/history/C.json, api/builders/B/builds/N.json
-    .buildunits-site.json       INDEX: what an update must remember
+    site.py        the passes: which builds to read, which pages to write
+    siteviews.py   what a page or JSON file shows of a record (pure)
+    sitepages.py   the pages of many builds, feeds, badges, a build's page
+    sitelogs.py    a step's log page, following a running step's log
+    siteindex.py   what the site remembers (cards, INDEX) and its decisions
+    sitefiles.py   atomic writes, raw logs linked or copied
 
-Every file is replaced atomically (temp + rename), so a web server never
-serves half a page; without fsync, since the site is derived data that a
-rebuild recreates.  Within a pass, a build's pages come before the pages
-that link to them, and api/builders.json comes last of the public files:
-when it names a build, the whole pass that put it there is visible.
+Within a pass, a build's pages come before the pages that link to them,
+and api/builders.json comes last of the public files (then INDEX): when
+it names a build, the whole pass that put it there is visible.
 
 What an update costs.  Pages that show a finished build only never change,
-so they are written once: a build's pages (then .final), a full history
-page of a builder (HISTORY_PAGE consecutive numbers, all finished), a
-sealed waterfall page.  The rest are head pages, rewritten as builds come:
-the waterfall's first page, the console, the builders' first pages, the
-feeds, badges and JSON lists.  Each shows a bounded number of builds, held
-in memory as cards (card()), so an update reads the records it is told
-about or finds new, renders those builds and the heads, and never lists or
-reads the history:
+so they are written once: a build's pages (then .final, holding
+FINAL_MARK), a full history page of a builder (HISTORY_PAGE consecutive
+numbers, all finished), a sealed waterfall page.  The rest are head pages,
+rewritten as builds come: the waterfall's first page, the console, the
+builders' first pages, the feeds, badges and JSON lists.  Each shows a
+bounded number of builds, held in memory as cards (siteviews.card), so an
+update reads the records it is told about or finds new, renders those
+builds and the heads, and never lists or reads the history:
 
 - New numbers are found through the counter hint builds/B/next.json (and
   a probe for the directory after it, since the counter is written after
@@ -55,14 +41,12 @@ reads the history:
   builds was still running or its record appeared late.  A page that
   would hold no build is skipped (numbers that jump would make billions).
 - A finished build looks the same on every head that shows it, so its
-  waterfall cell, history row, console box, feed entry and JSON summary
-  are rendered once and kept with its card (_fragment).
-- INDEX remembers, per builder, the highest number known, how far the
-  waterfall and history pages go, the last finished build, and the
-  numbers not final yet (running, or taken without a record so far).  A
-  new process reads it and the records of the builds its heads show;
-  without it (or with another FINAL_MARK) it renders everything again,
-  skipping builds whose .final is current.
+  pieces of the heads are rendered once (sitepages.Pages.fragment).
+- INDEX (siteindex) remembers, per builder, the highest number known, how
+  far the waterfall and history pages go, the last finished build, and
+  the numbers not final yet.  A new process reads it and the records of
+  the builds its heads show; without it (or with another FINAL_MARK) it
+  renders everything again, skipping builds whose .final is current.
 
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
@@ -70,27 +54,20 @@ next pass starts again from it.
 A number taken without a record (a gap) is waited for until GAP_PATIENCE
 later numbers are taken; one that shows up after its waterfall page was
 sealed is on its builder's pages only.
-
-Log pages show at most MAX_LOG_LINES lines or MAX_LOG_BYTES bytes, read
-line by line as the page is written, so memory does not grow with a log.
-All record text is hostile: templates escape it, links are made only from
-builder names (quoted) and numbers, and text that XML cannot carry
-(control characters, lone surrogates) is replaced by U+FFFD.
 """
-
 import contextlib
 import heapq
 import os
 
-from . import fsutil, log, sitefiles, siteindex
+from . import fsutil, sitefiles, siteindex
 from .sitelogs import LogPages
 from .sitepages import Pages
+from .sitesource import Source
 from .siteindex import HISTORY_PAGE, INDEX
-from .siteviews import build_view, card, safe_name, sort_time
+from .siteviews import build_view, card
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
 GAP_PATIENCE = 10                    # later numbers taken before a number without a record is a gap
-MAX_CATCHUP = 10000                  # more new numbers than this at once: list the directory instead
 _UNREAD = object()
 
 
@@ -102,9 +79,9 @@ class Site:
         self.state = state
         self.spool = spool
         self.cfg = cfg           # htmlgen replaces it on reload
-        self._warned = set()     # unreadable build records already logged
         self._loaded = False
         self._index_stamp = None  # INDEX as this process last wrote it
+        self.source = Source(state, spool)
         self.files = sitefiles.SiteFiles(site_dir)
         self.logs = LogPages(self.files, state)
         self.pages = Pages(self.files)
@@ -169,14 +146,13 @@ class Site:
             self._loaded = False
             raise
 
-    # ---------------------------------------------------------------- paths
     def build_dir(self, builder, number):
         return os.path.join(self.root, "builders", builder, str(number))
 
     # ------------------------------------------------------------ the passes
     def _pass(self, touched, force):
         """One incremental update (see the module docstring)."""
-        names = self._names = self._builder_names()
+        names = self._names = self.source.builder_names(self.cfg.builders)
         forced, hints = set(), {}
         for builder, number in touched:
             if (builder in names and isinstance(number, int) and not isinstance(number, bool)
@@ -186,7 +162,7 @@ class Site:
         todo = set(forced)
         for name in names:
             b = self._builder(name)
-            for n in self._catch_up(b, hints.get(name, 0)):
+            for n in self.source.catch_up(b, hints.get(name, 0)):
                 todo.add((name, n))
             todo.update((name, n) for n in b.unfinal)
         for name, n in sorted(todo):
@@ -198,18 +174,18 @@ class Site:
         the order the builds started (a merge of the builders' histories)."""
         self._reset()
         self._loaded = True
-        names = self._names = self._builder_names()
+        names = self._names = self.source.builder_names(self.cfg.builders)
         numbers = {name: self.state.build_numbers(name) for name in names}
         for name, nums in numbers.items():
             b = self._builder(name)
             b.known = nums[-1] if nums else 0
-            self._catch_up(b)
+            self.source.catch_up(b)
             have = set(nums)
             # Recent numbers without a directory: wait for them like gaps.
             b.unfinal.update(n for n in range(max(1, b.known - GAP_PATIENCE + 1), b.known + 1)
                              if n not in have)
         total = sum(len(n) for n in numbers.values()) + 1
-        streams = [self._stream(name, nums) for name, nums in numbers.items()]
+        streams = [self.source.stream(name, nums) for name, nums in numbers.items()]
         done = 0
         for _, name, n, rec, stamp in heapq.merge(*streams, key=lambda item: item[:3]):
             b = self._b[name]
@@ -232,17 +208,6 @@ class Site:
             progress(total, total)
         return self.files.count
 
-    def _stream(self, name, numbers):
-        """(start time, name, number, record or None, stat) of each build of
-        NAME, read lazily, for the merge."""
-        when = 0.0
-        for n in numbers:
-            stamp = self.state.build_stamp(name, n)
-            rec = self._read(name, n) if stamp else None
-            if rec is not None:
-                when = max(when, sort_time(rec))
-            yield when, name, n, rec, stamp
-
     def _finish(self):
         """The end of every pass: pages that became full, sealing, the
         pages a changed build is on, the heads, then INDEX."""
@@ -263,7 +228,7 @@ class Site:
                 if not o["waiting"]:
                     del self._wf_open[page]
         bs = [self._b[name] for name in self._names if name in self._b]
-        self.pages.heads(self.cfg, bs, self._wf_pages, self._queued(),
+        self.pages.heads(self.cfg, bs, self._wf_pages, self.source.queued(),
                          None if self._all else (self._dirty, self._finished, self._badges))
         for b in self._b.values():
             self._prune(b)
@@ -276,11 +241,6 @@ class Site:
         self._dirty_wf.clear()
 
     # ------------------------------------------------------ what is known
-    def _builder_names(self):
-        """The builders: configured, or in the history."""
-        names = set(self.cfg.builders) | set(self.state.builders())
-        return sorted(n for n in names if safe_name(n))
-
     def _builder(self, name):
         b = self._b.get(name)
         if b is None:
@@ -288,49 +248,11 @@ class Site:
             self._dirty.add(name)
         return b
 
-    def _catch_up(self, b, hint=0):
-        """The numbers of B taken since the last pass (now in b.unfinal)."""
-        latest = b.known
-        nxt = self.state.read_counter(b.name)
-        if nxt is not None:
-            latest = max(latest, nxt - 1)
-        if hint > latest and os.path.isdir(self.state.build_dir(b.name, hint)):
-            latest = hint
-        if latest - b.known > MAX_CATCHUP and b.listed_for != (nxt, hint):
-            # A long absence, or a counter that lies (once per lie): ask the directory.
-            b.listed_for = (nxt, hint)
-            new = [n for n in self.state.build_numbers(b.name) if n > b.known]
-        elif latest - b.known > MAX_CATCHUP:
-            new = []
-        else:
-            # The counter is written after the number is taken: look one further.
-            while os.path.isdir(self.state.build_dir(b.name, latest + 1)):
-                latest += 1
-            new = list(range(b.known + 1, latest + 1))
-        if new:
-            b.known = max(b.known, new[-1])
-            b.unfinal.update(new)
-        return new
-
-    def _read(self, builder, number):
-        """The build record, or None (a gap, or unreadable: logged once)."""
-        try:
-            rec = self.state.read_build(builder, number)
-        except (OSError, ValueError) as e:
-            if (builder, number) not in self._warned:
-                self._warned.add((builder, number))
-                log.warning("%s #%d: build record unreadable, not shown: %s" % (builder, number, e),
-                            builder=builder, build=number)
-            return None
-        if not isinstance(rec, dict):
-            return None
-        return dict(rec, builder=builder, number=number)  # the directory names the build
-
     def _card_for(self, b, n):
         """The card of B #N, read if it is not in memory; None for a gap."""
         c = b.cards.get(n)
         if c is None:
-            rec = self._read(b.name, n)
+            rec = self.source.read(b.name, n)
             if rec is not None:
                 c = b.cards[n] = card(build_view(rec))
         return c
@@ -360,31 +282,36 @@ class Site:
             if stamp is not None and not force and stamp == b.stamps.get(n) and n in b.recs:
                 rec = b.recs[n]        # a running build whose record did not change
             else:
-                rec = self._read(b.name, n) if stamp is not None else None
+                rec = self.source.read(b.name, n) if stamp is not None else None
         if rec is None:
             self._gap(b, n)
             return
         changed = force or stamp != b.stamps.get(n) or n not in b.cards
         view = build_view(rec)   # the one reshaping of the record; the card is made of it
-        c = card(view) if changed else b.cards[n]
-        b.cards[n] = c
+        c = b.cards[n] = card(view) if changed else b.cards[n]
         b.stamps[n] = stamp
-        finished = c["state"] == "finished"
         if force or not final:
             self._render_build(b, n, view, pages=changed, force=force)
-        if finished:
-            b.unfinal.discard(n)
-            b.recs.pop(n, None)
-            if b.last is None or n >= b.last["number"]:
-                last = {"number": n, "status": c["status"], "finished": c["finished"]}
-                if last != b.last:
-                    b.last = last
-                    self._badges.add(b.name)
-        else:
+        self._remember(b, n, c, rec)
+        if changed and (force or not final):
+            self._changed(b, n, c["state"] == "finished")
+
+    def _remember(self, b, n, c, rec):
+        """What B's memory keeps of B #N, of card C made from REC."""
+        if c["state"] != "finished":
             b.unfinal.add(n)
             b.recs[n] = rec
-        if not changed or (final and not force):
-            return  # nothing another page shows has changed
+            return
+        b.unfinal.discard(n)
+        b.recs.pop(n, None)
+        if b.last is None or n >= b.last["number"]:
+            last = {"number": n, "status": c["status"], "finished": c["finished"]}
+            if last != b.last:
+                b.last = last
+                self._badges.add(b.name)
+
+    def _changed(self, b, n, finished):
+        """B #N looks different: mark the pages that show it."""
         self._dirty.add(b.name)
         if finished:
             self._finished.add(b.name)
@@ -430,17 +357,8 @@ class Site:
         if not self._loaded or self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             return None
         self.files.count = 0
-        running = False
-        for b in self._b.values():
-            for n, rec in sorted(b.recs.items()):
-                running = True
-                bdir = self.build_dir(b.name, n)
-                grew = self.logs.grew(bdir, b.name, n, rec)
-                if grew:
-                    view = build_view(rec)
-                    for step in view["steps"]:
-                        if step["log_page"][:-len(".html")] in grew:
-                            self.logs.render(bdir, view, step, self.cfg.title, force=False)
+        running = [(self.build_dir(b.name, n), rec) for b in self._b.values() for n, rec in sorted(b.recs.items())]
+        self.logs.follow(running, self.cfg.title)
         return self.files.count if running else None
 
     # ---------------------------------------------------- pages of history
@@ -470,15 +388,6 @@ class Site:
             if running:
                 self._wf_open[self._wf_pages] = {
                     "members": [(c["builder"], c["number"]) for c in members], "waiting": running}
-
-    def _queued(self):
-        """{builder: [request, ...]} oldest first, from the spool."""
-        out = {}
-        for rid in self.spool.pending("requests"):
-            req = self.spool.read("requests", rid)
-            if isinstance(req, dict) and isinstance(req.get("builder"), str):
-                out.setdefault(req["builder"], []).append(req)
-        return out
 
     # -------------------------------------------------------------- INDEX
     def _load(self):

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import markupsafe
 
 from . import templates
-from .siteviews import log_stem
+from .siteviews import build_view, log_stem
 
 MAX_LOG_LINES = 5000
 MAX_LOG_BYTES = 2 * 1024 * 1024
@@ -76,23 +76,35 @@ class LogPages:
                 os.close(fd)
         self._memo[page] = memo
 
-    def grew(self, bdir, name, n, rec):
-        """The stems of the logs of B #N's running steps (REC, its record)
-        that changed since their page in BDIR was written."""
-        out = []
+    def follow(self, running, title):
+        """Write again the pages of the logs of running steps that changed
+        since their page was written.  RUNNING: (the site's directory of a
+        build, its record) of each running build."""
+        for bdir, rec in running:
+            grew = self._grew(bdir, rec)
+            if grew:
+                view = build_view(rec)
+                for step in view["steps"]:
+                    if step["log_page"] in grew:
+                        self.render(bdir, view, step, title, force=False)
+
+    def _grew(self, bdir, rec):
+        """The log pages of the running steps of REC whose log changed since
+        their page in BDIR was written: one lstat per running step."""
+        grew = set()
         for s in rec.get("steps") if isinstance(rec.get("steps"), list) else []:
             stem = log_stem(s.get("log")) if isinstance(s, dict) and s.get("state") == "running" else ""
             if not stem:
                 continue
             try:
-                st = os.lstat(os.path.join(self.state.build_dir(name, n), stem + ".log"))
+                st = os.lstat(os.path.join(self.state.build_dir(rec["builder"], rec["number"]), stem + ".log"))
                 source = (st.st_size, st.st_mtime_ns)
             except OSError:
                 source = None
             memo = self._memo.get(os.path.join(bdir, stem + ".html"))
             if memo is None or memo[0] != source:
-                out.append(stem)
-        return out
+                grew.add(stem + ".html")
+        return grew
 
     def forget(self, bdir):
         """The pages of BDIR are final: nothing to remember of them."""

@@ -10,6 +10,28 @@ engine (site.py) says which pages a pass needs, in which order.
 A finished build looks the same on every page that shows it, so its
 waterfall cell, history row, console box, feed entry and JSON summary are
 rendered once and kept (fragment()) until the engine forgets its card.
+
+The site's layout, with relative links only, so it reads the same through
+any web server, from file://, or copied elsewhere (B is a builder, N a
+build number; docs/site.md has the same table for readers):
+
+    index.html                  the waterfall's first page: the newest builds
+    waterfall/K.html            older waterfall pages, 1 the oldest (sealed)
+    console.html                revisions against builders
+    builders.html               every builder and its last result
+    atom.xml                    the newest finished builds
+    builders/B/index.html       B's newest builds
+    builders/B/history/C.html   B's builds (C-1)*HISTORY_PAGE+1 .. C*HISTORY_PAGE
+    builders/B/atom.xml         B's newest finished builds
+    builders/B/badge.svg        B's last result
+    builders/B/N/index.html     a build
+    builders/B/N/NN-STEP.html   a step's log, its first lines (sitelogs)
+    builders/B/N/NN-STEP.txt    the whole log: a hard link to state's
+                                NN-STEP.log (a copy across filesystems)
+    builders/B/N/.final         site.FINAL_MARK: these pages are done
+    api/builders.json, api/builders/B/index.json,
+    api/builders/B/history/C.json, api/builders/B/builds/N.json
+    .buildunits-site.json       siteindex.INDEX: what an update must remember
 """
 
 import json
