@@ -55,15 +55,16 @@ A number taken without a record (a gap) is waited for until GAP_PATIENCE
 later numbers are taken; one that shows up after its waterfall page was
 sealed is on its builder's pages only.
 """
+
 import contextlib
 import heapq
 import os
 
 from . import fsutil, sitefiles, siteindex
+from .siteindex import HISTORY_PAGE, INDEX
 from .sitelogs import LogPages
 from .sitepages import Pages
 from .sitesource import Source
-from .siteindex import HISTORY_PAGE, INDEX
 from .siteviews import build_view, card
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
@@ -357,7 +358,8 @@ class Site:
         if not self._loaded or self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             return None
         self.files.count = 0
-        running = [(self.build_dir(b.name, n), rec) for b in self._b.values() for n, rec in sorted(b.recs.items())]
+        running = [(self.build_dir(b.name, n), rec)
+                   for b in self._b.values() for n, rec in sorted(b.recs.items())]
         self.logs.follow(running, self.cfg.title)
         return self.files.count if running else None
 
