@@ -30,7 +30,8 @@ OWNERS = ("spool.py", "state.py")
 
 # (pattern, what it is, a line once in the code that it catches)
 OFFENDERS = (
-    (r"\.path\(", "a Spool's or State's path() called",
+    # (The site's own files have a path() of their own: sitefiles.py owns that layout.)
+    (r"\b(spool|state|sp|st)\.path\(", "a Spool's or State's path() called",
      'self.spool.corrupt(self.spool.path("changes", "new", cid), "changes", why)'),
     (r"os\.path\.join\(\s*(self\.)?(dirs\.(spool|state)|(spool|state|sp|st)\.root)\b",
      "a path joined onto the spool or state directory",

@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from buildunits import config, records, site, templates
+from buildunits import config, records, site, siteindex, sitelogs, sitepages, siteviews, templates
 from buildunits.spool import Spool
 from buildunits.state import State
 
@@ -546,9 +546,9 @@ def test_log_page_has_line_anchors(env, tmp_path):
 def test_atom_feeds_parse_and_hold_the_finished_builds(env, tmp_path):
     st, sp, cfg, s = env
     cfg.builders.update(make_cfg(tmp_path, names=("other",)).builders)
-    for i in range(site.FEED_ENTRIES + 5):
+    for i in range(sitepages.FEED_ENTRIES + 5):
         make_build(st, "hello", started=T0 + 60 * i,
-                   steps=(("compile", "failure" if i == site.FEED_ENTRIES + 4 else "success", "x\n"),))
+                   steps=(("compile", "failure" if i == sitepages.FEED_ENTRIES + 4 else "success", "x\n"),))
     make_build(st, "other", started=T0 + 30)
     make_build(st, "hello", started=T0 + 10000, running_step=("compile", "x\n"))
     s.update([])
@@ -556,10 +556,10 @@ def test_atom_feeds_parse_and_hold_the_finished_builds(env, tmp_path):
     feed = ElementTree.parse(str(root / "atom.xml")).getroot()
     assert feed.tag == ATOM + "feed"
     entries = feed.findall(ATOM + "entry")
-    assert len(entries) == site.FEED_ENTRIES
+    assert len(entries) == sitepages.FEED_ENTRIES
     titles = [e.find(ATOM + "title").text for e in entries]
-    assert titles[0] == "hello #%d: failure" % (site.FEED_ENTRIES + 5)
-    assert all("#%d:" % (site.FEED_ENTRIES + 6) not in t for t in titles)  # running: not in the feed
+    assert titles[0] == "hello #%d: failure" % (sitepages.FEED_ENTRIES + 5)
+    assert all("#%d:" % (sitepages.FEED_ENTRIES + 6) not in t for t in titles)  # running: not in the feed
     ids = [e.find(ATOM + "id").text for e in entries]
     assert len(set(ids)) == len(ids) and all(i.startswith("urn:uuid:") for i in ids)
     for e in entries:
@@ -590,7 +590,7 @@ def test_json_api_describes_builders_and_builds(env, tmp_path):
     api = tmp_path / "state" / "site" / "api"
     root = tmp_path / "state" / "site"
     top = json.loads((api / "builders.json").read_text())
-    assert (top["format"], top["version"]) == ("site-builders", site.API_VERSION)
+    assert (top["format"], top["version"]) == ("site-builders", siteviews.API_VERSION)
     (b,) = top["builders"]
     assert b["name"] == "hello" and b["configured"] and b["latest"] == n2 and b["queued"] == 1
     assert b["last"]["number"] == n1 and b["last"]["status"] == "failure"
@@ -598,11 +598,11 @@ def test_json_api_describes_builders_and_builds(env, tmp_path):
     for key in ("html", "json", "atom", "badge"):
         assert (root / unquote(b[key])).is_file(), key
     one = json.loads((root / unquote(b["json"])).read_text())
-    assert (one["format"], one["version"]) == ("site-builder", site.API_VERSION)
+    assert (one["format"], one["version"]) == ("site-builder", siteviews.API_VERSION)
     assert [c["number"] for c in one["builds"]] == [n2, n1]
     assert one["history"]["page_size"] == site.HISTORY_PAGE and one["history"]["pages"] == 0
     build = json.loads((root / unquote(one["builds"][1]["json"])).read_text())
-    assert (build["format"], build["version"]) == ("site-build", site.API_VERSION)
+    assert (build["format"], build["version"]) == ("site-build", siteviews.API_VERSION)
     assert build["number"] == n1 and build["result"] == "failure" and build["state"] == "finished"
     assert build["changes"][0]["message"] == "fix the frobnicator\n\nlong story"
     assert build["changes"][0]["subject"] == "fix the frobnicator"
@@ -922,7 +922,7 @@ def test_a_counter_that_lies_is_listed_once(env, tmp_path, monkeypatch):
 
 
 def test_numbers_and_pages_skip_empty_history_pages():
-    b = site._Builder("x")
+    b = siteindex.Builder("x")
     b.skipped = [[2, 4], [6, 6]]
     P = site.HISTORY_PAGE
     assert list(b.numbers(P - 2, 6 * P + 2)) == [P - 1, P] + list(range(4 * P + 1, 5 * P + 1)) + [6 * P + 1, 6 * P + 2]
@@ -953,7 +953,7 @@ def test_big_log_is_shown_in_part_without_reading_it_all(env, tmp_path):
     assert "L5000" in page.ids and "L5001" not in page.ids
     assert "Showing the first 5000 lines" in page.all_text
     assert "01-compile.txt" in page.links()
-    assert os.path.getsize(bdir / "01-compile.html") < 2 * site.MAX_LOG_BYTES
+    assert os.path.getsize(bdir / "01-compile.html") < 2 * sitelogs.MAX_LOG_BYTES
     assert os.path.samefile(bdir / "01-compile.txt", path)
 
 
@@ -971,11 +971,11 @@ def test_log_limit_by_bytes_and_overlong_lines(env, tmp_path):
 def test_log_excerpt_counts_and_truncation(tmp_path):
     p = tmp_path / "log"
     p.write_bytes(b"a\nb\nc")
-    ex = site.LogExcerpt(str(p), max_lines=2)
+    ex = sitelogs.LogExcerpt(str(p), max_lines=2)
     assert list(ex) == [(1, "a"), (2, "b")] and ex.truncated and ex.shown == 2
-    ex = site.LogExcerpt(str(p), max_lines=3)
+    ex = sitelogs.LogExcerpt(str(p), max_lines=3)
     assert list(ex) == [(1, "a"), (2, "b"), (3, "c")] and not ex.truncated
-    ex = site.LogExcerpt(str(tmp_path / "missing"))
+    ex = sitelogs.LogExcerpt(str(tmp_path / "missing"))
     assert list(ex) == [] and ex.missing
 
 

@@ -1,45 +1,31 @@
-"""Site: render the static pages, feeds and JSON files from state.
+"""Site: the engine of the static site: its passes, and what triggers what.
 
 Pure rendering, no event loop: htmlgen.py owns the loop and calls update()
-with the builds its hints name, and rebuild() at start and on its rescan
-timer.  docs/site.md describes the pages and the JSON files for their
-readers; this docstring says how they are kept cheap.  Output layout, with
-relative links only, so it reads the same through any web server, from
-file://, or copied elsewhere (B is a builder, N a build number):
+with the builds its hints name, rebuild() at start and on its rescan
+timer, and follow_logs() while builds run.  docs/site.md describes the
+pages and the JSON files for their readers; this docstring says how they
+are kept cheap.  The work is shared out so:
 
-    index.html                  the waterfall's first page: the newest builds
-    waterfall/K.html            older waterfall pages, 1 the oldest (sealed)
-    console.html                revisions against builders
-    builders.html               every builder and its last result
-    atom.xml                    the newest finished builds
-    builders/B/index.html       B's newest builds
-    builders/B/history/C.html   B's builds (C-1)*HISTORY_PAGE+1 .. C*HISTORY_PAGE
-    builders/B/atom.xml         B's newest finished builds
-    builders/B/badge.svg        B's last result
-    builders/B/N/index.html     a build
-    builders/B/N/NN-STEP.html   a step's log, its first lines
-    builders/B/N/NN-STEP.txt    the whole log: a hard link to state's
-                                NN-STEP.log (a copy across filesystems)
-    builders/B/N/.final         FINAL_MARK: these pages are done
-    api/builders.json, api/builders/B/index.json,
-    api/builders/B/history/C.json, api/builders/B/builds/N.json
-    .buildunits-site.json       INDEX: what an update must remember
+    site.py        the passes: which builds to read, which pages to write
+    siteviews.py   what a page or JSON file shows of a record (pure)
+    sitepages.py   the pages of many builds, feeds, badges, a build's page
+    sitelogs.py    a step's log page, following a running step's log
+    siteindex.py   what the site remembers (cards, INDEX) and its decisions
+    sitefiles.py   atomic writes, raw logs linked or copied
 
-Every file is replaced atomically (temp + rename), so a web server never
-serves half a page; without fsync, since the site is derived data that a
-rebuild recreates.  Within a pass, a build's pages come before the pages
-that link to them, and api/builders.json comes last of the public files:
-when it names a build, the whole pass that put it there is visible.
+Within a pass, a build's pages come before the pages that link to them,
+and api/builders.json comes last of the public files (then INDEX): when
+it names a build, the whole pass that put it there is visible.
 
 What an update costs.  Pages that show a finished build only never change,
-so they are written once: a build's pages (then .final), a full history
-page of a builder (HISTORY_PAGE consecutive numbers, all finished), a
-sealed waterfall page.  The rest are head pages, rewritten as builds come:
-the waterfall's first page, the console, the builders' first pages, the
-feeds, badges and JSON lists.  Each shows a bounded number of builds, held
-in memory as cards (card()), so an update reads the records it is told
-about or finds new, renders those builds and the heads, and never lists or
-reads the history:
+so they are written once: a build's pages (then .final, holding
+FINAL_MARK), a full history page of a builder (HISTORY_PAGE consecutive
+numbers, all finished), a sealed waterfall page.  The rest are head pages,
+rewritten as builds come: the waterfall's first page, the console, the
+builders' first pages, the feeds, badges and JSON lists.  Each shows a
+bounded number of builds, held in memory as cards (siteviews.card), so an
+update reads the records it is told about or finds new, renders those
+builds and the heads, and never lists or reads the history:
 
 - New numbers are found through the counter hint builds/B/next.json (and
   a probe for the directory after it, since the counter is written after
@@ -55,14 +41,12 @@ reads the history:
   builds was still running or its record appeared late.  A page that
   would hold no build is skipped (numbers that jump would make billions).
 - A finished build looks the same on every head that shows it, so its
-  waterfall cell, history row, console box, feed entry and JSON summary
-  are rendered once and kept with its card (_fragment).
-- INDEX remembers, per builder, the highest number known, how far the
-  waterfall and history pages go, the last finished build, and the
-  numbers not final yet (running, or taken without a record so far).  A
-  new process reads it and the records of the builds its heads show;
-  without it (or with another FINAL_MARK) it renders everything again,
-  skipping builds whose .final is current.
+  pieces of the heads are rendered once (sitepages.Pages.fragment).
+- INDEX (siteindex) remembers, per builder, the highest number known, how
+  far the waterfall and history pages go, the last finished build, and
+  the numbers not final yet.  A new process reads it and the records of
+  the builds its heads show; without it (or with another FINAL_MARK) it
+  renders everything again, skipping builds whose .final is current.
 
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
@@ -70,109 +54,22 @@ next pass starts again from it.
 A number taken without a record (a gap) is waited for until GAP_PATIENCE
 later numbers are taken; one that shows up after its waterfall page was
 sealed is on its builder's pages only.
-
-Log pages show at most MAX_LOG_LINES lines or MAX_LOG_BYTES bytes, read
-line by line as the page is written, so memory does not grow with a log.
-All record text is hostile: templates escape it, links are made only from
-builder names (quoted) and numbers, and text that XML cannot carry
-(control characters, lone surrogates) is replaced by U+FFFD.
 """
 
 import contextlib
-import errno
 import heapq
-import json
-import math
 import os
-import re
-import stat
-import time
-import uuid
-from urllib.parse import quote, unquote
 
-import markupsafe
-
-from . import fsutil, log, records, templates
-from . import redact
+from . import fsutil, sitefiles, siteindex
+from .siteindex import HISTORY_PAGE, INDEX
+from .sitelogs import LogPages
+from .sitepages import Pages
+from .sitesource import Source
+from .siteviews import build_view, card
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
-INDEX = ".buildunits-site.json"
-INDEX_VERSION = 1
-API_VERSION = 1                      # of the api/ files; docs/site.md has their history
-HISTORY_PAGE = 50                    # builds per history page; changing it needs a new FINAL_MARK
 GAP_PATIENCE = 10                    # later numbers taken before a number without a record is a gap
-MAX_CATCHUP = 10000                  # more new numbers than this at once: list the directory instead
-FEED_ENTRIES = 30                    # at most HISTORY_PAGE: the cards in memory must cover them
-CONSOLE_ROWS = 50
-CONSOLE_CELL = 3                     # builds shown in a console cell
-MAX_LOG_LINES = 5000
-MAX_LOG_BYTES = 2 * 1024 * 1024
-MAX_LINE_BYTES = 64 * 1024           # a longer line is shown cut
-MAX_CHANGES_SHOWN = 5                # per build on the waterfall, history and cards
-MAX_QUEUED_SHOWN = 5                 # per builder on the waterfall
-REFRESH_SEC = 60                     # pages that change: heads, running builds
-_COPY_CHUNK = 1024 * 1024
 _UNREAD = object()
-
-# Badge colours by result word: (background, text).  Never from records.
-BADGE_COLOURS = {
-    "success": ("#2e7d32", "#fff"), "warnings": ("#e69500", "#000"), "failure": ("#c62828", "#fff"),
-    "exception": ("#8e24aa", "#fff"), "retry": ("#d7a6a6", "#000"), "cancelled": ("#8d8080", "#fff"),
-    "skipped": ("#4aa3a3", "#000"), "running": ("#e6d800", "#000"),
-}
-BADGE_OTHER = ("#9e9e9e", "#000")
-
-
-class _Builder:
-    """What the site remembers of one builder."""
-
-    def __init__(self, name):
-        self.name = name
-        self.q = quote(name, safe="")   # the name as one URL path segment
-        self.known = 0          # the highest number known to be taken
-        self.sealed = 0         # numbers up to this are on older waterfall pages
-        self.pages = 0          # history pages 1..pages are written, but for the skipped
-        self.skipped = []       # [first, last] ranges of history pages without builds, ascending
-        self.unfinal = set()    # numbers <= known whose pages are not final yet
-        self.last = None        # the newest finished build: {"number", "status", "finished"}
-        self.cards = {}         # number -> card: the builds head pages show, and running ones
-        self.stamps = {}        # number -> State.build_stamp its card was made from
-        self.recs = {}          # number -> record of a running build
-        self.listed_for = None  # the counter value that made us list the directory
-
-    def head_floor(self):
-        """The builder's first page shows the numbers above this."""
-        return HISTORY_PAGE * max(0, self.known // HISTORY_PAGE - 1)
-
-    def page_below(self, page):
-        """The history page written before PAGE (0 if none)."""
-        page -= 1
-        for first, last in reversed(self.skipped):
-            if first <= page <= last:
-                page = first - 1
-        return max(0, page)
-
-    def unskip(self, page):
-        for i, (first, last) in enumerate(self.skipped):
-            if first <= page <= last:
-                self.skipped[i:i + 1] = [r for r in ([first, page - 1], [page + 1, last]) if r[0] <= r[1]]
-                return
-
-    def numbers(self, low, high):
-        """The numbers in (LOW, HIGH] but those on skipped pages: a jump of
-        the counter (a lie, or a restore) costs nothing."""
-        n = low + 1
-        for first, last in self.skipped:
-            start, end = (first - 1) * HISTORY_PAGE + 1, last * HISTORY_PAGE
-            if end < n:
-                continue
-            yield from range(n, min(start, high + 1))
-            n = max(n, end + 1)
-        yield from range(n, high + 1)
-
-    def index_entry(self):
-        return {"known": self.known, "sealed": self.sealed, "pages": self.pages,
-                "skipped": self.skipped, "unfinal": sorted(self.unfinal), "last": self.last}
 
 
 class Site:
@@ -183,21 +80,22 @@ class Site:
         self.state = state
         self.spool = spool
         self.cfg = cfg           # htmlgen replaces it on reload
-        self._warned = set()     # unreadable build records already logged
         self._loaded = False
         self._index_stamp = None  # INDEX as this process last wrote it
+        self.source = Source(state, spool)
+        self.files = sitefiles.SiteFiles(site_dir)
+        self.logs = LogPages(self.files, state)
+        self.pages = Pages(self.files)
         self._reset()
 
     def _reset(self):
-        self._b = {}             # name -> _Builder
+        self._b = {}             # name -> siteindex.Builder
         self._names = []         # the builders of this pass
-        self._dirs = set()       # directories known to exist
-        self._badge_words = {}   # builder -> the word its badge shows
+        self.files.forget_dirs()
         self._wf_pages = 0       # older waterfall pages 1.._wf_pages are written
         self._wf_open = {}       # page -> {"members": [(B, n)], "waiting": {(B, n)}}: not final yet
-        self._log_memo = {}      # log page path -> what it was rendered from
-        self._pieces = {}        # (B, n) -> {(template, root): a finished build's piece of a page}
-        self._count = 0          # files written by this call
+        self.logs.forget_all()
+        self.pages.forget()
         self._all = True         # render every head page in this pass
         self._dirty = set()      # builders whose head pages must be rendered
         self._finished = set()   # builders with a newly finished build (feeds)
@@ -211,14 +109,14 @@ class Site:
         number) pairs) changed; also finds new and running builds without
         a hint.  FORCE renders the touched builds even if final.  Returns
         the number of files written (pages, feeds, JSON; not the marks)."""
-        self._count = 0
-        if self._loaded and self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+        self.files.count = 0
+        if self._loaded and self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             self._loaded = False  # another process (buildunits-htmlgen --rebuild) wrote the site
         with self._forget_on_failure():
             if not self._loaded and not self._load():
                 return self._generate(None, force=False)
             self._pass(touched, force)
-        return self._count
+        return self.files.count
 
     def rebuild(self, progress=None, force=False):
         """Bring everything up to date.  FORCE renders every page again from
@@ -227,8 +125,8 @@ class Site:
         know is rendered, skipping builds whose .final is current.
         PROGRESS(done, total) is called after each build.  Returns the
         number of files written."""
-        self._count = 0
-        if self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+        self.files.count = 0
+        if self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             self._loaded = False
         with self._forget_on_failure():
             if force or not (self._loaded or self._load()):
@@ -237,7 +135,7 @@ class Site:
             self._pass([], False)
         if progress:
             progress(1, 1)
-        return self._count
+        return self.files.count
 
     @contextlib.contextmanager
     def _forget_on_failure(self):
@@ -249,18 +147,13 @@ class Site:
             self._loaded = False
             raise
 
-    # ---------------------------------------------------------------- paths
     def build_dir(self, builder, number):
         return os.path.join(self.root, "builders", builder, str(number))
-
-    def _path(self, rel):
-        """The file at REL, a path from the top as links spell it (quoted)."""
-        return os.path.join(self.root, *(unquote(part) for part in rel.split("/")))
 
     # ------------------------------------------------------------ the passes
     def _pass(self, touched, force):
         """One incremental update (see the module docstring)."""
-        names = self._names = self._builder_names()
+        names = self._names = self.source.builder_names(self.cfg.builders)
         forced, hints = set(), {}
         for builder, number in touched:
             if (builder in names and isinstance(number, int) and not isinstance(number, bool)
@@ -270,7 +163,7 @@ class Site:
         todo = set(forced)
         for name in names:
             b = self._builder(name)
-            for n in self._catch_up(b, hints.get(name, 0)):
+            for n in self.source.catch_up(b, hints.get(name, 0)):
                 todo.add((name, n))
             todo.update((name, n) for n in b.unfinal)
         for name, n in sorted(todo):
@@ -282,18 +175,18 @@ class Site:
         the order the builds started (a merge of the builders' histories)."""
         self._reset()
         self._loaded = True
-        names = self._names = self._builder_names()
+        names = self._names = self.source.builder_names(self.cfg.builders)
         numbers = {name: self.state.build_numbers(name) for name in names}
         for name, nums in numbers.items():
             b = self._builder(name)
             b.known = nums[-1] if nums else 0
-            self._catch_up(b)
+            self.source.catch_up(b)
             have = set(nums)
             # Recent numbers without a directory: wait for them like gaps.
             b.unfinal.update(n for n in range(max(1, b.known - GAP_PATIENCE + 1), b.known + 1)
                              if n not in have)
         total = sum(len(n) for n in numbers.values()) + 1
-        streams = [self._stream(name, nums) for name, nums in numbers.items()]
+        streams = [self.source.stream(name, nums) for name, nums in numbers.items()]
         done = 0
         for _, name, n, rec, stamp in heapq.merge(*streams, key=lambda item: item[:3]):
             b = self._b[name]
@@ -311,21 +204,10 @@ class Site:
             b.unfinal = {n for n in b.unfinal if n > b.known - GAP_PATIENCE or n in b.recs}
         self._all = True
         self._finish()
-        self._remove_stale_waterfall_pages()
+        self.pages.remove_stale_waterfall_pages(self._wf_pages)
         if progress:
             progress(total, total)
-        return self._count
-
-    def _stream(self, name, numbers):
-        """(start time, name, number, record or None, stat) of each build of
-        NAME, read lazily, for the merge."""
-        when = 0.0
-        for n in numbers:
-            stamp = self.state.build_stamp(name, n)
-            rec = self._read(name, n) if stamp else None
-            if rec is not None:
-                when = max(when, _sort_time(rec))
-            yield when, name, n, rec, stamp
+        return self.files.count
 
     def _finish(self):
         """The end of every pass: pages that became full, sealing, the
@@ -341,11 +223,14 @@ class Site:
         for page in sorted(self._dirty_wf):
             if page in self._wf_open:
                 o = self._wf_open[page]
-                self._render_waterfall_page(page, [self._card_for(self._b[name], n)
-                                                   for name, n in o["members"] if name in self._b])
+                self.pages.waterfall_page(self.cfg, self._b, page, self._wf_pages,
+                                          [self._card_for(self._b[name], n)
+                                           for name, n in o["members"] if name in self._b])
                 if not o["waiting"]:
                     del self._wf_open[page]
-        self._render_heads()
+        bs = [self._b[name] for name in self._names if name in self._b]
+        self.pages.heads(self.cfg, bs, self._wf_pages, self.source.queued(),
+                         None if self._all else (self._dirty, self._finished, self._badges))
         for b in self._b.values():
             self._prune(b)
         self._save_index()
@@ -357,63 +242,20 @@ class Site:
         self._dirty_wf.clear()
 
     # ------------------------------------------------------ what is known
-    def _builder_names(self):
-        """The builders: configured, or in the history."""
-        names = set(self.cfg.builders) | set(self.state.builders())
-        return sorted(n for n in names if _safe_name(n))
-
     def _builder(self, name):
         b = self._b.get(name)
         if b is None:
-            b = self._b[name] = _Builder(name)
+            b = self._b[name] = siteindex.Builder(name)
             self._dirty.add(name)
         return b
-
-    def _catch_up(self, b, hint=0):
-        """The numbers of B taken since the last pass (now in b.unfinal)."""
-        latest = b.known
-        nxt = self.state.read_counter(b.name)
-        if nxt is not None:
-            latest = max(latest, nxt - 1)
-        if hint > latest and os.path.isdir(self.state.build_dir(b.name, hint)):
-            latest = hint
-        if latest - b.known > MAX_CATCHUP and b.listed_for != (nxt, hint):
-            # A long absence, or a counter that lies (once per lie): ask the directory.
-            b.listed_for = (nxt, hint)
-            new = [n for n in self.state.build_numbers(b.name) if n > b.known]
-        elif latest - b.known > MAX_CATCHUP:
-            new = []
-        else:
-            # The counter is written after the number is taken: look one further.
-            while os.path.isdir(self.state.build_dir(b.name, latest + 1)):
-                latest += 1
-            new = list(range(b.known + 1, latest + 1))
-        if new:
-            b.known = max(b.known, new[-1])
-            b.unfinal.update(new)
-        return new
-
-    def _read(self, builder, number):
-        """The build record, or None (a gap, or unreadable: logged once)."""
-        try:
-            rec = self.state.read_build(builder, number)
-        except (OSError, ValueError) as e:
-            if (builder, number) not in self._warned:
-                self._warned.add((builder, number))
-                log.warning("%s #%d: build record unreadable, not shown: %s" % (builder, number, e),
-                            builder=builder, build=number)
-            return None
-        if not isinstance(rec, dict):
-            return None
-        return dict(rec, builder=builder, number=number)  # the directory names the build
 
     def _card_for(self, b, n):
         """The card of B #N, read if it is not in memory; None for a gap."""
         c = b.cards.get(n)
         if c is None:
-            rec = self._read(b.name, n)
+            rec = self.source.read(b.name, n)
             if rec is not None:
-                c = b.cards[n] = card(rec)
+                c = b.cards[n] = card(build_view(rec))
         return c
 
     def _is_final_file(self, b, n):
@@ -441,34 +283,40 @@ class Site:
             if stamp is not None and not force and stamp == b.stamps.get(n) and n in b.recs:
                 rec = b.recs[n]        # a running build whose record did not change
             else:
-                rec = self._read(b.name, n) if stamp is not None else None
+                rec = self.source.read(b.name, n) if stamp is not None else None
         if rec is None:
             self._gap(b, n)
             return
         changed = force or stamp != b.stamps.get(n) or n not in b.cards
-        c = card(rec) if changed else b.cards[n]
-        b.cards[n] = c
+        view = build_view(rec)   # the one reshaping of the record; the card is made of it
+        c = b.cards[n] = card(view) if changed else b.cards[n]
         b.stamps[n] = stamp
-        finished = c["state"] == "finished"
         if force or not final:
-            self._render_build(b, n, rec, c, pages=changed, force=force)
-        if finished:
-            b.unfinal.discard(n)
-            b.recs.pop(n, None)
-            if b.last is None or n >= b.last["number"]:
-                last = {"number": n, "status": c["status"], "finished": c["finished"]}
-                if last != b.last:
-                    b.last = last
-                    self._badges.add(b.name)
-        else:
+            self._render_build(b, n, view, pages=changed, force=force)
+        self._remember(b, n, c, rec)
+        if changed and (force or not final):
+            self._changed(b, n, c["state"] == "finished")
+
+    def _remember(self, b, n, c, rec):
+        """What B's memory keeps of B #N, of card C made from REC."""
+        if c["state"] != "finished":
             b.unfinal.add(n)
             b.recs[n] = rec
-        if not changed or (final and not force):
-            return  # nothing another page shows has changed
+            return
+        b.unfinal.discard(n)
+        b.recs.pop(n, None)
+        if b.last is None or n >= b.last["number"]:
+            last = {"number": n, "status": c["status"], "finished": c["finished"]}
+            if last != b.last:
+                b.last = last
+                self._badges.add(b.name)
+
+    def _changed(self, b, n, finished):
+        """B #N looks different: mark the pages that show it."""
         self._dirty.add(b.name)
         if finished:
             self._finished.add(b.name)
-        self._pieces.pop((b.name, n), None)
+        self.pages.forget_build(b.name, n)
         page = (n - 1) // HISTORY_PAGE + 1
         if page <= b.pages:
             self._dirty_pages.add((b.name, page))
@@ -485,61 +333,20 @@ class Site:
         else:
             b.unfinal.add(n)
 
-    def _render_build(self, b, n, rec, c, pages, force):
+    def _render_build(self, b, n, view, pages, force):
         """Write a build's log pages (those whose log or step changed) and,
         if PAGES, its page and JSON; then .final once it is finished."""
         bdir = self.build_dir(b.name, n)
-        self._mkdir(bdir)
-        view = build_view(rec, dir_href="")
+        self.files.mkdir(bdir)
         running = view["state"] != "finished"
         for step in view["steps"]:
             if step["log_page"]:
-                self._render_log(b, n, view, step, force)
+                self.logs.render(bdir, view, step, self.cfg.title, force)
         if pages or not running:
-            page = templates.render("build.html", title="%s #%d" % (view["builder"], n), root="../../../",
-                                    refresh=REFRESH_SEC if running else 0, site_title=self.cfg.title,
-                                    feed="builders/%s/atom.xml" % b.q, build=view,
-                                    builder_html="builders/%s/index.html" % b.q, json=c["json"])
-            self._write(os.path.join(bdir, "index.html"), page)
-            self._write_json(c["json"], build_json(rec, view, c))
+            self.pages.build(self.cfg, b, bdir, view)
         if not running:
             fsutil.write_atomic(os.path.join(bdir, ".final"), FINAL_MARK, durable=False)
-            for key in [k for k in self._log_memo if k.startswith(bdir + os.sep)]:
-                del self._log_memo[key]
-
-    def _render_log(self, b, n, build, step, force):
-        """Write a step's raw log link and log page, if they changed."""
-        bdir = self.build_dir(b.name, n)
-        src = self.state.build_file(b.name, n, step["log"])
-        raw = os.path.join(bdir, step["log_raw"])
-        page = os.path.join(bdir, step["log_page"])
-        # A step can plant a link at a log's name: only a regular file of
-        # the build's own directory, reached without a link, is shown.
-        fd = self.state.open_log(b.name, n, step["log"])
-        try:
-            if fd is not None:
-                self._count += int(_link_or_copy(src, raw, fd))
-            step = dict(step, log_raw=step["log_raw"] if os.path.exists(raw) else "")
-            if fd is not None:
-                st = os.fstat(fd)
-                source = (st.st_size, st.st_mtime_ns)
-            else:
-                source = None
-            memo = (source, json.dumps(step, sort_keys=True, default=str), self.cfg.title)
-            if not force and self._log_memo.get(page) == memo and os.path.exists(page):
-                return
-            excerpt = LogExcerpt(src, fd=fd)
-            pieces = templates.generate("log.html", title="%s #%d %s" % (build["builder"], n, step["name"]),
-                                        root="../../../", refresh=0, site_title=self.cfg.title,
-                                        builder_html="builders/%s/index.html" % b.q,
-                                        build=build, step=step, log=excerpt,
-                                        max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
-            _write_pieces(page, pieces)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        self._count += 1
-        self._log_memo[page] = memo
+            self.logs.forget(bdir)
 
     def follow_logs(self):
         """Write again the log pages of running steps whose log changed
@@ -548,822 +355,68 @@ class Site:
         What it costs is one lstat per running step, and a page per log
         that grew.  Returns the number of pages written, or None when no
         build is running (or the site is not loaded): nothing to follow."""
-        if not self._loaded or self._index_stamp != _stamp(os.path.join(self.root, INDEX)):
+        if not self._loaded or self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             return None
-        self._count = 0
-        running = False
-        for b in self._b.values():
-            for n, rec in sorted(b.recs.items()):
-                running = True
-                view = None
-                for s in _list(rec.get("steps")):
-                    stem = _log_stem(s.get("log")) if isinstance(s, dict) and s.get("state") == "running" else ""
-                    if not stem:
-                        continue
-                    page = os.path.join(self.build_dir(b.name, n), stem + ".html")
-                    try:
-                        st = os.lstat(self.state.build_file(b.name, n, stem + ".log"))
-                        source = (st.st_size, st.st_mtime_ns)
-                    except OSError:
-                        source = None
-                    memo = self._log_memo.get(page)
-                    if memo is not None and memo[0] == source:
-                        continue
-                    if view is None:
-                        view = build_view(rec, dir_href="")
-                    for sv in view["steps"]:
-                        if sv["log_page"] == stem + ".html":
-                            self._render_log(b, n, view, sv, force=False)
-        return self._count if running else None
+        self.files.count = 0
+        running = [(self.build_dir(b.name, n), rec)
+                   for b in self._b.values() for n, rec in sorted(b.recs.items())]
+        self.logs.follow(running, self.cfg.title)
+        return self.files.count if running else None
 
     # ---------------------------------------------------- pages of history
     def _complete_pages(self, b, full):
-        """Write B's history pages up to FULL that are full and not written.
-        A page without a build is skipped: after a jump of the numbers,
-        there could be billions.  Every build on a page not written yet has
-        its card in memory (see _prune)."""
-        if b.pages >= full:
-            return
-        have = sorted({(n - 1) // HISTORY_PAGE + 1 for n in b.cards if n > b.pages * HISTORY_PAGE})
-        for page in have + [full + 1]:
-            page = min(page, full + 1)
-            if page > b.pages + 1:
-                if b.skipped and b.skipped[-1][1] == b.pages:
-                    b.skipped[-1][1] = page - 1
-                else:
-                    b.skipped.append([b.pages + 1, page - 1])
-                b.pages = page - 1
-            if page > full:
-                break
-            b.pages = page
+        """Write B's history pages up to FULL that are full and not written."""
+        for page in b.full_pages(full):
             self._render_history(b, page)
 
     def _render_history(self, b, page):
         first, last = (page - 1) * HISTORY_PAGE + 1, page * HISTORY_PAGE
-        builds = [c for c in (self._card_for(b, n) for n in range(last, first - 1, -1)) if c]
-        below = b.page_below(page)
-        older = "builders/%s/history/%d.html" % (b.q, below) if below else ""
-        newer = ("builders/%s/history/%d.html" % (b.q, page + 1) if page < b.pages
-                 else "builders/%s/index.html" % b.q)
-        pager = {"newer": newer, "older": older, "pages": []}
-        self._write_page("builders/%s/history/%d.html" % (b.q, page), "builder.html",
-                         title="%s: builds %d to %d" % (_str(b.name), first, last), root="../../../",
-                         refresh=0, head=False, builder=self._column(b, {}),
-                         rows=[templates.fragment("row.html", b=c, root="../../../") for c in builds],
-                         pager=pager, page_range=(first, last))
-        self._write_json("api/builders/%s/history/%d.json" % (b.q, page), {
-            "format": "site-history", "version": API_VERSION, "builder": _str(b.name), "page": page,
-            "first": first, "last": last, "final": all(c["state"] == "finished" for c in builds),
-            "html": "builders/%s/history/%d.html" % (b.q, page)}, builds)
+        cards = [c for c in (self._card_for(b, n) for n in range(last, first - 1, -1)) if c]
+        self.pages.history(self.cfg, b, page, cards)
 
     def _seal(self):
         """Move the oldest builds of the waterfall's first page to a page of
         their own while it holds twice WaterfallDepth= (module docstring)."""
         size = max(1, int(self.cfg.waterfall_depth))
         while True:
-            waiting = [c for b in self._b.values() for n, c in b.cards.items() if n > b.sealed]
-            if len(waiting) < 2 * size:
+            cut = siteindex.next_seal(self._b.values(), size)
+            if cut is None:
                 return
-            waiting.sort(key=_card_order)
-            marks = {}
-            for c in waiting[:size]:
-                marks[c["builder"]] = max(marks.get(c["builder"], 0), c["number"])
-            members = [c for c in waiting if c["number"] <= marks.get(c["builder"], 0)]
-            running = {(c["builder"], c["number"]) for c in members if c["state"] != "finished"}
-            if running and len(waiting) < 4 * size:
-                return
+            marks, members, running = cut
             self._wf_pages += 1
             for name, number in marks.items():
                 self._b[name].sealed = number
-            self._render_waterfall_page(self._wf_pages, members)
+            self.pages.waterfall_page(self.cfg, self._b, self._wf_pages, self._wf_pages, members)
             if running:
                 self._wf_open[self._wf_pages] = {
                     "members": [(c["builder"], c["number"]) for c in members], "waiting": running}
-
-    def _render_waterfall_page(self, page, cards):
-        cards = [c for c in cards if c]
-        names = sorted({c["builder"] for c in cards})
-        columns = [self._column(self._b[name], {}) for name in names]
-        older = "waterfall/%d.html" % (page - 1) if page > 1 else ""
-        newer = "waterfall/%d.html" % (page + 1) if page < self._wf_pages else "index.html"
-        self._write_page("waterfall/%d.html" % page, "waterfall.html",
-                         title="%s: older builds, page %d" % (self.cfg.title, page), root="../",
-                         refresh=0, head=False, columns=columns,
-                         rows=self._rows(cards, names, "../"),
-                         pager={"newer": newer, "older": older, "pages": []},
-                         any_queued=False, max_queued=MAX_QUEUED_SHOWN)
-
-    def _remove_stale_waterfall_pages(self):
-        """After a full rendering: older pages of a previous one beyond ours."""
-        try:
-            names = os.listdir(self._path("waterfall"))
-        except FileNotFoundError:
-            return
-        for name in names:
-            stem, dot, ext = name.partition(".")
-            if ext == "html" and stem.isdigit() and int(stem) > self._wf_pages:
-                fsutil._unlink_quietly(os.path.join(self._path("waterfall"), name))
-
-    # --------------------------------------------------------- head pages
-    def _render_heads(self):
-        queued = self._queued()
-        bs = [self._b[name] for name in self._names if name in self._b]
-        columns = [self._column(b, queued) for b in bs]
-        common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
-        heads = [c for b in bs for n, c in b.cards.items() if n > b.sealed]
-        older = "waterfall/%d.html" % self._wf_pages if self._wf_pages else ""
-        pages = [("page %d" % k, "waterfall/%d.html" % k)
-                 for k in range(self._wf_pages - 1, max(0, self._wf_pages - 5), -1)]
-        if self._wf_pages > 5:
-            pages.append(("page 1 (oldest)", "waterfall/1.html"))
-        self._write_page("index.html", "waterfall.html", title=self.cfg.title, head=True,
-                         columns=columns, rows=self._rows(heads, [b.name for b in bs], ""),
-                         pager={"newer": "", "older": older, "pages": pages},
-                         any_queued=any(c["queued"] for c in columns), max_queued=MAX_QUEUED_SHOWN,
-                         **common)
-        self._write_page("builders.html", "builders.html", title="%s: builders" % self.cfg.title,
-                         columns=columns, **common)
-        if self._all or self._dirty:
-            self._write_page("console.html", "console.html", title="%s: console" % self.cfg.title,
-                             columns=columns, rows=self._console_rows(bs), **common)
-        if self._all or self._finished:
-            cards = [c for b in bs for c in b.cards.values()]
-            self._write_feed("atom.xml", "", "index.html", self.cfg.title, cards, "")
-        for b, column in zip(bs, columns):
-            if self._all or b.name in self._dirty:
-                self._render_builder_head(b, column)
-            if self._all or b.name in self._finished:
-                self._write_feed("builders/%s/atom.xml" % b.q, "../../", "builders/%s/index.html" % b.q,
-                                 "%s: %s" % (self.cfg.title, _str(b.name)), b.cards.values(), b.name)
-            if self._all or b.name in self._badges:
-                word = b.last["status"] if b.last else "no builds"
-                if self._all or self._badge_words.get(b.name) != word:
-                    self._write_badge(b, word)
-                    self._badge_words[b.name] = word
-        # Last, so a reader that sees a build here finds every page of the
-        # pass that put it there: the build's own, the heads, feeds, badges.
-        self._write_json("api/builders.json", {
-            "format": "site-builders", "version": API_VERSION, "title": _str(self.cfg.title),
-            "generated": time.time(), "waterfall": "index.html", "console": "console.html",
-            "atom": "atom.xml", "builders": [_builder_json(c) for c in columns]})
-
-    def _render_builder_head(self, b, column):
-        floor = b.head_floor()
-        builds = [b.cards[n] for n in sorted(b.cards, reverse=True) if n > floor]
-        top = b.page_below(floor // HISTORY_PAGE + 1)
-        older = "builders/%s/history/%d.html" % (b.q, top) if top else ""
-        # Every history page is linked from here or from its neighbours,
-        # also those that overlap this page's builds.
-        near, k = [], b.page_below(b.pages + 1)
-        while k and len(near) < 5:
-            near.append(k)
-            k = b.page_below(k)
-        if k:
-            near.append(b.skipped[0][1] + 1 if b.skipped and b.skipped[0][0] == 1 else 1)
-        pages = [("builds %d-%d" % ((k - 1) * HISTORY_PAGE + 1, k * HISTORY_PAGE),
-                  "builders/%s/history/%d.html" % (b.q, k)) for k in near]
-        self._write_page("builders/%s/index.html" % b.q, "builder.html", title=_str(b.name),
-                         root="../../", refresh=REFRESH_SEC, feed="builders/%s/atom.xml" % b.q, head=True,
-                         builder=column, rows=[self._fragment("row.html", c, "../../") for c in builds],
-                         pager={"newer": "", "older": older, "pages": pages},
-                         page_range=None)
-        doc = {"format": "site-builder", "version": API_VERSION}
-        doc.update(_builder_json(column))
-        doc["history"] = {"page_size": HISTORY_PAGE, "pages": b.pages, "skipped": b.skipped,
-                          "html": "builders/%s/history/{page}.html" % b.q,
-                          "json": "api/builders/%s/history/{page}.json" % b.q}
-        self._write_json(column["json"], doc, builds)
-
-    def _column(self, b, queued):
-        """A builder as the heads show it (also its entry in api/builders.json)."""
-        builder = self.cfg.builders.get(b.name)
-        last = None
-        if b.last:
-            last = dict(b.last, html="builders/%s/%d/index.html" % (b.q, b.last["number"]))
-        running = [{"number": n, "html": b.cards[n]["html"], "current_step": b.cards[n]["current_step"]}
-                   for n in sorted(b.cards, reverse=True) if b.cards[n]["state"] != "finished"]
-        return {
-            "name": _str(b.name), "description": _str(builder.description) if builder else "",
-            "configured": builder is not None, "latest": b.known, "last": last, "running": running,
-            "queued": [request_view(r) for r in queued.get(b.name, [])],
-            "html": "builders/%s/index.html" % b.q, "json": "api/builders/%s/index.json" % b.q,
-            "atom": "builders/%s/atom.xml" % b.q, "badge": "builders/%s/badge.svg" % b.q,
-        }
-
-    def _rows(self, cards, names, root):
-        """Waterfall rows, newest first: builds of one revision that follow
-        each other share a row, one per builder."""
-        index = {name: i for i, name in enumerate(names)}
-        rows, last_day = [], None
-        for c in sorted(cards, key=_card_order, reverse=True):
-            col = index.get(c["builder"])
-            if col is None:
-                continue
-            row = rows[-1] if rows else None
-            if not (row and c["revision"] and row["revision"] == c["revision"] and row["cells"][col] is None):
-                row = {"revision": c["revision"], "started": _card_time(c) or None,
-                       "changes": self._fragment("changes.html", c, root), "cells": [None] * len(names), "day": ""}
-                rows.append(row)
-            row["cells"][col] = self._fragment("cell.html", c, root)
-        for row in rows:
-            day = time.strftime("%Y-%m-%d", time.localtime(row["started"])) if row["started"] else ""
-            row["day"] = day if day != last_day else ""
-            last_day = day
-        return rows
-
-    def _fragment(self, template, c, root):
-        """TEMPLATE rendered for card C: once for a finished build (per
-        ROOT), since the head pages show it again on every update."""
-        if c["state"] != "finished":
-            return self._make_piece(template, c, root)
-        pieces = self._pieces.setdefault((c["builder"], c["number"]), {})
-        piece = pieces.get((template, root))
-        if piece is None:
-            piece = pieces[(template, root)] = self._make_piece(template, c, root)
-        return piece
-
-    @staticmethod
-    def _make_piece(template, c, root):
-        if template == "json":
-            return json.dumps(c, ensure_ascii=True, separators=(",", ":"))
-        if template == "entry.xml":
-            c = dict(c, id=_urn("build", c["builder"], c["number"], c["started"]), summary=_feed_summary(c))
-        return templates.fragment(template, b=c, root=root)
-
-    def _console_rows(self, bs):
-        """Console rows: a revision each, newest first, from the cards in memory."""
-        index = {b.name: i for i, b in enumerate(bs)}
-        groups = {}
-        for b in bs:
-            for c in b.cards.values():
-                key = c["revision"] or (c["builder"], c["number"])
-                groups.setdefault(key, []).append(c)
-        rows = []
-        for cards in groups.values():
-            cards.sort(key=_card_order, reverse=True)
-            lead = next((c for c in cards if c["changes"]), cards[-1])
-            cells = [[] for _ in bs]
-            for c in cards:
-                cells[index[c["builder"]]].append(c)
-            rows.append({"started": min(_card_time(c) for c in cards) or None, "lead": lead,
-                         "branch": lead["branch"], "cells": cells, "order": _card_order(cards[-1])})
-        rows.sort(key=lambda r: r["order"], reverse=True)
-        rows = rows[:CONSOLE_ROWS]
-        for row in rows:
-            row["changes"] = self._fragment("changes.html", row.pop("lead"), "")
-            row["cells"] = [{"boxes": [self._fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]],
-                             "more": max(0, len(cell) - CONSOLE_CELL)} for cell in row["cells"]]
-        return rows
-
-    def _write_feed(self, rel, root, alternate, title, cards, builder):
-        entries = sorted((c for c in cards if c["state"] == "finished" and c["finished"] is not None),
-                         key=lambda c: (c["finished"], c["builder"], c["number"]), reverse=True)
-        updated = entries[0]["finished"] if entries else 0.0
-        entries = [self._fragment("entry.xml", c, root) for c in entries[:FEED_ENTRIES]]
-        text = templates.render("atom.xml", title=_str(title), root=root, self_path=rel, alternate=alternate,
-                                feed_id=_urn("feed", self.cfg.title, builder), updated=updated, entries=entries)
-        self._write(self._path(rel), text)
-
-    def _write_badge(self, b, word):
-        label = _str(b.name)
-        if len(label) > 40:
-            label = label[:39] + "\u2026"
-        bg, fg = BADGE_COLOURS.get(word, BADGE_OTHER)
-        svg = templates.render("badge.svg", label=label, word=word, colour=bg, text=fg,
-                               label_width=_text_width(label), word_width=_text_width(word))
-        self._write(self._path("builders/%s/badge.svg" % b.q), svg)
-
-    def _queued(self):
-        """{builder: [request, ...]} oldest first, from the spool."""
-        out = {}
-        for rid in self.spool.pending("requests"):
-            req = self.spool.read("requests", rid)
-            if isinstance(req, dict) and isinstance(req.get("builder"), str):
-                out.setdefault(req["builder"], []).append(req)
-        return out
 
     # -------------------------------------------------------------- INDEX
     def _load(self):
         """Take up where INDEX says a previous process stopped; False if
         there is none usable (the caller then renders everything)."""
         try:
-            with open(os.path.join(self.root, INDEX), encoding="utf-8") as f:
-                idx = json.load(f)
-            if (idx.get("format") != "site-index" or idx.get("version") != INDEX_VERSION
-                    or idx.get("mark") != FINAL_MARK or idx.get("history_page") != HISTORY_PAGE):
-                return False
-            self._reset()
-            wf = idx["waterfall"]
-            self._wf_pages = _count(wf["pages"])
-            for o in wf["open"]:
-                members = [(str(m[0]), _count(m[1])) for m in o["members"]]
-                self._wf_open[_count(o["page"])] = {
-                    "members": members, "waiting": {(str(m[0]), _count(m[1])) for m in o["waiting"]}}
-            for name, e in idx["builders"].items():
-                if not _safe_name(name):
-                    continue
-                b = self._b[name] = _Builder(name)
-                b.known, b.sealed, b.pages = _count(e["known"]), _count(e["sealed"]), _count(e["pages"])
-                b.unfinal = {_count(n) for n in e["unfinal"]}
-                b.skipped = [[_count(lo), _count(hi)] for lo, hi in e["skipped"]]
-                last = e["last"]
-                if last is not None:
-                    b.last = {"number": _count(last["number"]), "status": _str(last["status"]),
-                              "finished": _num(last["finished"])}
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            loaded = siteindex.load(os.path.join(self.root, INDEX), FINAL_MARK)
+        except (OSError, ValueError):
             self._reset()
             return False
+        self._reset()
+        self._b, self._wf_pages, self._wf_open = loaded
         self._loaded = True
         self._all = True
         # The cards the head pages show; running builds are visited by the pass.
         for b in self._b.values():
-            for n in b.numbers(min(b.sealed, b.head_floor(), b.pages * HISTORY_PAGE), b.known):
+            for n in b.numbers(b.keep_floor(), b.known):
                 if n not in b.unfinal:
                     self._card_for(b, n)
         return True
 
     def _save_index(self):
-        idx = {"format": "site-index", "version": INDEX_VERSION, "mark": FINAL_MARK,
-               "history_page": HISTORY_PAGE,
-               "waterfall": {"pages": self._wf_pages, "open": [
-                   {"page": k, "members": o["members"], "waiting": sorted(o["waiting"])}
-                   for k, o in sorted(self._wf_open.items())]},
-               "builders": {name: b.index_entry() for name, b in sorted(self._b.items())}}
-        self._mkdir(self.root)
+        self.files.mkdir(self.root)
         path = os.path.join(self.root, INDEX)
-        fsutil.write_atomic(path, json.dumps(idx, ensure_ascii=True) + "\n", durable=False)
-        self._index_stamp = _stamp(path)
+        siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK)
+        self._index_stamp = sitefiles.stamp(path)
 
     def _prune(self, b):
-        """Forget the cards of finished builds no head page shows and no
-        history page still to be written needs."""
-        floor = min(b.sealed, b.head_floor(), b.pages * HISTORY_PAGE)
-        for n in [n for n, c in b.cards.items() if n <= floor and c["state"] == "finished"]:
-            del b.cards[n]
-            b.stamps.pop(n, None)
-            self._pieces.pop((b.name, n), None)
-
-    # ------------------------------------------------------------- writing
-    def _mkdir(self, d):
-        if d not in self._dirs:
-            os.makedirs(d, exist_ok=True)
-            self._dirs.add(d)
-
-    def _write(self, path, data):
-        self._mkdir(os.path.dirname(path))
-        try:
-            fsutil.write_atomic(path, data, durable=False)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)  # removed under us
-            fsutil.write_atomic(path, data, durable=False)
-        self._count += 1
-
-    def _write_page(self, rel, template, **context):
-        context.setdefault("site_title", self.cfg.title)
-        context.setdefault("feed", "")
-        context.setdefault("generated", time.time())
-        context.setdefault("zone", time.strftime("%z"))
-        self._write(self._path(rel), templates.render(template, **context))
-
-    def _write_json(self, rel, doc, builds=None):
-        """DOC as JSON, ASCII so that lone surrogates from records stay
-        representable; BUILDS (cards) as its last key, from their pieces."""
-        text = json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
-        if builds is not None:
-            text = '%s,"builds":[%s]}' % (text[:-1], ",".join(self._fragment("json", c, "") for c in builds))
-        self._write(self._path(rel), text + "\n")
-
-
-# -------------------------------------------------------------- view models
-# Records come from every past version and may lack keys or carry unknown
-# ones; the templates use StrictUndefined, so these functions turn a record
-# into a view with every key a template reads, whatever the record held.
-
-def card(rec):
-    """What the heads, feeds and JSON lists show of a build: a small dict of
-    plain values, paths from the site's top (documented in docs/site.md)."""
-    builder, number = rec["builder"], rec["number"]
-    base = "builders/%s/%d/" % (quote(builder, safe=""), number)
-    request = _dict(rec.get("request"))
-    steps = []
-    for i, s in enumerate(_list(rec.get("steps")), 1):
-        if not isinstance(s, dict):
-            continue
-        state = _str(s.get("state")) or "pending"
-        stem = _log_stem(s.get("log"))
-        steps.append({
-            "name": _str(s.get("name")) or "step %d" % i, "description": _str(s.get("description")),
-            "state": state, "result": _result(s.get("result")), "status": status(state, s.get("result")),
-            "started": _num(s.get("started")), "finished": _num(s.get("finished")),
-            "duration": _duration(s.get("started"), s.get("finished")), "summary": _str(s.get("summary")),
-            "log": {"html": base + quote(stem) + ".html", "raw": base + quote(stem) + ".txt"} if stem else None,
-        })
-    changes = [c for c in _list(request.get("changes")) if isinstance(c, dict)]
-    state = _str(rec.get("state")) or "running"
-    current = [s["name"] for s in steps if s["state"] == "running"]
-    return {
-        "builder": _str(builder), "number": number, "state": state, "result": _result(rec.get("result")),
-        "status": status(state, rec.get("result")),
-        "started": _num(rec.get("started")), "finished": _num(rec.get("finished")),
-        "duration": _duration(rec.get("started"), rec.get("finished")),
-        "queued": _num(request.get("queued")), "worker": _str(rec.get("worker")),
-        "branch": _str(rec.get("branch") or request.get("branch")),
-        "revision": _str(rec.get("revision") or request.get("revision")),
-        "request_reason": _str(request.get("reason")), "reason": _str(rec.get("reason")),
-        "current_step": current[0] if current else "",
-        "changes": [{"revision": _str(c.get("revision")), "author": _str(c.get("author")),
-                     "when": _num(c.get("when")), "subject": templates.firstline(_str(c.get("message")))}
-                    for c in changes[:MAX_CHANGES_SHOWN]],
-        "changes_count": len(changes),
-        "steps": steps,
-        "html": base + "index.html",
-        "json": "api/builders/%s/builds/%d.json" % (quote(builder, safe=""), number),
-    }
-
-
-def build_json(rec, view, c):
-    """api/builders/B/builds/N.json: the card, and what the build page adds."""
-    force = _dict(rec.get("request")).get("force")
-    doc = {"format": "site-build", "version": API_VERSION}
-    doc.update(c)
-    doc.update({
-        "repository": view["repository"], "properties": dict(view["properties"]),
-        "force": _str(force) if isinstance(force, str) else dict(view["force"]) or None,
-        "changes": [dict({k: v for k, v in ch.items() if k not in _PAGE_ONLY},
-                         subject=templates.firstline(ch["message"])) for ch in view["changes"]],
-        "steps": [dict(s, command=v["command"], exit_status=v["exit_status"])
-                  for s, v in zip(c["steps"], view["steps"])],
-    })
-    return doc
-
-
-def _builder_json(column):
-    return {k: column[k] for k in ("name", "description", "configured", "latest", "last", "running",
-                                   "html", "json", "atom", "badge")} | {"queued": len(column["queued"])}
-
-
-def build_view(rec, dir_href):
-    """What the build page shows of a build record; links relative to DIR_HREF."""
-    request = _dict(rec.get("request"))
-    steps = [step_view(i, s, dir_href) for i, s in enumerate(_list(rec.get("steps")), 1)
-             if isinstance(s, dict)]
-    state = _str(rec.get("state")) or "running"
-    current = [s["name"] for s in steps if s["state"] == "running"]
-    return {
-        "builder": _str(rec["builder"]), "number": rec["number"], "state": state,
-        "status": status(state, rec.get("result")),
-        "href": dir_href + "index.html",
-        "started": _num(rec.get("started")), "finished": _num(rec.get("finished")),
-        "duration": _duration(rec.get("started"), rec.get("finished")),
-        "worker": _str(rec.get("worker")), "reason": _str(rec.get("reason")),
-        "request_reason": _str(request.get("reason")), "queued": _num(request.get("queued")),
-        # Masked again: a record of an older release may hold credentials.
-        "repository": redact.url(_str(rec.get("repository") or request.get("repository"))),
-        "branch": _str(rec.get("branch") or request.get("branch")),
-        "revision": _str(rec.get("revision") or request.get("revision")),
-        "properties": _pairs(request.get("properties")), "force": _pairs(request.get("force")),
-        "changes": [change_view(c) for c in _list(request.get("changes")) if isinstance(c, dict)],
-        "steps": steps, "current_step": current[0] if current else "",
-    }
-
-
-def step_view(index, step, dir_href):
-    state = _str(step.get("state")) or "pending"
-    stem = _log_stem(step.get("log"))
-    return {
-        "index": index, "name": _str(step.get("name")) or "step %d" % index,
-        "description": _str(step.get("description")), "command": _str(step.get("command")),
-        "state": state, "status": status(state, step.get("result")),
-        "started": _num(step.get("started")), "finished": _num(step.get("finished")),
-        "duration": _duration(step.get("started"), step.get("finished")),
-        "summary": _str(step.get("summary")),
-        "exit_status": step.get("exit_status") if _is_int(step.get("exit_status")) else None,
-        "log": stem + ".log" if stem else "",
-        "log_page": stem + ".html" if stem else "", "log_raw": stem + ".txt" if stem else "",
-        "log_href": dir_href + quote(stem) + ".html" if stem else "",
-    }
-
-
-def change_view(c):
-    files = [_str(f) for f in _list(c.get("files")) if isinstance(f, str)]
-    return {"revision": _str(c.get("revision")), "author": _str(c.get("author")),
-            "when": _num(c.get("when")), "branch": _str(c.get("branch")),
-            "repository": redact.url(_str(c.get("repository"))), "message": _str(c.get("message")),
-            "files": files,
-            # What the record did not keep of it (changes.py); for the page only.
-            "files_omitted": c["files_omitted"] if _is_int(c.get("files_omitted")) else 0,
-            "details_omitted": c.get("details_omitted") is True}
-
-
-_PAGE_ONLY = ("files_omitted", "details_omitted")   # change_view keys not in the JSON API
-
-
-def request_view(req):
-    changes = [change_view(c) for c in _list(req.get("changes")) if isinstance(c, dict)]
-    return {"revision": _str(req.get("revision")), "branch": _str(req.get("branch")),
-            "reason": _str(req.get("reason")), "queued": _num(req.get("queued")),
-            "changes": changes}
-
-
-def status(state, result):
-    """The word a box shows: the result, or what the build or step is doing."""
-    if isinstance(result, str) and result:
-        return _str(result)
-    if state == "finished":
-        return "exception"  # finished without a result: a record from a crash
-    return state if state in ("running", "pending") else "running"
-
-
-def _result(v):
-    return _str(v) if isinstance(v, str) and v else None
-
-
-def _feed_summary(c):
-    parts = ["%s after %s." % (c["status"], templates.timespan(c["duration"])) if c["duration"] is not None
-             else "%s." % c["status"]]
-    steps = ["%s %s%s" % (s["name"], s["status"], " (%s)" % s["summary"] if s["summary"] else "")
-             for s in c["steps"] if s["state"] != "pending"]
-    if steps:
-        parts.append("Steps: %s." % ", ".join(steps))
-    if c["changes"]:
-        parts.append("Changes: %s." % "; ".join("%s %s: %s" % (templates.shortrev(ch["revision"]),
-                                                                 templates.who(ch["author"]), ch["subject"])
-                                                 for ch in c["changes"]))
-    elif c["revision"]:
-        parts.append("Revision %s." % c["revision"])
-    if c["reason"]:
-        parts.append(c["reason"])
-    return " ".join(parts)
-
-
-def _urn(*parts):
-    """A stable Atom id: a name-based UUID of PARTS."""
-    return "urn:uuid:%s" % uuid.uuid5(uuid.NAMESPACE_URL, "buildunits:" + json.dumps(parts, default=str))
-
-
-def _text_width(text):
-    """About how wide TEXT is in 11px Verdana, plus padding: a badge's part."""
-    return 10 + int(sum(4.5 if ch in "fijlrt.,:;' |" else 8.5 if ch in "mwMW@" else 7 for ch in text))
-
-
-def _stamp(path):
-    """What tells one version of the file PATH from another, or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _card_time(c):
-    for key in ("started", "finished", "queued"):
-        if c[key] is not None:
-            return c[key]
-    return 0.0
-
-
-def _card_order(c):
-    return (_card_time(c), c["builder"], c["number"])
-
-
-def _sort_time(rec):
-    for key in ("started", "finished"):
-        t = _num(rec.get(key))
-        if t is not None:
-            return t
-    return _num(_dict(rec.get("request")).get("queued")) or 0.0
-
-
-def _duration(start, end):
-    start, end = _num(start), _num(end)
-    return end - start if start is not None and end is not None else None
-
-
-def _pairs(d):
-    """[(key, text)] of a dict of properties, sorted; values shown as JSON
-    unless they are strings."""
-    if not isinstance(d, dict):
-        return []
-    out = []
-    for k, v in d.items():
-        try:
-            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
-        except (TypeError, ValueError):
-            text = repr(v)
-        out.append((_str(k), _str(text)))
-    return sorted(out)
-
-
-# Characters XML 1.0 cannot carry, even as references, and lone surrogates
-# (from \\u escapes in JSON), which cannot be encoded: shown as U+FFFD.
-_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-
-
-def _str(v):
-    s = v if isinstance(v, str) else ("" if v is None else str(v))
-    return _BAD_CHARS.sub("\ufffd", s)
-
-
-def _num(v):
-    """A time or duration from a record, or None (also for NaN, infinities
-    and times no calendar shows)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        v = float(v)
-    except OverflowError:
-        return None
-    return v if math.isfinite(v) and abs(v) < 1e11 else None
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _count(v):
-    if not _is_int(v) or v < 0:
-        raise ValueError("not a count: %r" % (v,))
-    return v
-
-
-def _list(v):
-    return v if isinstance(v, list) else []
-
-
-def _dict(v):
-    return v if isinstance(v, dict) else {}
-
-
-def _safe_name(name):
-    """A builder or file name usable as one path component of the site."""
-    if not (isinstance(name, str) and name and not name.startswith(".") and "/" not in name):
-        return False
-    if _BAD_CHARS.search(name):
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False  # an undecodable file name, as os.listdir returns it
-    return True
-
-
-_LOG_NAME = re.compile(r"[0-9]+-[^/]+\.log")
-
-
-def _log_stem(name):
-    """The log's file name without .log, if it is one the runner makes
-    (NN-STEP.log): never "index", never a path."""
-    if isinstance(name, str) and _LOG_NAME.fullmatch(name) and _safe_name(name):
-        return name[:-len(".log")]
-    return ""
-
-
-# --------------------------------------------------------------------- logs
-
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-class LogExcerpt:
-    """The first lines of a log file, read only as they are iterated.
-
-    Iterating yields (line number, text).  Afterwards, `shown` is the
-    number of lines yielded and `truncated` says whether the file holds
-    more.  A missing file yields nothing (`missing` is true).
-    """
-
-    def __init__(self, path, max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES, fd=_UNREAD):
-        # FD: the log, opened by the caller (None: there is none to show);
-        # else PATH is opened, but never through a symbolic link.
-        self.path = path
-        self.fd = fd
-        self.max_lines = max_lines
-        self.max_bytes = max_bytes
-        self.shown = 0
-        self.truncated = False
-        try:
-            if fd is None:
-                raise FileNotFoundError(path)
-            st = os.lstat(path) if fd is _UNREAD else os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise FileNotFoundError(path)
-            self.size = st.st_size
-            self.missing = False
-        except OSError:
-            self.size = 0
-            self.missing = True
-
-    def __iter__(self):
-        try:
-            if self.missing:
-                raise FileNotFoundError(self.path)
-            if self.fd is _UNREAD:
-                f = open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
-            else:
-                f = open(os.dup(self.fd), "rb")
-                f.seek(0)
-        except OSError:
-            self.missing = True
-            return
-        with f:
-            consumed = 0
-            while self.shown < self.max_lines and consumed < self.max_bytes:
-                line = f.readline(MAX_LINE_BYTES)
-                if not line:
-                    return
-                consumed += len(line)
-                cut = not line.endswith(b"\n")
-                # Skip the rest of an overlong line without holding it.
-                while cut and consumed < self.max_bytes:
-                    rest = f.readline(_COPY_CHUNK)
-                    consumed += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                self.shown += 1
-                yield self.shown, _clean(line, cut and len(line) == MAX_LINE_BYTES)
-            self.truncated = bool(f.read(1))
-
-    def html(self, batch=256):
-        """The lines as HTML, each with its anchor, in pieces of BATCH
-        lines: made here, not in the template, since a log has thousands
-        of lines and a template pays per piece.  The text is escaped; the
-        rest is numbers."""
-        out = []
-        for n, text in self:
-            out.append('<a class="ln" id="L%d" href="#L%d">%d</a>%s\n' % (n, n, n, markupsafe.escape(text)))
-            if len(out) >= batch:
-                yield markupsafe.Markup("".join(out))
-                out = []
-        if out:
-            yield markupsafe.Markup("".join(out))
-
-
-def _clean(line, cut):
-    text = line.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
-    # Colour codes and terminal titles are noise in a page; other control
-    # characters are not allowed in HTML text, so they show as U+FFFD.
-    text = _CONTROL.sub("\ufffd", _ANSI.sub("", text))
-    return text + " [line cut]" if cut else text
-
-
-# ------------------------------------------------------------------- files
-
-def _write_pieces(path, pieces):
-    """Replace PATH atomically with the str PIECES, written as they come."""
-    tmp = fsutil.tmp_name(path)
-    try:
-        with open(tmp, "x", encoding="utf-8", buffering=256 * 1024) as f:
-            for piece in pieces:
-                f.write(piece)
-        os.rename(tmp, path)  # commit point
-    except BaseException:
-        fsutil._unlink_quietly(tmp)
-        raise
-
-
-def _link_or_copy(src, dst, fd):
-    """Make DST the raw log SRC, open as FD (a regular file reached without
-    a link): a hard link, or a chunked copy across filesystems.  True if
-    DST was (re)written.  What is linked is checked to be FD's file, never
-    what a link at SRC's name points to."""
-    s = os.fstat(fd)
-    try:
-        d = os.stat(dst)
-        if (d.st_dev, d.st_ino) == (s.st_dev, s.st_ino):
-            return False  # the link: it grows with the log by itself
-        if (d.st_size, d.st_mtime_ns) == (s.st_size, s.st_mtime_ns):
-            return False  # a copy that is current
-    except FileNotFoundError:
-        pass
-    tmp = fsutil.tmp_name(dst)
-    try:
-        try:
-            os.link(src, tmp, follow_symlinks=False)
-            if not os.path.samestat(os.lstat(tmp), s):
-                # SRC was replaced since FD was opened (by a link, perhaps).
-                os.unlink(tmp)
-                _copy(fd, tmp)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES,
-                               errno.ENOENT):
-                raise
-            _copy(fd, tmp)
-        # Replace, never unlink first: a reader sees the old file or the new.
-        os.rename(tmp, dst)
-    except BaseException:
-        fsutil._unlink_quietly(tmp)
-        raise
-    return True
-
-
-def _copy(fd, dst):
-    with open(os.dup(fd), "rb") as fi, open(dst, "xb") as fo:
-        fi.seek(0)
-        while True:
-            chunk = fi.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fo.write(chunk)
-        st = os.fstat(fi.fileno())
-    # The source's times, so the next pass can tell the copy is current.
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        for n in b.prune():
+            self.pages.forget_build(b.name, n)

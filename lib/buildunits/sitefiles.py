@@ -1,0 +1,141 @@
+"""Sitefiles: how the static site's files are written.
+
+Every file of the site is replaced atomically, written to a hidden
+temporary name (fsutil.tmp_name: .NAME.tmp-PID-RANDOM) and renamed into
+place, so a web server never serves half a page; without fsync, since the
+site is derived data that a rebuild recreates (a crash costs a second
+rendering of what was being written).  A raw log is a hard link to the
+state's log, or a copy across filesystems, made from the descriptor the
+reader opened (never through a link planted at its name).
+
+SiteFiles counts what it writes: Site.update() returns that count.
+"""
+
+import errno
+import json
+import os
+import time
+from urllib.parse import unquote
+
+from . import fsutil, templates
+
+_COPY_CHUNK = 1024 * 1024
+
+
+class SiteFiles:
+    """The files under ROOT, and how many this pass wrote (count)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.count = 0
+        self._dirs = set()       # directories known to exist
+
+    def forget_dirs(self):
+        self._dirs = set()
+
+    def path(self, rel):
+        """The file at REL, a path from the top as links spell it (quoted)."""
+        return os.path.join(self.root, *(unquote(part) for part in rel.split("/")))
+
+    def mkdir(self, d):
+        if d not in self._dirs:
+            os.makedirs(d, exist_ok=True)
+            self._dirs.add(d)
+
+    def write(self, path, data):
+        self.mkdir(os.path.dirname(path))
+        try:
+            fsutil.write_atomic(path, data, durable=False)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)  # removed under us
+            fsutil.write_atomic(path, data, durable=False)
+        self.count += 1
+
+    def write_page(self, rel, template, **context):
+        """TEMPLATE rendered with CONTEXT (which names the site_title) at REL."""
+        context.setdefault("feed", "")
+        context.setdefault("generated", time.time())
+        context.setdefault("zone", time.strftime("%z"))
+        self.write(self.path(rel), templates.render(template, **context))
+
+    def write_json(self, rel, doc, builds=None):
+        """DOC as JSON, ASCII so that lone surrogates from records stay
+        representable; BUILDS (texts of JSON objects) as its last key."""
+        text = json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
+        if builds is not None:
+            text = '%s,"builds":[%s]}' % (text[:-1], ",".join(builds))
+        self.write(self.path(rel), text + "\n")
+
+    def write_pieces(self, path, pieces):
+        """Replace PATH atomically with the str PIECES, written as they come."""
+        tmp = fsutil.tmp_name(path)
+        try:
+            with open(tmp, "x", encoding="utf-8", buffering=256 * 1024) as f:
+                for piece in pieces:
+                    f.write(piece)
+            os.rename(tmp, path)  # commit point
+        except BaseException:
+            fsutil._unlink_quietly(tmp)
+            raise
+        self.count += 1
+
+    def link_or_copy(self, src, dst, fd):
+        """Make DST the raw log SRC, open as FD; counted if it was (re)written."""
+        self.count += int(link_or_copy(src, dst, fd))
+
+
+def link_or_copy(src, dst, fd):
+    """Make DST the raw log SRC, open as FD (a regular file reached without
+    a link): a hard link, or a chunked copy across filesystems.  True if
+    DST was (re)written.  What is linked is checked to be FD's file, never
+    what a link at SRC's name points to."""
+    s = os.fstat(fd)
+    try:
+        d = os.stat(dst)
+        if (d.st_dev, d.st_ino) == (s.st_dev, s.st_ino):
+            return False  # the link: it grows with the log by itself
+        if (d.st_size, d.st_mtime_ns) == (s.st_size, s.st_mtime_ns):
+            return False  # a copy that is current
+    except FileNotFoundError:
+        pass
+    tmp = fsutil.tmp_name(dst)
+    try:
+        try:
+            os.link(src, tmp, follow_symlinks=False)
+            if not os.path.samestat(os.lstat(tmp), s):
+                # SRC was replaced since FD was opened (by a link, perhaps).
+                os.unlink(tmp)
+                _copy(fd, tmp)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES,
+                               errno.ENOENT):
+                raise
+            _copy(fd, tmp)
+        # Replace, never unlink first: a reader sees the old file or the new.
+        os.rename(tmp, dst)
+    except BaseException:
+        fsutil._unlink_quietly(tmp)
+        raise
+    return True
+
+
+def _copy(fd, dst):
+    with open(os.dup(fd), "rb") as fi, open(dst, "xb") as fo:
+        fi.seek(0)
+        while True:
+            chunk = fi.read(_COPY_CHUNK)
+            if not chunk:
+                break
+            fo.write(chunk)
+        st = os.fstat(fi.fileno())
+    # The source's times, so the next pass can tell the copy is current.
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def stamp(path):
+    """What tells one version of the file PATH from another, or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -1,0 +1,194 @@
+"""Siteindex: what the site remembers between updates, and INDEX, its file.
+
+The site keeps, per builder (Builder), the highest number known to be
+taken, how far its waterfall and history pages go, its last finished
+build, the numbers whose pages are not final yet (running, or taken
+without a record so far), and the cards of the builds its head pages show
+or a page still to be written needs.  INDEX (.buildunits-site.json, in the
+site's top directory; private, not part of the API) keeps all of that but
+the cards, which a new process reads again from the records:
+
+    {"format": "site-index", "version": 1, "mark": FINAL_MARK, "history_page": 50,
+     "waterfall": {"pages": K, "open": [{"page", "members": [[B, n]], "waiting": [[B, n]]}]},
+     "builders": {B: {"known", "sealed", "pages", "skipped": [[first, last]],
+                      "unfinal": [n], "last": null or {"number", "status", "finished"}}}}
+
+Versions: 1 (buildunits 0.1): first version.  An INDEX of another
+version, mark or history page size is not read: the site is then
+rendered whole again.
+
+The decisions on that memory are pure functions here: which numbers a
+skipped history page leaves out, which history pages became full, what
+the next older waterfall page holds, which cards may be forgotten.
+"""
+
+import json
+from urllib.parse import quote
+
+from . import fsutil
+from .siteviews import card_order, num, safe_name, text
+
+INDEX = ".buildunits-site.json"
+INDEX_VERSION = 1
+HISTORY_PAGE = 50                    # builds per history page; changing it needs a new FINAL_MARK
+
+
+class Builder:
+    """What the site remembers of one builder."""
+
+    def __init__(self, name):
+        self.name = name
+        self.q = quote(name, safe="")   # the name as one URL path segment
+        self.known = 0          # the highest number known to be taken
+        self.sealed = 0         # numbers up to this are on older waterfall pages
+        self.pages = 0          # history pages 1..pages are written, but for the skipped
+        self.skipped = []       # [first, last] ranges of history pages without builds, ascending
+        self.unfinal = set()    # numbers <= known whose pages are not final yet
+        self.last = None        # the newest finished build: {"number", "status", "finished"}
+        self.cards = {}         # number -> card: the builds head pages show, and running ones
+        self.stamps = {}        # number -> State.build_stamp its card was made from
+        self.recs = {}          # number -> record of a running build
+        self.listed_for = None  # the counter value that made us list the directory
+
+    def head_floor(self):
+        """The builder's first page shows the numbers above this."""
+        return HISTORY_PAGE * max(0, self.known // HISTORY_PAGE - 1)
+
+    def keep_floor(self):
+        """Cards of finished builds up to this number no page needs."""
+        return min(self.sealed, self.head_floor(), self.pages * HISTORY_PAGE)
+
+    def page_below(self, page):
+        """The history page written before PAGE (0 if none)."""
+        page -= 1
+        for first, last in reversed(self.skipped):
+            if first <= page <= last:
+                page = first - 1
+        return max(0, page)
+
+    def unskip(self, page):
+        for i, (first, last) in enumerate(self.skipped):
+            if first <= page <= last:
+                self.skipped[i:i + 1] = [r for r in ([first, page - 1], [page + 1, last]) if r[0] <= r[1]]
+                return
+
+    def numbers(self, low, high):
+        """The numbers in (LOW, HIGH] but those on skipped pages: a jump of
+        the counter (a lie, or a restore) costs nothing."""
+        n = low + 1
+        for first, last in self.skipped:
+            start, end = (first - 1) * HISTORY_PAGE + 1, last * HISTORY_PAGE
+            if end < n:
+                continue
+            yield from range(n, min(start, high + 1))
+            n = max(n, end + 1)
+        yield from range(n, high + 1)
+
+    def full_pages(self, full):
+        """The history pages up to FULL to write now, each yielded once
+        self.pages counts it.  A page without a build is skipped: after a
+        jump of the numbers, there could be billions.  Every build on a
+        page not written yet has its card in memory (see prune)."""
+        if self.pages >= full:
+            return
+        have = sorted({(n - 1) // HISTORY_PAGE + 1 for n in self.cards if n > self.pages * HISTORY_PAGE})
+        for page in have + [full + 1]:
+            page = min(page, full + 1)
+            if page > self.pages + 1:
+                if self.skipped and self.skipped[-1][1] == self.pages:
+                    self.skipped[-1][1] = page - 1
+                else:
+                    self.skipped.append([self.pages + 1, page - 1])
+                self.pages = page - 1
+            if page > full:
+                break
+            self.pages = page
+            yield page
+
+    def prune(self):
+        """Forget the cards of finished builds no head page shows and no
+        history page still to be written needs; returns their numbers."""
+        floor = self.keep_floor()
+        gone = [n for n, c in self.cards.items() if n <= floor and c["state"] == "finished"]
+        for n in gone:
+            del self.cards[n]
+            self.stamps.pop(n, None)
+        return gone
+
+    def index_entry(self):
+        return {"known": self.known, "sealed": self.sealed, "pages": self.pages,
+                "skipped": self.skipped, "unfinal": sorted(self.unfinal), "last": self.last}
+
+
+def next_seal(builders, size):
+    """What the next older waterfall page holds, or None while the first
+    page holds fewer than 2 * SIZE builds: (marks {builder: the highest
+    number it seals}, the cards, the (builder, number) still running).
+    The oldest SIZE builds go, with each builder's part a run of numbers;
+    while some of them run, only once 4 * SIZE are waiting."""
+    waiting = [c for b in builders for n, c in b.cards.items() if n > b.sealed]
+    if len(waiting) < 2 * size:
+        return None
+    waiting.sort(key=card_order)
+    marks = {}
+    for c in waiting[:size]:
+        marks[c["builder"]] = max(marks.get(c["builder"], 0), c["number"])
+    members = [c for c in waiting if c["number"] <= marks.get(c["builder"], 0)]
+    running = {(c["builder"], c["number"]) for c in members if c["state"] != "finished"}
+    if running and len(waiting) < 4 * size:
+        return None
+    return marks, members, running
+
+
+# -------------------------------------------------------------- INDEX
+def load(path, mark):
+    """({name: Builder}, waterfall pages, open waterfall pages) from the
+    INDEX at PATH; ValueError (or OSError) if it is not one to take up
+    from: of another version, MARK or page size, or damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            idx = json.load(f)
+        if (idx.get("format") != "site-index" or idx.get("version") != INDEX_VERSION
+                or idx.get("mark") != mark or idx.get("history_page") != HISTORY_PAGE):
+            raise ValueError("another site index")
+        wf = idx["waterfall"]
+        wf_pages, wf_open, builders = _count(wf["pages"]), {}, {}
+        for o in wf["open"]:
+            members = [(str(m[0]), _count(m[1])) for m in o["members"]]
+            wf_open[_count(o["page"])] = {
+                "members": members, "waiting": {(str(m[0]), _count(m[1])) for m in o["waiting"]}}
+        for name, e in idx["builders"].items():
+            if safe_name(name):
+                builders[name] = _builder(name, e)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError("damaged site index: %r" % (e,)) from None
+    return builders, wf_pages, wf_open
+
+
+def _builder(name, e):
+    b = Builder(name)
+    b.known, b.sealed, b.pages = _count(e["known"]), _count(e["sealed"]), _count(e["pages"])
+    b.unfinal = {_count(n) for n in e["unfinal"]}
+    b.skipped = [[_count(lo), _count(hi)] for lo, hi in e["skipped"]]
+    last = e["last"]
+    if last is not None:
+        b.last = {"number": _count(last["number"]), "status": text(last["status"]),
+                  "finished": num(last["finished"])}
+    return b
+
+
+def save(path, builders, wf_pages, wf_open, mark):
+    """Write INDEX at PATH (no fsync: a lost INDEX costs a full rendering)."""
+    idx = {"format": "site-index", "version": INDEX_VERSION, "mark": mark,
+           "history_page": HISTORY_PAGE,
+           "waterfall": {"pages": wf_pages, "open": [
+               {"page": k, "members": o["members"], "waiting": sorted(o["waiting"])}
+               for k, o in sorted(wf_open.items())]},
+           "builders": {name: b.index_entry() for name, b in sorted(builders.items())}}
+    fsutil.write_atomic(path, json.dumps(idx, ensure_ascii=True) + "\n", durable=False)
+
+
+def _count(v):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError("not a count: %r" % (v,))
+    return v

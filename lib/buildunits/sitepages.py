@@ -1,0 +1,323 @@
+"""Sitepages: the site's pages of many builds, its feeds and its badges.
+
+Renders, from the cards the site keeps in memory (siteviews.card), the
+head pages (the waterfall's first page, builders.html, the console, each
+builder's first page, the feeds, the badges and api/builders.json), the
+pages written once (a builder's history page, an older waterfall page),
+and a build's own page and JSON file.  It decides nothing about when: the
+engine (site.py) says which pages a pass needs, in which order.
+
+A finished build looks the same on every page that shows it, so its
+waterfall cell, history row, console box, feed entry and JSON summary are
+rendered once and kept (fragment()) until the engine forgets its card.
+
+The site's layout, with relative links only, so it reads the same through
+any web server, from file://, or copied elsewhere (B is a builder, N a
+build number; docs/site.md has the same table for readers):
+
+    index.html                  the waterfall's first page: the newest builds
+    waterfall/K.html            older waterfall pages, 1 the oldest (sealed)
+    console.html                revisions against builders
+    builders.html               every builder and its last result
+    atom.xml                    the newest finished builds
+    builders/B/index.html       B's newest builds
+    builders/B/history/C.html   B's builds (C-1)*HISTORY_PAGE+1 .. C*HISTORY_PAGE
+    builders/B/atom.xml         B's newest finished builds
+    builders/B/badge.svg        B's last result
+    builders/B/N/index.html     a build
+    builders/B/N/NN-STEP.html   a step's log, its first lines (sitelogs)
+    builders/B/N/NN-STEP.txt    the whole log: a hard link to state's
+                                NN-STEP.log (a copy across filesystems)
+    builders/B/N/.final         site.FINAL_MARK: these pages are done
+    api/builders.json, api/builders/B/index.json,
+    api/builders/B/history/C.json, api/builders/B/builds/N.json
+    .buildunits-site.json       siteindex.INDEX: what an update must remember
+"""
+
+import json
+import os
+import time
+import uuid
+
+from . import fsutil, siteviews, templates
+from .siteindex import HISTORY_PAGE
+from .siteviews import card_order, card_time, text
+
+FEED_ENTRIES = 30                    # at most HISTORY_PAGE: the cards in memory must cover them
+CONSOLE_ROWS = 50
+CONSOLE_CELL = 3                     # builds shown in a console cell
+MAX_QUEUED_SHOWN = 5                 # per builder on the waterfall
+REFRESH_SEC = 60                     # pages that change: heads, running builds
+
+# Badge colours by result word: (background, text).  Never from records.
+BADGE_COLOURS = {
+    "success": ("#2e7d32", "#fff"), "warnings": ("#e69500", "#000"), "failure": ("#c62828", "#fff"),
+    "exception": ("#8e24aa", "#fff"), "retry": ("#d7a6a6", "#000"), "cancelled": ("#8d8080", "#fff"),
+    "skipped": ("#4aa3a3", "#000"), "running": ("#e6d800", "#000"),
+}
+BADGE_OTHER = ("#9e9e9e", "#000")
+
+
+class Pages:
+    """The pages written through FILES (a sitefiles.SiteFiles)."""
+
+    def __init__(self, files):
+        self.files = files
+        self.forget()
+
+    def forget(self):
+        self._pieces = {}        # (B, n) -> {(template, root): a finished build's piece of a page}
+        self._badge_words = {}   # builder -> the word its badge shows
+
+    def forget_build(self, name, n):
+        self._pieces.pop((name, n), None)
+
+    # ------------------------------------------------------- one build
+    def build(self, cfg, b, bdir, view):
+        """B's build's page (in BDIR) and its JSON file, from a build_view()."""
+        running = view["state"] != "finished"
+        q = b.q
+        page = templates.render("build.html", title="%s #%d" % (view["builder"], view["number"]),
+                                root="../../../", refresh=REFRESH_SEC if running else 0,
+                                site_title=cfg.title, feed="builders/%s/atom.xml" % q, build=view,
+                                builder_html="builders/%s/index.html" % q, json=view["json"])
+        self.files.write(os.path.join(bdir, "index.html"), page)
+        self._write_json(view["json"], siteviews.build_json(view))
+
+    # ------------------------------------------------ pages written once
+    def history(self, cfg, b, page, cards):
+        """B's history page PAGE of CARDS, newest first."""
+        first, last = (page - 1) * HISTORY_PAGE + 1, page * HISTORY_PAGE
+        below = b.page_below(page)
+        older = "builders/%s/history/%d.html" % (b.q, below) if below else ""
+        newer = ("builders/%s/history/%d.html" % (b.q, page + 1) if page < b.pages
+                 else "builders/%s/index.html" % b.q)
+        pager = {"newer": newer, "older": older, "pages": []}
+        self._write_page(cfg, "builders/%s/history/%d.html" % (b.q, page), "builder.html",
+                         title="%s: builds %d to %d" % (text(b.name), first, last), root="../../../",
+                         refresh=0, head=False, builder=_column(cfg, b, []),
+                         rows=[templates.fragment("row.html", b=c, root="../../../") for c in cards],
+                         pager=pager, page_range=(first, last))
+        self._write_json("api/builders/%s/history/%d.json" % (b.q, page),
+                         siteviews.history_doc(b, page, first, last, cards), cards)
+
+    def waterfall_page(self, cfg, builders, page, newest, cards):
+        """Older waterfall page PAGE of CARDS; NEWEST the newest such page."""
+        cards = [c for c in cards if c]
+        names = sorted({c["builder"] for c in cards})
+        columns = [_column(cfg, builders[name], []) for name in names]
+        older = "waterfall/%d.html" % (page - 1) if page > 1 else ""
+        newer = "waterfall/%d.html" % (page + 1) if page < newest else "index.html"
+        self._write_page(cfg, "waterfall/%d.html" % page, "waterfall.html",
+                         title="%s: older builds, page %d" % (cfg.title, page), root="../",
+                         refresh=0, head=False, columns=columns,
+                         rows=self._rows(cards, names, "../"),
+                         pager={"newer": newer, "older": older, "pages": []},
+                         any_queued=False, max_queued=MAX_QUEUED_SHOWN)
+
+    def remove_stale_waterfall_pages(self, newest):
+        """After a full rendering: older pages of a previous one beyond NEWEST."""
+        try:
+            names = os.listdir(self.files.path("waterfall"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            stem, dot, ext = name.partition(".")
+            if ext == "html" and stem.isdigit() and int(stem) > newest:
+                fsutil._unlink_quietly(os.path.join(self.files.path("waterfall"), name))
+
+    # -------------------------------------------------------- head pages
+    def heads(self, cfg, bs, wf_pages, queued, changed):
+        """The head pages of the builders BS (siteindex.Builder, in order);
+        WF_PAGES older waterfall pages, QUEUED {builder: [request]}.
+        CHANGED (dirty, finished, badges: sets of builder names; None:
+        everything) says which of the builders' pages, feeds and badges
+        to write.  api/builders.json comes last."""
+        every = changed is None
+        dirty, finished, badges = changed or (set(), set(), set())
+        columns = [_column(cfg, b, queued.get(b.name, [])) for b in bs]
+        common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
+        self._waterfall_head(cfg, bs, wf_pages, columns, common)
+        self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
+                         columns=columns, **common)
+        if every or dirty:
+            self._write_page(cfg, "console.html", "console.html", title="%s: console" % cfg.title,
+                             columns=columns, rows=self._console_rows(bs), **common)
+        if every or finished:
+            cards = [c for b in bs for c in b.cards.values()]
+            self._feed(cfg, "atom.xml", "", "index.html", cfg.title, cards, "")
+        for b, column in zip(bs, columns):
+            if every or b.name in dirty:
+                self._builder_head(cfg, b, column)
+            if every or b.name in finished:
+                self._feed(cfg, "builders/%s/atom.xml" % b.q, "../../", "builders/%s/index.html" % b.q,
+                           "%s: %s" % (cfg.title, text(b.name)), b.cards.values(), b.name)
+            if every or b.name in badges:
+                word = b.last["status"] if b.last else "no builds"
+                if every or self._badge_words.get(b.name) != word:
+                    self._badge(b, word)
+                    self._badge_words[b.name] = word
+        # Last, so a reader that sees a build here finds every page of the
+        # pass that put it there: the build's own, the heads, feeds, badges.
+        self._write_json("api/builders.json", siteviews.builders_doc(cfg.title, columns, time.time()))
+
+    def _waterfall_head(self, cfg, bs, wf_pages, columns, common):
+        heads = [c for b in bs for n, c in b.cards.items() if n > b.sealed]
+        older = "waterfall/%d.html" % wf_pages if wf_pages else ""
+        pages = [("page %d" % k, "waterfall/%d.html" % k) for k in range(wf_pages - 1, max(0, wf_pages - 5), -1)]
+        if wf_pages > 5:
+            pages.append(("page 1 (oldest)", "waterfall/1.html"))
+        self._write_page(cfg, "index.html", "waterfall.html", title=cfg.title, head=True,
+                         columns=columns, rows=self._rows(heads, [b.name for b in bs], ""),
+                         pager={"newer": "", "older": older, "pages": pages},
+                         any_queued=any(c["queued"] for c in columns), max_queued=MAX_QUEUED_SHOWN,
+                         **common)
+
+    def _builder_head(self, cfg, b, column):
+        floor = b.head_floor()
+        builds = [b.cards[n] for n in sorted(b.cards, reverse=True) if n > floor]
+        top = b.page_below(floor // HISTORY_PAGE + 1)
+        older = "builders/%s/history/%d.html" % (b.q, top) if top else ""
+        # Every history page is linked from here or from its neighbours,
+        # also those that overlap this page's builds.
+        near, k = [], b.page_below(b.pages + 1)
+        while k and len(near) < 5:
+            near.append(k)
+            k = b.page_below(k)
+        if k:
+            near.append(b.skipped[0][1] + 1 if b.skipped and b.skipped[0][0] == 1 else 1)
+        pages = [("builds %d-%d" % ((k - 1) * HISTORY_PAGE + 1, k * HISTORY_PAGE),
+                  "builders/%s/history/%d.html" % (b.q, k)) for k in near]
+        self._write_page(cfg, "builders/%s/index.html" % b.q, "builder.html", title=text(b.name),
+                         root="../../", refresh=REFRESH_SEC, feed="builders/%s/atom.xml" % b.q, head=True,
+                         builder=column, rows=[self.fragment("row.html", c, "../../") for c in builds],
+                         pager={"newer": "", "older": older, "pages": pages},
+                         page_range=None)
+        self._write_json(column["json"], siteviews.builder_doc(b, column, HISTORY_PAGE), builds)
+
+    def _rows(self, cards, names, root):
+        """Waterfall rows, newest first: builds of one revision that follow
+        each other share a row, one per builder."""
+        index = {name: i for i, name in enumerate(names)}
+        rows, last_day = [], None
+        for c in sorted(cards, key=card_order, reverse=True):
+            col = index.get(c["builder"])
+            if col is None:
+                continue
+            row = rows[-1] if rows else None
+            if not (row and c["revision"] and row["revision"] == c["revision"] and row["cells"][col] is None):
+                row = {"revision": c["revision"], "started": card_time(c) or None,
+                       "changes": self.fragment("changes.html", c, root), "cells": [None] * len(names), "day": ""}
+                rows.append(row)
+            row["cells"][col] = self.fragment("cell.html", c, root)
+        for row in rows:
+            day = time.strftime("%Y-%m-%d", time.localtime(row["started"])) if row["started"] else ""
+            row["day"] = day if day != last_day else ""
+            last_day = day
+        return rows
+
+    def _console_rows(self, bs):
+        """Console rows: a revision each, newest first, from the cards in memory."""
+        index = {b.name: i for i, b in enumerate(bs)}
+        groups = {}
+        for b in bs:
+            for c in b.cards.values():
+                key = c["revision"] or (c["builder"], c["number"])
+                groups.setdefault(key, []).append(c)
+        rows = []
+        for cards in groups.values():
+            cards.sort(key=card_order, reverse=True)
+            lead = next((c for c in cards if c["changes"]), cards[-1])
+            cells = [[] for _ in bs]
+            for c in cards:
+                cells[index[c["builder"]]].append(c)
+            rows.append({"started": min(card_time(c) for c in cards) or None, "lead": lead,
+                         "branch": lead["branch"], "cells": cells, "order": card_order(cards[-1])})
+        rows.sort(key=lambda r: r["order"], reverse=True)
+        rows = rows[:CONSOLE_ROWS]
+        for row in rows:
+            row["changes"] = self.fragment("changes.html", row.pop("lead"), "")
+            row["cells"] = [{"boxes": [self.fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]],
+                             "more": max(0, len(cell) - CONSOLE_CELL)} for cell in row["cells"]]
+        return rows
+
+    # ---------------------------------------------------- feeds, badges
+    def _feed(self, cfg, rel, root, alternate, title, cards, builder):
+        entries = sorted((c for c in cards if c["state"] == "finished" and c["finished"] is not None),
+                         key=lambda c: (c["finished"], c["builder"], c["number"]), reverse=True)
+        updated = entries[0]["finished"] if entries else 0.0
+        entries = [self.fragment("entry.xml", c, root) for c in entries[:FEED_ENTRIES]]
+        xml = templates.render("atom.xml", title=text(title), root=root, self_path=rel, alternate=alternate,
+                               feed_id=urn("feed", cfg.title, builder), updated=updated, entries=entries)
+        self.files.write(self.files.path(rel), xml)
+
+    def _badge(self, b, word):
+        label = text(b.name)
+        if len(label) > 40:
+            label = label[:39] + "\u2026"
+        bg, fg = BADGE_COLOURS.get(word, BADGE_OTHER)
+        svg = templates.render("badge.svg", label=label, word=word, colour=bg, text=fg,
+                               label_width=text_width(label), word_width=text_width(word))
+        self.files.write(self.files.path("builders/%s/badge.svg" % b.q), svg)
+
+    # ----------------------------------------------------------- pieces
+    def fragment(self, template, c, root):
+        """TEMPLATE rendered for card C: once for a finished build (per
+        ROOT), since the head pages show it again on every update."""
+        if c["state"] != "finished":
+            return _make_piece(template, c, root)
+        pieces = self._pieces.setdefault((c["builder"], c["number"]), {})
+        piece = pieces.get((template, root))
+        if piece is None:
+            piece = pieces[(template, root)] = _make_piece(template, c, root)
+        return piece
+
+    def _write_page(self, cfg, rel, template, **context):
+        context.setdefault("site_title", cfg.title)
+        self.files.write_page(rel, template, **context)
+
+    def _write_json(self, rel, doc, builds=None):
+        """DOC as JSON; BUILDS (cards) as its last key, from their pieces."""
+        self.files.write_json(rel, doc, None if builds is None else
+                              [self.fragment("json", c, "") for c in builds])
+
+
+def _column(cfg, b, requests):
+    return siteviews.column(b, cfg.builders.get(b.name), requests)
+
+
+def _make_piece(template, c, root):
+    if template == "json":
+        return json.dumps(c, ensure_ascii=True, separators=(",", ":"))
+    if template == "entry.xml":
+        c = dict(c, id=urn("build", c["builder"], c["number"], c["started"]), summary=feed_summary(c))
+    return templates.fragment(template, b=c, root=root)
+
+
+def feed_summary(c):
+    """The text of card C's feed entry."""
+    parts = ["%s after %s." % (c["status"], templates.timespan(c["duration"])) if c["duration"] is not None
+             else "%s." % c["status"]]
+    steps = ["%s %s%s" % (s["name"], s["status"], " (%s)" % s["summary"] if s["summary"] else "")
+             for s in c["steps"] if s["state"] != "pending"]
+    if steps:
+        parts.append("Steps: %s." % ", ".join(steps))
+    if c["changes"]:
+        parts.append("Changes: %s." % "; ".join("%s %s: %s" % (templates.shortrev(ch["revision"]),
+                                                                 templates.who(ch["author"]), ch["subject"])
+                                                 for ch in c["changes"]))
+    elif c["revision"]:
+        parts.append("Revision %s." % c["revision"])
+    if c["reason"]:
+        parts.append(c["reason"])
+    return " ".join(parts)
+
+
+def urn(*parts):
+    """A stable Atom id: a name-based UUID of PARTS."""
+    return "urn:uuid:%s" % uuid.uuid5(uuid.NAMESPACE_URL, "buildunits:" + json.dumps(parts, default=str))
+
+
+def text_width(label):
+    """About how wide LABEL is in 11px Verdana, plus padding: a badge's part."""
+    return 10 + int(sum(4.5 if ch in "fijlrt.,:;' |" else 8.5 if ch in "mwMW@" else 7 for ch in label))

@@ -1,0 +1,92 @@
+"""Sitesource: what the static site reads of the state and the spool.
+
+The builders (configured, or in the history), the numbers a builder took
+since the site last looked, build records, and the queued requests.  New
+numbers are found through the counter hint builds/B/next.json and a probe
+for the directory after it (the counter is written after the number is
+taken), never by listing a builder's directory, but after a long absence
+or when the counter lies (then once per lie): what an update reads stays
+the same whatever the length of the history.  A record that cannot be
+read is not shown, and logged once.
+"""
+
+import os
+
+from . import log
+from .siteviews import safe_name, sort_time
+
+MAX_CATCHUP = 10000                  # more new numbers than this at once: list the directory instead
+
+
+class Source:
+    """The site's view of STATE and SPOOL."""
+
+    def __init__(self, state, spool):
+        self.state = state
+        self.spool = spool
+        self._warned = set()     # unreadable build records already logged
+
+    def builder_names(self, configured):
+        """The builders: CONFIGURED (names), or in the history."""
+        names = set(configured) | set(self.state.builders())
+        return sorted(n for n in names if safe_name(n))
+
+    def catch_up(self, b, hint=0):
+        """The numbers of B (a siteindex.Builder) taken since it was last
+        caught up, now counted in b.known and b.unfinal; HINT a number
+        somebody said exists."""
+        latest = b.known
+        nxt = self.state.read_counter(b.name)
+        if nxt is not None:
+            latest = max(latest, nxt - 1)
+        if hint > latest and os.path.isdir(self.state.build_dir(b.name, hint)):
+            latest = hint
+        if latest - b.known > MAX_CATCHUP and b.listed_for != (nxt, hint):
+            # A long absence, or a counter that lies (once per lie): ask the directory.
+            b.listed_for = (nxt, hint)
+            new = [n for n in self.state.build_numbers(b.name) if n > b.known]
+        elif latest - b.known > MAX_CATCHUP:
+            new = []
+        else:
+            # The counter is written after the number is taken: look one further.
+            while os.path.isdir(self.state.build_dir(b.name, latest + 1)):
+                latest += 1
+            new = list(range(b.known + 1, latest + 1))
+        if new:
+            b.known = max(b.known, new[-1])
+            b.unfinal.update(new)
+        return new
+
+    def read(self, builder, number):
+        """The build record, or None (a gap, or unreadable: logged once)."""
+        try:
+            rec = self.state.read_build(builder, number)
+        except (OSError, ValueError) as e:
+            if (builder, number) not in self._warned:
+                self._warned.add((builder, number))
+                log.warning("%s #%d: build record unreadable, not shown: %s" % (builder, number, e),
+                            builder=builder, build=number)
+            return None
+        if not isinstance(rec, dict):
+            return None
+        return dict(rec, builder=builder, number=number)  # the directory names the build
+
+    def stream(self, name, numbers):
+        """(start time, name, number, record or None, stamp) of each build
+        of NAME among NUMBERS, read lazily, for a merge by start time."""
+        when = 0.0
+        for n in numbers:
+            stamp = self.state.build_stamp(name, n)
+            rec = self.read(name, n) if stamp else None
+            if rec is not None:
+                when = max(when, sort_time(rec))
+            yield when, name, n, rec, stamp
+
+    def queued(self):
+        """{builder: [request, ...]} oldest first, from the spool."""
+        out = {}
+        for rid in self.spool.pending("requests"):
+            req = self.spool.read("requests", rid)
+            if isinstance(req, dict) and isinstance(req.get("builder"), str):
+                out.setdefault(req["builder"], []).append(req)
+        return out

@@ -1,0 +1,305 @@
+"""Siteviews: what the site shows of a record, as plain values.
+
+The view models of the static site, and the JSON contract of docs/site.md
+("The JSON files"): pure functions, no I/O, no clock (a time to show is
+passed in).  Records come from every past version and may lack keys or
+carry unknown ones, and all their text is hostile; the templates use
+StrictUndefined, so these functions turn a record into a view with every
+key a template reads, whatever the record held, and text that XML cannot
+carry replaced by U+FFFD.
+
+A record is reshaped once: build_view() is the one reading of a build
+record, and what the other pages and files show of it are projections of
+that view, key for key:
+
+    build_view(rec)     the build's page (build.html, log.html)
+    card(view)          the build summary of docs/site.md: what the heads,
+                        feeds and JSON lists show, kept in memory
+    build_json(view)    api/builders/B/builds/N.json (format site-build)
+
+    >>> v = build_view({"builder": "hello", "number": 7, "state": "finished", "result": "success"})
+    >>> card(v)["html"], card(v)["status"], build_json(v)["force"]
+    ('builders/hello/7/index.html', 'success', None)
+
+Paths in a view are relative URLs from the site's top, quoted; a step's
+log_page and log_raw are file names in the build's own directory.
+"""
+
+import json
+import math
+import re
+from urllib.parse import quote
+
+from . import redact, templates
+
+API_VERSION = 1                      # of the api/ files; docs/site.md has their history
+MAX_CHANGES_SHOWN = 5                # per build on the waterfall, history and cards
+
+# The keys of a build summary (docs/site.md), in the order the JSON files
+# give them; a new key goes at the end of its tuple (and in docs/site.md).
+SUMMARY_KEYS = ("builder", "number", "state", "result", "status", "started", "finished", "duration",
+                "queued", "worker", "branch", "revision", "request_reason", "reason", "current_step",
+                "changes", "changes_count", "steps", "html", "json")
+STEP_KEYS = ("name", "description", "state", "result", "status", "started", "finished", "duration",
+             "summary", "log")
+CHANGE_SUMMARY_KEYS = ("revision", "author", "when", "subject")
+# site-build adds these to the summary's steps, and gives its changes whole.
+BUILD_STEP_KEYS = STEP_KEYS + ("command", "exit_status")
+BUILD_CHANGE_KEYS = ("revision", "author", "when", "branch", "repository", "message", "files", "subject")
+
+
+# ---------------------------------------------------------------- builds
+def build_view(rec):
+    """The one reshaping of a build record REC (which names its builder
+    and number): what its page shows, and all the summary and the JSON
+    file are made of."""
+    builder, number = rec["builder"], rec["number"]
+    q = quote(builder, safe="")
+    base = "builders/%s/%d/" % (q, number)
+    request = _dict(rec.get("request"))
+    steps = [step_view(i, s, base) for i, s in enumerate(_list(rec.get("steps")), 1) if isinstance(s, dict)]
+    changes = [change_view(c) for c in _list(request.get("changes")) if isinstance(c, dict)]
+    state = text(rec.get("state")) or "running"
+    current = [s["name"] for s in steps if s["state"] == "running"]
+    force = request.get("force")
+    return {
+        "builder": text(builder), "number": number, "state": state, "result": _result(rec.get("result")),
+        "status": status(state, rec.get("result")),
+        "started": num(rec.get("started")), "finished": num(rec.get("finished")),
+        "duration": _duration(rec.get("started"), rec.get("finished")),
+        "queued": num(request.get("queued")), "worker": text(rec.get("worker")),
+        "branch": text(rec.get("branch") or request.get("branch")),
+        "revision": text(rec.get("revision") or request.get("revision")),
+        "request_reason": text(request.get("reason")), "reason": text(rec.get("reason")),
+        "current_step": current[0] if current else "",
+        "changes": changes, "changes_count": len(changes), "steps": steps,
+        "html": base + "index.html", "json": "api/builders/%s/builds/%d.json" % (q, number),
+        # Masked again: a record of an older release may hold credentials.
+        "repository": redact.url(text(rec.get("repository") or request.get("repository"))),
+        "properties": _pairs(request.get("properties")), "force": _pairs(force),
+        "force_id": text(force) if isinstance(force, str) else None,
+    }
+
+
+def step_view(index, step, base):
+    """Step number INDEX of a build whose pages are under BASE."""
+    state = text(step.get("state")) or "pending"
+    stem = log_stem(step.get("log"))
+    return {
+        "index": index, "name": text(step.get("name")) or "step %d" % index,
+        "description": text(step.get("description")), "command": text(step.get("command")),
+        "state": state, "result": _result(step.get("result")), "status": status(state, step.get("result")),
+        "started": num(step.get("started")), "finished": num(step.get("finished")),
+        "duration": _duration(step.get("started"), step.get("finished")),
+        "summary": text(step.get("summary")),
+        "exit_status": step.get("exit_status") if _is_int(step.get("exit_status")) else None,
+        # Paths from the site's top (the JSON files'), and file names.
+        "log": {"html": base + quote(stem) + ".html", "raw": base + quote(stem) + ".txt"} if stem else None,
+        "log_file": stem + ".log" if stem else "",
+        "log_page": stem + ".html" if stem else "", "log_raw": stem + ".txt" if stem else "",
+    }
+
+
+def change_view(c):
+    message = text(c.get("message"))
+    return {"revision": text(c.get("revision")), "author": text(c.get("author")),
+            "when": num(c.get("when")), "branch": text(c.get("branch")),
+            "repository": redact.url(text(c.get("repository"))), "message": message,
+            "files": [text(f) for f in _list(c.get("files")) if isinstance(f, str)],
+            # What the record did not keep of it (changes.py); for the page only.
+            "files_omitted": c["files_omitted"] if _is_int(c.get("files_omitted")) else 0,
+            "details_omitted": c.get("details_omitted") is True,
+            "subject": templates.firstline(message)}
+
+
+def card(view):
+    """The build summary of docs/site.md, from a build_view(): a small dict
+    of plain values that the heads keep in memory and show."""
+    c = {k: view[k] for k in SUMMARY_KEYS}
+    c["changes"] = [{k: ch[k] for k in CHANGE_SUMMARY_KEYS} for ch in view["changes"][:MAX_CHANGES_SHOWN]]
+    c["steps"] = [{k: s[k] for k in STEP_KEYS} for s in view["steps"]]
+    return c
+
+
+def build_json(view):
+    """api/builders/B/builds/N.json, from a build_view(): the summary with
+    its changes and steps in full, and what the build page adds."""
+    doc = {"format": "site-build", "version": API_VERSION}
+    doc.update((k, view[k]) for k in SUMMARY_KEYS)
+    doc["changes"] = [{k: ch[k] for k in BUILD_CHANGE_KEYS} for ch in view["changes"]]
+    doc["steps"] = [{k: s[k] for k in BUILD_STEP_KEYS} for s in view["steps"]]
+    force = view["force_id"] if view["force_id"] is not None else dict(view["force"]) or None
+    doc.update(repository=view["repository"], properties=dict(view["properties"]), force=force)
+    return doc
+
+
+def request_view(req):
+    """A queued request, as the waterfall's first rows show it."""
+    changes = [change_view(c) for c in _list(req.get("changes")) if isinstance(c, dict)]
+    return {"revision": text(req.get("revision")), "branch": text(req.get("branch")),
+            "reason": text(req.get("reason")), "queued": num(req.get("queued")),
+            "changes": changes}
+
+
+def status(state, result):
+    """The word a box shows: the result, or what the build or step is doing."""
+    if isinstance(result, str) and result:
+        return text(result)
+    if state == "finished":
+        return "exception"  # finished without a result: a record from a crash
+    return state if state in ("running", "pending") else "running"
+
+
+# -------------------------------------------------------------- builders
+def column(b, builder, requests):
+    """Builder B (a siteindex.Builder) as the heads show it; BUILDER its
+    configuration (None: only the history knows it), REQUESTS its queued
+    requests, oldest first."""
+    last = None
+    if b.last:
+        last = dict(b.last, html="builders/%s/%d/index.html" % (b.q, b.last["number"]))
+    running = [{"number": n, "html": b.cards[n]["html"], "current_step": b.cards[n]["current_step"]}
+               for n in sorted(b.cards, reverse=True) if b.cards[n]["state"] != "finished"]
+    return {
+        "name": text(b.name), "description": text(builder.description) if builder else "",
+        "configured": builder is not None, "latest": b.known, "last": last, "running": running,
+        "queued": [request_view(r) for r in requests],
+        "html": "builders/%s/index.html" % b.q, "json": "api/builders/%s/index.json" % b.q,
+        "atom": "builders/%s/atom.xml" % b.q, "badge": "builders/%s/badge.svg" % b.q,
+    }
+
+
+def builder_json(column):
+    """A builder's entry in api/builders.json, from its column()."""
+    return {k: column[k] for k in ("name", "description", "configured", "latest", "last", "running",
+                                   "html", "json", "atom", "badge")} | {"queued": len(column["queued"])}
+
+
+def builders_doc(title, columns, now):
+    """api/builders.json (format site-builders), written at NOW."""
+    return {"format": "site-builders", "version": API_VERSION, "title": text(title),
+            "generated": now, "waterfall": "index.html", "console": "console.html",
+            "atom": "atom.xml", "builders": [builder_json(c) for c in columns]}
+
+
+def builder_doc(b, column, page_size):
+    """api/builders/B/index.json (format site-builder) but its builds."""
+    doc = {"format": "site-builder", "version": API_VERSION}
+    doc.update(builder_json(column))
+    doc["history"] = {"page_size": page_size, "pages": b.pages, "skipped": b.skipped,
+                      "html": "builders/%s/history/{page}.html" % b.q,
+                      "json": "api/builders/%s/history/{page}.json" % b.q}
+    return doc
+
+
+def history_doc(b, page, first, last, cards):
+    """api/builders/B/history/PAGE.json (format site-history) but its builds."""
+    return {"format": "site-history", "version": API_VERSION, "builder": text(b.name), "page": page,
+            "first": first, "last": last, "final": all(c["state"] == "finished" for c in cards),
+            "html": "builders/%s/history/%d.html" % (b.q, page)}
+
+
+# ---------------------------------------------------------------- order
+def card_time(c):
+    """When a build is shown to have happened: started, else finished, else queued."""
+    for key in ("started", "finished", "queued"):
+        if c[key] is not None:
+            return c[key]
+    return 0.0
+
+
+def card_order(c):
+    return (card_time(c), c["builder"], c["number"])
+
+
+def sort_time(rec):
+    """card_time() of a record not made into a view yet."""
+    for key in ("started", "finished"):
+        t = num(rec.get(key))
+        if t is not None:
+            return t
+    return num(_dict(rec.get("request")).get("queued")) or 0.0
+
+
+# --------------------------------------------------------------- values
+# Characters XML 1.0 cannot carry, even as references, and lone surrogates
+# (from \\u escapes in JSON), which cannot be encoded: shown as U+FFFD.
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_LOG_NAME = re.compile(r"[0-9]+-[^/]+\.log")
+
+
+def safe_name(name):
+    """A builder or file name usable as one path component of the site."""
+    if not (isinstance(name, str) and name and not name.startswith(".") and "/" not in name):
+        return False
+    if _BAD_CHARS.search(name):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False  # an undecodable file name, as os.listdir returns it
+    return True
+
+
+def log_stem(name):
+    """The log's file name without .log, if it is one the runner makes
+    (NN-STEP.log): never "index", never a path."""
+    if isinstance(name, str) and _LOG_NAME.fullmatch(name) and safe_name(name):
+        return name[:-len(".log")]
+    return ""
+
+
+
+def text(v):
+    """V as text a page or a feed can carry."""
+    s = v if isinstance(v, str) else ("" if v is None else str(v))
+    return _BAD_CHARS.sub("\ufffd", s)
+
+
+
+def num(v):
+    """A time or duration from a record, or None (also for NaN, infinities
+    and times no calendar shows)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) and abs(v) < 1e11 else None
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _list(v):
+    return v if isinstance(v, list) else []
+
+
+def _dict(v):
+    return v if isinstance(v, dict) else {}
+
+
+def _result(v):
+    return text(v) if isinstance(v, str) and v else None
+
+
+def _duration(start, end):
+    start, end = num(start), num(end)
+    return end - start if start is not None and end is not None else None
+
+
+def _pairs(d):
+    """[(key, text)] of a dict of properties, sorted; values shown as JSON
+    unless they are strings."""
+    if not isinstance(d, dict):
+        return []
+    out = []
+    for k, v in d.items():
+        try:
+            shown = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
+        except (TypeError, ValueError):
+            shown = repr(v)
+        out.append((text(k), text(shown)))
+    return sorted(out)
