@@ -65,6 +65,14 @@ class NotifyReader:
         s = self.statuses()
         return s[-1] if s else None
 
+    def arrival(self, line):
+        """When the first message holding the line LINE came (time.time()), or None."""
+        with self._lock:
+            for t, m in zip(self.arrivals, self.messages):
+                if line in m.split("\n"):
+                    return t
+        return None
+
     def mark(self):
         with self._lock:
             return len(self.messages)
