@@ -173,17 +173,22 @@ def files_of(root):
     return out
 
 
-def backdate(paths, seconds=3600):
-    """Set the mtime of PATHS an hour back, so that a file written again
+OLD_MTIME_NS = 10**9 * 10**9     # 2001: before any file a test writes
+
+
+def backdate(paths):
+    """Set the mtime of PATHS to OLD_MTIME_NS, so that a file written again
     afterwards has another mtime whatever the clock's granularity (and an
-    inode reused by a replaced file does not hide it)."""
+    inode reused by a replaced file does not hide it).  Doing it again
+    changes nothing."""
     for p in paths:
-        st = os.stat(p)
-        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+        os.utime(p, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
 
 
-def site_files(root):
-    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
+def backdate_site(root):
+    """backdate() every file of the site but its memory (site.INDEX): the
+    site reads a change of that file's stat as another process's rebuild."""
+    backdate(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f != site.INDEX)
 
 
 def written_since(root, before):
@@ -667,9 +672,7 @@ def _history(tmp_path, size, name="h"):
 
 
 def _one_update(tmp_path, st, s, i):
-    # Not the site's memory: the site reads a change of its stat as another
-    # process's rebuild (and so rereads the history).
-    backdate(p for p in site_files(s.root) if os.path.basename(p) != site.INDEX)
+    backdate_site(s.root)
     before = files_of(s.root)
     n = make_build(st, "hello", started=T0 + 60 * (10**6 + i), rev="%040x" % (10**6 + i),
                    steps=(("compile", "success", "x\n"), ("test", "success", "y\n")))
@@ -735,6 +738,7 @@ def test_builders_json_is_the_last_public_file_of_every_pass(tmp_path, monkeypat
 def test_older_pages_and_finished_builds_are_never_written_again(tmp_path):
     st, s = _history(tmp_path, 260)
     root = s.root
+    backdate_site(root)     # as each _one_update() does
     before = files_of(root)
     older = [p for p in before if p.startswith(("waterfall/", "builders/hello/history/", "builders/world/history/",
                                                  "api/builders/hello/history/"))]
