@@ -618,16 +618,7 @@ class IdleSetup(common.Idle):
         return out
 
 
-if __name__ == "__main__":
-    import json
-    b = BuildbotBench(sys.argv[1], quick=True)
-    what = sys.argv[2]
-    if what == "cold":
-        r = b.cold_start(2)
-    elif what == "latency":
-        r = b.latency(3)
-    elif what == "throughput":
-        r = b.throughput(int(sys.argv[3]) if len(sys.argv) > 3 else 50, 120)
-    elif what == "big":
-        r = b.big_output(int(sys.argv[3]) if len(sys.argv) > 3 else 10**7, 1, 300)
-    print(json.dumps(r, indent=1, default=str))
+if __name__ == "__main__":  # a quick look at one figure: buildbot_bench.py WORKDIR FIGURE [N]
+    common.one_figure(BuildbotBench, {
+        "cold": lambda b, n: b.cold_start(2), "latency": lambda b, n: b.latency(3),
+        "throughput": lambda b, n: b.throughput(n or 50, 120), "big": lambda b, n: b.big_output(n or 10**7, 1, 300)})

@@ -720,16 +720,7 @@ def deliver_change(spool, repo, sha):
         "when": time.time()})
 
 
-if __name__ == "__main__":  # a quick look at one figure: buildunits_bench.py WORKDIR FIGURE
-    import json
-    b = BuildunitsBench(sys.argv[1], quick=True)
-    what = sys.argv[2]
-    if what == "cold":
-        r = b.cold_start(3)
-    elif what == "latency":
-        r = b.latency(5)
-    elif what == "throughput":
-        r = b.throughput(int(sys.argv[3]) if len(sys.argv) > 3 else 100, 120)
-    elif what == "big":
-        r = b.big_output(int(sys.argv[3]) if len(sys.argv) > 3 else 10**8, 1)
-    print(json.dumps(r, indent=1, default=str))
+if __name__ == "__main__":  # a quick look at one figure: buildunits_bench.py WORKDIR FIGURE [N]
+    common.one_figure(BuildunitsBench, {
+        "cold": lambda b, n: b.cold_start(3), "latency": lambda b, n: b.latency(5),
+        "throughput": lambda b, n: b.throughput(n or 100, 120), "big": lambda b, n: b.big_output(n or 10**8, 1)})

@@ -615,6 +615,14 @@ class Idle:
         self.s.close()
 
 
+def one_figure(bench_class, calls):
+    """`SIDE_bench.py WORKDIR FIGURE [N]`: one figure of one side, printed as
+    JSON.  CALLS: {FIGURE: callable(bench, N or None)}."""
+    bench = bench_class(sys.argv[1], quick=True)
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    print(json.dumps(calls[sys.argv[2]](bench, n), indent=1, default=str))
+
+
 def big_output_command(nbytes):
     """A shell command printing NBYTES of build-log-like text lines."""
     line = "compiling src/module_%04d.c ... ok  [-O2 -Wall -Wextra -g]"
