@@ -2,6 +2,7 @@
 #
 #   make demo     buildunits.target under systemd (a container) on a built-in example
 #   make check    install what the tests need (Debian packages), run every test
+#                 (the docstrings' >>> examples too: tests/test_doctests.py)
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
 #   make bench    benchmarks against Buildbot (QUICK=1: short)
 #   make torture  long fault-injection and fuzzing runs (N=kills)

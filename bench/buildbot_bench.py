@@ -210,7 +210,7 @@ def make_templates(venv, d):
     return tm, tw
 
 
-class Setup:
+class Setup(common.Processes):
     """One Buildbot master and its workers."""
 
     def __init__(self, root, label, venv, templates, repo="", poll=0, workers=("w1", "w2"), big_cmd="true"):
@@ -295,7 +295,7 @@ class Setup:
                 raise RuntimeError("the Buildbot master exited:\n%s" % self.master_log()[-3000:])
             return self._log_has(self.master_dir, "BuildMaster is running")
 
-        common.wait_until(master_up, timeout, "the Buildbot master to run", interval=0.005)
+        common.wait_for(master_up, timeout=timeout, what="the Buildbot master to run", interval=0.005)
         t_master = time.time()
         for w in self.workers:
             self._twistd(w, os.path.join(self.root, w))
@@ -304,8 +304,8 @@ class Setup:
             with self.events.cond:
                 return [t for t, e in self.events.events[m:] if '"workers.' in e and '.connected"' in e]
 
-        got = common.wait_until(lambda: len(connected()) >= len(self.workers) and connected(), timeout,
-                                "the workers to connect", interval=0.002)
+        got = common.wait_for(lambda: len(connected()) >= len(self.workers) and connected(), timeout=timeout,
+                              what="the workers to connect", interval=0.002)
         t_end = max(got[:len(self.workers)])
         return t_end - t0, {"master": t_master - t0, "workers": t_end - t_master}
 
@@ -315,15 +315,6 @@ class Setup:
                 return f.read()
         except FileNotFoundError:
             return ""
-
-    def pids(self):
-        return {k: pr["proc"].pid for k, pr in self.procs.items() if pr["proc"].poll() is None}
-
-    def cpu_seconds(self):
-        return {k: pr["cpu"].seconds() for k, pr in self.procs.items()}
-
-    def memory(self):
-        return common.memory_of(self.pids())
 
     def stop(self):
         if self.sender is not None:
@@ -427,30 +418,15 @@ class Setup:
 
 # ============================================================== the bench
 
-class BuildbotBench:
+class BuildbotBench(common.Side):
     def __init__(self, workdir, quick=False, log=print):
-        self.workdir = os.path.join(workdir, "buildbot")
-        os.makedirs(self.workdir, exist_ok=True)
-        self.quick = quick
-        self.say = log
+        common.Side.__init__(self, workdir, "buildbot", quick, log)
         self.venv = ensure_venv(log)
-        self._n = 0
         self.version = subprocess.run([os.path.join(self.venv, "bin", "python"), "-c",
                                        "import buildbot, buildbot_worker, twisted, sys; print(buildbot.version, "
                                        "buildbot_worker.version, twisted.__version__, sys.version.split()[0])"],
                                       stdout=subprocess.PIPE, text=True).stdout.split()
         self.templates = make_templates(self.venv, os.path.join(self.workdir, "templates"))
-
-    def _root(self, label):
-        self._n += 1
-        return os.path.join(self.workdir, "%02d-%s" % (self._n, label))
-
-    def repo(self, root, name="hello"):
-        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-        import harness
-        r = harness.make_repo(os.path.join(root, "repos", name + ".git"))
-        r.commit({"README": "hello\n"}, "initial")
-        return r
 
     # ------------------------------------------------------ 5. cold start
     def cold_start(self, runs, warm_up=True):
@@ -607,14 +583,11 @@ class BuildbotBench:
             s.close()
 
 
-class IdleSetup:
+class IdleSetup(common.Idle):
     def __init__(self, bench, polling):
-        self.polling = polling
-        label = "idle-poll" if polling else "idle-nopoll"
-        self.root = bench._root(label)
-        self.repo = bench.repo(self.root)
-        self.s = Setup(self.root, label, bench.venv, bench.templates, repo=self.repo.bare, poll=1 if polling else 0)
-        self.bench = bench
+        common.Idle.__init__(self, bench, polling)
+        self.s = Setup(self.root, self.label, bench.venv, bench.templates, repo=self.repo.bare,
+                       poll=1 if polling else 0)
 
     def start(self):
         self.s.start()
@@ -625,12 +598,6 @@ class IdleSetup:
         else:
             self.s.send("noop", "%040x" % 1)
         self.bench._finished(self.s, m, timeout=60)
-
-    def cpu(self):
-        return self.s.cpu_seconds()
-
-    def memory(self):
-        return self.s.memory()
 
     def poller_pid(self):
         return self.s.procs["master"]["proc"].pid
@@ -650,20 +617,8 @@ class IdleSetup:
             time.sleep(0.1)
         return out
 
-    def stop(self):
-        self.s.close()
 
-
-if __name__ == "__main__":
-    import json
-    b = BuildbotBench(sys.argv[1], quick=True)
-    what = sys.argv[2]
-    if what == "cold":
-        r = b.cold_start(2)
-    elif what == "latency":
-        r = b.latency(3)
-    elif what == "throughput":
-        r = b.throughput(int(sys.argv[3]) if len(sys.argv) > 3 else 50, 120)
-    elif what == "big":
-        r = b.big_output(int(sys.argv[3]) if len(sys.argv) > 3 else 10**7, 1, 300)
-    print(json.dumps(r, indent=1, default=str))
+if __name__ == "__main__":  # a quick look at one figure: buildbot_bench.py WORKDIR FIGURE [N]
+    common.one_figure(BuildbotBench, {
+        "cold": lambda b, n: b.cold_start(2), "latency": lambda b, n: b.latency(3),
+        "throughput": lambda b, n: b.throughput(n or 50, 120), "big": lambda b, n: b.big_output(n or 10**7, 1, 300)})

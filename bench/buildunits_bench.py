@@ -4,9 +4,9 @@ Each setup is an installation of its own under the benchmark's directory:
 a snapshot of bin/ and lib/ from this checkout (byte-compiled, as a
 packager would; a second, never compiled, copy measures the start of an
 installation whose bytecode cannot be written), its configuration, spool
-and state directories, a private dbus-daemon (tests/harness.py's
-PrivateBus), and one NOTIFY_SOCKET per daemon, read with the time each
-message arrives.
+and state directories, a private dbus-daemon (the tests' PrivateBus,
+tests/support/bus.py), and one NOTIFY_SOCKET per daemon, read with the
+time each message arrives.
 
 The end of a build is the moment the bench receives its BuildFinished
 signal (sent by the runner after the final build record is committed);
@@ -25,11 +25,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 sys.path.insert(0, HERE)
 
-import harness  # noqa: E402  (puts the checkout's lib/ on sys.path)
-import common  # noqa: E402
+import common  # noqa: E402  (puts tests/, for support, and lib/ on sys.path)
+from support.bus import PrivateBus  # noqa: E402
+from support.daemons import PROGRAMS, Daemons  # noqa: E402
+from support.git import git_env  # noqa: E402
+from support.notify import NotifyReader  # noqa: E402
+from support.procs import kill_tree, short_dir  # noqa: E402
 from buildunits.spool import Spool  # noqa: E402
 from buildunits.config import normalize_repository  # noqa: E402
 
@@ -84,31 +87,6 @@ def install_snapshot(dest, compile_bytecode=True):
 
 
 # ================================================================ clocks
-
-class TimedNotify(harness.NotifyReader):
-    """A NOTIFY_SOCKET that also keeps the arrival time of each message."""
-
-    @property
-    def timed(self):
-        """[(arrival time, message)]; call with self._lock held."""
-        return list(zip(self.arrivals, self.messages))
-
-    def first(self, line):
-        """Arrival time of the first message holding LINE, or None."""
-        with self._lock:
-            for t, m in self.timed:
-                if line in m.split("\n"):
-                    return t
-        return None
-
-    def last_status(self):
-        with self._lock:
-            for t, m in reversed(self.timed):
-                for ln in m.split("\n"):
-                    if ln.startswith("STATUS="):
-                        return ln[7:]
-        return None
-
 
 class SignalClock(common.EventLog):
     """The project's D-Bus signals, timestamped as the bench receives them
@@ -181,7 +159,7 @@ def is_finished(builder):
 
 # ================================================================= a setup
 
-class Setup:
+class Setup(common.Processes):
     """One buildunits installation with its own bus and daemons."""
 
     def __init__(self, root, label, bindir, builders=None, bytecode=True):
@@ -191,10 +169,10 @@ class Setup:
         self.libdir = os.path.join(os.path.dirname(bindir), "lib")
         self.bytecode = bytecode
         os.makedirs(root, exist_ok=True)
-        self.sockdir, self._rm_sockdir = harness.short_dir(root, prefix="bub-")
-        self.bus = harness.PrivateBus(os.path.join(root, "dbus"), sockdir=self.sockdir)
+        self.sockdir, self._rm_sockdir = short_dir(root, prefix="bub-")
+        self.bus = PrivateBus(os.path.join(root, "dbus"), sockdir=self.sockdir)
         self.bus.start()
-        self.d = harness.Daemons(root, self.bus, sockdir=self.sockdir)
+        self.d = Daemons(root, self.bus, sockdir=self.sockdir)
         self.spool = Spool(self.d.spool_dir)
         self.spool.ensure()
         self.d.state.ensure()
@@ -216,8 +194,8 @@ class Setup:
     def spawn(self, key, profile=None, nice=0):
         name, _, worker = key.partition("@")
         self._n += 1
-        notify = TimedNotify(os.path.join(self.sockdir, "n%d.sock" % self._n), name=key)
-        path = os.path.join(self.bindir, harness.PROGRAMS[name])
+        notify = NotifyReader(os.path.join(self.sockdir, "n%d.sock" % self._n), name=key)
+        path = os.path.join(self.bindir, PROGRAMS[name])
         argv = (["nice", "-n", str(nice)] if nice else []) + [PYTHON] + (
             ["-m", "cProfile", "-o", profile] if profile else []) + [path] + self.d.dir_args()
         if worker:
@@ -245,16 +223,16 @@ class Setup:
         def all_ready():
             for k in keys:
                 pr = self.procs[k]
-                if pr["notify"].first("READY=1") is None:
+                if pr["notify"].arrival("READY=1") is None:
                     if pr["proc"].poll() is not None:
                         raise RuntimeError("%s exited with status %s before READY=1:\n%s"
                                            % (k, pr["proc"].returncode, self.log(k)))
                     return False
             return True
 
-        common.wait_until(all_ready, timeout, "READY=1 from every daemon", interval=0.002)
-        each = {k: self.procs[k]["notify"].first("READY=1") - self.procs[k]["spawned"] for k in keys}
-        return max(self.procs[k]["notify"].first("READY=1") for k in keys) - t0, each
+        common.wait_for(all_ready, timeout=timeout, what="READY=1 from every daemon", interval=0.002)
+        each = {k: self.procs[k]["notify"].arrival("READY=1") - self.procs[k]["spawned"] for k in keys}
+        return max(self.procs[k]["notify"].arrival("READY=1") for k in keys) - t0, each
 
     def log(self, key):
         try:
@@ -263,26 +241,17 @@ class Setup:
         except (OSError, KeyError):
             return ""
 
-    def pids(self):
-        return {k: pr["proc"].pid for k, pr in self.procs.items() if pr["proc"].poll() is None}
-
-    def cpu_seconds(self):
-        return {k: pr["cpu"].seconds() for k, pr in self.procs.items()}
-
     def cpu_kind(self):
         for pr in self.procs.values():
             return pr["cpu"].kind
         return ""
-
-    def memory(self):
-        return common.memory_of(self.pids())
 
     def stop_daemons(self, timeout=30):
         procs = [pr["proc"] for pr in self.procs.values()]
         common.kill_pids(procs, timeout=timeout)
         for pr in self.procs.values():
             if pr["proc"].poll() is None:
-                harness.kill_tree(pr["proc"].pid)
+                kill_tree(pr["proc"].pid)
             pr["notify"].close()
             pr["cpu"].close()
         self.procs = {}
@@ -353,24 +322,11 @@ def median_phases(list_of_phases):
 
 # ============================================================== the bench
 
-class BuildunitsBench:
+class BuildunitsBench(common.Side):
     def __init__(self, workdir, quick=False, log=print):
-        self.workdir = os.path.join(workdir, "buildunits")
-        os.makedirs(self.workdir, exist_ok=True)
-        self.quick = quick
-        self.say = log
+        common.Side.__init__(self, workdir, "buildunits", quick, log)
         self.bindir = install_snapshot(os.path.join(self.workdir, "install"))
         self.bindir_nopyc = install_snapshot(os.path.join(self.workdir, "install-nopyc"), compile_bytecode=False)
-        self._n = 0
-
-    def _root(self, label):
-        self._n += 1
-        return os.path.join(self.workdir, "%02d-%s" % (self._n, label))
-
-    def repo(self, root, name="hello"):
-        r = harness.make_repo(os.path.join(root, "repos", name + ".git"))
-        r.commit({"README": "hello\n"}, "initial")
-        return r
 
     def repos(self, root):
         """(noop's repository, checkout's repository) and their builders."""
@@ -637,19 +593,15 @@ def profile_costs(path, strip):
     return {"per": word, "units": units, "costs": {k: tuple(v) for k, v in costs.items() if v[0]}}
 
 
-class IdleSetup:
+class IdleSetup(common.Idle):
     """All daemons, left alone after one warm-up build."""
 
     def __init__(self, bench, polling):
-        self.polling = polling
-        label = "idle-poll" if polling else "idle-nopoll"
-        root = bench._root(label)
-        self.root = root
-        self.repo = bench.repo(root)
+        common.Idle.__init__(self, bench, polling)
         builders = {"noop": noop_builder(self.repo.bare)}
         if polling:
             builders = {"checkout": checkout_builder(self.repo.bare, poll="1s")}
-        self.s = Setup(root, label, bench.bindir, builders)
+        self.s = Setup(self.root, self.label, bench.bindir, builders)
         self.say = bench.say
 
     def start(self):
@@ -657,7 +609,7 @@ class IdleSetup:
         m = self.s.clock.mark()
         if self.polling:
             # the first poll only records the heads
-            common.wait_until(lambda: self.polls() >= 1, 30, "the first poll")
+            common.wait_for(lambda: self.polls() >= 1, timeout=30, what="the first poll")
             self.repo.commit({"warm": "1"}, "warm-up")
             self.s.wait_finished("checkout", m, timeout=60)
         else:
@@ -665,15 +617,9 @@ class IdleSetup:
             self.s.wait_finished("noop", m, timeout=60)
 
     def polls(self):
-        st = self.s.procs["poller"]["notify"].last_status() or ""
+        st = self.s.procs["poller"]["notify"].status() or ""
         m = re.search(r"(\d+) polls", st)
         return int(m.group(1)) if m else 0
-
-    def cpu(self):
-        return self.s.cpu_seconds()
-
-    def memory(self):
-        return self.s.memory()
 
     def poller_pid(self):
         return self.s.procs["poller"]["proc"].pid
@@ -693,9 +639,6 @@ class IdleSetup:
             out.append(t_end - t_pushed)
             time.sleep(0.1)
         return out
-
-    def stop(self):
-        self.s.close()
 
 
 # ============================================================ memory floor
@@ -752,7 +695,7 @@ def make_commits(repo, n):
             lines.append("from %s\n" % base)
         lines.append("M 100644 inline bench.txt\ndata %d\n%s\n" % (len(data), data))
     marks = os.path.join(os.path.dirname(repo.bare), "marks")
-    harness_git_input(["--git-dir=" + repo.bare, "fast-import", "--quiet", "--export-marks=" + marks],
+    git_input(["--git-dir=" + repo.bare, "fast-import", "--quiet", "--export-marks=" + marks],
                       "".join(lines))
     shas = {}
     with open(marks) as f:
@@ -762,8 +705,8 @@ def make_commits(repo, n):
     return [shas[i + 1] for i in range(n)]
 
 
-def harness_git_input(args, text):
-    p = subprocess.run(["git"] + args, input=text.encode(), env=harness.git_env(),
+def git_input(args, text):
+    p = subprocess.run(["git"] + args, input=text.encode(), env=git_env(),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if p.returncode != 0:
         raise RuntimeError("git %s: %s" % (args[1], p.stderr.decode(errors="replace")))
@@ -777,16 +720,7 @@ def deliver_change(spool, repo, sha):
         "when": time.time()})
 
 
-if __name__ == "__main__":  # a quick look at one figure: buildunits_bench.py WORKDIR FIGURE
-    import json
-    b = BuildunitsBench(sys.argv[1], quick=True)
-    what = sys.argv[2]
-    if what == "cold":
-        r = b.cold_start(3)
-    elif what == "latency":
-        r = b.latency(5)
-    elif what == "throughput":
-        r = b.throughput(int(sys.argv[3]) if len(sys.argv) > 3 else 100, 120)
-    elif what == "big":
-        r = b.big_output(int(sys.argv[3]) if len(sys.argv) > 3 else 10**8, 1)
-    print(json.dumps(r, indent=1, default=str))
+if __name__ == "__main__":  # a quick look at one figure: buildunits_bench.py WORKDIR FIGURE [N]
+    common.one_figure(BuildunitsBench, {
+        "cold": lambda b, n: b.cold_start(3), "latency": lambda b, n: b.latency(5),
+        "throughput": lambda b, n: b.throughput(n or 100, 120), "big": lambda b, n: b.big_output(n or 10**8, 1)})

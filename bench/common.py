@@ -20,6 +20,13 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+# The tests' support package: the one wait_for, the git helpers (and, for the
+# buildunits side, the private bus, the notify reader and the daemons).
+from support.git import make_repo  # noqa: E402  (support also puts lib/ on sys.path)
+from support.wait import WaitTimeout as Timeout, wait_for  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MiB = 1024 * 1024
@@ -469,21 +476,6 @@ def cluster(execs, gap=0.25):
 
 # ================================================================== waiting
 
-class Timeout(Exception):
-    pass
-
-
-def wait_until(pred, timeout, what, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise Timeout("timed out after %.0fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
 class EventLog:
     """Events appended by a reader thread, each a tuple starting with the
     time it was seen; wait() blocks on the next one with a deadline."""
@@ -564,6 +556,71 @@ class DatagramClock(EventLog):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+# ======================================================= the sides' skeleton
+
+class Side:
+    """What both sides' benches share: numbered directories for setups
+    under WORKDIR/NAME, and git repositories to build."""
+
+    def __init__(self, workdir, name, quick, log):
+        self.workdir = os.path.join(workdir, name)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.quick = quick
+        self.say = log
+        self._n = 0
+
+    def _root(self, label):
+        self._n += 1
+        return os.path.join(self.workdir, "%02d-%s" % (self._n, label))
+
+    def repo(self, root, name="hello"):
+        r = make_repo(os.path.join(root, "repos", name + ".git"))
+        r.commit({"README": "hello\n"}, "initial")
+        return r
+
+
+class Processes:
+    """A setup's processes, self.procs = {key: {"proc": Popen, "cpu": CpuGroup, ...}}."""
+
+    def pids(self):
+        return {k: pr["proc"].pid for k, pr in self.procs.items() if pr["proc"].poll() is None}
+
+    def cpu_seconds(self):
+        return {k: pr["cpu"].seconds() for k, pr in self.procs.items()}
+
+    def memory(self):
+        return memory_of(self.pids())
+
+
+class Idle:
+    """A setup left alone after one warm-up build (polling or not); each
+    side makes self.s, its Setup, and says how to warm it up."""
+
+    def __init__(self, bench, polling):
+        self.polling = polling
+        self.label = "idle-poll" if polling else "idle-nopoll"
+        self.root = bench._root(self.label)
+        self.repo = bench.repo(self.root)
+        self.bench = bench
+
+    def cpu(self):
+        return self.s.cpu_seconds()
+
+    def memory(self):
+        return self.s.memory()
+
+    def stop(self):
+        self.s.close()
+
+
+def one_figure(bench_class, calls):
+    """`SIDE_bench.py WORKDIR FIGURE [N]`: one figure of one side, printed as
+    JSON.  CALLS: {FIGURE: callable(bench, N or None)}."""
+    bench = bench_class(sys.argv[1], quick=True)
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    print(json.dumps(calls[sys.argv[2]](bench, n), indent=1, default=str))
 
 
 def big_output_command(nbytes):

@@ -2,7 +2,7 @@
 
     /usr/bin/python3 bench/records_bench.py [STEPS] [COMMITS] [MESSAGE_BYTES]
 
-Two figures, with the real daemons of this checkout (tests/harness.py:
+Two figures, with the real daemons of this checkout (tests/support:
 private directories and a private dbus-daemon, nothing of the system's):
 
 - steps: a builder of STEPS steps (default 10000) each running `:`.  What
@@ -24,17 +24,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
+import common  # noqa: E402  (puts tests/, for support, and lib/ on sys.path)
+from support.bus import PrivateBus  # noqa: E402
+from support.daemons import Daemons  # noqa: E402
 
 
 def vmhwm(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return common.status_field(pid, "VmHWM") or 0
 
 
 def wchar(pid):
@@ -50,9 +48,9 @@ def mb(n):
 
 
 def bench_steps(tmp, steps):
-    bus = harness.PrivateBus(os.path.join(tmp, "dbus-steps"))
+    bus = PrivateBus(os.path.join(tmp, "dbus-steps"))
     bus.start()
-    d = harness.Daemons(os.path.join(tmp, "steps"), bus=bus)
+    d = Daemons(os.path.join(tmp, "steps"), bus=bus)
     try:
         d.write_builder("many", "[Builder]\nPollIntervalSec=0\n" + "".join(
             "[Step s%d]\nCommand=:\n" % i for i in range(steps)))
@@ -73,9 +71,9 @@ def bench_steps(tmp, steps):
 
 
 def bench_push(tmp, commits, message_bytes):
-    bus = harness.PrivateBus(os.path.join(tmp, "dbus-push"))
+    bus = PrivateBus(os.path.join(tmp, "dbus-push"))
     bus.start()
-    d = harness.Daemons(os.path.join(tmp, "push"), bus=bus)
+    d = Daemons(os.path.join(tmp, "push"), bus=bus)
     try:
         repo = "/srv/git/big.git"
         d.write_builder("big", "[Builder]\nRepository=%s\nCheckout=no\nPollIntervalSec=0\nTreeStableSec=1s\n"

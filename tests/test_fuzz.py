@@ -808,12 +808,18 @@ def test_scheduler_change_without_id(tmp_path, ident):
 
 @pytest.mark.parametrize("queued", ["yesterday", None, [1]])
 def test_scheduler_change_with_a_non_numeric_queued_time(tmp_path, queued):
+    """Such a change is not left in changes/new/ forever (its tree-stable
+    window could never be measured): it goes to corrupt/, saying why."""
     s = _daemon(scheduler.Scheduler, str(tmp_path))
-    _drop(s.spool, "changes", "change", dict(TYPICAL_CHANGE, queued=queued))
+    cid = _drop(s.spool, "changes", "change", dict(TYPICAL_CHANGE, queued=queued))
     with no_hang("the scheduler"):
         s.startup()
         s.work()
     _after_the_daemon(s, "changes")
+    assert cid not in s.spool.pending("changes")
+    [(name, reason)] = s.spool.corrupted()
+    assert name == "changes." + cid and "queued" in reason, (name, reason)
+    assert not s.spool.pending("requests")
 
 
 @pytest.mark.parametrize("who", ["scheduler", "runner"])

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import time
 import textwrap
 
 import pytest
@@ -117,6 +118,9 @@ def test_notify_reader_gets_sdnotify_messages(make_notify_socket):
     a.wait_line("WATCHDOG=1")
     assert a.snapshot() == ["READY=1\nSTATUS=up", "WATCHDOG=1"]
     assert a.has("READY=1") and a.status() == "up"
+    # When each line first came (what the benchmarks time a start by).
+    assert a.arrival("READY=1") <= a.arrival("WATCHDOG=1") <= time.time()
+    assert a.arrival("STOPPING=1") is None
     assert b.snapshot() == []  # one socket per process: messages are attributable
     with pytest.raises(harness.WaitTimeout, match="READY=1 on NOTIFY_SOCKET of b"):
         b.wait_line("READY=1", timeout=0.1)

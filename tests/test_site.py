@@ -173,6 +173,24 @@ def files_of(root):
     return out
 
 
+OLD_MTIME_NS = 10**9 * 10**9     # 2001: before any file a test writes
+
+
+def backdate(paths):
+    """Set the mtime of PATHS to OLD_MTIME_NS, so that a file written again
+    afterwards has another mtime whatever the clock's granularity (and an
+    inode reused by a replaced file does not hide it).  Doing it again
+    changes nothing."""
+    for p in paths:
+        os.utime(p, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+
+
+def backdate_site(root):
+    """backdate() every file of the site but its memory (site.INDEX): the
+    site reads a change of that file's stat as another process's rebuild."""
+    backdate(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f != site.INDEX)
+
+
 def written_since(root, before):
     """The files of the site made or replaced since BEFORE (files_of)."""
     return sorted(p for p, v in files_of(root).items() if before.get(p) != v)
@@ -654,8 +672,8 @@ def _history(tmp_path, size, name="h"):
 
 
 def _one_update(tmp_path, st, s, i):
+    backdate_site(s.root)
     before = files_of(s.root)
-    time.sleep(0.002)
     n = make_build(st, "hello", started=T0 + 60 * (10**6 + i), rev="%040x" % (10**6 + i),
                    steps=(("compile", "success", "x\n"), ("test", "success", "y\n")))
     count = s.update([("hello", n)])
@@ -720,6 +738,7 @@ def test_builders_json_is_the_last_public_file_of_every_pass(tmp_path, monkeypat
 def test_older_pages_and_finished_builds_are_never_written_again(tmp_path):
     st, s = _history(tmp_path, 260)
     root = s.root
+    backdate_site(root)     # as each _one_update() does
     before = files_of(root)
     older = [p for p in before if p.startswith(("waterfall/", "builders/hello/history/", "builders/world/history/",
                                                  "api/builders/hello/history/"))]
@@ -769,8 +788,9 @@ def test_finished_build_is_written_once(env, tmp_path):
     n = make_build(st, "hello")
     bdir = tmp_path / "state" / "site" / "builders" / "hello" / str(n)
     s.update([("hello", n)])
-    before = {f: os.stat(bdir / f) for f in ("index.html", "01-checkout.html", "01-checkout.txt")}
-    time.sleep(0.01)
+    names = ("index.html", "01-checkout.html", "01-checkout.txt")
+    backdate(bdir / f for f in names)
+    before = {f: os.stat(bdir / f) for f in names}
     s.update([("hello", n)])
     # A new process (no memory of what it wrote) also leaves it alone.
     s2 = site.Site(s.root, st, sp, cfg)

@@ -7,11 +7,12 @@ The configuration directory (default /etc/buildunits) holds:
     builders/NAME.builder           one builder each
     builders/NAME.builder.d/*.conf  drop-ins overriding its keys, in name order
 
-The syntax is systemd's unit-file syntax (systemd.syntax(7)): "[Section]"
-headers, "Key=Value" lines, "#" and ";" comments, a trailing backslash
-continues a line, booleans are yes/no/true/false/on/off/1/0, durations are
-time spans ("90s", "10min", "1h 30min", a bare number is seconds,
-"infinity").  List settings (Branches=, Workers=, Environment=) accumulate
+The syntax is systemd's unit-file syntax (systemd.syntax(7)), read by
+unitfile.py: "[Section]" headers, "Key=Value" lines, "#" and ";" comments,
+a trailing backslash continues a line, booleans are
+yes/no/true/false/on/off/1/0, durations are time spans ("90s", "10min",
+"1h 30min", a bare number is seconds, "infinity").  This module is the
+schema: which sections and keys there are, and what they become.  List settings (Branches=, Workers=, Environment=) accumulate
 over repeated assignments, and an empty assignment resets them.  Files are
 parsed, never executed.  Every key is documented in
 docs/buildunits.builder.5.md; load() raises ConfigError listing each
@@ -22,10 +23,14 @@ import fnmatch
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from . import redact
+# The syntax and the value converters are unitfile.py's; they are named
+# here too, since callers know them as config.parse_timespan & co.
+from .unitfile import (  # noqa: F401
+    MAX_TIMESPAN_SEC, Assignment, Problem, format_timespan, parse_boolean, parse_environment,
+    parse_timespan, parse_unit_file, read_with_dropins)
 
 # \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -45,28 +50,6 @@ class ConfigError(Exception):
         self.warnings = list(warnings)
         self.partial = partial
         super().__init__("\n".join(str(p) for p in self.problems))
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int
-    section: str
-    key: str
-    message: str
-
-    def location(self):
-        """FILE:LINE, then the [Section] and Key= when known: where it is."""
-        where = "%s:%d" % (self.path, self.line) if self.line else self.path
-        what = " ".join(w for w in ("[%s]" % self.section if self.section else "",
-                                     "%s=" % self.key if self.key else "") if w)
-        return "%s: %s" % (where, what) if what else where
-
-    def __str__(self):
-        # "FILE:LINE: [Section] Key=: message", "FILE:LINE: [Section] message";
-        # a message quoting a line quotes no credentials (redact.py).
-        return "%s%s%s" % (self.location(), " " if self.section and not self.key else ": ",
-                           redact.text(self.message))
 
 
 @dataclass
@@ -124,106 +107,14 @@ class Config:
                 if b.repository and redact.url(normalize_repository(b.repository)) == shown]
 
 
-# ---------------------------------------------------------------- values
-
-_SPAN_UNITS = {
-    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3,
-    "s": 1, "sec": 1, "second": 1, "seconds": 1,
-    "m": 60, "min": 60, "minute": 60, "minutes": 60,
-    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
-    "d": 86400, "day": 86400, "days": 86400,
-    "w": 604800, "week": 604800, "weeks": 604800,
-    "M": 2629800, "month": 2629800, "months": 2629800,
-    "y": 31557600, "year": 31557600, "years": 31557600,
-}
-_SPAN_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
-# The longest finite time span, as in systemd: below 2^64 microseconds
-# (about 584542 years).  Longer ones are refused, never read as infinity.
-MAX_TIMESPAN_SEC = (2 ** 64 - 1) / 1e6
-
-
-def parse_timespan(text):
-    """Seconds in a systemd time span (systemd.time(7)).
-
-    >>> parse_timespan("1h 30min"), parse_timespan("90"), parse_timespan("2min30s")
-    (5400.0, 90.0, 150.0)
-    >>> parse_timespan("infinity")
-    inf
-    """
-    t = text.strip()
-    if t == "infinity":
-        return math.inf
-    if not t:
-        raise ValueError("empty time span")
-    total, pos = 0.0, 0
-    while pos < len(t):
-        m = _SPAN_RE.match(t, pos)
-        if not m or m.end() == pos:
-            raise ValueError("not a time span: %r (use e.g. 90s, 10min, 1h 30min)" % text)
-        unit = m.group(2) or "s"
-        if unit not in _SPAN_UNITS:
-            raise ValueError("unknown time unit %r in %r" % (unit, text))
-        total += float(m.group(1)) * _SPAN_UNITS[unit]
-        pos = m.end()
-        while pos < len(t) and t[pos].isspace():
-            pos += 1
-    if not total < MAX_TIMESPAN_SEC:   # also a number too long for a float
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise ValueError("time span %r is too long: at most %d years (systemd's limit); "
-                         "use infinity for no limit" % (shown, MAX_TIMESPAN_SEC // _SPAN_UNITS["y"]))
-    return total
-
-
-def format_timespan(seconds):
-    """A short human form of SECONDS: 41s, 2min 5s, 1h 3min."""
-    if seconds is None:
-        return ""
-    if seconds == math.inf:
-        return "infinity"
-    if seconds < 1:
-        return "%dms" % round(seconds * 1000)
-    if seconds < 10:
-        return "%.1fs" % seconds if seconds % 1 else "%ds" % seconds
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    if h:
-        return "%dh %dmin" % (h, m)
-    if m:
-        return "%dmin %ds" % (m, s) if s else "%dmin" % m
-    return "%ds" % s
-
-
-_TRUE = ("1", "yes", "y", "true", "t", "on")
-_FALSE = ("0", "no", "n", "false", "f", "off")
-
-
-def parse_boolean(text):
-    t = text.strip().lower()
-    if t in _TRUE:
-        return True
-    if t in _FALSE:
-        return False
-    raise ValueError("not a boolean: %r (use yes or no)" % text)
-
-
-def parse_environment(text):
-    """Assignments in an Environment= value, as systemd splits them.
-
-    >>> parse_environment('A=1 "B=two words"')
-    {'A': '1', 'B': 'two words'}
-    """
-    out = {}
-    for word in shlex.split(text):
-        name, eq, value = word.partition("=")
-        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError("not an assignment NAME=VALUE: %r" % word)
-        out[name] = value
-    return out
-
-
 def normalize_repository(repo):
-    """The form repositories are compared in: local paths made real."""
+    """The form repositories are compared in: local paths made real.
+
+    >>> normalize_repository("https://example.org/hello.git/")
+    'https://example.org/hello.git'
+    >>> normalize_repository("file:///")
+    '/'
+    """
     repo = repo.strip()
     if repo.startswith("file://"):
         repo = repo[len("file://"):]
@@ -232,93 +123,37 @@ def normalize_repository(repo):
     return repo.rstrip("/")
 
 
-# ---------------------------------------------------------------- parsing
+# ---------------------------------------------------------------- schema
 
-@dataclass
-class _Assignment:
-    path: str
-    line: int
-    section: str
-    key: str
-    value: str
+def _whole_number(text):
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError("not a whole number: %r" % text)
+    return int(text)
 
 
-def parse_unit_file(path, text=None):
-    """The sections of one file: [(section, [_Assignment], (path, header line)), ...]
-    and problems."""
-    problems = []
-    if text is None:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            return [], [Problem(path, 0, "", "", "cannot read: %s" % e.strerror)]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
-            return [], [Problem(path, line, "", "", "not valid UTF-8")]
-    sections = []
-    current = None
-    pending, pending_line = None, 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if pending is None and (not stripped or stripped[0] in "#;"):
-            continue
-        if pending is not None:
-            if stripped[:1] in ("#", ";"):
-                continue
-            logical = pending + " " + stripped
-            start = pending_line
-        else:
-            logical, start = stripped, lineno
-        if logical.endswith("\\"):
-            pending, pending_line = logical[:-1].rstrip(), start
-            continue
-        pending = None
-        if logical.startswith("["):
-            if not logical.endswith("]") or len(logical) < 3:
-                problems.append(Problem(path, start, "", "", "bad section header %r" % logical))
-                current = None
-                continue
-            current = (logical[1:-1].strip(), [], (path, start))
-            sections.append(current)
-            continue
-        key, eq, value = logical.partition("=")
-        key = key.strip()
-        if not eq or not key or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", key):
-            problems.append(Problem(path, start, current[0] if current else "", "",
-                                    "expected Key=Value, got %r" % logical[:80]))
-            continue
-        if current is None:
-            problems.append(Problem(path, start, "", key, "assignment outside of any section"))
-            continue
-        current[1].append(_Assignment(path, start, current[0], key, value.strip()))
-    if pending is not None:
-        problems.append(Problem(path, pending_line, "", "", "file ends inside a continued line"))
-    return sections, problems
+_CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number}
 
 
-def _dropins(path):
-    d = path + ".d"
-    try:
-        names = sorted(n for n in os.listdir(d) if n.endswith(".conf") and not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [os.path.join(d, n) for n in names]
-
-
-def _read_with_dropins(path):
-    sections, problems = parse_unit_file(path)
-    for d in _dropins(path):
-        s, p = parse_unit_file(d)
-        sections += s
-        problems += p
-    return sections, problems
+def _assign(obj, attr, kind, value):
+    """Set OBJ.ATTR from the text VALUE of one assignment; ValueError if bad."""
+    if kind in _CONVERT:
+        setattr(obj, attr, _CONVERT[kind](value))
+    elif kind == "list":
+        # Accumulates; an empty assignment resets.  The default (e.g. "*")
+        # is replaced by the first explicit assignment.
+        explicit = "_set_" + attr
+        old = getattr(obj, attr) if getattr(obj, explicit, False) else []
+        setattr(obj, attr, old + value.split() if value else [])
+        setattr(obj, explicit, True)
+    elif kind == "env":
+        setattr(obj, attr, dict(getattr(obj, attr), **parse_environment(value)) if value else {})
+    else:  # pragma: no cover - schema typo
+        raise AssertionError(kind)
 
 
 class _Setter:
-    """Applies assignments to an object, collecting problems."""
+    """Applies assignments to an object by a schema {Key: (attr, kind)},
+    collecting problems (bad values) and warnings (unknown keys)."""
 
     def __init__(self, problems, warnings):
         self.problems = problems
@@ -330,37 +165,8 @@ class _Setter:
             if spec is None:
                 self.warnings.append(Problem(a.path, a.line, a.section, a.key, "unknown key, ignored"))
                 continue
-            attr, kind = spec
             try:
-                if kind == "str":
-                    setattr(obj, attr, a.value)
-                elif kind == "span":
-                    setattr(obj, attr, parse_timespan(a.value))
-                elif kind == "bool":
-                    setattr(obj, attr, parse_boolean(a.value))
-                elif kind == "int":
-                    if not re.fullmatch(r"[0-9]+", a.value):
-                        raise ValueError("not a whole number: %r" % a.value)
-                    setattr(obj, attr, int(a.value))
-                elif kind == "list":
-                    # Accumulates; an empty assignment resets.  The default
-                    # (e.g. "*") is replaced by the first explicit assignment.
-                    key = "_set_" + attr
-                    if not a.value:
-                        setattr(obj, attr, [])
-                    else:
-                        old = getattr(obj, attr) if getattr(obj, key, False) else []
-                        setattr(obj, attr, old + a.value.split())
-                    setattr(obj, key, True)
-                elif kind == "env":
-                    if not a.value:
-                        setattr(obj, attr, {})
-                    else:
-                        env = dict(getattr(obj, attr))
-                        env.update(parse_environment(a.value))
-                        setattr(obj, attr, env)
-                else:  # pragma: no cover - schema typo
-                    raise AssertionError(kind)
+                _assign(obj, spec[0], spec[1], a.value)
             except ValueError as e:
                 self.problems.append(Problem(a.path, a.line, a.section, a.key, str(e)))
 
@@ -396,83 +202,87 @@ GLOBAL_KEYS = {
 }
 
 
-def load_builder(path, cfg, problems, warnings):
-    """Parse builders/NAME.builder (and its drop-ins) into a Builder."""
-    name = os.path.basename(path)[: -len(".builder")]
-    b = Builder(name=name, path=path, poll_interval=cfg.poll_interval, tree_stable=cfg.tree_stable)
-    if not NAME_RE.fullmatch(name):
-        problems.append(Problem(path, 0, "", "", "builder name %r must be letters, digits, '.', '_' "
-                                "or '-', start with a letter or digit, at most 64 long" % name))
-        return None
-    sections, p = _read_with_dropins(path)
-    problems.extend(p)
-    setter = _Setter(problems, warnings)
+def _step_name_problem(sname):
+    """Why SNAME cannot name a step, or ""."""
+    if sname in RESERVED_STEPS:
+        return "%r is reserved" % sname
+    if not NAME_RE.fullmatch(sname):
+        return ("step name %r must be letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit" % sname)
+    return ""
+
+
+def _read_steps(sections, b, setter, problems, warnings):
+    """Apply SECTIONS to builder B; the steps in order of first appearance,
+    each with where its first header is."""
     steps = {}
-    step_lines = {}
     for section, assignments, header in sections:
         if section == "Builder":
             setter.apply(b, assignments, BUILDER_KEYS)
         elif section.startswith("Step ") or section == "Step":
             sname = section[len("Step"):].strip()
-            hpath, line = header
-            if not NAME_RE.fullmatch(sname) or sname in RESERVED_STEPS:
-                why = ("%r is reserved" % sname) if sname in RESERVED_STEPS else (
-                    "step name %r must be letters, digits, '.', '_' or '-', starting with a "
-                    "letter or digit" % sname)
-                problems.append(Problem(hpath, line, section, "", why))
+            why = _step_name_problem(sname)
+            if why:
+                problems.append(Problem(header[0], header[1], section, "", why))
                 continue
             if sname not in steps:
-                steps[sname] = Step(name=sname, command="")
-                step_lines[sname] = (hpath, line)
-            setter.apply(steps[sname], assignments, STEP_KEYS)
+                steps[sname] = (Step(name=sname, command=""), header)
+            setter.apply(steps[sname][0], assignments, STEP_KEYS)
         else:
             warnings.append(Problem(header[0], header[1], section, "", "unknown section, ignored"))
-    for sname, s in steps.items():
+    return list(steps.values())
+
+
+def _check_builder(b, steps, problems):
+    """What a builder needs once all its files are read."""
+    for s, (f, line) in steps:
         if not s.command:
-            f, line = step_lines[sname]
-            problems.append(Problem(f, line, "Step " + sname, "Command", "missing; every step needs a Command="))
-    for s in steps.values():
+            problems.append(Problem(f, line, "Step " + s.name, "Command", "missing; every step needs a Command="))
         # As in systemd: a time-out of 0 means no time-out.
         if s.timeout == 0:
             s.timeout = math.inf
         if s.timeout_idle == 0:
             s.timeout_idle = math.inf
-    b.steps = list(steps.values())
-    if not b.steps:
-        problems.append(Problem(path, 0, "", "", "builder has no steps (add a [Step NAME] section with Command=)"))
+    if not steps:
+        problems.append(Problem(b.path, 0, "", "", "builder has no steps (add a [Step NAME] section with Command=)"))
     if b.tree_stable == math.inf:
-        problems.append(Problem(path, 0, "Builder", "TreeStableSec", "must be finite"))
+        problems.append(Problem(b.path, 0, "Builder", "TreeStableSec", "must be finite"))
     if not b.workers:
-        problems.append(Problem(path, 0, "Builder", "Workers", "empty: no worker could run this builder"))
+        problems.append(Problem(b.path, 0, "Builder", "Workers", "empty: no worker could run this builder"))
+
+
+def load_builder(path, cfg, problems, warnings):
+    """Parse builders/NAME.builder (and its drop-ins) into a Builder."""
+    name = os.path.basename(path)[: -len(".builder")]
+    if not NAME_RE.fullmatch(name):
+        problems.append(Problem(path, 0, "", "", "builder name %r must be letters, digits, '.', '_' "
+                                "or '-', start with a letter or digit, at most 64 long" % name))
+        return None
+    b = Builder(name=name, path=path, poll_interval=cfg.poll_interval, tree_stable=cfg.tree_stable)
+    sections, p = read_with_dropins(path)
+    problems.extend(p)
+    steps = _read_steps(sections, b, _Setter(problems, warnings), problems, warnings)
+    _check_builder(b, steps, problems)
+    b.steps = [s for s, _where in steps]
     return b
 
 
-def load(directory):
-    """Load the configuration in DIRECTORY.  Raises ConfigError.
+def _load_global(cfg, problems, warnings):
+    """buildunits.conf and its drop-ins (either may be missing) into CFG."""
+    sections, p = read_with_dropins(os.path.join(cfg.directory, "buildunits.conf"), missing_ok=True)
+    problems += p
+    setter = _Setter(problems, warnings)
+    for section, assignments, header in sections:
+        schema = GLOBAL_KEYS.get(section)
+        if schema is None:
+            warnings.append(Problem(header[0], header[1], section, "", "unknown section, ignored"))
+            continue
+        setter.apply(cfg, assignments, schema)
 
-    A missing directory or one without builders is a valid, empty
-    configuration (the daemons then idle); a builders/ file that is not
-    NAME.builder is ignored with a warning.
-    """
-    cfg = Config(directory=directory)
-    problems, warnings = [], []
-    gpath = os.path.join(directory, "buildunits.conf")
-    if os.path.exists(gpath) or _dropins(gpath):
-        sections, p = _read_with_dropins(gpath) if os.path.exists(gpath) else ([], [])
-        if not os.path.exists(gpath):
-            for d in _dropins(gpath):
-                s, p2 = parse_unit_file(d)
-                sections += s
-                p += p2
-        problems += p
-        setter = _Setter(problems, warnings)
-        for section, assignments, header in sections:
-            schema = GLOBAL_KEYS.get(section)
-            if schema is None:
-                warnings.append(Problem(header[0], header[1], section, "", "unknown section, ignored"))
-                continue
-            setter.apply(cfg, assignments, schema)
-    bdir = os.path.join(directory, "builders")
+
+def _load_builders(cfg, problems, warnings):
+    """builders/NAME.builder, each with its drop-ins, into CFG.builders."""
+    bdir = os.path.join(cfg.directory, "builders")
     try:
         names = sorted(os.listdir(bdir))
     except FileNotFoundError:
@@ -490,6 +300,19 @@ def load(directory):
                 warnings.append(Problem(p, 0, "", "", "drop-in directory for a builder that does not exist"))
         else:
             warnings.append(Problem(p, 0, "", "", "not NAME.builder, ignored"))
+
+
+def load(directory):
+    """Load the configuration in DIRECTORY.  Raises ConfigError.
+
+    A missing directory or one without builders is a valid, empty
+    configuration (the daemons then idle); a builders/ file that is not
+    NAME.builder is ignored with a warning.
+    """
+    cfg = Config(directory=directory)
+    problems, warnings = [], []
+    _load_global(cfg, problems, warnings)
+    _load_builders(cfg, problems, warnings)
     cfg.warnings = warnings
     if problems:
         raise ConfigError(problems, warnings, cfg)

@@ -25,7 +25,15 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "lib"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# The waits, the private bus, git and the container are the tests' own
+# (tests/support/), so the demo does what the tests check.
+from support import container as ct  # noqa: E402  (support also puts lib/ on sys.path)
+from support.bus import NO_BUS, SYSTEM_CONF, PrivateBus  # noqa: E402
+from support.git import make_repo  # noqa: E402
+from support.procs import short_dir  # noqa: E402
+from support.wait import WaitTimeout, wait_for  # noqa: E402
 
 from buildunits import records  # noqa: E402
 
@@ -38,68 +46,29 @@ def say(msg):
     print("demo: " + msg, flush=True)
 
 
-def git(*args, cwd=None):
-    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="Demo Developer",
-               GIT_AUTHOR_EMAIL="dev@example.org", GIT_COMMITTER_NAME="Demo Developer",
-               GIT_COMMITTER_EMAIL="dev@example.org")
-    subprocess.run(["git"] + list(args), cwd=cwd, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def private_bus(d):
-    """A private system-like bus with buildunits' policy; (process, address) or (None, None)."""
-    if not shutil.which("dbus-daemon"):
-        return None, None
-    sock = os.path.join(d, "bus.sock")
-    policy = os.path.join(d, "policy.d")
-    os.makedirs(policy)
-    shutil.copy(os.path.join(ROOT, "units", "dbus", "org.buildunits.conf"), policy)
-    conf = os.path.join(d, "bus.conf")
-    with open(conf, "w") as f:
-        f.write("""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig><type>system</type><listen>unix:path=%s</listen>
-<auth>EXTERNAL</auth>
-<policy context="default"><allow user="*"/><deny own="*"/><deny send_type="method_call"/>
-<allow send_type="signal"/><allow send_requested_reply="true" send_type="method_return"/>
-<allow send_requested_reply="true" send_type="error"/><allow receive_type="method_call"/>
-<allow receive_type="method_return"/><allow receive_type="error"/><allow receive_type="signal"/>
-<allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-<allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-</policy>
-<policy user="%s"><allow own_prefix="org.buildunits"/><allow send_destination_prefix="org.buildunits"/></policy>
-<includedir>%s</includedir></busconfig>
-""" % (sock, _username(), policy))
-    p = subprocess.Popen(["dbus-daemon", "--config-file=" + conf, "--nofork", "--print-address"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    addr = p.stdout.readline().decode().strip()
-    return p, addr
+    """A private system-like bus with buildunits' policy, or None; its
+    socket is in D/run, or in /tmp when D is too long for a socket's name."""
+    if not (shutil.which("dbus-daemon") and os.path.exists(SYSTEM_CONF)):
+        return None
+    sockdir, remove = short_dir(d, prefix="bu-demo-")
+    bus = PrivateBus(os.path.join(d, "dbus"), sockdir=sockdir).start()
+    bus.remove_sockdir = remove
+    return bus
 
 
-def _username():
-    import pwd
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def wait_build(state, builder, number):
-    path = os.path.join(state, "builds", builder, str(number), "build.json")
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            rec = records.read(path, "build")
-            if rec.get("state") == "finished":
-                return rec
-        except (OSError, records.RecordError):
-            pass
-        time.sleep(0.1)
-    raise SystemExit("demo: build %s #%d did not finish within %ds; see %s/*.log" % (builder, number, TIMEOUT, OUT))
+def finished_build(state, builder, number):
+    """The record of BUILDER #NUMBER if it is finished, else None."""
+    try:
+        rec = records.read(os.path.join(state, "builds", builder, str(number), "build.json"), "build")
+    except (OSError, records.RecordError):
+        return None
+    return rec if rec.get("state") == "finished" else None
 
 
 def container_demo():
     """The real thing, in a container; see the module docstring."""
     start = time.monotonic()
-    sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
-    import container as ct
     if os.geteuid() != 0:
         raise SystemExit("demo: booting a container needs root; run `sudo make demo`, or "
                          "`make demo-local` for the daemons as plain processes")
@@ -130,8 +99,8 @@ def container_demo():
         c.write_file("/etc/buildunits/buildunits.conf", "[Site]\nTitle=buildunits demo\n")
         say("systemctl enable --now buildunits.target buildunits-runner@1 buildunits-runner@2")
         sh("systemctl enable -q --now buildunits.target buildunits-runner@1 buildunits-runner@2")
-        ct._wait(lambda: sh("ls /var/lib/buildunits/poller/*.json", check=False).returncode == 0, 60,
-                 "the poller's first poll")
+        wait_for(lambda: sh("ls /var/lib/buildunits/poller/*.json", check=False).returncode == 0, 60,
+                 what="the poller's first poll", interval=0.1)
         results = []
         for number, (what, text, message) in enumerate((
                 ("a change that passes", "# greet politely\n", "hello: a comment on politeness"),
@@ -150,20 +119,20 @@ def container_demo():
                 except ValueError:
                     return None
                 return rec if rec and rec.get("state") == "finished" else None
-            b = ct._wait(finished, TIMEOUT, "build hello #%d" % number)
+            b = wait_for(finished, TIMEOUT, what="build hello #%d" % number, interval=0.1)
             say("build hello #%d: %s" % (number, b["result"]))
             results.append(b["result"])
-        ct._wait(lambda: site_shows(sh("cat /var/lib/buildunits/site/api/builders.json", check=False).stdout,
-                                    "hello", 2), 30, "the site to show build 2")
+        wait_for(lambda: site_shows(sh("cat /var/lib/buildunits/site/api/builders.json", check=False).stdout,
+                                    "hello", 2), 30, what="the site to show build 2", interval=0.1)
         sh("cp -r /var/lib/buildunits/site /out/site")
         # The runner logs "build finished" after the build's record, and
         # journald reads the daemons' messages in its own time: wait for the
         # last line of each build before printing the journal.
         wanted = ["hello #%d: build finished: %s" % (n, r) for n, r in enumerate(results, start=1)]
-        journal = ct._wait(
+        journal = wait_for(
             lambda: (lambda j: j if all(w in j for w in wanted) else None)(
                 c.journal("-o", "short", "-u", "buildunits-*", "BUILDUNITS_BUILDER=hello")),
-            30, "the journal to show both builds finished")
+            30, what="the journal to show both builds finished", interval=0.1)
         status = sh("systemctl status --no-pager --lines=0 buildunits-scheduler", check=False).stdout
     finally:
         say("halting the container")
@@ -186,14 +155,13 @@ def main():
     repo, wc = os.path.join(OUT, "hello.git"), os.path.join(OUT, "hello")
     cfg, spool, state, site = (os.path.join(OUT, d) for d in ("config", "spool", "state", "site"))
     say("creating the example repository %s" % repo)
-    git("init", "--quiet", "--bare", "--initial-branch=main", repo)
-    shutil.copytree(os.path.join(ROOT, "share", "examples", "hello"), wc)
-    git("init", "--quiet", "--initial-branch=main", cwd=wc)
-    git("add", "Makefile", "hello.sh", cwd=wc)
-    git("commit", "--quiet", "-m", "hello: the program", cwd=wc)
-    git("add", "test.sh", cwd=wc)
-    git("commit", "--quiet", "-m", "hello: a test", cwd=wc)
-    git("push", "--quiet", repo, "main", cwd=wc)
+    r = make_repo(repo, work=wc, user="Demo Developer", email="dev@example.org")
+    shutil.copytree(os.path.join(ROOT, "share", "examples", "hello"), wc, dirs_exist_ok=True)
+    r.git("add", "Makefile", "hello.sh")
+    r.git("commit", "--quiet", "-m", "hello: the program")
+    r.git("add", "test.sh")
+    r.git("commit", "--quiet", "-m", "hello: a test")
+    r.push("main")
     os.makedirs(os.path.join(cfg, "builders"))
     with open(os.path.join(ROOT, "share", "examples", "hello.builder")) as f:
         text = f.read().replace("@REPOSITORY@", repo)
@@ -202,8 +170,9 @@ def main():
     with open(os.path.join(cfg, "buildunits.conf"), "w") as f:
         f.write("[Site]\nTitle=buildunits demo\n")
 
-    bus, addr = private_bus(OUT)
-    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=addr or "unix:path=/nonexistent")
+    bus = private_bus(OUT)
+    addr = bus.address if bus else None
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=addr or NO_BUS)
     for k in ("NOTIFY_SOCKET", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):
         env.pop(k, None)   # the example's own make must not think it is a sub-make of ours
     say("private D-Bus system bus at %s" % addr if addr else "no dbus-daemon: running without a bus")
@@ -222,12 +191,15 @@ def main():
                                           env=env, stdout=logf, stderr=subprocess.STDOUT))
             say("started buildunits-%s %s" % (prog, " ".join(extra)))
         # The poller records the heads on its first poll; commits after that are built.
-        wait_file(os.path.join(state, "poller"), ".json")
-        b1 = commit_and_wait(wc, repo, state, 1, "a change that passes", "a",
+        poller = os.path.join(state, "poller")
+        wait_for(lambda: os.path.isdir(poller) and any(n.endswith(".json") for n in os.listdir(poller)),
+                 TIMEOUT, what="the poller's first poll (see %s/poller.log)" % OUT)
+        b1 = commit_and_wait(r, state, 1, "a change that passes", "a",
                              "# greet politely\n", "hello: a comment on politeness")
-        b2 = commit_and_wait(wc, repo, state, 2, "a change that breaks the test", "w",
+        b2 = commit_and_wait(r, state, 2, "a change that breaks the test", "w",
                              '#!/bin/sh\necho "Goodbye, world!"\n', "hello: say goodbye instead")
-        wait_page(site, b2)
+        wait_for(lambda: site_shows(_read(os.path.join(site, "api", "builders.json")), "hello", 2), 30,
+                 what="the site to show build hello #2 (see %s/htmlgen.log)" % OUT)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -239,7 +211,9 @@ def main():
         if monitor:
             monitor.terminate()
         if bus:
-            bus.terminate()
+            bus.stop()
+            if bus.remove_sockdir:
+                shutil.rmtree(bus.sockdir, ignore_errors=True)
     print()
     for name in sorted(os.listdir(OUT)):
         if name.startswith("runner") and name.endswith(".log"):
@@ -252,25 +226,26 @@ def main():
     return 0 if (b1["result"], b2["result"]) == ("success", "failure") else 1
 
 
-def commit_and_wait(wc, repo, state, number, what, mode, text, message):
-    """Edit hello.sh (MODE "a" appends, "w" replaces), commit, push, and wait for build NUMBER."""
+def commit_and_wait(repo, state, number, what, mode, text, message):
+    """Edit hello.sh in REPO's work tree (MODE "a" appends, "w" replaces),
+    commit, push, and wait for build NUMBER."""
     say("committing " + what)
-    with open(os.path.join(wc, "hello.sh"), mode) as f:
+    with open(os.path.join(repo.work, "hello.sh"), mode) as f:
         f.write(text)
-    git("commit", "--quiet", "-am", message, cwd=wc)
-    git("push", "--quiet", repo, "main", cwd=wc)
-    b = wait_build(state, "hello", number)
+    repo.git("commit", "--quiet", "-am", message)
+    repo.push("main")
+    b = wait_for(lambda: finished_build(state, "hello", number), TIMEOUT,
+                 what="build hello #%d to finish (see %s/*.log)" % (number, OUT))
     say("build hello #%d: %s" % (number, b["result"]))
     return b
 
 
-def wait_file(d, suffix):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if os.path.isdir(d) and any(n.endswith(suffix) for n in os.listdir(d)):
-            return
-        time.sleep(0.05)
-    raise SystemExit("demo: the poller did not start; see %s/poller.log" % OUT)
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def site_shows(text, builder, number):
@@ -285,20 +260,8 @@ def site_shows(text, builder, number):
                for b in doc.get("builders", []))
 
 
-def wait_page(site, build):
-    path = os.path.join(site, "api", "builders.json")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with open(path, encoding="utf-8") as f:
-                if site_shows(f.read(), build["builder"], build["number"]):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit("demo: the site does not show build %s #%d; see %s/htmlgen.log"
-                     % (build["builder"], build["number"], OUT))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except WaitTimeout as e:
+        raise SystemExit("demo: %s" % e)
