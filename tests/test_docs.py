@@ -376,3 +376,14 @@ def test_readme_checkconfig_example_is_what_checkconfig_says(tmp_path):
     assert p.returncode == 1
     expected = [line[4:].replace("/etc/buildunits", str(conf)) for line in shown.splitlines()]
     assert p.stderr.splitlines() == expected, p.stderr
+
+
+def test_design_maps_every_module():
+    """docs/design.md's map names every module of lib/buildunits, and no
+    module that is gone."""
+    with open(os.path.join(DOCS, "design.md"), encoding="utf-8") as f:
+        text = f.read()
+    table = text.split("## The modules, one line each", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(\w+\.py)`", table))
+    lib = {n for n in os.listdir(os.path.join(ROOT, "lib", "buildunits")) if n.endswith(".py") and n != "__init__.py"}
+    assert named == lib, (sorted(lib - named), sorted(named - lib))
