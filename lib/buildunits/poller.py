@@ -159,7 +159,7 @@ class Poller(daemon.Daemon):
         old_refs = prev.get("refs") if isinstance(prev.get("refs"), dict) else {}
         moved = {br: sha for br, sha in wanted.items() if old_refs.get(br) != sha}
         if not moved:
-            self._clear_problem(repo, prev)
+            self._clear_problem(repo, prev, {br: sha for br, sha in old_refs.items() if br in heads})
             return
         skipped = []
         try:
@@ -194,7 +194,7 @@ class Poller(daemon.Daemon):
             # holds something that is no commit id: old..new means
             # nothing, so do as for a new branch.
             log.warning("%s %s: old head %s no longer exists; building the new head only"
-                        % (repo, br, str(old)[:40]), repository=repo, branch=br)
+                        % (redact.url(repo), br, str(old)[:40]), repository=redact.url(repo), branch=br)
             old = None
         unparseable, skipped = [], []
         found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
@@ -203,8 +203,8 @@ class Poller(daemon.Daemon):
                         % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
             found = found[-MAX_COMMITS:]
         for rev, why in unparseable:
-            log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (repo, br, rev[:12], why),
-                      repository=repo, branch=br, revision=rev)
+            log.error("%s %s %s: commit skipped: cannot be parsed: %s" % (redact.url(repo), br, rev[:12], why),
+                      repository=redact.url(repo), branch=br, revision=rev)
             skipped.append({"revision": rev, "branch": br, "reason": why, "when": time.time()})
         for c in found:
             self.queue_change(repo, br, c)
@@ -250,12 +250,15 @@ class Poller(daemon.Daemon):
             log.error("%s: cannot record the problem in %s: %s"
                       % (redact.url(repo), self.state.poller_path(repo), e.strerror or e))
 
-    def _clear_problem(self, repo, prev):
-        """A good poll that changed nothing: forget the problem, if any."""
+    def _clear_problem(self, repo, prev, refs):
+        """A good poll that queued nothing: forget the problem, if any, and
+        the branches deleted since (REFS are the heads still there): a
+        branch pushed again later is then a new branch, built from its tip,
+        not from the head it had before it was deleted."""
         self._errors.pop(repo, None)
-        if "problem" in prev:
-            del prev["problem"]
-            self.state.write_poller(repo, prev.get("refs") if isinstance(prev.get("refs"), dict) else {}, prev)
+        if "problem" in prev or refs != prev.get("refs"):
+            prev.pop("problem", None)
+            self.state.write_poller(repo, refs, prev)
 
 
 def main(argv):
