@@ -1,0 +1,283 @@
+"""buildunits-scheduler, in-process: change and force records in
+SPOOL/changes/new become build requests in SPOOL/requests/new.
+
+Each test builds a Scheduler over temporary directories (no bus, a
+notifier that records what it would send), delivers records to its inbox
+as the poller and `buildunits force` do, runs one pass (work()) and checks
+the requests, the spool and the status line.  Time is driven through the
+records' `queued` times and the scheduler's clock, never by waiting.
+"""
+
+import io
+import os
+import time
+import types
+
+import pytest
+from gi.repository import GLib
+
+import harness
+from buildunits import config, log, notify, paths, scheduler
+from buildunits.bus import NoBus
+
+REPO = "/srv/git/hello.git"
+OTHER = "/srv/git/other.git"
+
+
+class RecordingNotifier(notify.Notifier):
+    def __init__(self):
+        super().__init__(environ={})
+        self.sent = []
+
+    def _send(self, text):
+        self.sent.append(text)
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr(log, "_journal", None)
+    monkeypatch.setattr(log, "_stream", buf)
+    return lambda: [line.split(": ", 1)[1] for line in buf.getvalue().splitlines()]
+
+
+def builder(repository=REPO, branches="*", tree_stable="0"):
+    return ("[Builder]\nRepository=%s\nBranches=%s\nTreeStableSec=%s\n[Step s]\nCommand=true\n"
+            % (repository, branches, tree_stable))
+
+
+def dirs(tmp_path):
+    return paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"),
+                      state=str(tmp_path / "state"), site=str(tmp_path / "site"))
+
+
+def make_scheduler(tmp_path, builders=None):
+    d = dirs(tmp_path)
+    os.makedirs(os.path.join(d.config, "builders"), exist_ok=True)
+    for name, text in (builders or {}).items():
+        with open(os.path.join(d.config, "builders", name + ".builder"), "w") as f:
+            f.write(text)
+    s = scheduler.Scheduler(d, config.load(d.config), NoBus(), RecordingNotifier())
+    s.spool.ensure()
+    s.state.ensure()
+    return s
+
+
+@pytest.fixture
+def cleanup():
+    made = []
+    yield made.append
+    for s in made:
+        s.stopping = True
+        if s._timer is not None:
+            s._timer.remove()
+    ctx = GLib.MainContext.default()
+    while ctx.iteration(False):
+        pass
+
+
+def rev(n):
+    return ("%x" % n).rjust(40, "a")
+
+
+def change(s, revision, branch="main", repository=REPO, queued=None, **extra):
+    fields = {"source": "poller", "repository": repository, "branch": branch, "revision": revision,
+              "author": "Ann <ann@example.org>", "when": 1.0, "message": "m " + revision[-4:], "files": []}
+    if queued is not None:
+        fields["queued"] = queued
+    fields.update(extra)
+    return s.spool.deliver("changes", "change", fields)
+
+
+def requests(s):
+    return [s.spool.read("requests", rid) for rid in s.spool.pending("requests")]
+
+
+def test_a_change_becomes_a_request_for_each_builder_that_wants_it(tmp_path, logged):
+    s = make_scheduler(tmp_path, {"all": builder(), "main-only": builder(branches="main"),
+                                  "releases": builder(branches="release/*"), "other": builder(OTHER)})
+    cid = change(s, rev(1))
+    s._do_work()                                    # a wake's pass: work(), then STATUS=
+    reqs = requests(s)
+    assert sorted(r["builder"] for r in reqs) == ["all", "main-only"]
+    for r in reqs:
+        assert (r["repository"], r["branch"], r["revision"]) == (REPO, "main", rev(1))
+        assert r["reason"] == "change %s on main" % rev(1)[:12]
+        assert [c["id"] for c in r["changes"]] == [cid] and r["changes"][0]["author"] == "Ann <ann@example.org>"
+        assert r["force"] is None
+    assert s.spool.pending("changes") == []                         # consumed by all: removed
+    assert "all: build requested for main %s (change %s on main)" % (rev(1)[:12], rev(1)[:12]) in logged()
+    assert s.state.read_scheduler("all")["consumed"] == [cid]
+    assert s.notifier.sent[-1] == "STATUS=2 requests made; 0 changes waiting for a stable tree"
+    change(s, rev(2), branch="release/1")
+    s.work()
+    assert [(r["builder"], r["revision"]) for r in requests(s)[2:]] == [("all", rev(2)), ("releases", rev(2))]
+
+
+def test_a_change_no_builder_wants_leaves_the_spool(tmp_path):
+    s = make_scheduler(tmp_path, {"main-only": builder(branches="main")})
+    change(s, rev(1), branch="feature")
+    change(s, rev(2), repository=OTHER)
+    s.work()
+    assert requests(s) == [] and s.spool.pending("changes") == []
+
+
+def test_tree_stable_changes_wait_then_become_one_request_for_the_newest(tmp_path, monkeypatch, cleanup):
+    s = make_scheduler(tmp_path, {"slow": builder(tree_stable="60"), "fast": builder()})
+    cleanup(s)
+    now = time.time()
+    ids = [change(s, rev(1), queued=now - 30), change(s, rev(2), queued=now - 20)]
+    s.work()
+    assert [r["builder"] for r in requests(s)] == ["fast", "fast"]
+    assert s.spool.pending("changes") == ids                        # still the only copy
+    assert s.status_text() == "2 requests made; 2 changes waiting for a stable tree"
+    assert s._timer is not None and 39 <= s._timer.seconds <= 41     # due 60s after the newest
+    # A restarted scheduler keeps the window: it is measured from `queued`.
+    s2 = make_scheduler(tmp_path)
+    cleanup(s2)
+    s2.startup()
+    s2.work()
+    assert len(requests(s2)) == 2 and s2._timer is not None
+    monkeypatch.setattr(scheduler, "time", types.SimpleNamespace(time=lambda: now + 41))
+    s2.work()
+    [r] = [r for r in requests(s2) if r["builder"] == "slow"]
+    assert (r["revision"], r["reason"]) == (rev(2), "2 changes on main")
+    assert [c["id"] for c in r["changes"]] == ids
+    assert s2.spool.pending("changes") == [] and s2._timer is None
+    assert s2.status_text() == "1 requests made; 0 changes waiting for a stable tree"
+    s2.work()
+    assert len(requests(s2)) == 3                                   # once
+
+
+def test_the_tree_stable_timer_wakes_the_scheduler(tmp_path, cleanup):
+    s = make_scheduler(tmp_path, {"slow": builder(tree_stable="60")})
+    cleanup(s)
+    change(s, rev(1), queued=time.time() - 59.95)
+    s.work()
+    assert requests(s) == [] and s._timer is not None
+    ctx = GLib.MainContext.default()
+    deadline = time.monotonic() + harness.scaled(5)
+    while not s.spool.pending("requests") and time.monotonic() < deadline:
+        ctx.iteration(True)
+    [r] = requests(s)
+    assert r["builder"] == "slow" and r["revision"] == rev(1)
+
+
+def test_a_revision_already_requested_is_dropped(tmp_path, logged):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    change(s, rev(1))
+    s.work()
+    again = change(s, rev(1), source="sendchange")                  # a hook reports it too
+    s.work()
+    assert len(requests(s)) == 1
+    assert s.spool.pending("changes") == []
+    assert "hello: main %s already requested; change %s dropped" % (rev(1)[:12], again) in logged()
+    assert again in s.state.read_scheduler("hello")["consumed"]
+    change(s, rev(1), branch="other")                               # another branch is another build
+    s.work()
+    assert [(r["branch"], r["revision"]) for r in requests(s)] == [("main", rev(1)), ("other", rev(1))]
+
+
+def test_the_same_revision_twice_in_one_window_is_one_change(tmp_path, cleanup):
+    s = make_scheduler(tmp_path, {"slow": builder(tree_stable="60")})
+    cleanup(s)
+    first, second = change(s, rev(1), queued=time.time() - 100), change(s, rev(1), queued=time.time() - 100)
+    s.work()
+    [r] = requests(s)
+    assert [c["id"] for c in r["changes"]] == [first]
+    assert s.spool.pending("changes") == []
+    assert second in s.state.read_scheduler("slow")["consumed"]
+
+
+def test_a_force_record_becomes_a_request(tmp_path, logged):
+    s = make_scheduler(tmp_path, {"hello": builder(branches="stable *")})
+    fid = s.spool.deliver("changes", "force", {"builder": "hello", "branch": "", "revision": "",
+                                               "user": "ann", "reason": "try it", "properties": {"k": "v"}})
+    s.work()
+    [r] = requests(s)
+    assert (r["builder"], r["branch"], r["revision"], r["force"]) == ("hello", "stable", "", fid)
+    assert r["reason"] == "forced by ann: try it" and r["properties"] == {"k": "v"} and r["changes"] == []
+    assert s.spool.pending("changes") == []
+    assert "hello: forced build requested (forced by ann: try it)" in logged()
+    s.spool.deliver("changes", "force", {"builder": "hello", "branch": "main", "revision": rev(7)})
+    s.work()
+    assert [(r["branch"], r["revision"], r["reason"]) for r in requests(s)[1:]] == \
+        [("main", rev(7), "forced by someone: no reason given")]
+
+
+def test_a_force_of_an_unknown_builder_goes_to_corrupt(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    fid = s.spool.deliver("changes", "force", {"builder": "nobody"})
+    s.work()
+    assert requests(s) == [] and s.spool.pending("changes") == []
+    assert ("changes." + fid, "forced build of unknown builder 'nobody'") in s.spool.corrupted()
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("HEAD", "change record whose revision 'HEAD' is not "),
+    ("--upload-pack=x", "change record whose revision '--upload-pack=x' is not "),
+    (rev(1).upper(), "change record whose revision %r is not " % rev(1).upper()),
+])
+def test_a_change_with_a_bad_revision_goes_to_corrupt_with_the_reason(tmp_path, bad, why, logged):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    cid = change(s, bad)
+    good = change(s, rev(2))
+    s.work()
+    assert [r["revision"] for r in requests(s)] == [rev(2)]           # the next one goes on
+    [(name, reason)] = s.spool.corrupted()
+    assert name == "changes." + cid and reason.startswith(why)
+    assert s.spool.pending("changes") == []
+    assert any(line.startswith(os.path.join(s.dirs.spool, "changes", "new", cid) + ": " + why) for line in logged())
+    assert good
+
+
+def test_a_change_without_a_branch_goes_to_corrupt(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    change(s, rev(1), branch="")
+    s.work()
+    assert requests(s) == []
+    assert [r for _n, r in s.spool.corrupted()] == ["change record without a valid branch"]
+
+
+def test_startup_recovers_what_queued_requests_consumed(tmp_path):
+    # A crash after a request is delivered but before the memory is written
+    # (and before the change leaves the spool): the restarted scheduler
+    # must not request it again.
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    cid = change(s, rev(1))
+    s._done = lambda cid: None
+    s._work()                                       # deliver only: no memory flush, change stays
+    assert len(requests(s)) == 1 and s.spool.pending("changes") == [cid]
+    assert s.state.read_scheduler("hello") is None
+
+    s2 = make_scheduler(tmp_path)
+    s2.startup()
+    assert cid in s2.state.read_scheduler("hello")["consumed"]
+    s2.work()
+    assert len(requests(s2)) == 1
+    assert s2.spool.pending("changes") == []
+
+
+def test_startup_recovers_from_claimed_requests_too(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    cid = change(s, rev(1))
+    s._done = lambda cid: None
+    s._work()
+    [rid] = s.spool.pending("requests")
+    s.spool.claim(rid, "w1")
+    s2 = make_scheduler(tmp_path)
+    s2.startup()
+    s2.work()
+    assert s2.spool.pending("requests") == [] and s2.spool.pending("changes") == []
+    assert list(s2.spool.all_claimed().values()) == [[rid]]
+
+
+def test_without_recovery_the_change_would_be_requested_twice(tmp_path):
+    # The counter-test of the two above: what startup() prevents.
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    change(s, rev(1))
+    s._done = lambda cid: None
+    s._work()
+    s2 = make_scheduler(tmp_path)
+    s2.work()
+    assert len(requests(s2)) == 2
