@@ -155,8 +155,6 @@ def test_a_deleted_branch_is_forgotten(tmp_path, repo):
     assert [(c["branch"], c["revision"]) for c in take(p)] == [("feature", tip)]
 
 
-@pytest.mark.xfail(strict=True, reason="poll() returns before forgetting deleted branches when no wanted "
-                                       "branch moved, so the state keeps a deleted branch's head")
 def test_a_deleted_branch_is_forgotten_when_nothing_else_moved(tmp_path, repo):
     repo.commit({"f": "1"}, branch="feature")
     p = make_poller(tmp_path, repo.url)
@@ -166,8 +164,6 @@ def test_a_deleted_branch_is_forgotten_when_nothing_else_moved(tmp_path, repo):
     assert p.state.read_poller(p.key)["refs"] == {"main": repo.head("main")}
 
 
-@pytest.mark.xfail(strict=True, reason="the deleted branch's stale head stays in the state (see above), so the "
-                                       "recreated branch is polled from it and queues the main branch's commits")
 def test_a_branch_deleted_then_pushed_again_builds_only_its_tip(tmp_path, repo):
     repo.commit({"f": "1"}, branch="feature")
     p = make_poller(tmp_path, repo.url)
