@@ -59,6 +59,18 @@ HaltOnFailure=no
 Command=echo tested
 """
 
+LONG = """\
+[Builder]
+PollIntervalSec=0
+
+[Step wait]
+Command=echo started; exec sleep 300
+
+[Step after]
+Command=echo after
+AlwaysRun=yes
+"""
+
 ELSEWHERE = """\
 [Builder]
 PollIntervalSec=0
@@ -94,7 +106,7 @@ def root(tmp_path):
     d = paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"), state=str(tmp_path / "state"),
                    site=str(tmp_path / "site"))
     os.makedirs(os.path.join(d.config, "builders"))
-    for name, text in (("hello", HELLO), ("halts", HALTS), ("lenient", LENIENT), ("elsewhere", ELSEWHERE)):
+    for name, text in (("hello", HELLO), ("halts", HALTS), ("lenient", LENIENT), ("elsewhere", ELSEWHERE), ("long", LONG)):
         with open(os.path.join(d.config, "builders", name + ".builder"), "w") as f:
             f.write(text)
 
@@ -322,3 +334,45 @@ def test_startup_hands_back_a_claim_the_pointer_does_not_name(root):
     r.startup()
     assert r.spool.pending("requests") == [rid] and r.spool.claimed("w1") == []
     assert r.state.build_numbers("hello") == []
+
+
+# ------------------------------------------------- cancel and SIGTERM
+def _running_wait(r):
+    rec = r.state.read_build("long", 1)
+    return rec is not None and by_name(rec)["wait"]["state"] == "running" and \
+        os.path.exists(r.state.build_file("long", 1, by_name(rec)["wait"]["log"])) and \
+        log_text(r, rec, "wait") == "started\n"
+
+
+def test_a_cancelled_build_stops_its_step_skips_the_rest_and_is_not_requeued(root):
+    r = root()
+    r.startup()
+    request(r, "long")
+    r.work()
+    spin(lambda: _running_wait(r))
+    r.spool.request_cancel("long", 1, "alice")
+    r.wake()                                   # what the cancel's inotify or signal does
+    spin(lambda: finished(r, "long", 1))
+    rec = finished(r, "long", 1)
+    assert (rec["result"], rec["reason"]) == ("cancelled", "cancelled by alice")
+    assert [s["result"] for s in rec["steps"]] == ["cancelled", "skipped"]
+    assert "cancelled by alice" in log_text(r, rec, "wait")
+    assert r.spool.pending("requests") == [] and r.spool.claimed("w1") == []
+    assert r.spool.cancel_requests() == {}
+
+
+def test_sigterm_records_the_running_build_as_retry_and_hands_its_request_back(root):
+    r = root()
+    r.startup()
+    rid = request(r, "long")
+    r.work()
+    spin(lambda: _running_wait(r))
+    r._on_term()                               # what SIGTERM runs on the main loop
+    rec = finished(r, "long", 1)
+    assert rec["result"] == "retry" and "was stopped" in rec["reason"]
+    assert by_name(rec)["wait"]["result"] == "retry" and by_name(rec)["after"]["state"] == "finished"
+    assert r.spool.pending("requests") == [rid] and r.spool.claimed("w1") == []
+    assert r.state.read_worker("w1") is None
+    proctree.reap()
+    assert not proctree.descendants(os.getpid())     # the step's sleep is gone
+
