@@ -134,6 +134,9 @@ def container_demo():
                 c.journal("-o", "short", "-u", "buildunits-*", "BUILDUNITS_BUILDER=hello")),
             30, what="the journal to show both builds finished", interval=0.1)
         status = sh("systemctl status --no-pager --lines=0 buildunits-scheduler", check=False).stdout
+        # The operator's view: queue, running builds, last results, and each
+        # polled repository (one that cannot be polled says why).
+        status += "\n$ buildunits status\n" + sh("buildunits status", check=False).stdout
     finally:
         say("halting the container")
         c.stop()
