@@ -8,7 +8,6 @@ notifier that records what it would send; timers run on the default GLib
 main context, iterated by the test.
 """
 
-import io
 import os
 import time
 
@@ -16,31 +15,22 @@ import pytest
 from gi.repository import GLib
 
 import harness
-from buildunits import config, daemon, log, notify, paths, poller, runner, scheduler
+from support import inprocess
+from support.inprocess import RecordingNotifier
+from buildunits import config, daemon, log, paths, poller, runner, scheduler
 from buildunits.bus import NoBus
 
 BUILDER = "[Builder]\nRepository=/srv/git/hello.git\nPollIntervalSec=0\n[Step s]\nCommand=true\n"
 
 
-class RecordingNotifier(notify.Notifier):
-    def __init__(self):
-        super().__init__(environ={})
-        self.sent = []
-
-    def _send(self, text):
-        self.sent.append(text)
-
-    def statuses(self):
-        return [line[len("STATUS="):] for m in self.sent for line in m.split("\n") if line.startswith("STATUS=")]
 
 
 @pytest.fixture
 def logged(monkeypatch):
-    buf = io.StringIO()
-    monkeypatch.setattr(log, "_journal", None)
-    monkeypatch.setattr(log, "_stream", buf)
+    """The daemon's log lines, as plain text."""
+    lines = inprocess.capture_log(monkeypatch)
     monkeypatch.setattr(log, "_identifier", "buildunits")
-    return lambda: [line.split(": ", 1)[1] for line in buf.getvalue().splitlines()]
+    return lines
 
 
 def dirs(tmp_path):

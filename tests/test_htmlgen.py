@@ -11,6 +11,7 @@ import pytest
 from buildunits import buildrecord, config, fsutil, htmlgen, paths
 from buildunits import step as stepmod
 from buildunits.bus import NoBus
+from support.inprocess import RecordingNotifier
 
 HELLO = """\
 [Builder]
@@ -21,21 +22,6 @@ Command=make
 """
 
 
-class Notifier:
-    watchdog_sec = None
-
-    def __init__(self):
-        self.lines = []
-
-    def status(self, text):
-        self.lines.append(text)
-
-    def ready(self, text=None):
-        pass
-
-    reloading = reloaded = stopping = watchdog = ready
-
-
 @pytest.fixture
 def gen(tmp_path):
     d = paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"), state=str(tmp_path / "state"),
@@ -43,7 +29,7 @@ def gen(tmp_path):
     os.makedirs(os.path.join(d.config, "builders"))
     with open(os.path.join(d.config, "builders", "hello.builder"), "w") as f:
         f.write(HELLO)
-    h = htmlgen.HTMLGen(d, config.load(d.config), NoBus(), Notifier(), None)
+    h = htmlgen.HTMLGen(d, config.load(d.config), NoBus(), RecordingNotifier(), None)
     h.spool.ensure()
     h.state.ensure()
     yield h
@@ -108,7 +94,7 @@ def test_the_first_pass_renders_the_site_for_existing_builds_with_builders_json_
     public = {p: v for p, v in files.items() if not os.path.basename(p).startswith(".")}
     last = max(public.values(), key=lambda v: v[1])[1]
     assert public["api/builders.json"][1] == last
-    assert h.notifier.lines == [] and h.status_text().endswith("1 updates")
+    assert h.notifier.statuses() == [] and h.status_text().endswith("1 updates")
 
 
 def test_startup_sweeps_only_abandoned_temp_files_and_keeps_pages(gen):

@@ -21,6 +21,7 @@ import pytest
 
 from buildunits import config, fsutil, paths, poller, runner, scheduler, spool as spoolmod, state as statemod
 from buildunits.bus import NoBus
+from support.inprocess import RecordingNotifier
 from buildunits.spool import Spool
 from buildunits.state import State
 
@@ -160,22 +161,13 @@ def test_htmlgen_sweeps_the_sites_abandoned_temp_files_at_startup(tmp_path):
 CONFIG = "[Builder]\nRepository=%s\nPollIntervalSec=1h\n[Step s]\nCommand=true\n"
 
 
-class _Notifier:
-    watchdog_sec = None
-
-    def status(self, text):
-        pass
-
-    ready = reloading = reloaded = stopping = watchdog = status
-
-
 def _daemon(cls, root, repository="/srv/git/hello.git", args=None):
     d = paths.Dirs(config=str(root / "config"), spool=str(root / "spool"), state=str(root / "state"),
                    site=str(root / "site"))
     os.makedirs(os.path.join(d.config, "builders"), exist_ok=True)
     with open(os.path.join(d.config, "builders", "hello.builder"), "w") as f:
         f.write(CONFIG % repository)
-    obj = cls(d, config.load(d.config), NoBus(), _Notifier(), args)
+    obj = cls(d, config.load(d.config), NoBus(), RecordingNotifier(), args)
     obj.spool.ensure()
     obj.state.ensure()
     obj.quarantined = []

@@ -7,38 +7,24 @@ records in SPOOL/changes/new, the state record STATE/poller/KEY.json, the
 status line and the log lines.
 """
 
-import io
 import os
 import time
 
 import pytest
 
 import harness
-from buildunits import config, log, notify, paths, poller
+from support import inprocess
+from support.inprocess import RecordingNotifier
+from buildunits import config, paths, poller
 from buildunits.bus import NoBus
 
 
-class RecordingNotifier(notify.Notifier):
-    """The real Notifier (its STATUS= composition), sending into a list."""
-
-    def __init__(self):
-        super().__init__(environ={})
-        self.sent = []
-
-    def _send(self, text):
-        self.sent.append(text)
-
-    def statuses(self):
-        return [line[len("STATUS="):] for m in self.sent for line in m.split("\n") if line.startswith("STATUS=")]
 
 
 @pytest.fixture
 def logged(monkeypatch):
     """The daemon's log lines, as plain text."""
-    buf = io.StringIO()
-    monkeypatch.setattr(log, "_journal", None)
-    monkeypatch.setattr(log, "_stream", buf)
-    return lambda: [line.split(": ", 1)[1] for line in buf.getvalue().splitlines()]
+    return inprocess.capture_log(monkeypatch)
 
 
 def make_poller(tmp_path, repository, branches="*"):

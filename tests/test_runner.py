@@ -17,6 +17,7 @@ import pytest
 from gi.repository import GLib
 
 import harness
+from support.inprocess import RecordingNotifier
 from buildunits import config, paths, proctree, runner, step as stepmod
 from buildunits.bus import NoBus
 
@@ -81,22 +82,6 @@ Command=echo on $BUILDUNITS_WORKER
 """
 
 
-class Notifier:
-    """sdnotify stand-in: the STATUS= lines, in order."""
-    watchdog_sec = None
-
-    def __init__(self):
-        self.lines = []
-
-    def status(self, text):
-        self.lines.append(text)
-
-    def ready(self, text=None):
-        pass
-
-    reloading = reloaded = stopping = watchdog = ready
-
-
 @pytest.fixture
 def root(tmp_path):
     proctree.reap()
@@ -111,7 +96,7 @@ def root(tmp_path):
             f.write(text)
 
     def make(worker="w1"):
-        r = runner.Runner(d, config.load(d.config), NoBus(), Notifier(), types.SimpleNamespace(worker=worker))
+        r = runner.Runner(d, config.load(d.config), NoBus(), RecordingNotifier(), types.SimpleNamespace(worker=worker))
         r.spool.ensure()
         r.state.ensure()
         made.append(r)
@@ -178,9 +163,9 @@ def test_a_claimed_request_runs_its_steps_and_the_record_has_results_logs_and_st
     # Nothing left held: no claim, no pointer, no progress file.
     assert r.spool.claimed("w1") == [] and r.state.read_worker("w1") is None
     assert not os.path.exists(r.state.progress_path("hello", 1))
-    assert "building hello #1: greet" in r.notifier.lines
-    assert "building hello #1: both" in r.notifier.lines
-    assert r.notifier.lines[-1] == "idle; 1 build run"
+    assert "building hello #1: greet" in r.notifier.statuses()
+    assert "building hello #1: both" in r.notifier.statuses()
+    assert r.notifier.statuses()[-1] == "idle; 1 build run"
     assert r.spool.take_hints() == [("hello", 1)]
 
 
@@ -193,7 +178,7 @@ def test_the_next_request_is_taken_when_a_build_ends_under_a_new_number(root):
     spin(lambda: finished(r, "hello", 2))
     assert finished(r, "hello", 1)["result"] == finished(r, "hello", 2)["result"] == "success"
     assert finished(r, "hello", 2)["request"]["reason"] == "the second"
-    assert r.spool.pending("requests") == [] and r.notifier.lines[-1] == "idle; 2 builds run"
+    assert r.spool.pending("requests") == [] and r.notifier.statuses()[-1] == "idle; 2 builds run"
 
 
 def test_a_failing_step_halts_the_build_but_always_run_steps_run(root):

@@ -8,7 +8,6 @@ the requests, the spool and the status line.  Time is driven through the
 records' `queued` times and the scheduler's clock, never by waiting.
 """
 
-import io
 import os
 import time
 import types
@@ -17,28 +16,21 @@ import pytest
 from gi.repository import GLib
 
 import harness
-from buildunits import config, log, notify, paths, scheduler
+from support import inprocess
+from support.inprocess import RecordingNotifier
+from buildunits import config, paths, scheduler
 from buildunits.bus import NoBus
 
 REPO = "/srv/git/hello.git"
 OTHER = "/srv/git/other.git"
 
 
-class RecordingNotifier(notify.Notifier):
-    def __init__(self):
-        super().__init__(environ={})
-        self.sent = []
-
-    def _send(self, text):
-        self.sent.append(text)
 
 
 @pytest.fixture
 def logged(monkeypatch):
-    buf = io.StringIO()
-    monkeypatch.setattr(log, "_journal", None)
-    monkeypatch.setattr(log, "_stream", buf)
-    return lambda: [line.split(": ", 1)[1] for line in buf.getvalue().splitlines()]
+    """The daemon's log lines, as plain text."""
+    return inprocess.capture_log(monkeypatch)
 
 
 def builder(repository=REPO, branches="*", tree_stable="0"):

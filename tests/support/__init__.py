@@ -6,6 +6,7 @@
     notify      NotifyReader: a NOTIFY_SOCKET collecting sd_notify messages
     git         git isolated from the machine's configuration; GitRepo, make_repo
     daemons     Daemons: the project's programs against one test's directories
+    inprocess   a daemon object in the test's process: RecordingNotifier, dirs, capture_log
     container   a booted Debian tree with systemd as PID 1 (the system tests, make demo)
 
 Importing the package puts this checkout's lib/ first on sys.path.
