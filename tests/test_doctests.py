@@ -10,7 +10,7 @@ import pytest
 
 import harness  # noqa: F401  (puts lib/ on sys.path)
 
-MODULES = ("config", "unitfile", "results", "templates", "bus", "buildrecord")
+MODULES = ("config", "unitfile", "results", "templates", "bus", "buildrecord", "executor_unit")
 
 
 @pytest.mark.parametrize("name", MODULES)

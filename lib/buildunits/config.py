@@ -97,6 +97,7 @@ class Config:
     poll_interval: float = 60.0
     tree_stable: float = 0.0
     rescan_interval: float = 300.0
+    executor: str = "auto"
     warnings: list = field(default_factory=list)
 
     def builders_for(self, repository):
@@ -131,7 +132,17 @@ def _whole_number(text):
     return int(text)
 
 
-_CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number}
+EXECUTORS = ("auto", "local", "transient")
+
+
+def _executor(text):
+    if text not in EXECUTORS:
+        raise ValueError("not one of %s: %r" % ("|".join(EXECUTORS), text))
+    return text
+
+
+_CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number,
+            "executor": _executor}
 
 
 def _assign(obj, attr, kind, value):
@@ -198,7 +209,7 @@ STEP_KEYS = {
 GLOBAL_KEYS = {
     "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int")},
     "Defaults": {"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
-    "Daemons": {"RescanIntervalSec": ("rescan_interval", "span")},
+    "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor")},
 }
 
 

@@ -63,6 +63,31 @@ from . import proctree
 StepSpec = collections.namedtuple("StepSpec", "builder number step token")
 
 
+def under_systemd(environ=os.environ):
+    """Whether this process is a systemd service on a systemd-run machine."""
+    return bool(environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
+
+
+def choose(setting, grace, worker):
+    """The executor for SETTING ([Daemons] Executor=: auto, local, transient)
+    and a note for the journal, or None.  auto: the transient-unit executor
+    when the runner runs under systemd and systemd starts a probe unit for
+    it (it answers on the bus, and grants the right)."""
+    if setting == "local":
+        return LocalExecutor(), "Executor=local: build steps run as the runner's user, not isolated"
+    from . import executor_unit
+    if setting == "transient":
+        return executor_unit.TransientUnitExecutor(grace), None
+    if not under_systemd():
+        return LocalExecutor(), "not under systemd: build steps run as child processes of the runner, not isolated"
+    ex = executor_unit.TransientUnitExecutor(grace)
+    why = ex.refusal("%sprobe-%s.service" % (executor_unit.PREFIX, executor_unit.unit_escape(worker)))
+    if why is None:
+        return ex, None
+    return LocalExecutor(), ("systemd would not start a transient unit (%s): build steps run as child processes "
+                             "of the runner, not isolated" % why)
+
+
 class LocalExecutor:
     """Steps as child processes of this one, each in its own session."""
 

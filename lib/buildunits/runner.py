@@ -104,12 +104,15 @@ class Runner(daemon.Daemon):
     program = "buildunits-runner"
     watch_queues = ("requests", "cancel")
     subscriptions = (("Scheduler", "BuildRequested"), ("Scheduler", "CancelRequested"))
-    executor_class = executormod.LocalExecutor      # how steps are run (executor.py)
+    executor_class = None      # how steps are run (executor.py); None: [Daemons] Executor=
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.worker = self.args.worker
-        self.executor = self.executor_class()
+        if self.executor_class is not None:
+            self.executor, self._executor_note = self.executor_class(), None
+        else:
+            self.executor, self._executor_note = executormod.choose(self.cfg.executor, KILL_GRACE_SEC, self.worker)
         self.build = None          # the build record being run
         self._run = None           # and its steps being run (build.Build)
         self._builds_run = 0
@@ -121,6 +124,9 @@ class Runner(daemon.Daemon):
 
     # ---------------------------------------------------------- recovery
     def startup(self):
+        log.info("build steps run by the %s executor" % self.executor.name)
+        if self._executor_note:
+            log.warning(self._executor_note)
         warning = self.executor.prepare()
         if warning:
             log.warning(warning)

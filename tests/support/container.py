@@ -97,6 +97,7 @@ PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "python3-pydbus", "python3-gi",
     "python3-sdnotify", "python3-watchdog", "python3-jinja2", "python3-systemd",
     "git", "make", "ca-certificates",
+    "polkitd", "libpam-systemd",  # the runner's right to start its steps' units (units/polkit-1)
     "procps",  # ps, pgrep for the tests
 )
 # Units that only slow a boot down or wake up during a test.
