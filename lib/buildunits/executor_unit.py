@@ -114,16 +114,17 @@ def exit_code(code, status):
 
 def share_with_step_user(path, user):
     """PATH (the step's directory, made by the runner) writable by the step
-    user's group, of which the runner's user is a member, setgid so that
-    what the step creates stays the group's (with UMASK, group-writable):
-    the runner can still clean the work directory."""
+    user's group, of which the runner's user is a member.  What the step
+    creates is that group's (the step's primary group) and, with UMASK,
+    group-writable: the runner can still clean the work directory.  (No
+    setgid bit: the runner runs with RestrictSUIDSGID=, and needs none.)"""
     import grp
     gid = grp.getgrnam(user).gr_gid
     st = os.stat(path)
     if st.st_gid != gid:
         os.chown(path, -1, gid)
-    if st.st_mode & 0o7777 != 0o2770:
-        os.chmod(path, 0o2770)
+    if st.st_mode & 0o7777 != 0o770:
+        os.chmod(path, 0o770)
 
 
 class TransientUnitExecutor:
@@ -203,13 +204,14 @@ class TransientUnitExecutor:
             props += [("User", GLib.Variant("s", self.user)),
                       ("Group", GLib.Variant("s", self.user))]
         props += list(SANDBOX)
-        props.append(("ReadWritePaths", GLib.Variant("as", [cwd])))
+        # The whole work directory, of which CWD may be a subdirectory.
+        props.append(("ReadWritePaths", GLib.Variant("as", [env.get("BUILDUNITS_WORKDIR") or cwd])))
         return props
 
     def start(self, spec, argv, env, cwd, log_fd, on_exit):
         unit = unit_name(spec)
         if self.user:
-            share_with_step_user(cwd, self.user)
+            share_with_step_user(env.get("BUILDUNITS_WORKDIR") or cwd, self.user)
         step = UnitStep(self, unit, log_fd, on_exit)
         fds = Gio.UnixFDList.new()
         fds.append(log_fd)
