@@ -10,21 +10,19 @@ import types
 
 import pytest
 
-from buildunits import bus as busmod, cli, config, paths, scheduler
+from buildunits import bus as busmod, cli, config, scheduler
 from buildunits.bus import NoBus
 from buildunits.spool import Spool
 from buildunits.state import State
+from support import inprocess
 
 REV = "a" * 40
 
 
 @pytest.fixture
 def dirs(tmp_path):
-    d = paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"), state=str(tmp_path / "state"),
-                   site=str(tmp_path / "site"))
-    os.makedirs(os.path.join(d.config, "builders"))
-    with open(os.path.join(d.config, "builders", "hello.builder"), "w") as f:
-        f.write("[Builder]\nRepository=/srv/git/hello.git\nBranches=main\n[Step s]\nCommand=true\n")
+    d = inprocess.dirs(tmp_path)
+    inprocess.write_builders(d, {"hello": "[Builder]\nRepository=/srv/git/hello.git\nBranches=main\n[Step s]\nCommand=true\n"})
     return d
 
 

@@ -8,20 +8,18 @@ import os
 
 import pytest
 
-from buildunits import cli, fsck, fsutil, paths, spool as spoolmod
+from buildunits import cli, fsck, fsutil, spool as spoolmod
 from buildunits.spool import Spool
 from buildunits.state import State
+from support import inprocess
 
 OLD = fsutil.TMP_SWEEP_AGE_SEC + 10
 
 
 @pytest.fixture
 def dirs(tmp_path):
-    d = paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"), state=str(tmp_path / "state"),
-                   site=str(tmp_path / "site"))
-    os.makedirs(os.path.join(d.config, "builders"))
-    with open(os.path.join(d.config, "builders", "hello.builder"), "w") as f:
-        f.write("[Step s]\nCommand=true\n")
+    d = inprocess.dirs(tmp_path)
+    inprocess.write_builders(d, {"hello": "[Step s]\nCommand=true\n"})
     Spool(d.spool).ensure()
     State(d.state).ensure()
     return d
