@@ -60,7 +60,10 @@ from gi.repository import GLib
 
 from . import proctree
 
-StepSpec = collections.namedtuple("StepSpec", "builder number step token")
+# UNIT: the step's own unit settings, ((Directive, value), ...) in the order
+# given (the builder's, then the step's); CREDENTIALS: the names of the
+# credentials it is handed.  Both are for executors that can honour them.
+StepSpec = collections.namedtuple("StepSpec", "builder number step token unit credentials", defaults=((), ()))
 
 
 def under_systemd(environ=os.environ):
