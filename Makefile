@@ -70,7 +70,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the command's (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen
+DAEMONS = poller scheduler runner htmlgen launcher
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
 
 man:
@@ -106,7 +106,7 @@ install: man units
 	install -m 0644 $(BUILDDIR)/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(BUILDDIR)/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
-	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
+	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.socket $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
 	for d in $(BUILDDIR)/units/*.d; do \
 		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
 	done

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Write the installable unit files: units/*.service.in and *.target.in
+"""Write the installable unit files: units/*.service.in, *.socket.in and *.target.in
 under their final names (without .in), with @BINDIR@ replaced, and the
 drop-in directories (units/NAME.d/*.conf) beside them, so OUTDIR is a unit
 directory as it will be installed (`systemd-analyze verify` reads the
@@ -31,7 +31,7 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     for name in sorted(os.listdir(HERE)):
         src = os.path.join(HERE, name)
-        if name.endswith((".service.in", ".target.in")):
+        if name.endswith((".service.in", ".socket.in", ".target.in")):
             with open(src) as f:
                 write(os.path.join(out, name[:-len(".in")]), render(f.read(), bindir))
         elif name.endswith((".service.d", ".target.d")) and os.path.isdir(src):
