@@ -93,9 +93,10 @@ def _read(directory, name):
         raise CredentialError("credential %s: no file %s" % (name, path)) from None
     except OSError as e:
         raise CredentialError("credential %s: cannot open %s: %s" % (name, path, e.strerror)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CredentialError("credential %s: %s is not a regular file" % (name, path))
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise CredentialError("credential %s: %s is not a regular file" % (name, path))
         return f.read()
 
 
