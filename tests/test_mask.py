@@ -8,6 +8,7 @@ huge output (its memory flat), the idle flush, a command that leaves a
 process holding the pipe.  Waits are for output or an exit, never a sleep.
 """
 
+import contextlib
 import os
 import random
 import resource
@@ -179,49 +180,45 @@ while True:
 """
 
 
-def test_sigterm_is_forwarded_to_the_command(creds):
-    p = subprocess.Popen([MASK, "--", sys.executable, "-c", CHILD], env=dict(os.environ, CREDENTIALS_DIRECTORY=creds),
-                         stdout=subprocess.PIPE)
+@contextlib.contextmanager
+def started(creds, argv, **kw):
+    """The filter running ARGV, its output a pipe; killed at the end."""
+    p = subprocess.Popen([MASK, "--"] + argv, env=dict(os.environ, CREDENTIALS_DIRECTORY=creds),
+                         stdout=subprocess.PIPE, **kw)
     try:
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def test_sigterm_is_forwarded_to_the_command(creds):
+    with started(creds, [sys.executable, "-c", CHILD]) as p:
         assert _read_until(p.stdout, b"ready\n") == b"ready\n"
         p.send_signal(signal.SIGTERM)          # to the filter alone, not its group
         assert p.wait(timeout=harness.scaled(30)) == 7
         assert p.stdout.read() == b"got TERM, token ***\n"
-    finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
 
 
 def test_held_back_bytes_are_written_when_the_command_falls_silent(creds):
-    p = subprocess.Popen([MASK, "--", "/bin/sh", "-c", "printf 'half: S3cr3t'; read x; echo; echo $x"],
-                         env=dict(os.environ, CREDENTIALS_DIRECTORY=creds), stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE)
-    try:
-        started = time.monotonic()
+    with started(creds, ["/bin/sh", "-c", "printf 'half: S3cr3t'; read x; echo; echo $x"], stdin=subprocess.PIPE) as p:
+        begun = time.monotonic()
         assert _read_until(p.stdout, b"half: S3cr3t") == b"half: S3cr3t"
-        assert time.monotonic() - started >= mask.IDLE_MS / 1000.0 * 0.9
+        assert time.monotonic() - begun >= mask.IDLE_MS / 1000.0 * 0.9
         p.stdin.write(SECRET + b"\n")
         p.stdin.close()
         assert p.wait(timeout=harness.scaled(30)) == 0
         assert p.stdout.read() == b"\n***\n"
-    finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
 
 
 def test_the_filter_ends_with_its_command_not_with_what_it_left_holding_the_pipe(creds):
-    p = subprocess.Popen([MASK, "--", "/bin/sh", "-c", "sleep 300 & echo $!; echo done"],
-                         env=dict(os.environ, CREDENTIALS_DIRECTORY=creds), stdout=subprocess.PIPE)
     out = b""
     try:
-        assert p.wait(timeout=harness.scaled(30)) == 0
-        out = p.stdout.read()
+        with started(creds, ["/bin/sh", "-c", "sleep 300 & echo $!; echo done"]) as p:
+            assert p.wait(timeout=harness.scaled(30)) == 0
+            out = p.stdout.read()
     finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
         for word in out.split()[:1]:
             try:
                 os.kill(int(word), signal.SIGKILL)
