@@ -3,7 +3,7 @@ real build in plain-process mode whose step prints its credential in
 every way masking must catch: the log on disk, the site made from it,
 the state and the journal's lines show `***`, never the secret.
 
-The runner runs in process, as in test_runner.py (whose helpers these
+The runner runs in process, as in test_runner.py (whose functions these
 tests use), so they too refuse to run beside other children of the test
 process.
 """
