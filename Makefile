@@ -68,7 +68,7 @@ demo: deps
 demo-local: deps
 	$(PYTHON) share/examples/demo.py --local
 
-# Section 5 from docs/*.5.md; the daemons' (8) and the command's (1) pages
+# Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
 DAEMONS = poller scheduler runner htmlgen launcher
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
@@ -84,6 +84,8 @@ man:
 	done
 	$(PYTHON) docs/mkman.py --docstring 1 lib/buildunits/cli.py --see-also "$(SEE_ALSO)" \
 		> $(BUILDDIR)/man/man1/buildunits.1
+	$(PYTHON) docs/mkman.py --docstring 1 lib/buildunits/mask.py \
+		--see-also "buildunits.builder(5) buildunits-runner(8) systemd.exec(5)" > $(BUILDDIR)/man/man1/buildunits-mask.1
 
 # units/*.in with @BINDIR@ filled in, and the drop-in directories (the
 # shared hardening: buildunits-.service.d/), as they are installed.

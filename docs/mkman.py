@@ -277,7 +277,7 @@ def docstring_page(doc, section, where, options_doc=None, see_also=()):
     for head, body in heads.items():
         out.append(".SH " + head)
         out += render_body(body, where)
-    if options_doc:
+    if options_doc and any("DIRECTORY OPTIONS" in t for t in out):    # a program that takes them
         out.append(".SH DIRECTORY OPTIONS")
         opts = options_doc.expandtabs().splitlines()
         summary = opts[0].partition(": ")[2]     # "paths: the four directories ..."

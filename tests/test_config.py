@@ -449,3 +449,82 @@ def test_format_timespan():
     assert config.format_timespan(2.5) == "2.5s"
     assert config.format_timespan(math.inf) == "infinity"
     assert config.format_timespan(None) == ""
+
+
+# ------------------------------------------------------------ credentials
+def test_credentials_accumulate_and_each_step_gets_the_builders_and_its_own(conf):
+    from buildunits import step as stepmod
+    conf.builder("x", minimal("Credential=deploy-key\nCredential=npm_token deploy-key",
+                              "Credential=pypi.token\n\n[Step other]\nCommand=true\nCredential=a\nCredential=\n"))
+    cfg = conf.load()
+    b = cfg.builders["x"]
+    assert b.credentials == ["deploy-key", "npm_token", "deploy-key"]
+    assert [s.credentials for s in b.steps] == [["pypi.token"], []]
+    assert cfg.credentials_directory == "/etc/buildunits/credentials"
+    plan = stepmod.plan(b, {"branch": "main", "revision": ""})
+    assert [(p.name, p.credentials) for p in plan] == [
+        ("checkout", ("deploy-key", "npm_token", "deploy-key")),
+        ("build", ("deploy-key", "npm_token", "pypi.token")), ("other", ("deploy-key", "npm_token"))]
+    assert plan[1].argv[1:] == ["--", "/bin/sh", "-c", "make"]
+    assert os.path.basename(plan[1].argv[0]) == "buildunits-mask" and os.access(plan[1].argv[0], os.X_OK)
+    b.credentials = []
+    assert stepmod.plan(b, {})[2].argv == ["/bin/sh", "-c", "true"]     # nothing to mask: no filter
+
+
+@pytest.mark.parametrize("name", ["../etc/shadow", "a/b", ".", "..", ".hidden", "-x", "x" * 65, "star*name", "\u00e9t\u00e9"])
+def test_a_bad_credential_name_is_an_error_at_its_line(conf, name):
+    p = conf.builder("x", minimal(extra_step="Credential=ok %s\n" % name))
+    e = conf.errors()
+    [problem] = e.problems
+    assert str(problem).startswith("%s:6: [Step build] Credential=: credential name " % p), str(problem)
+
+
+def test_credentials_directory_is_an_absolute_path(conf):
+    conf.builder("x", minimal())
+    conf.write("buildunits.conf", "[Daemons]\nCredentialsDirectory=/srv/creds/\n")
+    assert conf.load().credentials_directory == "/srv/creds"
+    p = conf.write("buildunits.conf", "[Daemons]\nCredentialsDirectory=creds\n")
+    [problem] = conf.errors().problems
+    assert str(problem) == "%s:2: [Daemons] CredentialsDirectory=: not an absolute path: 'creds'" % p
+
+
+@pytest.mark.parametrize("assignment, why", [
+    ("GITHUB_TOKEN=abc123zz", "its name says so"),
+    ("DB_Password=hunter2", "its name says so"),
+    ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI", "its name says so"),
+    ("MY_API_KEY=10203040", "its name says so"),
+    ("PUSH=ghp_16C7e42F292c6912E7710c838347Ae178B4a", "its value has the shape of a known token"),
+    ("URL_PART=github_pat_11ABCDEFG0abcdefghijkl", "its value has the shape of a known token"),
+    ("GL=glpat-abcdefghij0123456789", "its value has the shape of a known token"),
+    ("HOOK=xoxb-123456789012-abcdefghijkl", "its value has the shape of a known token"),
+    ("AWS_ID=AKIAIOSFODNN7EXAMPLE", "its value has the shape of a known token"),
+    ("SIGNING=dGhpcyBpcyBhIHZlcnkgc2VjcmV0IGtleQ0K8x3q", "its value is a long random-looking string"),
+])
+def test_a_secret_in_environment_is_a_warning_at_its_line_without_the_value(conf, assignment, why):
+    p = conf.builder("x", minimal("Environment=A=1 %s" % assignment))
+    cfg = conf.load()
+    [w] = [str(x) for x in cfg.warnings]
+    key, value = assignment.split("=", 1)
+    assert w.startswith("%s:3: [Builder] Environment=: %s looks like a secret (%s)" % (p, key, why)), w
+    assert "Credential=" in w and value not in w
+
+
+@pytest.mark.parametrize("assignment", [
+    "PATH=/usr/local/bin:/usr/bin:/bin", "CFLAGS=-O2 -g", "TOKEN_FILE=", "LANG=C.UTF-8",
+    "PIN=0123456789abcdef0123456789abcdef01234567",             # a commit id
+    "DIR=/var/lib/buildunits/work/some-long-worker-name/builder",
+])
+def test_ordinary_environment_is_no_warning(conf, assignment):
+    conf.builder("x", minimal(extra_step='Environment="%s"\n' % assignment))
+    assert conf.load().warnings == []
+
+
+def test_checkconfig_shows_the_secret_warning(conf, capsys):
+    from buildunits import cli
+    conf.builder("x", minimal(extra_step="Environment=NPM_TOKEN=npm_abcdef\n"))
+    assert cli.main(["--config-dir", conf.root, "--spool-dir", conf.root + "/spool", "--state-dir",
+                     conf.root + "/state", "checkconfig"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: %s:6: [Step build] Environment=: NPM_TOKEN looks like a secret" % os.path.join(
+        conf.root, "builders", "x.builder") in err
+    assert "npm_abcdef" not in err

@@ -33,7 +33,7 @@ LIB = os.path.join(ROOT, "lib", "buildunits")
 # (module, section, page): the Makefile's man target makes these.
 DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
                    ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
-                   ("cli", "1", "buildunits")]
+                   ("cli", "1", "buildunits"), ("mask", "1", "buildunits-mask")]
 
 if os.path.join(ROOT, "lib") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "lib"))
@@ -108,9 +108,10 @@ def test_documented_defaults_are_the_code_defaults():
             if m:
                 value = m.group(1)
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
-                            "int": int, "str": str, "list": str.split, "executor": str}[kind](value)
+                            "int": int, "str": str, "list": str.split, "executor": str, "path": str,
+                            "credentials": str.split}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
-                expected = {"str": "", "env": {}, "list": []}[kind]
+                expected = {"str": "", "env": {}, "list": [], "credentials": []}[kind]
             else:
                 continue  # a required key such as Command=
             assert actual == expected, "%s %s=: documented default %r, code has %r" % (

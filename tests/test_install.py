@@ -22,10 +22,10 @@ def test_make_install_into_destdir(tmp_path):
     assert p.returncode == 0, p.stdout
     prefix = dest / "usr" / "local"
     for prog in ("buildunits", "buildunits-poller", "buildunits-scheduler", "buildunits-runner",
-                 "buildunits-htmlgen"):
+                 "buildunits-htmlgen", "buildunits-mask"):
         assert os.access(prefix / "bin" / prog, os.X_OK), prog
     mandir = prefix / "share" / "man"
-    for page in ("man1/buildunits.1", "man5/buildunits.builder.5", "man5/buildunits-state.5",
+    for page in ("man1/buildunits.1", "man1/buildunits-mask.1", "man5/buildunits.builder.5", "man5/buildunits-state.5",
                  "man8/buildunits-poller.8", "man8/buildunits-scheduler.8", "man8/buildunits-runner.8",
                  "man8/buildunits-htmlgen.8"):
         assert (mandir / page).exists(), page
@@ -72,6 +72,17 @@ def test_make_install_into_destdir(tmp_path):
     # No module came from the checkout.
     installed_lib = prefix / "lib" / "buildunits" / "python" / "buildunits"
     assert (installed_lib / "runner.py").exists()
+    # The installed library finds the installed buildunits-mask, which masks.
+    out = subprocess.run([harness.PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                          "from buildunits import paths; print(paths.program('buildunits-mask'))",
+                          str(installed_lib.parent)], env=env, cwd="/", stdout=subprocess.PIPE, text=True)
+    assert out.stdout.strip() == str(prefix / "bin" / "buildunits-mask")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "token").write_text("s3cr3t-value\n")
+    out = subprocess.run([str(prefix / "bin" / "buildunits-mask"), "--", "echo", "a s3cr3t-value b"],
+                         env=dict(env, CREDENTIALS_DIRECTORY=str(tmp_path / "creds")), cwd="/",
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert (out.returncode, out.stdout) == (0, "a *** b\n")
 
 
 def test_pip_builds_a_wheel_with_the_license_and_the_programs(tmp_path):
@@ -96,6 +107,6 @@ def test_pip_builds_a_wheel_with_the_license_and_the_programs(tmp_path):
     meta = zipfile.ZipFile(tmp_path / "whl" / wheel).read(info + "METADATA").decode()
     assert "\nLicense: MIT\n" in meta and "\nRequires-Dist: pydbus\n" in meta
     for prog in ("buildunits", "buildunits-poller", "buildunits-scheduler", "buildunits-runner",
-                 "buildunits-htmlgen"):
+                 "buildunits-htmlgen", "buildunits-mask"):
         assert "buildunits-%s.data/scripts/%s" % (__version__, prog) in names
     assert "buildunits/runner.py" in names and "buildunits/__init__.py" in names

@@ -135,7 +135,7 @@ class Build:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e))
         except OSError as e:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
-        spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self.token)
+        spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self.token, credentials=st.credentials)
         env = stepmod.environment(os.environ, self.builder, st, rec, self.workdir, r.worker)
         try:
             self._handle = r.executor.start(spec, st.argv, env, cwd, fd, lambda code: self._exited(code, i))

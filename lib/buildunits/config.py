@@ -12,11 +12,14 @@ unitfile.py: "[Section]" headers, "Key=Value" lines, "#" and ";" comments,
 a trailing backslash continues a line, booleans are
 yes/no/true/false/on/off/1/0, durations are time spans ("90s", "10min",
 "1h 30min", a bare number is seconds, "infinity").  This module is the
-schema: which sections and keys there are, and what they become.  List settings (Branches=, Workers=, Environment=) accumulate
+schema: which sections and keys there are, and what they become.  List settings (Branches=, Workers=, Environment=,
+Credential=) accumulate
 over repeated assignments, and an empty assignment resets them.  Files are
 parsed, never executed.  Every key is documented in
 docs/buildunits.builder.5.md; load() raises ConfigError listing each
-problem as FILE:LINE: [Section] Key=: message.
+problem as FILE:LINE: [Section] Key=: message.  An Environment= value
+that looks like a secret is a warning: it belongs in a Credential=
+(credentials.py).
 """
 
 import fnmatch
@@ -25,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import redact
+from . import credentials as credentialsmod, redact
 # The syntax and the value converters are unitfile.py's; they are named
 # here too, since callers know them as config.parse_timespan & co.
 from .unitfile import (  # noqa: F401
@@ -65,6 +68,7 @@ class Step:
     flunk_on_failure: bool = True
     warn_on_failure: bool = False
     always_run: bool = False
+    credentials: list = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Builder:
     workers: list = field(default_factory=lambda: ["*"])
     environment: dict = field(default_factory=dict)
     checkout: bool = True
+    credentials: list = field(default_factory=list)
     steps: list = field(default_factory=list)
 
     def wants_branch(self, branch):
@@ -98,6 +103,7 @@ class Config:
     tree_stable: float = 0.0
     rescan_interval: float = 300.0
     executor: str = "auto"
+    credentials_directory: str = credentialsmod.DEFAULT_DIRECTORY
     warnings: list = field(default_factory=list)
 
     def builders_for(self, repository):
@@ -141,15 +147,24 @@ def _executor(text):
     return text
 
 
+def _absolute_path(text):
+    if not text.startswith("/"):
+        raise ValueError("not an absolute path: %r" % text)
+    return os.path.normpath(text)
+
+
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number,
-            "executor": _executor}
+            "executor": _executor, "path": _absolute_path}
 
 
 def _assign(obj, attr, kind, value):
     """Set OBJ.ATTR from the text VALUE of one assignment; ValueError if bad."""
     if kind in _CONVERT:
         setattr(obj, attr, _CONVERT[kind](value))
-    elif kind == "list":
+    elif kind in ("list", "credentials"):
+        for name in value.split() if kind == "credentials" else ():
+            if credentialsmod.name_problem(name):
+                raise ValueError(credentialsmod.name_problem(name))
         # Accumulates; an empty assignment resets.  The default (e.g. "*")
         # is replaced by the first explicit assignment.
         explicit = "_set_" + attr
@@ -180,6 +195,19 @@ class _Setter:
                 _assign(obj, spec[0], spec[1], a.value)
             except ValueError as e:
                 self.problems.append(Problem(a.path, a.line, a.section, a.key, str(e)))
+                continue
+            if spec[1] == "env" and a.value:
+                self._secrets(a)
+
+    def _secrets(self, a):
+        """A warning for each variable of Environment= A that looks like a secret."""
+        for key, value in parse_environment(a.value).items():
+            why = credentialsmod.looks_secret(key, value)
+            if why:
+                self.warnings.append(Problem(a.path, a.line, a.section, a.key, (
+                    "%s looks like a secret (%s): an environment is shown by ps and copied into every "
+                    "process; put the value in a file of the credentials directory and name it with "
+                    "Credential= (see buildunits.builder(5))" % (key, why))))
 
 
 BUILDER_KEYS = {
@@ -191,6 +219,7 @@ BUILDER_KEYS = {
     "Workers": ("workers", "list"),
     "Environment": ("environment", "env"),
     "Checkout": ("checkout", "bool"),
+    "Credential": ("credentials", "credentials"),
 }
 
 STEP_KEYS = {
@@ -204,12 +233,14 @@ STEP_KEYS = {
     "FlunkOnFailure": ("flunk_on_failure", "bool"),
     "WarnOnFailure": ("warn_on_failure", "bool"),
     "AlwaysRun": ("always_run", "bool"),
+    "Credential": ("credentials", "credentials"),
 }
 
 GLOBAL_KEYS = {
     "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int")},
     "Defaults": {"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
-    "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor")},
+    "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor"),
+                "CredentialsDirectory": ("credentials_directory", "path")},
 }
 
 

@@ -36,6 +36,12 @@ own session, tagged with BUILDUNITS_BUILD_TOKEN=TOKEN in its
 environment.  The runner is a child subreaper (proctree), so what leaves
 the step's session is still its descendant and is killed with it; one
 step runs at a time, so every descendant of the runner is the step's.
+A step with credentials (SPEC.credentials) gets $CREDENTIALS_DIRECTORY
+as under systemd: a directory of copies of only those, read from
+[Daemons] CredentialsDirectory= before it starts and removed when it
+has ended (credentials.Private); a credential that cannot be read is an
+OSError of start(), naming it and its file.  Isolated it is not: the
+step runs as the runner's user, who can read every credential.
 
 The transient-unit executor (executor_unit.py) slots in behind the same
 calls: start() has buildunits-launcher start a unit named after SPEC
@@ -57,7 +63,7 @@ import subprocess
 
 from gi.repository import GLib
 
-from . import proctree
+from . import credentials as credentialsmod, proctree
 
 # UNIT: the step's own unit settings, ((Directive, value), ...) in the order
 # given (the builder's, then the step's); CREDENTIALS: the names of the
@@ -70,23 +76,25 @@ def under_systemd(environ=os.environ):
     return bool(environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
 
 
-def choose(setting, grace, worker):
+def choose(setting, grace, worker, credentials_directory=credentialsmod.DEFAULT_DIRECTORY):
     """The executor for SETTING ([Daemons] Executor=: auto, local, transient)
     and a note for the journal, or None.  auto: the transient-unit executor
     when the runner runs under systemd and buildunits-launcher answers (it
-    is socket-activated, and reaches systemd)."""
+    is socket-activated, and reaches systemd).  Local steps get their
+    credentials from CREDENTIALS_DIRECTORY; units get them from systemd."""
+    local = LocalExecutor(credentials_directory, worker)
     if setting == "local":
-        return LocalExecutor(), "Executor=local: build steps run as the runner's user, not isolated"
+        return local, "Executor=local: build steps run as the runner's user, not isolated"
     from . import executor_unit
     if setting == "transient":
         return executor_unit.TransientUnitExecutor(grace, worker=worker), None
     if not under_systemd():
-        return LocalExecutor(), "not under systemd: build steps run as child processes of the runner, not isolated"
+        return local, "not under systemd: build steps run as child processes of the runner, not isolated"
     ex = executor_unit.TransientUnitExecutor(grace, worker=worker)
     why = ex.refusal()
     if why is None:
         return ex, None
-    return LocalExecutor(), ("cannot start build steps as units (%s): build steps run as child processes "
+    return local, ("cannot start build steps as units (%s): build steps run as child processes "
                              "of the runner, not isolated" % why)
 
 
@@ -95,7 +103,14 @@ class LocalExecutor:
 
     name = "local"
 
+    def __init__(self, credentials_directory=credentialsmod.DEFAULT_DIRECTORY, worker=""):
+        self.credentials = credentialsmod.Private(credentials_directory, worker)
+
     def prepare(self):
+        try:
+            self.credentials.remove()     # left by a runner that died during a step
+        except OSError as e:
+            return "cannot remove %s: %s" % (self.credentials.path, e.strerror)
         if not proctree.become_subreaper():
             return "cannot become a child subreaper; escaped step processes may survive a timeout"
         return None
@@ -103,9 +118,19 @@ class LocalExecutor:
     def start(self, spec, argv, env, cwd, log_fd, on_exit):
         env = dict(env)
         env[proctree.TOKEN_VARIABLE] = spec.token
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
-                                stderr=log_fd, start_new_session=True, close_fds=True)
-        return LocalStep(proc, log_fd, on_exit)
+        env.pop(credentialsmod.VARIABLE, None)
+        cleanup = None
+        if spec.credentials:
+            env[credentialsmod.VARIABLE] = self.credentials.make(spec.credentials)
+            cleanup = self.credentials.remove
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
+                                    stderr=log_fd, start_new_session=True, close_fds=True)
+        except BaseException:
+            if cleanup:
+                cleanup()
+            raise
+        return LocalStep(proc, log_fd, on_exit, cleanup)
 
     def leftovers(self, token):
         return proctree.tagged(token)
@@ -117,8 +142,9 @@ class LocalExecutor:
 class LocalStep:
     """One step started by LocalExecutor: a process group led by PID."""
 
-    def __init__(self, proc, log_fd, on_exit):
+    def __init__(self, proc, log_fd, on_exit, cleanup=None):
         self._proc = proc
+        self._cleanup = cleanup      # what goes when the step has ended (its credentials)
         self.pid = proc.pid
         self.identity = "process %d" % proc.pid
         self._log_fd = log_fd
@@ -143,6 +169,7 @@ class LocalStep:
     def kill(self):
         self._detach()
         proctree.kill_tree(self.pid, signal.SIGKILL)
+        self._clean()
 
     def halt(self, grace):
         self._detach()
@@ -155,6 +182,15 @@ class LocalStep:
             if sig is not None:
                 proctree.kill_tree(self.pid, sig)
         proctree.reap()
+        self._clean()
+
+    def _clean(self):
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            try:
+                cleanup()
+            except OSError:
+                pass             # the runner's next start removes it
 
     def _detach(self):
         for src in (self._watch, self._grace_source):
@@ -172,6 +208,7 @@ class LocalStep:
         # Processes the step left behind (daemonized or backgrounded) do not
         # outlive it: a step owns nothing after it ends.
         proctree.kill_leftovers(pid)
+        self._clean()
         self._on_exit(code)
 
     def _note(self, text):

@@ -77,7 +77,7 @@ import socket
 import struct
 import sys
 
-from . import config, log, paths
+from . import config, credentials, log, paths
 
 VERSION = 1
 SOCKET = "/run/buildunits/launcher.sock"
@@ -176,7 +176,7 @@ def check_start(req, dirs):
                 raise Refused("unit: %s=%s: %s" % (k, v, e))
     creds = _field(req, "credentials", list)
     for c in creds:
-        if not isinstance(c, str) or not config.CREDENTIAL_RE.fullmatch(c):
+        if not isinstance(c, str) or not credentials.valid_name(c):
             raise Refused("credentials: %r is not a credential name" % (c,))
     spec = StepSpec(builder, number, step, token, tuple(pairs), tuple(creds))
     return {"spec": spec, "unit": unit_name(spec), "worker": worker, "workdir": workdir, "cwd": cwd,
@@ -255,10 +255,9 @@ def properties(job, dirs, cfg, user=STEP_USER):
         ("ReadWritePaths", GLib.Variant("as", [job["workdir"]])),
     ]
     loads = {}
-    if spec.credentials:
-        from . import credentials as credmod
     for name in spec.credentials:
-        prop, path = credmod.credential_source(cfg.credentials_directory, name)
+        # The directory from the launcher's own reading of the configuration.
+        prop, path = credentials.credential_source(cfg.credentials_directory, name)
         loads.setdefault(prop, []).append((name, path))
     for prop, items in sorted(loads.items()):
         props.append((prop, GLib.Variant("a(ss)", items)))

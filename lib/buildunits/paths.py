@@ -10,9 +10,13 @@ Each has a command-line option, an environment variable, and a default:
 The option wins over the variable, which wins over the default.  The site
 defaults to a directory inside the state directory, so a test or demo that
 moves the state moves the site with it.
+
+Also where buildunits' own programs are (program()): beside the library,
+as a checkout, `make install` and pip lay them out.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 
 DEFAULTS = {
@@ -56,3 +60,18 @@ def from_args(args, environ=None):
     state = pick("state") or DEFAULTS["state"]
     site = pick("site") or os.path.join(state, "site")
     return Dirs(config=config, spool=spool, state=state, site=site)
+
+
+_LIB = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def program(name):
+    """The path of buildunits' program NAME: bin/ of the checkout, PREFIX/bin
+    of `make install` (the library in PREFIX/lib/buildunits/python), the
+    scripts of pip's installation; else NAME itself, for PATH to find."""
+    for d in (os.path.join(_LIB, "..", "bin"), os.path.join(_LIB, "..", "..", "..", "bin"),
+              os.path.join(sys.prefix, "bin")):
+        path = os.path.normpath(os.path.join(d, name))
+        if os.access(path, os.X_OK) and os.path.isfile(path):
+            return path
+    return name

@@ -3,11 +3,14 @@ one running.
 
 The plan of a build is "checkout" first when the builder has a
 Repository= (and Checkout= is on), then each [Step] as `/bin/sh -c
-COMMAND`, numbered from 1 (the number is in the log's name).  A step's
-environment is the runner's, less what systemd gave the runner alone
-(the notify socket, the watchdog, socket activation, the journal
-stream), plus the builder's and the step's Environment= and the
-BUILDUNITS_* variables.
+COMMAND`, numbered from 1 (the number is in the log's name).  A step
+with credentials (the builder's Credential= and its own; the checkout
+step has the builder's) runs through buildunits-mask, which masks their
+values in its output (mask.py).  A step's environment is the runner's,
+less what systemd gave the runner alone (the notify socket, the
+watchdog, socket activation, the journal stream, its own credentials),
+plus the builder's and the step's Environment= and the BUILDUNITS_*
+variables.
 
 The watch (Watch) holds a running step to TimeoutSec= and
 TimeoutIdleSec=: the idle time is measured by the size of the log file,
@@ -24,26 +27,32 @@ import math
 import os
 import time
 
-from . import checkout, daemon
+from . import checkout, daemon, paths
 
 CHECKOUT_IDLE_SEC = 20 * 60.0
 _SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                 "INVOCATION_ID", "JOURNAL_STREAM")
+                 "INVOCATION_ID", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")
+MASK_PROGRAM = "buildunits-mask"
 
 
 class Planned:
-    """One step of a build's plan (SPEC: its config.Step; None for checkout)."""
+    """One step of a build's plan (SPEC: its config.Step; None for checkout),
+    handed the credentials named CREDENTIALS."""
 
-    def __init__(self, index, name, command, spec=None):
+    def __init__(self, index, name, command, spec=None, credentials=()):
         self.index = index
         self.name = name
         self.command = command
         self.spec = spec
+        self.credentials = tuple(credentials)
         self.description = spec.description if spec else checkout.DESCRIPTION
 
     @property
     def argv(self):
-        return ["/bin/sh", "-c", self.command]
+        argv = ["/bin/sh", "-c", self.command]
+        if self.credentials:
+            return [paths.program(MASK_PROGRAM), "--"] + argv
+        return argv
 
 
 def plan(builder, req):
@@ -51,9 +60,11 @@ def plan(builder, req):
     steps = []
     if builder.repository and builder.checkout:
         steps.append(Planned(1, "checkout", checkout.checkout_script(
-            builder.repository, req.get("branch") or "main", req.get("revision") or "")))
+            builder.repository, req.get("branch") or "main", req.get("revision") or ""),
+            credentials=builder.credentials))
     for s in builder.steps:
-        steps.append(Planned(len(steps) + 1, s.name, s.command, s))
+        steps.append(Planned(len(steps) + 1, s.name, s.command, s,
+                             dict.fromkeys(builder.credentials + s.credentials)))
     return steps
 
 
