@@ -7,7 +7,8 @@ COMMAND`, numbered from 1 (the number is in the log's name).  A step's
 environment is the runner's, less what systemd gave the runner alone
 (the notify socket, the watchdog, socket activation, the journal
 stream), plus the builder's and the step's Environment= and the
-BUILDUNITS_* variables.
+BUILDUNITS_* variables.  Its systemd directives (unit()) are the
+builder's, then its own.
 
 The watch (Watch) holds a running step to TimeoutSec= and
 TimeoutIdleSec=: the idle time is measured by the size of the log file,
@@ -69,6 +70,12 @@ def environment(base, builder, st, rec, workdir, worker):
                 "BUILDUNITS_REPOSITORY": builder.repository or rec.get("repository") or "",
                 "BUILDUNITS_WORKDIR": workdir, "BUILDUNITS_WORKER": worker, "BUILDUNITS_STEP": st.name})
     return env
+
+
+def unit(builder, st):
+    """The systemd directives of step ST (unitprops.py): BUILDER's, then
+    the step's own (none for checkout), in order."""
+    return tuple(builder.unit) + tuple(st.spec.unit if st.spec else ())
 
 
 def working_directory(st, workdir):
