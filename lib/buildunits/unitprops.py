@@ -162,8 +162,8 @@ FIXED = {
     "BindPaths": _MOUNTS, "BindReadOnlyPaths": _MOUNTS, "TemporaryFileSystem": _MOUNTS,
     "RootDirectory": _MOUNTS, "RootImage": _MOUNTS,
     "UMask": "files a step makes are group-writable, so the runner can clean the work directory",
-    "Slice": "every step is in buildunits' slice, where the machine's own limits for builds apply",
-    "Delegate": "a step does not manage cgroups of its own",
+    "Slice": "where a step's control group sits is buildunits' choice, under the limits the machine sets for builds",
+    "Delegate": "a step does not manage control groups of its own",
 }
 
 
