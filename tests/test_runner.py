@@ -168,6 +168,14 @@ def finished(r, builder, number):
     return rec if rec and rec.get("state") == "finished" else None
 
 
+def built(r, builder, number):
+    """Request a build of BUILDER, let R run it as NUMBER: its final record."""
+    request(r, builder)
+    r.work()
+    spin(lambda: finished(r, builder, number))
+    return finished(r, builder, number)
+
+
 def log_text(r, rec, step):
     [s] = [s for s in rec["steps"] if s["name"] == step]
     with open(r.state.build_file(rec["builder"], rec["number"], s["log"])) as f:
@@ -221,10 +229,7 @@ def test_the_next_request_is_taken_when_a_build_ends_under_a_new_number(root):
 def test_a_failing_step_halts_the_build_but_always_run_steps_run(root):
     r = root()
     r.startup()
-    request(r, "halts")
-    r.work()
-    spin(lambda: finished(r, "halts", 1))
-    rec = finished(r, "halts", 1)
+    rec = built(r, "halts", 1)
     assert rec["result"] == "failure"
     steps = by_name(rec)
     assert (steps["compile"]["result"], steps["compile"]["exit_status"], steps["compile"]["summary"]) == \
@@ -239,10 +244,7 @@ def test_a_failing_step_halts_the_build_but_always_run_steps_run(root):
 def test_a_failing_step_without_halt_on_failure_lets_the_rest_run(root):
     r = root()
     r.startup()
-    request(r, "lenient")
-    r.work()
-    spin(lambda: finished(r, "lenient", 1))
-    rec = finished(r, "lenient", 1)
+    rec = built(r, "lenient", 1)
     steps = by_name(rec)
     assert (steps["lint"]["result"], steps["lint"]["exit_status"]) == ("failure", 1)
     assert (steps["test"]["result"], steps["test"]["exit_status"]) == ("success", 0)
@@ -405,10 +407,7 @@ def test_limits_apply_to_plain_process_steps_and_the_rest_is_said_once(root, mon
     lines = capture_log(monkeypatch)
     r = root()
     r.startup()
-    request(r, "limits")
-    r.work()
-    spin(lambda: finished(r, "limits", 1))
-    rec = finished(r, "limits", 1)
+    rec = built(r, "limits", 1)
     steps = by_name(rec)
     assert steps["files"]["result"] == "success" and log_text(r, rec, "files") == "64\n"
     # The runaway loop gets SIGXCPU after a second of CPU time, long before its time-out.
@@ -420,9 +419,7 @@ def test_limits_apply_to_plain_process_steps_and_the_rest_is_said_once(root, mon
     assert "MemoryError" in log_text(r, rec, "memory")
     # A step's own limit is its own: the next one has the builder's only.
     assert log_text(r, rec, "after") == "64\nunlimited\n"
-    request(r, "limits")
-    r.work()
-    spin(lambda: finished(r, "limits", 2))
+    built(r, "limits", 2)
     said = [line for line in lines() if "not applied" in line]
     assert said == ["builder limits: MemoryMax=, PrivateNetwork= not applied: build steps run as child processes "
                     "of the runner (the local executor), which applies only Limit*= settings"]
@@ -431,10 +428,7 @@ def test_limits_apply_to_plain_process_steps_and_the_rest_is_said_once(root, mon
 def test_a_steps_record_has_what_it_used(root):
     r = root()
     r.startup()
-    request(r, "burns")
-    r.work()
-    spin(lambda: finished(r, "burns", 1))
-    [burn] = finished(r, "burns", 1)["steps"]
+    [burn] = built(r, "burns", 1)["steps"]
     usage = burn["usage"]
     assert burn["result"] == "success"
     assert 0.5 <= usage["cpu_sec"] < 30
