@@ -75,7 +75,9 @@ The transient-unit executor slots in behind the same calls:
 start() is systemd's StartTransientUnit of a unit named after SPEC
 (buildunits-build-BUILDER-NUMBER-STEP), with LOG_FD handed over as its
 StandardOutput=/StandardError=, and the step's user, sandbox and limits
-as unit properties; ON_EXIT comes from the unit's PropertiesChanged
+as unit properties (SPEC.unit as unitprops.variants() makes them, with
+the executor's own boundary, which no builder may loosen, after them);
+its USAGE comes from the unit's accounting properties; ON_EXIT comes from the unit's PropertiesChanged
 (ExecMainStatus); stop(grace) is StopUnit with TimeoutStopSec=GRACE and
 KillMode=control-group (the cgroup is the tree), kill() is KillUnit;
 the token is in the unit's name or description, and leftovers() lists
