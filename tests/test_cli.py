@@ -87,6 +87,16 @@ def test_checkconfig_names_each_problem(run, dirs):
     assert r.code == 1 and "bad.builder" in r.err and "1 problem" in r.err
 
 
+def test_checkconfig_names_the_file_and_line_of_a_bad_systemd_directive(run, dirs):
+    path = os.path.join(dirs.config, "builders", "limits.builder")
+    with open(path, "w") as f:
+        f.write("[Builder]\nMemoryMax=2G\n[Step s]\nCommand=true\nLimitNOFILE=lots\nUser=root\n")
+    r = run("checkconfig")
+    assert r.code == 1 and "2 problems" in r.err
+    assert "%s:5: [Step s] LimitNOFILE=: not a whole number" % path in r.err
+    assert "%s:6: [Step s] User=: set by buildunits, not by a builder" % path in r.err
+
+
 # ---------------------------------------------------------------- force
 def test_force_queues_a_force_record(run, dirs, via):
     r = run("force", "hello", "--reason", "because", "--property", "color=blue", "--revision", REV)

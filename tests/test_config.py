@@ -528,3 +528,38 @@ def test_checkconfig_shows_the_secret_warning(conf, capsys):
     assert "warning: %s:6: [Step build] Environment=: NPM_TOKEN looks like a secret" % os.path.join(
         conf.root, "builders", "x.builder") in err
     assert "npm_abcdef" not in err
+
+# ---------------------------------------------------- systemd directives
+
+def test_systemd_directives_are_kept_checked_and_in_file_order(conf):
+    conf.builder("x", """\
+        [Step build]
+        Command=make
+        LimitNOFILE=128
+        CPUQuota=50%
+
+        [Builder]
+        Repository=/srv/git/x.git
+        MemoryMax=2G
+        ReadOnlyPaths=/srv/a
+        """)
+    conf.dropin("x", "50-more.conf", "[Builder]\nReadOnlyPaths=/srv/b\n[Step build]\nPrivateNetwork=on\n")
+    b = conf.load().builders["x"]
+    assert b.unit == [("MemoryMax", "2147483648"), ("ReadOnlyPaths", "/srv/a"), ("ReadOnlyPaths", "/srv/b")]
+    assert b.steps[0].unit == [("LimitNOFILE", "128:128"), ("CPUQuota", "50%"), ("PrivateNetwork", "yes")]
+
+
+@pytest.mark.parametrize("section, line, key, value, message", [
+    ("Builder", 3, "MemoryMax", "lots", "not a size: 'lots'"),
+    ("Builder", 3, "ProtectHome", "read-only", "never show more"),
+    ("Step build", 6, "LimitNOFILE", "64:32", "the soft limit is above the hard one"),
+    ("Step build", 6, "User", "root", "set by buildunits, not by a builder"),
+    ("Builder", 3, "ProtectSystem", "no", "always strict"),
+])
+def test_bad_and_fixed_directives_name_file_line_and_key(conf, section, line, key, value, message):
+    assignment = "%s=%s" % (key, value)
+    p = conf.builder("x", minimal(assignment if section == "Builder" else "",
+                                  assignment if section != "Builder" else ""))
+    prob = one_problem(conf)
+    assert (prob.path, prob.line, prob.section, prob.key) == (p, line, section, key)
+    assert str(prob).startswith("%s:%d: [%s] %s=: " % (p, line, section, key)) and message in str(prob)

@@ -38,7 +38,7 @@ DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "bui
 if os.path.join(ROOT, "lib") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "lib"))
 
-from buildunits import config, records  # noqa: E402
+from buildunits import config, records, unitprops  # noqa: E402
 
 
 def _load_mkman():
@@ -381,3 +381,13 @@ def test_design_maps_every_module():
     named = set(re.findall(r"`(\w+\.py)`", table))
     lib = {n for n in os.listdir(os.path.join(ROOT, "lib", "buildunits")) if n.endswith(".py") and n != "__init__.py"}
     assert named == lib, (sorted(lib - named), sorted(named - lib))
+
+
+def test_every_unit_directive_is_documented_in_sandbox_and_limits():
+    """buildunits.builder(5)'s SANDBOX AND LIMITS lists what a builder may
+    set (unitprops.KEYS) and, under "Set by buildunits", what it may not
+    (unitprops.FIXED), and nothing else."""
+    section = _read(BUILDER_PAGE).split("\n## SANDBOX AND LIMITS\n", 1)[1].split("\n## ", 1)[0]
+    settable, fixed = section.split("\n### Set by buildunits\n", 1)
+    assert set(re.findall(r"\*\*(\w+)=\*\*", settable)) == set(unitprops.KEYS)
+    assert set(re.findall(r"\*\*(\w+)=\*\*", fixed)) == set(unitprops.FIXED)

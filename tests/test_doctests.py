@@ -10,7 +10,8 @@ import pytest
 
 import harness  # noqa: F401  (puts lib/ on sys.path)
 
-MODULES = ("config", "unitfile", "results", "templates", "bus", "buildrecord", "executor_unit", "credentials", "mask")
+MODULES = ("config", "unitfile", "results", "templates", "bus", "buildrecord", "executor_unit", "executor",
+           "unitprops", "credentials", "mask")
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -10,6 +10,7 @@ other children of the test process.
 import os
 import secrets
 import signal
+import sys
 import time
 
 import pytest
@@ -38,13 +39,13 @@ _log_fds = []
 class Run:
     """A step started through EX, its log at LOG (a path)."""
 
-    def __init__(self, ex, tmp_path, script, env=None, cwd=None, token=None):
+    def __init__(self, ex, tmp_path, script, env=None, cwd=None, token=None, unit=()):
         self.log = tmp_path / "step.log"
         self.fd = os.open(str(self.log), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         _log_fds.append(self.fd)
         self.ended = []
         self.token = token or secrets.token_hex(8)
-        spec = executor.StepSpec("hello", 1, "test", self.token)
+        spec = executor.StepSpec("hello", 1, "test", self.token, unit=unit)
         self.handle = ex.start(spec, ["/bin/sh", "-c", script], dict(os.environ, **(env or {})),
                                cwd or str(tmp_path), self.fd, self.ended.append)
 
@@ -190,3 +191,31 @@ def test_leftovers_of_a_build_are_found_by_its_token(ex, tmp_path):
     assert not any(alive(p) for p in left)
     r.wait()
     assert r.ended == [-signal.SIGTERM]
+
+
+# ------------------------------------------------- limits and accounting
+def test_usage_is_measured_once_the_step_ends_and_absent_keys_are_not_zero(ex, tmp_path):
+    # The memory is held by a grandchild the step waits for: wait4's rusage counts it.
+    r = Run(ex, tmp_path, "%s -c \"b = b'x' * (32 << 20)\"; echo done" % sys.executable)
+    assert r.handle.usage == {}
+    r.wait()
+    assert r.ended == [0] and r.text() == "done\n"
+    u = r.handle.usage
+    assert set(u) == {"cpu_sec", "memory_peak_bytes", "io_read_bytes", "io_write_bytes"}
+    assert u["cpu_sec"] > 0 and u["memory_peak_bytes"] >= 32 << 20
+
+
+def test_rlimits_apply_and_the_rest_is_named_as_unhonoured(ex, tmp_path):
+    unit = (("LimitNOFILE", "50:60"), ("MemoryMax", "1073741824"), ("LimitCORE", "0:0"))
+    r = Run(ex, tmp_path, "ulimit -Sn; ulimit -Hn; ulimit -c", unit=unit)
+    r.wait()
+    assert r.ended == [0] and r.text() == "50\n60\n0\n"
+    assert executor.unhonoured(ex, unit) == ["MemoryMax"]
+    assert executor.unhonoured(object(), unit) == []     # an executor that applies all
+
+
+def test_a_hard_limit_above_the_runners_own_is_refused_without_privilege(ex, tmp_path, monkeypatch):
+    monkeypatch.setattr(executor.os, "geteuid", lambda: 1000)
+    with pytest.raises(OSError) as e:
+        Run(ex, tmp_path, "true", unit=(("LimitNOFILE", "64:infinity"),))
+    assert "LimitNOFILE=: a hard limit above the runner's own" in e.value.strerror

@@ -10,6 +10,7 @@ test process (as test_executor.py does).
 
 import os
 import signal
+import sys
 import time
 import types
 
@@ -17,7 +18,7 @@ import pytest
 from gi.repository import GLib
 
 import harness
-from support.inprocess import RecordingNotifier
+from support.inprocess import RecordingNotifier, capture_log
 from buildunits import config, paths, proctree, runner, step as stepmod
 from buildunits.bus import NoBus
 
@@ -81,6 +82,41 @@ Workers=w2
 Command=echo on $BUILDUNITS_WORKER
 """
 
+# The builder's LimitNOFILE= for every step; a runaway CPU loop and an
+# allocation past LimitAS= stopped; MemoryMax= and PrivateNetwork= need a
+# unit of their own, which the local executor says.
+LIMITS = """\
+[Builder]
+PollIntervalSec=0
+LimitNOFILE=64
+MemoryMax=1G
+
+[Step files]
+Command=ulimit -n
+
+[Step cpu]
+Command=while :; do :; done
+LimitCPU=1:5
+TimeoutSec=1min
+
+[Step memory]
+Command=%(python)s -c "b = bytearray(1 << 30); print('allocated')"
+LimitAS=256M
+PrivateNetwork=yes
+
+[Step after]
+Command=ulimit -n; ulimit -v
+""" % {"python": sys.executable}
+
+# A step that burns half a second of CPU and holds 64 MiB.
+BURNS = """\
+[Builder]
+PollIntervalSec=0
+
+[Step burn]
+Command=%(python)s -c "import time; b = b'x' * (64 << 20); [0 for _ in iter(lambda: time.process_time() < 0.5, False)]"
+""" % {"python": sys.executable}
+
 
 @pytest.fixture
 def root(tmp_path):
@@ -91,7 +127,8 @@ def root(tmp_path):
     d = paths.Dirs(config=str(tmp_path / "config"), spool=str(tmp_path / "spool"), state=str(tmp_path / "state"),
                    site=str(tmp_path / "site"))
     os.makedirs(os.path.join(d.config, "builders"))
-    for name, text in (("hello", HELLO), ("halts", HALTS), ("lenient", LENIENT), ("elsewhere", ELSEWHERE), ("long", LONG)):
+    for name, text in (("hello", HELLO), ("halts", HALTS), ("lenient", LENIENT), ("elsewhere", ELSEWHERE), ("long", LONG),
+                       ("limits", LIMITS), ("burns", BURNS)):
         with open(os.path.join(d.config, "builders", name + ".builder"), "w") as f:
             f.write(text)
 
@@ -129,6 +166,14 @@ def spin(until, timeout=20.0):
 def finished(r, builder, number):
     rec = r.state.read_build(builder, number)
     return rec if rec and rec.get("state") == "finished" else None
+
+
+def built(r, builder, number):
+    """Request a build of BUILDER, let R run it as NUMBER: its final record."""
+    request(r, builder)
+    r.work()
+    spin(lambda: finished(r, builder, number))
+    return finished(r, builder, number)
 
 
 def log_text(r, rec, step):
@@ -184,10 +229,7 @@ def test_the_next_request_is_taken_when_a_build_ends_under_a_new_number(root):
 def test_a_failing_step_halts_the_build_but_always_run_steps_run(root):
     r = root()
     r.startup()
-    request(r, "halts")
-    r.work()
-    spin(lambda: finished(r, "halts", 1))
-    rec = finished(r, "halts", 1)
+    rec = built(r, "halts", 1)
     assert rec["result"] == "failure"
     steps = by_name(rec)
     assert (steps["compile"]["result"], steps["compile"]["exit_status"], steps["compile"]["summary"]) == \
@@ -202,10 +244,7 @@ def test_a_failing_step_halts_the_build_but_always_run_steps_run(root):
 def test_a_failing_step_without_halt_on_failure_lets_the_rest_run(root):
     r = root()
     r.startup()
-    request(r, "lenient")
-    r.work()
-    spin(lambda: finished(r, "lenient", 1))
-    rec = finished(r, "lenient", 1)
+    rec = built(r, "lenient", 1)
     steps = by_name(rec)
     assert (steps["lint"]["result"], steps["lint"]["exit_status"]) == ("failure", 1)
     assert (steps["test"]["result"], steps["test"]["exit_status"]) == ("success", 0)
@@ -361,3 +400,38 @@ def test_sigterm_records_the_running_build_as_retry_and_hands_its_request_back(r
     proctree.reap()
     assert not proctree.descendants(os.getpid())     # the step's sleep is gone
 
+
+
+# ------------------------------------------------- limits and accounting
+def test_limits_apply_to_plain_process_steps_and_the_rest_is_said_once(root, monkeypatch):
+    lines = capture_log(monkeypatch)
+    r = root()
+    r.startup()
+    rec = built(r, "limits", 1)
+    steps = by_name(rec)
+    assert steps["files"]["result"] == "success" and log_text(r, rec, "files") == "64\n"
+    # The runaway loop gets SIGXCPU after a second of CPU time, long before its time-out.
+    assert (steps["cpu"]["result"], steps["cpu"]["exit_status"], steps["cpu"]["timed_out"]) == \
+        ("failure", -signal.SIGXCPU, False)
+    assert steps["cpu"]["usage"]["cpu_sec"] >= 0.9
+    # Past LimitAS=, the allocation fails.
+    assert steps["memory"]["result"] == "failure" and steps["memory"]["exit_status"] == 1
+    assert "MemoryError" in log_text(r, rec, "memory")
+    # A step's own limit is its own: the next one has the builder's only.
+    assert log_text(r, rec, "after") == "64\nunlimited\n"
+    built(r, "limits", 2)
+    said = [line for line in lines() if "not applied" in line]
+    assert said == ["builder limits: MemoryMax=, PrivateNetwork= not applied: build steps run as child processes "
+                    "of the runner (the local executor), which applies only Limit*= settings"]
+
+
+def test_a_steps_record_has_what_it_used(root):
+    r = root()
+    r.startup()
+    [burn] = built(r, "burns", 1)["steps"]
+    usage = burn["usage"]
+    assert burn["result"] == "success"
+    assert 0.5 <= usage["cpu_sec"] < 30
+    assert 64 << 20 <= usage["memory_peak_bytes"] < 1 << 30
+    assert isinstance(usage["io_read_bytes"], int) and isinstance(usage["io_write_bytes"], int)
+    assert "tasks_max" not in usage       # not measured here: absent, not zero

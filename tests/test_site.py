@@ -1201,3 +1201,27 @@ def test_installed_templates_path():
     # An install puts the package at PREFIX/lib/buildunits/python/buildunits/.
     rel = os.path.relpath(templates._INSTALLED, templates._PACKAGE)
     assert rel == os.path.join("..", "..", "..", "..", "share", "buildunits", "templates")
+
+
+def test_the_build_page_and_its_json_show_what_each_step_used(env, tmp_path):
+    st, sp, cfg, s = env
+    n = make_build(st, "hello", steps=(("checkout", "success", "ok\n"), ("compile", "success", "cc\n"),
+                                       ("test", "success", "ok\n")))
+    rec = st.read_build("hello", n)
+    rec["steps"][1]["usage"] = {"cpu_sec": 1.25, "memory_peak_bytes": 64 << 20, "io_read_bytes": 0,
+                                "io_write_bytes": 3 << 10, "tasks_max": 7}
+    # From a hostile or newer record: what is not a measure is not shown.
+    rec["steps"][2]["usage"] = {"cpu_sec": "<b>lots</b>", "memory_peak_bytes": -1, "tasks_max": True, "new": 1}
+    forge_build(st, rec)
+    s.rebuild()
+    root = tmp_path / "state" / "site"
+    page = Page(str(root / "builders" / "hello" / str(n) / "index.html"))
+    rows = page.all_text.split(" compile ", 1)[1]
+    used = rows.split(" 41s ", 1)[1].split(" make compile ", 1)[0]
+    assert used == "CPU 1.25smemory 64.0 MiBread 0 byteswritten 3.0 KiBtasks 7"   # a line each
+    assert "lots" not in page.all_text and "<b>" not in open(page.path, encoding="utf-8").read()
+    # Not measured is "—", never a zero.
+    assert page.all_text.count("—") == 2
+    with open(root / "api" / "builders" / "hello" / "builds" / ("%d.json" % n), encoding="utf-8") as f:
+        doc = json.load(f)
+    assert [step["usage"] for step in doc["steps"]] == [{}, rec["steps"][1]["usage"], {}]

@@ -4,9 +4,9 @@ its record brought up to date as each starts and ends.
 The runner claims a request, takes the build's number, writes its
 pointer and the first record (every step pending), and hands the rest
 to a Build: run() starts the first step that is to run; each step's end
-(reported by the executor) is recorded, and the next one started, until
-none is left and the runner commits the result (Runner._finish).  A
-step that ends badly halts the build unless HaltOnFailure= is off; a
+(reported by the executor, with what it used) is recorded, and the next
+one started, until none is left and the runner commits the result
+(Runner._finish).  A step that ends badly halts the build unless HaltOnFailure= is off; a
 halted or cancelled build skips the steps after it (a halted one runs
 those with AlwaysRun=).  A step that cannot start (its log cannot be
 created, the command cannot be run) is an exception.
@@ -135,7 +135,8 @@ class Build:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e))
         except OSError as e:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
-        spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self.token, credentials=st.credentials)
+        spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self.token,
+                                    unit=stepmod.unit(self.builder, st), credentials=st.credentials)
         env = stepmod.environment(os.environ, self.builder, st, rec, self.workdir, r.worker)
         try:
             self._handle = r.executor.start(spec, st.argv, env, cwd, fd, lambda code: self._exited(code, i))
@@ -199,10 +200,13 @@ class Build:
                                % (self.rec["builder"], self.rec["number"], e), e)
 
     def _step_exited(self, code, i):
+        usage = getattr(self._handle, "usage", None)    # the executor's measures (executor.py)
         self._release()
         rec, st = self.rec, self.steps[i]
         srec = rec["steps"][i]
         srec.update(state="finished", finished=time.time(), exit_status=code)
+        if usage:
+            srec["usage"] = dict(usage)
         if st.name == "checkout" and code == 0 and not rec.get("revision"):
             rec["revision"] = checkout.head(self.workdir)   # a forced build of a branch tip
         if self.runner.stopping:

@@ -14,7 +14,11 @@ yes/no/true/false/on/off/1/0, durations are time spans ("90s", "10min",
 "1h 30min", a bare number is seconds, "infinity").  This module is the
 schema: which sections and keys there are, and what they become.  List settings (Branches=, Workers=, Environment=,
 Credential=) accumulate
-over repeated assignments, and an empty assignment resets them.  Files are
+over repeated assignments, and an empty assignment resets them.  A
+[Builder] or [Step] section may also hold the systemd directives of
+unitprops.KEYS (MemoryMax=, LimitNOFILE=, PrivateNetwork=, ...), kept
+checked and in file order as the `unit` pairs of the Builder or Step; one
+of unitprops.FIXED is an error, since buildunits sets it.  Files are
 parsed, never executed.  Every key is documented in
 docs/buildunits.builder.5.md; load() raises ConfigError listing each
 problem as FILE:LINE: [Section] Key=: message.  An Environment= value
@@ -28,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import credentials as credentialsmod, redact
+from . import credentials as credentialsmod, redact, unitprops
 # The syntax and the value converters are unitfile.py's; they are named
 # here too, since callers know them as config.parse_timespan & co.
 from .unitfile import (  # noqa: F401
@@ -69,6 +73,7 @@ class Step:
     warn_on_failure: bool = False
     always_run: bool = False
     credentials: list = field(default_factory=list)
+    unit: list = field(default_factory=list)      # [(Directive, value)] of unitprops, in file order
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Builder:
     checkout: bool = True
     credentials: list = field(default_factory=list)
     steps: list = field(default_factory=list)
+    unit: list = field(default_factory=list)      # [(Directive, value)] of unitprops, in file order
 
     def wants_branch(self, branch):
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
@@ -157,9 +163,11 @@ _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _w
             "executor": _executor, "path": _absolute_path}
 
 
-def _assign(obj, attr, kind, value):
-    """Set OBJ.ATTR from the text VALUE of one assignment; ValueError if bad."""
-    if kind in _CONVERT:
+def _assign(obj, attr, kind, value, key):
+    """Set OBJ.ATTR from the text VALUE of one assignment of KEY; ValueError if bad."""
+    if kind == "unit":
+        getattr(obj, attr).append((key, unitprops.check(key, value)))
+    elif kind in _CONVERT:
         setattr(obj, attr, _CONVERT[kind](value))
     elif kind in ("list", "credentials"):
         for name in value.split() if kind == "credentials" else ():
@@ -192,7 +200,7 @@ class _Setter:
                 self.warnings.append(Problem(a.path, a.line, a.section, a.key, "unknown key, ignored"))
                 continue
             try:
-                _assign(obj, spec[0], spec[1], a.value)
+                _assign(obj, spec[0], spec[1], a.value, a.key)
             except ValueError as e:
                 self.problems.append(Problem(a.path, a.line, a.section, a.key, str(e)))
                 continue
@@ -236,6 +244,13 @@ STEP_KEYS = {
     "Credential": ("credentials", "credentials"),
 }
 
+# The systemd directives (unitprops.py) a builder gives its steps, in
+# either section, and those it may not (an error saying why).
+UNIT_KEYS = {k: ("unit", "unit") for k in unitprops.KEYS | set(unitprops.FIXED)}
+_BUILDER_SECTION = dict(BUILDER_KEYS, **UNIT_KEYS)
+_STEP_SECTION = dict(STEP_KEYS, **UNIT_KEYS)
+assert len(_BUILDER_SECTION) + len(_STEP_SECTION) == len(BUILDER_KEYS) + len(STEP_KEYS) + 2 * len(UNIT_KEYS)
+
 GLOBAL_KEYS = {
     "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int")},
     "Defaults": {"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
@@ -260,7 +275,7 @@ def _read_steps(sections, b, setter, problems, warnings):
     steps = {}
     for section, assignments, header in sections:
         if section == "Builder":
-            setter.apply(b, assignments, BUILDER_KEYS)
+            setter.apply(b, assignments, _BUILDER_SECTION)
         elif section.startswith("Step ") or section == "Step":
             sname = section[len("Step"):].strip()
             why = _step_name_problem(sname)
@@ -269,7 +284,7 @@ def _read_steps(sections, b, setter, problems, warnings):
                 continue
             if sname not in steps:
                 steps[sname] = (Step(name=sname, command=""), header)
-            setter.apply(steps[sname][0], assignments, STEP_KEYS)
+            setter.apply(steps[sname][0], assignments, _STEP_SECTION)
         else:
             warnings.append(Problem(header[0], header[1], section, "", "unknown section, ignored"))
     return list(steps.values())

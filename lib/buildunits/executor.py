@@ -13,6 +13,8 @@ stops it when told, and reports its exit status.  Its whole interface:
         nothing of it is left running: CODE is the exit status, or
         -SIGNAL when it was killed.
     handle.pid, handle.identity         what the step is, for the journal
+    handle.usage                        what the step used, once ON_EXIT
+        has been called (USAGE below); {} before
     handle.stop(grace)                  stop it as systemd stops a unit:
         SIGTERM to the whole tree now, SIGKILL to what is left GRACE
         seconds later (said in the log); ON_EXIT reports the end
@@ -24,11 +26,26 @@ stops it when told, and reports its exit status.  Its whole interface:
     executor.leftovers(token)           processes of a build whose runner
     executor.end_leftovers(token, grace)   died, found and stopped before
         the build is recovered; end_leftovers returns what survives
+    executor.unhonoured(unit)           (optional) the directives of UNIT
+        it cannot apply; without it, all are applied (unhonoured() below)
 
 SPEC is a StepSpec: which build and step this is, and the build's
 TOKEN, a random string the runner records (in its worker pointer)
 before any step of the build starts.  It is what lets the next runner
-find what a dead one left running.
+find what a dead one left running.  SPEC.unit holds the step's systemd
+directives, checked (unitprops.py), the builder's then the step's.
+
+USAGE, the step's accounting, is a dict of any of these keys; a key is
+absent when it was not measured (absent is never zero):
+
+    cpu_sec            float: CPU time, user and system, of all its processes
+    memory_peak_bytes  int: its peak memory (see below for what each
+                       executor measures)
+    io_read_bytes      int: bytes read from storage (not the page cache)
+    io_write_bytes     int: bytes written to storage
+    tasks_max          int: the most processes and threads it had at once
+
+The runner records it as the step's `usage` (buildunits-state(5)).
 
 LocalExecutor, the first implementation and the one without systemd
 (plain-process mode, the tests): the command is a child process in its
@@ -43,27 +60,49 @@ has ended (credentials.Private); a credential that cannot be read is an
 OSError of start(), naming it and its file.  Isolated it is not: the
 step runs as the runner's user, who can read every credential.
 
+It applies the Limit*= directives (setrlimit(2) in the child, before the
+command runs); a hard limit above the runner's own cannot be set without
+privilege, and makes the step an exception that says so.  The cgroup and
+sandbox directives need a unit of its own: unhonoured() names them, and
+the runner's journal says so once per builder.
+
+Its accounting: the end is seen on a pidfd and the step reaped with
+wait4(2), whose rusage is the step's process and all it waited for; the
+CPU time and storage I/O are the change in this process's
+getrusage(RUSAGE_CHILDREN) over the step, which also counts what the step
+left for the runner to reap (orphans, its leftovers).  memory_peak_bytes
+is a maximum resident set size (ru_maxrss): that of the largest single
+process, not the sum of the tree at its peak (which only a cgroup
+measures).  RUSAGE_CHILDREN's own maxrss is the largest of every child
+this process ever had, so it counts only when it grew during the step;
+without pidfds (Linux before 5.3) it is all there is, and the peak is
+absent when it did not grow.  tasks_max is not measured.
+
 The transient-unit executor (executor_unit.py) slots in behind the same
 calls: start() has buildunits-launcher start a unit named after SPEC
 (buildunits-build-BUILDER-NUMBER-STEP), with LOG_FD handed over as its
 standard output and error, and the step's user, sandbox and limits as
-unit properties; ON_EXIT comes from the unit's PropertiesChanged; stop()
-and kill() signal the unit's whole cgroup; the token is in the unit's
-environment, and leftovers() lists the units of the build (they outlive
-a runner killed with SIGKILL).  A
+unit properties (SPEC.unit as unitprops.variants() makes them, with the
+launcher's own boundary, which no builder may loosen, after them); its
+USAGE comes from the unit's accounting properties, ON_EXIT from the
+unit's PropertiesChanged; stop() and kill() signal the unit's whole
+cgroup; the token is in the unit's environment, and leftovers() lists
+the units of the build (they outlive a runner killed with SIGKILL).  A
 remote executor (ssh) would run the command under a remote session,
 with the log written through the connection.  Nothing in runner.py
 changes for either: it only holds a handle.
 """
 
 import collections
+import errno
 import os
+import resource
 import signal
 import subprocess
 
 from gi.repository import GLib
 
-from . import credentials as credentialsmod, proctree
+from . import credentials as credentialsmod, proctree, unitprops
 
 # UNIT: the step's own unit settings, ((Directive, value), ...) in the order
 # given (the builder's, then the step's); CREDENTIALS: the names of the
@@ -123,14 +162,24 @@ class LocalExecutor:
         if spec.credentials:
             env[credentialsmod.VARIABLE] = self.credentials.make(spec.credentials)
             cleanup = self.credentials.remove
+        limits = rlimits(spec.unit)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
-                                    stderr=log_fd, start_new_session=True, close_fds=True)
+                                    stderr=log_fd, start_new_session=True, close_fds=True,
+                                    preexec_fn=(lambda: _set_rlimits(limits)) if limits else None)
+        except subprocess.SubprocessError as e:     # setrlimit failed in the child
+            if cleanup:
+                cleanup()
+            raise OSError(0, "cannot apply the step's Limit*= settings: %s" % e)
         except BaseException:
             if cleanup:
                 cleanup()
             raise
-        return LocalStep(proc, log_fd, on_exit, cleanup)
+        return LocalStep(proc, log_fd, on_exit, before, cleanup)
+
+    def unhonoured(self, unit):
+        return unitprops.not_rlimits(unit)
 
     def leftovers(self, token):
         return proctree.tagged(token)
@@ -139,10 +188,70 @@ class LocalExecutor:
         return proctree.end_tagged(token, grace)
 
 
+def unhonoured(executor, unit):
+    """The directives of UNIT (StepSpec.unit) that EXECUTOR cannot apply."""
+    ask = getattr(executor, "unhonoured", None)
+    return ask(unit) if ask is not None else []
+
+
+def rlimits(unit):
+    """[(resource, (soft, hard))] of UNIT's Limit*= directives, for
+    setrlimit(2).  OSError (EPERM) naming the directive if a hard limit is
+    above this process's own and it may not raise it."""
+    out = []
+    for name, soft, hard in unitprops.rlimits(unit):
+        res = getattr(resource, "RLIMIT_" + name[len("Limit"):])
+        soft, hard = (resource.RLIM_INFINITY if n == unitprops.INFINITY else n for n in (soft, hard))
+        own = resource.getrlimit(res)[1]
+        if own != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > own) and os.geteuid():
+            raise OSError(errno.EPERM, "%s=: a hard limit above the runner's own (%d) needs a unit of its own "
+                          "(Executor=transient)" % (name, own))
+        out.append((res, (soft, hard)))
+    return out
+
+
+def _set_rlimits(limits):
+    # In the child, between fork and exec: nothing here may allocate much.
+    for res, pair in limits:
+        resource.setrlimit(res, pair)
+
+
+def usage(before, after, own=None):
+    """The USAGE of a step (see above) from this process's RUSAGE_CHILDREN
+    BEFORE and AFTER it, and OWN, its own rusage from wait4 (or None).
+
+    >>> import collections
+    >>> R = collections.namedtuple("R", "ru_utime ru_stime ru_maxrss ru_inblock ru_oublock")
+    >>> usage(R(1.0, 0.5, 900, 8, 0), R(3.0, 1.0, 900, 16, 2), R(1.5, 0.5, 100, 8, 2))
+    {'cpu_sec': 2.5, 'io_read_bytes': 4096, 'io_write_bytes': 1024, 'memory_peak_bytes': 102400}
+    >>> usage(R(1.0, 0.5, 900, 8, 0), R(1.0, 0.5, 900, 8, 0))
+    {'cpu_sec': 0.0, 'io_read_bytes': 0, 'io_write_bytes': 0}
+    """
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    out = {"cpu_sec": round(max(0.0, cpu), 3),
+           # Blocks of 512 bytes, whatever the file system's.
+           "io_read_bytes": max(0, after.ru_inblock - before.ru_inblock) * 512,
+           "io_write_bytes": max(0, after.ru_oublock - before.ru_oublock) * 512}
+    peak = own.ru_maxrss if own is not None else 0
+    if after.ru_maxrss > before.ru_maxrss:
+        peak = max(peak, after.ru_maxrss)
+    if peak > 0:
+        out["memory_peak_bytes"] = peak * 1024      # ru_maxrss is in KiB
+    return out
+
+
+def _pidfd(pid):
+    """A pidfd of child PID, or None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 class LocalStep:
     """One step started by LocalExecutor: a process group led by PID."""
 
-    def __init__(self, proc, log_fd, on_exit, cleanup=None):
+    def __init__(self, proc, log_fd, on_exit, before, cleanup=None):
         self._proc = proc
         self._cleanup = cleanup      # what goes when the step has ended (its credentials)
         self.pid = proc.pid
@@ -150,7 +259,14 @@ class LocalStep:
         self._log_fd = log_fd
         self._on_exit = on_exit
         self._grace_source = None
-        self._watch = GLib.child_watch_add(GLib.PRIORITY_DEFAULT, proc.pid, self._exited)
+        self._before = before
+        self.usage = {}
+        self._pidfd = _pidfd(proc.pid)
+        if self._pidfd is not None:
+            self._watch = GLib.unix_fd_add_full(GLib.PRIORITY_DEFAULT, self._pidfd, GLib.IOCondition.IN,
+                                                self._readable)
+        else:
+            self._watch = GLib.child_watch_add(GLib.PRIORITY_DEFAULT, proc.pid, self._exited)
         self.returncode = None
 
     def stop(self, grace):
@@ -197,9 +313,27 @@ class LocalStep:
             if src is not None:
                 GLib.source_remove(src)
         self._watch = self._grace_source = None
+        self._close_pidfd()
 
-    def _exited(self, pid, status):
-        self._watch = None        # a child watch ends with its child
+    def _close_pidfd(self):
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _readable(self, fd, condition):
+        """The pidfd says the step's process has ended: reap it with its rusage."""
+        try:
+            pid, status, own = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status, own = self.pid, -1, None    # reaped by someone else: the status is lost
+        if pid == 0:
+            return True
+        self._close_pidfd()
+        self._exited(self.pid, status, own)
+        return False
+
+    def _exited(self, pid, status, own=None):
+        self._watch = None        # a child watch ends with its child, and _readable's source too
         if self._grace_source is not None:
             GLib.source_remove(self._grace_source)
             self._grace_source = None
@@ -209,6 +343,7 @@ class LocalStep:
         # outlive it: a step owns nothing after it ends.
         proctree.kill_leftovers(pid)
         self._clean()
+        self.usage = usage(self._before, resource.getrusage(resource.RUSAGE_CHILDREN), own)
         self._on_exit(code)
 
     def _note(self, text):

@@ -78,6 +78,7 @@ import struct
 import sys
 
 from . import config, credentials, log, paths
+from .state import State
 
 VERSION = 1
 SOCKET = "/run/buildunits/launcher.sock"
@@ -142,7 +143,7 @@ def check_start(req, dirs):
     worker = _field(req, "worker", str)
     if not config.NAME_RE.fullmatch(worker):
         raise Refused("worker: %r is not a worker name" % worker)
-    workdir = os.path.join(dirs.state, "work", worker, builder)
+    workdir = State(dirs.state).work_dir(worker, builder)
     cwd = _absolute(req.get("cwd"), "cwd")
     if cwd != workdir and not cwd.startswith(workdir + "/"):
         raise Refused("cwd: %s is not inside the work directory %s" % (cwd, workdir))
@@ -222,15 +223,13 @@ def properties(job, dirs, cfg, user=STEP_USER):
     props = [
         ("Description", GLib.Variant("s", "buildunits %s #%d step %s" % (spec.builder, spec.number, spec.step))),
         # Defaults a builder may change (unitprops.KEYS).
-        ("PrivateTmp", GLib.Variant("b", True)),
         ("ProtectHome", GLib.Variant("s", "yes")),
-        ("ProtectSystem", GLib.Variant("s", "strict")),
     ]
     if spec.unit:
         from . import unitprops
         props += unitprops.variants(spec.unit)
     hidden = [d for d in (dirs.config, dirs.spool, dirs.site)
-              if d != dirs.state and not d.startswith(dirs.state + "/")]
+              if os.path.commonpath([d, dirs.state]) != dirs.state]
     props += [
         # The fixed part: what the boundary is.
         ("Type", GLib.Variant("s", "exec")),
@@ -244,6 +243,8 @@ def properties(job, dirs, cfg, user=STEP_USER):
         ("Group", GLib.Variant("s", user)),
         ("UMask", GLib.Variant("u", UMASK)),
         ("NoNewPrivileges", GLib.Variant("b", True)),
+        ("PrivateTmp", GLib.Variant("b", True)),
+        ("ProtectSystem", GLib.Variant("s", "strict")),
         ("KillMode", GLib.Variant("s", "control-group")),
         ("TimeoutStopUSec", GLib.Variant("t", int(job["grace"] * 1e6))),
         ("RemainAfterExit", GLib.Variant("b", True)),
@@ -328,9 +329,6 @@ class Launcher:
 
     def connection(self, conn):
         uid = peer_uid(conn)
-        if uid not in self.clients:
-            log.warning("launcher: refused a connection from uid %d" % uid)
-            return
         conn.settimeout(PEER_TIMEOUT_SEC)
         while True:
             fds = []
@@ -338,6 +336,10 @@ class Launcher:
                 req, fds = receive(conn)
                 if req is None:
                     return
+                if uid not in self.clients:
+                    # Read first, then refused: closing on an unread
+                    # message would reset the connection, reply unread.
+                    raise Refused("uid %d may not use the launcher" % uid)
                 reply = dict(self.handle(req, fds), ok=True)
             except Refused as e:
                 log.warning("launcher: refused a request of uid %d: %s" % (uid, e))
@@ -363,6 +365,9 @@ class Launcher:
             except socket.timeout:
                 log.info("launcher: idle for %ds, exiting" % idle)
                 return 0
+            except OSError as e:
+                log.error("launcher: cannot accept on its socket: %s" % e)
+                return 1
             with conn:
                 try:
                     self.connection(conn)

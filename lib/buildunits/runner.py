@@ -119,6 +119,7 @@ class Runner(daemon.Daemon):
         self._builds_run = 0
         self._skipped = set()      # request ids this worker cannot run (logged once)
         self._own_failures = {}    # (builder, number) -> why the build failed by its own doing
+        self._unhonoured = set()   # (builder, directives) the executor does not apply, logged once
 
     def instance(self):
         return self.worker
@@ -320,8 +321,22 @@ class Runner(daemon.Daemon):
     def _new_record(self, req, builder, number, steps):
         return buildrecord.new_record(req, builder, number, self.worker, steps, time.time())
 
+    def _note_unhonoured(self, b, steps):
+        """Say once per builder (and set of directives) which of the systemd
+        directives its steps have the executor does not apply."""
+        names = []
+        for st in steps:
+            names += [n for n in executormod.unhonoured(self.executor, stepmod.unit(b, st)) if n not in names]
+        if not names or (b.name, tuple(names)) in self._unhonoured:
+            return
+        self._unhonoured.add((b.name, tuple(names)))
+        log.warning("builder %s: %s not applied: build steps run as child processes of the runner (the %s "
+                    "executor), which applies only Limit*= settings" % (b.name, ", ".join(n + "=" for n in names),
+                                                                       self.executor.name), builder=b.name)
+
     def _start(self, rid, req, b):
         steps = stepmod.plan(b, req)
+        self._note_unhonoured(b, steps)
         number = self.state.allocate_number(b.name)
         # The token marks every step of the build: what lets the next
         # runner find the processes of this build if this one dies

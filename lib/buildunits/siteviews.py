@@ -30,7 +30,7 @@ import math
 import re
 from urllib.parse import quote
 
-from . import redact, templates
+from . import buildrecord, redact, templates
 
 API_VERSION = 1                      # of the api/ files; docs/site.md has their history
 MAX_CHANGES_SHOWN = 5                # per build on the waterfall, history and cards
@@ -44,7 +44,10 @@ STEP_KEYS = ("name", "description", "state", "result", "status", "started", "fin
              "summary", "log")
 CHANGE_SUMMARY_KEYS = ("revision", "author", "when", "subject")
 # site-build adds these to the summary's steps, and gives its changes whole.
-BUILD_STEP_KEYS = STEP_KEYS + ("command", "exit_status")
+BUILD_STEP_KEYS = STEP_KEYS + ("command", "exit_status", "usage")
+# What a step's record may say it used (executor.py), each a whole number
+# but the CPU time.
+USAGE_KEYS = ("cpu_sec", "memory_peak_bytes", "io_read_bytes", "io_write_bytes", "tasks_max")
 BUILD_CHANGE_KEYS = ("revision", "author", "when", "branch", "repository", "message", "files", "subject")
 
 
@@ -85,6 +88,7 @@ def step_view(index, step, base):
     """Step number INDEX of a build whose pages are under BASE."""
     state = text(step.get("state")) or "pending"
     stem = log_stem(step.get("log"))
+    usage = usage_view(step.get("usage"))
     return {
         "index": index, "name": text(step.get("name")) or "step %d" % index,
         "description": text(step.get("description")), "command": text(step.get("command")),
@@ -93,11 +97,42 @@ def step_view(index, step, base):
         "duration": _duration(step.get("started"), step.get("finished")),
         "summary": text(step.get("summary")),
         "exit_status": step.get("exit_status") if _is_int(step.get("exit_status")) else None,
+        "usage": usage, "usage_shown": usage_shown(usage),
         # Paths from the site's top (the JSON files'), and file names.
         "log": {"html": base + quote(stem) + ".html", "raw": base + quote(stem) + ".txt"} if stem else None,
         "log_file": stem + ".log" if stem else "",
         "log_page": stem + ".html" if stem else "", "log_raw": stem + ".txt" if stem else "",
     }
+
+
+def usage_view(usage):
+    """The measures of a step's `usage` that are numbers, not negative,
+    and of a known key; what is absent was not measured (never zero).
+
+    >>> usage_view({"cpu_sec": 1.5, "memory_peak_bytes": True, "io_read_bytes": -1, "x": 2})
+    {'cpu_sec': 1.5}
+    """
+    u = _dict(usage)
+    return {k: u[k] for k in USAGE_KEYS
+            if (num(u.get(k)) is not None if k == "cpu_sec" else _is_int(u.get(k))) and u[k] >= 0}
+
+
+def usage_shown(usage):
+    """A usage_view() as the build page shows it: [(what, how much)].
+
+    >>> usage_shown({"cpu_sec": 0.25, "memory_peak_bytes": 3 << 20, "io_write_bytes": 0, "tasks_max": 4})
+    [('CPU', '0.25s'), ('memory', '3.0 MiB'), ('written', '0 bytes'), ('tasks', '4')]
+    """
+    shown = []
+    if "cpu_sec" in usage:
+        cpu = usage["cpu_sec"]
+        shown.append(("CPU", "%.2fs" % cpu if cpu < 60 else templates.timespan(cpu)))
+    for key, what in (("memory_peak_bytes", "memory"), ("io_read_bytes", "read"), ("io_write_bytes", "written")):
+        if key in usage:
+            shown.append((what, buildrecord.size(usage[key])))
+    if "tasks_max" in usage:
+        shown.append(("tasks", str(usage["tasks_max"])))
+    return shown
 
 
 def change_view(c):

@@ -10,7 +10,8 @@ values in its output (mask.py).  A step's environment is the runner's,
 less what systemd gave the runner alone (the notify socket, the
 watchdog, socket activation, the journal stream, its own credentials),
 plus the builder's and the step's Environment= and the BUILDUNITS_*
-variables.
+variables.  Its systemd directives (unit()) are the builder's, then its
+own.
 
 The watch (Watch) holds a running step to TimeoutSec= and
 TimeoutIdleSec=: the idle time is measured by the size of the log file,
@@ -80,6 +81,12 @@ def environment(base, builder, st, rec, workdir, worker):
                 "BUILDUNITS_REPOSITORY": builder.repository or rec.get("repository") or "",
                 "BUILDUNITS_WORKDIR": workdir, "BUILDUNITS_WORKER": worker, "BUILDUNITS_STEP": st.name})
     return env
+
+
+def unit(builder, st):
+    """The systemd directives of step ST (unitprops.py): BUILDER's, then
+    the step's own (none for checkout), in order."""
+    return tuple(builder.unit) + tuple(st.spec.unit if st.spec else ())
 
 
 def working_directory(st, workdir):
