@@ -21,6 +21,9 @@ import pytest
 from buildunits import config, executor_unit, launcher, paths
 
 TOKEN = secrets.token_hex(16)
+# A user with a group of the same name, as buildunits-build has, on any Debian.
+STEP_USER = "daemon"
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
 
 
 @pytest.fixture
@@ -208,7 +211,7 @@ def sockdir():
 def server(dirs, sockdir):
     path = os.path.join(sockdir, "launcher.sock")
     sd = RecordingSystemd()
-    lau = launcher.Launcher(dirs, sd, clients={os.getuid()})
+    lau = launcher.Launcher(dirs, sd, clients={os.getuid()}, user=STEP_USER)
     listener = launcher.listening_socket(path)
     t = threading.Thread(target=lau.serve, args=(listener, 30), daemon=True)
     t.start()
@@ -216,6 +219,30 @@ def server(dirs, sockdir):
     listener.close()
 
 
+@needs_root
+def test_the_work_directory_is_given_to_the_step_user(dirs):
+    work = os.path.join(dirs.state, "work", "w1", "hello")
+    os.chmod(work, 0o755)
+    launcher.give_work_dir(dirs.state, "w1", "hello", STEP_USER)
+    st = os.stat(work)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (pwd.getpwnam(STEP_USER).pw_uid,
+                                                          pwd.getpwnam(STEP_USER).pw_gid, 0o770)
+
+
+@needs_root
+@pytest.mark.parametrize("swap", ["work", "work/w1", "work/w1/hello"])
+def test_a_link_anywhere_on_the_way_leads_no_chown_elsewhere(dirs, tmp_path, swap):
+    victim = tmp_path / "victim"
+    (victim / "w1" / "hello").mkdir(parents=True)
+    target = {"work": victim, "work/w1": victim / "w1", "work/w1/hello": victim / "w1" / "hello"}[swap]
+    shutil.rmtree(os.path.join(dirs.state, swap))
+    os.symlink(str(target), os.path.join(dirs.state, swap))
+    with pytest.raises(launcher.Refused, match="cannot be opened as a directory"):
+        launcher.give_work_dir(dirs.state, "w1", "hello", STEP_USER)
+    assert os.stat(str(victim / "w1" / "hello")).st_uid == 0
+
+
+@needs_root
 def test_probe_start_kill_release_over_the_socket(server, dirs, tmp_path):
     client, sd, _ = server
     assert client.request("probe")["systemd"] == "252"
@@ -230,7 +257,7 @@ def test_probe_start_kill_release_over_the_socket(server, dirs, tmp_path):
     client.request("kill", {"unit": "buildunits-build-hello-42-test.service", "signal": "SIGTERM"})
     client.request("release", {"unit": "buildunits-build-hello-42-test.service"})
     assert sd.calls == [("start", "buildunits-build-hello-42-test.service", os.stat(str(log)).st_ino,
-                         "buildunits-build"),
+                         STEP_USER),
                         ("kill", "buildunits-build-hello-42-test.service", 15),
                         ("release", "buildunits-build-hello-42-test.service")]
 

@@ -98,9 +98,11 @@ def test_the_shared_hardening_reaches_every_daemon(rendered, unit):
 def test_only_the_runner_is_relaxed(rendered, unit):
     checks = assessment(rendered / "units" / unit)
     if unit == "buildunits-runner@.service":
-        # Its unit file says why: it shares the work directories with the
-        # step user's group, and plain-process steps may set rlimits.
-        assert [c for c in STRICT if not checks[c]] == ["PrivateUsers=", "SystemCallFilter=~@resources"]
+        # Its unit file says why: it gives the work directories to the step
+        # user's group (chown, of @privileged), and plain-process steps may
+        # set rlimits.
+        assert [c for c in STRICT if not checks[c]] == ["PrivateUsers=", "SystemCallFilter=~@privileged",
+                                                        "SystemCallFilter=~@resources"]
     elif unit == "buildunits-launcher.service":
         # Its unit file says why: systemd must see its root as root.
         assert [c for c in STRICT if not checks[c]] == ["PrivateUsers="]
@@ -129,7 +131,7 @@ def test_every_daemon_unit_has_the_required_settings(rendered):
                      "ConfigurationDirectory=buildunits", "ReadWritePaths=/var/spool/buildunits",
                      "PartOf=buildunits.target", "WantedBy=buildunits.target"):
             assert line in text, "%s lacks %s" % (unit, line)
-        assert "@" not in re.sub(r"buildunits-runner@|%i|@system-service|@privileged|@resources", "", text), \
+        assert "@" not in re.sub(r"buildunits-runner@|%i|@system-service|@privileged|@resources|@chown", "", text), \
             "unsubstituted placeholder in %s" % unit
 
 

@@ -69,7 +69,10 @@ _SED_MASK = ("s|\\(://[^/?#[:space:]:@]*\\):[^/?#[:space:]]*@|\\1:***@|g; "
 def head(workdir):
     """The commit WORKDIR has checked out, or "" if git cannot say."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, stdout=subprocess.PIPE,
+        # The checkout may be the step user's (a transient unit's): it is
+        # this runner's own work directory, safe to read.
+        return subprocess.run(["git", "-c", "safe.directory=" + workdir, "rev-parse", "HEAD"], cwd=workdir,
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, timeout=60).stdout.decode().strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""

@@ -188,20 +188,24 @@ def usage(values):
     return out
 
 
-def share_with_step_user(path, user):
-    """PATH (the step's directory, made by the runner) writable by the step
-    user's group, of which the runner's user is a member.  What the step
-    creates is that group's (the step's primary group) and, with the
-    unit's UMask=0007, group-writable: the runner can still clean the work
-    directory.  (No setgid bit: the runner runs with RestrictSUIDSGID=,
-    and needs none.)"""
-    import grp
-    gid = grp.getgrnam(user).gr_gid
-    st = os.stat(path)
-    if st.st_gid != gid:
-        os.chown(path, -1, gid)
-    if st.st_mode & 0o7777 != 0o770:
-        os.chmod(path, 0o770)
+def adopt_work_dir(path, user):
+    """Ready the work directory PATH (made by the runner) for a step unit:
+    the launcher gives it to USER, the step user (launcher.give_work_dir),
+    and USER's group, of which the runner is a member, keeps it readable
+    and cleanable by the runner (the unit's UMask=0007 makes what the
+    step creates group-writable).  A directory a local step filled (the
+    runner's own files, which the step user could not change) is emptied
+    first: the checkout starts again from nothing, once."""
+    import pwd
+    import shutil
+    if os.stat(path).st_uid == pwd.getpwnam(user).pw_uid:
+        return
+    for name in os.listdir(path):
+        p = os.path.join(path, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
 
 
 class Systemd:
@@ -340,7 +344,7 @@ class TransientUnitExecutor:
         unit = unit_name(spec)
         workdir = env.get("BUILDUNITS_WORKDIR") or cwd
         if self.user:
-            share_with_step_user(workdir, self.user)
+            adopt_work_dir(workdir, self.user)
         step = UnitStep(self, unit, log_fd, on_exit)
         fields = {"builder": spec.builder, "number": spec.number, "step": spec.step, "token": spec.token,
                   "worker": env.get("BUILDUNITS_WORKER") or self.worker, "argv": list(argv), "env": dict(env),

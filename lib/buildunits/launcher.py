@@ -210,6 +210,40 @@ def check_unit(req):
     return unit
 
 
+def give_work_dir(state, worker, builder, user=STEP_USER):
+    """Make STATE/work/WORKER/BUILDER the step user's (user and group,
+    mode 0770), so the step owns the checkout it works in, and git finds
+    no "dubious ownership" in it; the runner, a member of the group, can
+    still read and clean it.  The runner owns everything under STATE, so
+    each component is opened without following a link, from STATE, whose
+    parent must be root's: no path the runner can change leads a chown
+    elsewhere.  Refused if a component is missing or is not a directory."""
+    import grp
+    parent = os.path.dirname(state)
+    st = os.stat(parent)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise Refused("the state directory's parent %s is not root's alone" % parent)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(state, flags)
+    try:
+        for name in ("work", worker, builder):
+            try:
+                nfd = os.open(name, flags, dir_fd=fd)
+            except OSError as e:
+                raise Refused("cwd: the work directory's %r cannot be opened as a directory (%s)"
+                              % (name, e.strerror))
+            os.close(fd)
+            fd = nfd
+        uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+        if st.st_mode & 0o7777 != 0o770:
+            os.fchmod(fd, 0o770)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------- properties
 
 def properties(job, dirs, cfg, user=STEP_USER):
@@ -313,6 +347,7 @@ class Launcher:
             job = check_start(req, self.dirs)
             cfg = config.load(self.dirs.config)
             check_credentials(job["spec"], cfg)
+            give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
             self.systemd.start(job["unit"], properties(job, self.dirs, cfg, self.user), fds[0])
             return {"unit": job["unit"]}
         if op == "kill":
