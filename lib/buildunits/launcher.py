@@ -236,10 +236,14 @@ def give_work_dir(state, worker, builder, user=STEP_USER):
             fd = nfd
         uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
         st = os.fstat(fd)
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.fchown(fd, uid, gid)
-        if st.st_mode & 0o7777 != 0o770:
-            os.fchmod(fd, 0o770)
+        try:
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.fchown(fd, uid, gid)
+            if st.st_mode & 0o7777 != 0o770:
+                os.fchmod(fd, 0o770)
+        except OSError as e:
+            raise OSError(e.errno, "cannot give the work directory %s to %s: %s"
+                          % (os.path.join(state, "work", worker, builder), user, e.strerror))
     finally:
         os.close(fd)
 
