@@ -45,6 +45,13 @@ def checkout_script(repository, branch, revision):
         # runner (one per worker, locks/ in the state directory) works here.
         "find .git -name '*.lock' -type f -delete",
         'export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.buildunits.url GIT_CONFIG_VALUE_0="$BUILDUNITS_REPOSITORY"',
+        # A local repository is the operator's (Repository=) and may belong
+        # to another user than the step's: git is told it is safe to read,
+        # in a global configuration of the step's own (git gives a local
+        # upload-pack none of the GIT_CONFIG_* variables).
+        "rm -f .git/buildunits-global",
+        'git config --file .git/buildunits-global safe.directory "${BUILDUNITS_REPOSITORY#file://}"',
+        'export GIT_CONFIG_GLOBAL="$PWD/.git/buildunits-global"',
         "masked() { \"$@\" 2>.git/buildunits-stderr && s=0 || s=$?; sed -e %s .git/buildunits-stderr >&2; "
         "rm -f .git/buildunits-stderr; return $s; }" % q(_SED_MASK),
         # A revision not on the branch's tip is fetched by name when the

@@ -223,10 +223,13 @@ def give_work_dir(state, worker, builder, user=STEP_USER):
     st = os.stat(parent)
     if st.st_uid != 0 or st.st_mode & 0o022:
         raise Refused("the state directory's parent %s is not root's alone" % parent)
+    import stat
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
+    where = os.path.join(state, "work", worker, builder)
     fd = os.open(state, flags)
     try:
-        for name in ("work", worker, builder):
+        for name in ("work", worker):
             try:
                 nfd = os.open(name, flags, dir_fd=fd)
             except OSError as e:
@@ -234,16 +237,24 @@ def give_work_dir(state, worker, builder, user=STEP_USER):
                               % (name, e.strerror))
             os.close(fd)
             fd = nfd
-        uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
-        st = os.fstat(fd)
+        # Given already: the launcher (no CAP_DAC_*) may not open it again.
         try:
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.fchown(fd, uid, gid)
-            if st.st_mode & 0o7777 != 0o770:
-                os.fchmod(fd, 0o770)
+            st = os.stat(builder, dir_fd=fd, follow_symlinks=False)
         except OSError as e:
-            raise OSError(e.errno, "cannot give the work directory %s to %s: %s"
-                          % (os.path.join(state, "work", worker, builder), user, e.strerror))
+            raise Refused("cwd: the work directory %s: %s" % (where, e.strerror))
+        if stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, 0o770):
+            return
+        try:
+            nfd = os.open(builder, flags, dir_fd=fd)
+        except OSError as e:
+            raise Refused("cwd: the work directory's %r cannot be opened as a directory (%s)" % (builder, e.strerror))
+        os.close(fd)
+        fd = nfd
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o770)
+        except OSError as e:
+            raise OSError(e.errno, "cannot give the work directory %s to %s: %s" % (where, user, e.strerror))
     finally:
         os.close(fd)
 
@@ -437,6 +448,7 @@ def main(argv=None):
     ap.add_argument("--idle-sec", type=float, default=IDLE_SEC, help="exit after this long idle (%(default)s)")
     paths.add_arguments(ap)
     args = ap.parse_args(argv)
+    log.setup("buildunits-launcher")
     from .executor_unit import Systemd
     try:
         clients = {0, pwd.getpwnam(args.client_user).pw_uid}
