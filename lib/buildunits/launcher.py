@@ -264,7 +264,8 @@ def give_work_dir(state, worker, builder, user=STEP_USER):
 def properties(job, dirs, cfg, user=STEP_USER):
     """The unit properties (name, GLib.Variant) for the checked start
     request JOB: the overridable defaults, the builder's own settings,
-    then the fixed part, which therefore wins."""
+    then the fixed part, which therefore wins.  CFG (the configuration)
+    is needed only for a step with credentials."""
     from gi.repository import GLib
     spec = job["spec"]
     env = dict(job["env"])
@@ -352,6 +353,17 @@ class Launcher:
         self.clients = set(clients)
         self.user = user
 
+    def configuration(self):
+        """The configuration as far as it reads: a runner may be running an
+        older one (a reload with errors is refused), and the builders
+        without problems are what it can be checked against."""
+        try:
+            return config.load(self.dirs.config)
+        except config.ConfigError as e:
+            if e.partial is None:
+                raise
+            return e.partial
+
     def handle(self, req, fds):
         op = req.get("op")
         if op == "probe":
@@ -360,8 +372,10 @@ class Launcher:
             if len(fds) != 1:
                 raise Refused("start: exactly one descriptor (the log file) must come with it")
             job = check_start(req, self.dirs)
-            cfg = config.load(self.dirs.config)
-            check_credentials(job["spec"], cfg)
+            cfg = None
+            if job["spec"].credentials:
+                cfg = self.configuration()
+                check_credentials(job["spec"], cfg)
             give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
             self.systemd.start(job["unit"], properties(job, self.dirs, cfg, self.user), fds[0])
             return {"unit": job["unit"]}
