@@ -245,6 +245,11 @@ class Systemd:
         except GLib.Error:
             return None
 
+    def gone(self, unit):
+        """Whether UNIT has stopped and been released.  (Asking about a
+        unit by its path loads a stub of it, inactive: it is never None.)"""
+        return self.get(unit, UNIT, "ActiveState") in (None, "inactive")
+
     def manager_property(self, prop):
         return self.call("Get", GLib.Variant("(ss)", (MANAGER, prop)), "(v)", interface=PROPERTIES)[0]
 
@@ -337,7 +342,8 @@ class TransientUnitExecutor:
         try:
             self.systemd.call("Subscribe", None, "()")
         except GLib.Error as e:
-            notes.append("cannot subscribe to systemd's signals (%s); step ends are polled" % e.message)
+            if "AlreadySubscribed" not in (Gio.DBusError.get_remote_error(e) or ""):
+                notes.append("cannot subscribe to systemd's signals (%s); step ends are polled" % e.message)
         return "; ".join(n for n in notes if n) or None
 
     def start(self, spec, argv, env, cwd, log_fd, on_exit):
@@ -375,7 +381,7 @@ class TransientUnitExecutor:
         deadline = time.monotonic() + 2 * grace + 1
         while units and time.monotonic() < deadline:
             time.sleep(0.1)
-            units = [u for u in units if self.systemd.get(u, UNIT, "ActiveState") is not None]
+            units = [u for u in units if not self.systemd.gone(u)]
         return units
 
 
