@@ -113,13 +113,19 @@ def exit_code(code, status):
     return status if code == CLD_EXITED else -status
 
 
-def ended(state, substate):
-    """Whether a unit in STATE/SUBSTATE has no main process any more (with
-    RemainAfterExit=yes a step that exited is "active"/"exited").
+def ended(state, substate, job=0):
+    """Whether a unit in STATE/SUBSTATE, with JOB (the id of its pending
+    job, 0 for none), has no main process any more: with RemainAfterExit=yes
+    a step that exited is "active"/"exited".  A unit just started is
+    "inactive" with its start job pending: not ended, not begun.
 
     >>> ended("active", "exited"), ended("active", "running"), ended("failed", "failed")
     (True, False, True)
+    >>> ended("inactive", "dead", job=7), ended("inactive", "dead")
+    (False, True)
     """
+    if job:
+        return False
     return state in ENDED or (state == "active" and substate == "exited")
 
 
@@ -416,7 +422,7 @@ class UnitStep:
         """The exit status once the main process has ended, else None
         (the accounting is read on the way)."""
         unit = self.sd.get_all(self.unit, UNIT)
-        if unit is not None and not ended(unit.get("ActiveState"), unit.get("SubState")):
+        if unit is not None and not ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
             return None
         svc = self.sd.get_all(self.unit, SERVICE) or {}
         self.usage = usage(svc)
@@ -481,8 +487,8 @@ class UnitStep:
         for sig in ("SIGKILL", None):
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
-                state = self.sd.get(self.unit, UNIT, "ActiveState")
-                if state is None or ended(state, self.sd.get(self.unit, UNIT, "SubState")):
+                unit = self.sd.get_all(self.unit, UNIT)
+                if unit is None or ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
                     sig = None
                     break
                 time.sleep(0.1)
