@@ -115,6 +115,7 @@ def test_the_fixed_part_comes_last_and_cannot_be_undone(dirs):
     # The configuration and the spool are hidden; the site is under the state.
     assert last(p, "InaccessiblePaths") == ["-" + dirs.config, "-" + dirs.spool]
     assert "BUILDUNITS_BUILD_TOKEN=%s" % TOKEN in last(p, "Environment")
+    assert "HOME=/tmp" in last(p, "Environment")
     assert last(p, "ExecStart") == [("/bin/sh", ["/bin/sh", "-c", "make test"], False)]
     names = [k for k, _ in p]
     # Every fixed property comes after the last of the overridable defaults.

@@ -270,6 +270,9 @@ def properties(job, dirs, cfg, user=STEP_USER):
     spec = job["spec"]
     env = dict(job["env"])
     env["BUILDUNITS_BUILD_TOKEN"] = spec.token
+    # The runner's home is the state directory, hidden here: the step's
+    # home is its private /tmp, empty at its start and gone at its end.
+    env["HOME"] = "/tmp"
     props = [
         ("Description", GLib.Variant("s", "buildunits %s #%d step %s" % (spec.builder, spec.number, spec.step))),
         # Defaults a builder may change (unitprops.KEYS).
