@@ -39,7 +39,7 @@ def start_request(dirs, **over):
     work = os.path.join(dirs.state, "work", "w1", "hello")
     req = {"v": 1, "op": "start", "builder": "hello", "number": 42, "step": "test", "token": TOKEN,
            "worker": "w1", "argv": ["/bin/sh", "-c", "make test"], "env": {"PATH": "/usr/bin"},
-           "cwd": work, "grace": 5, "unit": [], "credentials": []}
+           "cwd": work, "grace": 5, "directives": [], "credentials": []}
     req.update(over)
     return req
 
@@ -60,8 +60,10 @@ def start_request(dirs, **over):
     ("env", {"A=B": "x"}, "env: 'A=B' is not a variable name"),
     ("grace", 0, "grace: not a number of seconds"),
     ("grace", float("inf"), "grace: not a number of seconds"),
-    ("unit", [["User", "root"]], "unit: User= is not a directive a builder may set"),
-    ("unit", [["KillMode", "none"]], "unit: KillMode= is not a directive a builder may set"),
+    ("directives", [["User", "root"]], "directives: User= is not a directive a builder may set"),
+    ("directives", [["KillMode", "none"]], "directives: KillMode= is not a directive a builder may set"),
+    ("directives", [["ReadWritePaths", "/"]], "directives: ReadWritePaths=/: "),
+    ("directives", [["LimitNOFILE", "lots"]], "directives: LimitNOFILE=lots: "),
     ("credentials", ["../shadow"], "credentials: '../shadow' is not a credential name"),
 ])
 def test_start_requests_are_refused_by_field(dirs, field, value, says):
@@ -124,7 +126,7 @@ def test_the_fixed_part_comes_last_and_cannot_be_undone(dirs):
 
 
 def test_a_builders_settings_come_between_the_defaults_and_the_fixed_part(dirs):
-    p = props(dirs, unit=[["ProtectHome", "tmpfs"], ["LimitNOFILE", "64"], ["PrivateNetwork", "yes"],
+    p = props(dirs, directives=[["ProtectHome", "tmpfs"], ["LimitNOFILE", "64"], ["PrivateNetwork", "yes"],
                           ["ReadWritePaths", "/srv/cache"]])
     assert last(p, "ProtectHome") == "tmpfs"
     assert last(p, "LimitNOFILE") == last(p, "LimitNOFILESoft") == 64

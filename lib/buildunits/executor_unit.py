@@ -360,7 +360,7 @@ class TransientUnitExecutor:
         step = UnitStep(self, unit, log_fd, on_exit)
         fields = {"builder": spec.builder, "number": spec.number, "step": spec.step, "token": spec.token,
                   "worker": env.get("BUILDUNITS_WORKER") or self.worker, "argv": list(argv), "env": dict(env),
-                  "cwd": cwd, "grace": self.grace, "unit": [list(p) for p in spec.unit],
+                  "cwd": cwd, "grace": self.grace, "directives": [list(p) for p in spec.unit],
                   "credentials": list(spec.credentials)}
         try:
             self.launcher.request("start", fields, fd=log_fd)

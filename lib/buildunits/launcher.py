@@ -49,7 +49,7 @@ DESCRIPTION
         probe             systemd's version: the runner's check at start
         start             start one step's unit (fields: builder, number,
                           step, token, worker, argv, env, cwd, grace,
-                          unit, credentials; one descriptor)
+                          directives, credentials; one descriptor)
         kill UNIT SIGNAL  SIGTERM or SIGKILL to every process of UNIT
         release UNIT      stop UNIT (SIGTERM, TimeoutStopSec= the grace,
                           SIGKILL) and let systemd unload it
@@ -161,20 +161,20 @@ def check_start(req, dirs):
     grace = req.get("grace")
     if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 < grace <= MAX_GRACE_SEC:
         raise Refused("grace: not a number of seconds in (0, %d]" % MAX_GRACE_SEC)
-    settings = _field(req, "unit", list)
+    settings = _field(req, "directives", list)
     pairs = []
     if settings:
         from . import unitprops
         for pair in settings:
             if not (isinstance(pair, list) and len(pair) == 2):
-                raise Refused("unit: not a list of [directive, value] pairs")
-            k, v = _text(pair[0], "unit"), _text(pair[1], "unit")
+                raise Refused("directives: not a list of [directive, value] pairs")
+            k, v = _text(pair[0], "directives"), _text(pair[1], "directives")
             if k not in unitprops.KEYS:
-                raise Refused("unit: %s= is not a directive a builder may set" % k)
+                raise Refused("directives: %s= is not a directive a builder may set" % k)
             try:
                 pairs.append((k, unitprops.check(k, v)))
             except ValueError as e:
-                raise Refused("unit: %s=%s: %s" % (k, v, e))
+                raise Refused("directives: %s=%s: %s" % (k, v, e))
     creds = _field(req, "credentials", list)
     for c in creds:
         if not isinstance(c, str) or not credentials.valid_name(c):
