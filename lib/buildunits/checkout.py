@@ -49,9 +49,11 @@ def checkout_script(repository, branch, revision):
         # to another user than the step's: git is told it is safe to read,
         # in a global configuration of the step's own (git gives a local
         # upload-pack none of the GIT_CONFIG_* variables).
+        # (Only a path: a URL may hold credentials, and goes in no file.)
         "rm -f .git/buildunits-global",
-        'git config --file .git/buildunits-global safe.directory "${BUILDUNITS_REPOSITORY#file://}"',
-        'export GIT_CONFIG_GLOBAL="$PWD/.git/buildunits-global"',
+        'case "$BUILDUNITS_REPOSITORY" in /*|file://*) '
+        'git config --file .git/buildunits-global safe.directory "${BUILDUNITS_REPOSITORY#file://}"; '
+        'export GIT_CONFIG_GLOBAL="$PWD/.git/buildunits-global";; esac',
         "masked() { \"$@\" 2>.git/buildunits-stderr && s=0 || s=$?; sed -e %s .git/buildunits-stderr >&2; "
         "rm -f .git/buildunits-stderr; return $s; }" % q(_SED_MASK),
         # A revision not on the branch's tip is fetched by name when the
