@@ -118,19 +118,23 @@ def test_the_fixed_part_comes_last_and_cannot_be_undone(dirs):
     assert last(p, "InaccessiblePaths") == ["-" + dirs.config, "-" + dirs.spool]
     assert "BUILDUNITS_BUILD_TOKEN=%s" % TOKEN in last(p, "Environment")
     assert "HOME=/tmp" in last(p, "Environment")
+    assert last(p, "ProtectProc") == "invisible"
+    assert all(last(p, name) is True for name in launcher.ON_BY_DEFAULT)
     assert last(p, "ExecStart") == [("/bin/sh", ["/bin/sh", "-c", "make test"], False)]
     names = [k for k, _ in p]
     # Every fixed property comes after the last of the overridable defaults.
-    assert names.index("Type") > max(i for i, k in enumerate(names) if k == "ProtectHome")
+    assert names.index("Type") > max(i for i, k in enumerate(names) if k in ("ProtectHome",) + launcher.ON_BY_DEFAULT)
     assert last(p, "PrivateTmp") is True and last(p, "ProtectSystem") == "strict"
 
 
 def test_a_builders_settings_come_between_the_defaults_and_the_fixed_part(dirs):
     p = props(dirs, directives=[["ProtectHome", "tmpfs"], ["LimitNOFILE", "64"], ["PrivateNetwork", "yes"],
+                                ["ProtectClock", "no"],
                           ["ReadWritePaths", "/srv/cache"]])
     assert last(p, "ProtectHome") == "tmpfs"
     assert last(p, "LimitNOFILE") == last(p, "LimitNOFILESoft") == 64
     assert last(p, "PrivateNetwork") is True
+    assert last(p, "ProtectClock") is False       # a default, turned off again
     work = os.path.join(dirs.state, "work", "w1", "hello")
     assert [v for k, v in p if k == "ReadWritePaths"] == [["/srv/cache"], [work]]
 

@@ -94,6 +94,9 @@ ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,255}\Z")
 UNIT_RE = re.compile(r"\Abuildunits-build-[A-Za-z0-9:_.\\-]{1,240}\.service\Z")
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 MS_REC = 16384
+# The sandbox settings a builder may turn off again, on for every step.
+ON_BY_DEFAULT = ("ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+                 "ProtectClock", "ProtectHostname", "RestrictSUIDSGID", "RestrictRealtime", "LockPersonality")
 
 
 class Refused(Exception):
@@ -275,9 +278,10 @@ def properties(job, dirs, cfg, user=STEP_USER):
     env["HOME"] = "/tmp"
     props = [
         ("Description", GLib.Variant("s", "buildunits %s #%d step %s" % (spec.builder, spec.number, spec.step))),
-        # Defaults a builder may change (unitprops.KEYS).
+        # Defaults a builder may change (unitprops.KEYS): what costs a
+        # build nothing.
         ("ProtectHome", GLib.Variant("s", "yes")),
-    ]
+    ] + [(name, GLib.Variant("b", True)) for name in ON_BY_DEFAULT]
     if spec.unit:
         from . import unitprops
         props += unitprops.variants(spec.unit)
@@ -297,6 +301,8 @@ def properties(job, dirs, cfg, user=STEP_USER):
         ("UMask", GLib.Variant("u", UMASK)),
         ("NoNewPrivileges", GLib.Variant("b", True)),
         ("PrivateTmp", GLib.Variant("b", True)),
+        # A step sees the processes of its own user only.
+        ("ProtectProc", GLib.Variant("s", "invisible")),
         ("ProtectSystem", GLib.Variant("s", "strict")),
         ("KillMode", GLib.Variant("s", "control-group")),
         ("TimeoutStopUSec", GLib.Variant("t", int(job["grace"] * 1e6))),
