@@ -88,7 +88,7 @@ man:
 		--see-also "buildunits.builder(5) buildunits-runner(8) systemd.exec(5)" > $(BUILDDIR)/man/man1/buildunits-mask.1
 
 # units/*.in with @BINDIR@ filled in, and the drop-in directories (the
-# shared hardening: buildunits-.service.d/), as they are installed.
+# shared hardening of units/hardening.conf in each service's), as they are installed.
 units:
 	rm -rf $(BUILDDIR)/units
 	$(PYTHON) units/mkunits.py $(BINDIR) $(BUILDDIR)/units

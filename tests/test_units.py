@@ -1,11 +1,12 @@
 """The systemd units, checked offline as `make units` renders them (units/*.in
 and the drop-in directories, laid out as installed): `systemd-analyze verify`
 prints nothing (it exits 0 on warnings, so the output is what counts), the
-shared hardening of buildunits-.service.d/ reaches every daemon, the strict
+shared hardening (units/hardening.conf) reaches every daemon, the strict
 settings the daemons, the runner's two exceptions, and
 sysusers.d/tmpfiles.d apply cleanly."""
 
 import os
+import pathlib
 import re
 import subprocess
 
@@ -29,7 +30,7 @@ TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0
 
 
 # What `systemd-analyze security` must find for every daemon: the settings of
-# buildunits-.service.d/10-hardening.conf (UMask=0022 aside, which it marks:
+# units/hardening.conf (UMask=0022 aside, which it marks:
 # the site and logs are meant to be readable).
 SHARED = ["NoNewPrivileges=", "CapabilityBoundingSet=~CAP_SYS_ADMIN", "AmbientCapabilities=", "ProtectSystem=",
           "ProtectHome=", "PrivateTmp=", "PrivateDevices=", "ProtectKernelTunables=", "ProtectKernelModules=",
@@ -115,13 +116,18 @@ def test_only_the_runner_is_relaxed(rendered, unit):
 
 
 def test_the_shared_drop_in_only_restricts(rendered):
-    """systemd applies buildunits-.service.d/ to every buildunits-*.service,
-    an administrator's own too: a StateDirectory= there would chown the state
-    to that unit's user, a User= run it as ours.  Those stay in each unit."""
-    dropins = sorted(os.listdir(rendered / "units" / "buildunits-.service.d"))
-    assert dropins == ["10-hardening.conf"]
-    text = (rendered / "units" / "buildunits-.service.d" / "10-hardening.conf").read_text()
-    keys = re.findall(r"^(\w+)=", text, re.M)
+    """units/hardening.conf is installed as each daemon's own
+    NAME.service.d/10-hardening.conf, never as the prefix drop-in
+    buildunits-.service.d/, which systemd would also apply to the build
+    steps' transient units (buildunits-build-*) and to an administrator's
+    own buildunits-* units.  It only restricts: a StateDirectory= would
+    chown the state, a User= run a unit as ours.  Those stay in each unit."""
+    units = rendered / "units"
+    assert not (units / "buildunits-.service.d").exists()
+    source = (pathlib.Path(ROOT) / "units" / "hardening.conf").read_text()
+    for unit in sorted(TARGETS):
+        assert (units / (unit + ".d") / "10-hardening.conf").read_text() == source, unit
+    keys = re.findall(r"^(\w+)=", source, re.M)
     assert "ProtectSystem" in keys
     assert set(keys) & {"User", "Group", "DynamicUser", "StateDirectory", "ConfigurationDirectory",
                         "ReadWritePaths", "ExecStart", "Environment"} == set()
