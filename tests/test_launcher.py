@@ -106,6 +106,8 @@ def test_the_fixed_part_comes_last_and_cannot_be_undone(dirs):
     p = props(dirs, env={"PATH": "/usr/bin", "BUILDUNITS_BUILD_TOKEN": "forged"})
     assert last(p, "User") == last(p, "Group") == "buildunits-build"
     assert last(p, "NoNewPrivileges") is True
+    assert last(p, "CapabilityBoundingSet") == last(p, "AmbientCapabilities") == 0
+    assert last(p, "RemoveIPC") is True and last(p, "KeyringMode") == "private"
     assert last(p, "KillMode") == "control-group"
     assert last(p, "RemainAfterExit") is True
     assert last(p, "TimeoutStopUSec") == 5000000

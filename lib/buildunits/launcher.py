@@ -300,6 +300,10 @@ def properties(job, dirs, cfg, user=STEP_USER):
         ("Group", GLib.Variant("s", user)),
         ("UMask", GLib.Variant("u", UMASK)),
         ("NoNewPrivileges", GLib.Variant("b", True)),
+        ("CapabilityBoundingSet", GLib.Variant("t", 0)),
+        ("AmbientCapabilities", GLib.Variant("t", 0)),
+        ("RemoveIPC", GLib.Variant("b", True)),
+        ("KeyringMode", GLib.Variant("s", "private")),
         ("PrivateTmp", GLib.Variant("b", True)),
         # A step sees the processes of its own user only.
         ("ProtectProc", GLib.Variant("s", "invisible")),
