@@ -70,7 +70,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen
+DAEMONS = poller scheduler runner htmlgen launcher
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
 
 man:
@@ -88,7 +88,7 @@ man:
 		--see-also "buildunits.builder(5) buildunits-runner(8) systemd.exec(5)" > $(BUILDDIR)/man/man1/buildunits-mask.1
 
 # units/*.in with @BINDIR@ filled in, and the drop-in directories (the
-# shared hardening: buildunits-.service.d/), as they are installed.
+# shared hardening of units/hardening.conf in each service's), as they are installed.
 units:
 	rm -rf $(BUILDDIR)/units
 	$(PYTHON) units/mkunits.py $(BINDIR) $(BUILDDIR)/units
@@ -108,7 +108,7 @@ install: man units
 	install -m 0644 $(BUILDDIR)/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(BUILDDIR)/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
-	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
+	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.socket $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
 	for d in $(BUILDDIR)/units/*.d; do \
 		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
 	done

@@ -33,7 +33,11 @@ def test_make_install_into_destdir(tmp_path):
     assert "MIT License" in (prefix / "share" / "doc" / "buildunits" / "LICENSE").read_text()
     assert (dest / "usr" / "share" / "dbus-1" / "system.d" / "org.buildunits.conf").exists()
     unitdir = prefix / "lib" / "systemd" / "system"
-    assert (unitdir / "buildunits-.service.d" / "10-hardening.conf").exists()
+    for unit in ("buildunits-poller", "buildunits-scheduler", "buildunits-htmlgen", "buildunits-runner@",
+                 "buildunits-launcher"):
+        assert (unitdir / (unit + ".service.d") / "10-hardening.conf").exists(), unit
+    # Not the prefix drop-in: it would reach the build steps' units too.
+    assert not (unitdir / "buildunits-.service.d").exists()
     assert not [n for n in os.listdir(unitdir) if n.endswith(".in")]
 
     # Every installed unit points at installed pages, its own first.

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""Write the installable unit files: units/*.service.in and *.target.in
+"""Write the installable unit files: units/*.service.in, *.socket.in and *.target.in
 under their final names (without .in), with @BINDIR@ replaced, and the
-drop-in directories (units/NAME.d/*.conf) beside them, so OUTDIR is a unit
-directory as it will be installed (`systemd-analyze verify` reads the
-drop-ins from beside the unit it checks).
+drop-in directories (units/NAME.d/*.conf) beside them, with the shared
+hardening (units/hardening.conf) as NAME.service.d/10-hardening.conf of
+every service, so OUTDIR is a unit directory as it will be installed
+(`systemd-analyze verify` reads the drop-ins from beside the unit it
+checks).
 
     mkunits.py BINDIR OUTDIR
 """
@@ -12,6 +14,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+HARDENING = "hardening.conf"
 
 
 def render(text, bindir):
@@ -31,9 +34,14 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     for name in sorted(os.listdir(HERE)):
         src = os.path.join(HERE, name)
-        if name.endswith((".service.in", ".target.in")):
+        if name.endswith((".service.in", ".socket.in", ".target.in")):
             with open(src) as f:
                 write(os.path.join(out, name[:-len(".in")]), render(f.read(), bindir))
+            if name.endswith(".service.in"):
+                dropins = os.path.join(out, name[:-len(".in")] + ".d")
+                os.makedirs(dropins, exist_ok=True)
+                with open(os.path.join(HERE, HARDENING)) as f:
+                    write(os.path.join(dropins, "10-hardening.conf"), render(f.read(), bindir))
         elif name.endswith((".service.d", ".target.d")) and os.path.isdir(src):
             os.makedirs(os.path.join(out, name), exist_ok=True)
             for conf in sorted(os.listdir(src)):

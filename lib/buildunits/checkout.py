@@ -45,6 +45,15 @@ def checkout_script(repository, branch, revision):
         # runner (one per worker, locks/ in the state directory) works here.
         "find .git -name '*.lock' -type f -delete",
         'export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.buildunits.url GIT_CONFIG_VALUE_0="$BUILDUNITS_REPOSITORY"',
+        # A local repository is the operator's (Repository=) and may belong
+        # to another user than the step's: git is told it is safe to read,
+        # in a global configuration of the step's own (git gives a local
+        # upload-pack none of the GIT_CONFIG_* variables).
+        # (Only a path: a URL may hold credentials, and goes in no file.)
+        "rm -f .git/buildunits-global",
+        'case "$BUILDUNITS_REPOSITORY" in /*|file://*) '
+        'git config --file .git/buildunits-global safe.directory "${BUILDUNITS_REPOSITORY#file://}"; '
+        'export GIT_CONFIG_GLOBAL="$PWD/.git/buildunits-global";; esac',
         "masked() { \"$@\" 2>.git/buildunits-stderr && s=0 || s=$?; sed -e %s .git/buildunits-stderr >&2; "
         "rm -f .git/buildunits-stderr; return $s; }" % q(_SED_MASK),
         # A revision not on the branch's tip is fetched by name when the
@@ -69,7 +78,10 @@ _SED_MASK = ("s|\\(://[^/?#[:space:]:@]*\\):[^/?#[:space:]]*@|\\1:***@|g; "
 def head(workdir):
     """The commit WORKDIR has checked out, or "" if git cannot say."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, stdout=subprocess.PIPE,
+        # The checkout may be the step user's (a transient unit's): it is
+        # this runner's own work directory, safe to read.
+        return subprocess.run(["git", "-c", "safe.directory=" + workdir, "rev-parse", "HEAD"], cwd=workdir,
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, timeout=60).stdout.decode().strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""

@@ -78,16 +78,15 @@ this process ever had, so it counts only when it grew during the step;
 without pidfds (Linux before 5.3) it is all there is, and the peak is
 absent when it did not grow.  tasks_max is not measured.
 
-The transient-unit executor slots in behind the same calls:
-start() is systemd's StartTransientUnit of a unit named after SPEC
+The transient-unit executor (executor_unit.py) slots in behind the same
+calls: start() has buildunits-launcher start a unit named after SPEC
 (buildunits-build-BUILDER-NUMBER-STEP), with LOG_FD handed over as its
-StandardOutput=/StandardError=, and the step's user, sandbox and limits
-as unit properties (SPEC.unit as unitprops.variants() makes them, with
-the executor's own boundary, which no builder may loosen, after them);
-its USAGE comes from the unit's accounting properties; ON_EXIT comes from the unit's PropertiesChanged
-(ExecMainStatus); stop(grace) is StopUnit with TimeoutStopSec=GRACE and
-KillMode=control-group (the cgroup is the tree), kill() is KillUnit;
-the token is in the unit's name or description, and leftovers() lists
+standard output and error, and the step's user, sandbox and limits as
+unit properties (SPEC.unit as unitprops.variants() makes them, with the
+launcher's own boundary, which no builder may loosen, after them); its
+USAGE comes from the unit's accounting properties, ON_EXIT from the
+unit's PropertiesChanged; stop() and kill() signal the unit's whole
+cgroup; the token is in the unit's environment, and leftovers() lists
 the units of the build (they outlive a runner killed with SIGKILL).  A
 remote executor (ssh) would run the command under a remote session,
 with the log written through the connection.  Nothing in runner.py
@@ -119,22 +118,22 @@ def under_systemd(environ=os.environ):
 def choose(setting, grace, worker, credentials_directory=credentialsmod.DEFAULT_DIRECTORY):
     """The executor for SETTING ([Daemons] Executor=: auto, local, transient)
     and a note for the journal, or None.  auto: the transient-unit executor
-    when the runner runs under systemd and systemd starts a probe unit for
-    it (it answers on the bus, and grants the right).  Local steps get
-    their credentials from CREDENTIALS_DIRECTORY."""
+    when the runner runs under systemd and buildunits-launcher answers (it
+    is socket-activated, and reaches systemd).  Local steps get their
+    credentials from CREDENTIALS_DIRECTORY; units get them from systemd."""
     local = LocalExecutor(credentials_directory, worker)
     if setting == "local":
         return local, "Executor=local: build steps run as the runner's user, not isolated"
     from . import executor_unit
     if setting == "transient":
-        return executor_unit.TransientUnitExecutor(grace), None
+        return executor_unit.TransientUnitExecutor(grace, worker=worker), None
     if not under_systemd():
         return local, "not under systemd: build steps run as child processes of the runner, not isolated"
-    ex = executor_unit.TransientUnitExecutor(grace)
-    why = ex.refusal("%sprobe-%s.service" % (executor_unit.PREFIX, executor_unit.unit_escape(worker)))
+    ex = executor_unit.TransientUnitExecutor(grace, worker=worker)
+    why = ex.refusal()
     if why is None:
         return ex, None
-    return local, ("systemd would not start a transient unit (%s): build steps run as child processes "
+    return local, ("cannot start build steps as units (%s): build steps run as child processes "
                              "of the runner, not isolated" % why)
 
 

@@ -1,38 +1,41 @@
 """The transient-unit executor: each step a systemd unit of its own.
 
 The second implementation of the executor seam (executor.py), used when
-the runner runs under systemd.  start() is systemd's StartTransientUnit
-(the call systemd-run makes) of a service named after the step,
+the runner runs under systemd.  start() asks buildunits-launcher (the
+one root part, launcher.py) to start a transient service named after the
+step,
 
     buildunits-build-BUILDER-NUMBER-STEP.service
 
 (BUILDER and STEP escaped as systemd escapes unit names, unit_name()),
-with the log file's descriptor handed over as its standard output and
-error: output still goes straight to disk.  The step runs as USER
-(buildunits-build) with a sandbox that costs a build nothing
-(SANDBOX: PrivateTmp=, ProtectHome=, NoNewPrivileges=, ProtectSystem=strict
-with the work directory in ReadWritePaths=).  The whole tree is the unit:
-KillMode=control-group, so what a step leaves running (setsid, a double
-fork) is stopped by systemd when its main process ends, and StopUnit is
-SIGTERM to the cgroup, TimeoutStopSec= (the runner's grace), SIGKILL.
+with the log file's descriptor handed over (SCM_RIGHTS to the launcher,
+a UnixFDList to systemd) as its standard output and error: output still
+goes straight to disk.  The launcher decides the unit's user
+(buildunits-build) and its sandbox; the runner only says what to run.
 
-The end comes from the unit's PropertiesChanged signals (and a poll, in
-case one is missed): once the unit is inactive or failed, ExecMainCode and
-ExecMainStatus are the exit status (CLD_EXITED: the code; killed or
-dumped: -SIGNAL).  The unit is pinned (AddRef=) until the runner has read
-them, then garbage-collected (CollectMode=inactive-or-failed).
+The unit has RemainAfterExit=yes and KillMode=control-group: when its
+main process ends the unit stays loaded (active and "exited", or failed)
+with ExecMainCode and ExecMainStatus set and what systemd accounted, and
+whatever the step left running (setsid, a double fork) is still in its
+cgroup.  The runner sees that from the unit's PropertiesChanged signals
+(and a poll, in case one is missed: reading units is open to every user),
+reads the exit status (CLD_EXITED: the code; killed or dumped: -SIGNAL)
+and the accounting, and asks the launcher to release the unit: StopUnit
+(SIGTERM to the cgroup, TimeoutStopSec= the grace, SIGKILL), after which
+systemd unloads it.  A stop or cancel is the launcher's KillUnit, SIGTERM
+to every process of the unit and SIGKILL the grace later, so the unit
+stays loaded and the end is read the same way.
 
 The units outlive a runner killed with SIGKILL; each carries the build's
 token in its environment (BUILDUNITS_BUILD_TOKEN, as local steps do), and
-leftovers() lists the buildunits-build-* units holding it.
-
-The runner's rights to do this are a polkit rule
-(units/polkit-1/rules.d/buildunits.rules): user buildunits may start, stop
-and kill units named buildunits-build-*, and nothing else.
+leftovers() lists the buildunits-build-* units holding it, running or
+ended: the next runner releases them all before it records the build.
 """
 
+import json
 import os
 import signal
+import socket
 import time
 
 from gi.repository import Gio, GLib
@@ -51,16 +54,14 @@ CALL_TIMEOUT_MS = 10000
 POLL_SEC = 1.0
 CLD_EXITED = 1
 ENDED = ("inactive", "failed")
-# The sandbox every step gets (the work directory is added to ReadWritePaths=).
-SANDBOX = (
-    ("PrivateTmp", GLib.Variant("b", True)),
-    ("ProtectHome", GLib.Variant("s", "yes")),
-    ("NoNewPrivileges", GLib.Variant("b", True)),
-    ("ProtectSystem", GLib.Variant("s", "strict")),
-)
-# Files a step creates are its group's (buildunits-build, of which the
-# runner's user is a member) so the runner can clean the work directory.
-UMASK = 0o007
+LAUNCHER_SOCKET = "/run/buildunits/launcher.sock"
+LAUNCHER_TIMEOUT_SEC = 15
+UNKNOWN = 2 ** 64 - 1           # systemd's "not measured"
+# What systemd measured of a unit: (property, key of the step's usage, scale).
+ACCOUNTING = (("CPUUsageNSec", "cpu_sec", 1e-9), ("MemoryPeak", "memory_peak_bytes", 1),
+              ("IOReadBytes", "io_read_bytes", 1), ("IOWriteBytes", "io_write_bytes", 1),
+              ("TasksPeak", "tasks_max", 1))
+CGROUP_LIMITS = ("memory", "cpu", "pids", "io")
 
 
 def unit_escape(text):
@@ -112,29 +113,112 @@ def exit_code(code, status):
     return status if code == CLD_EXITED else -status
 
 
-def share_with_step_user(path, user):
-    """PATH (the step's directory, made by the runner) writable by the step
-    user's group, of which the runner's user is a member.  What the step
-    creates is that group's (the step's primary group) and, with UMASK,
-    group-writable: the runner can still clean the work directory.  (No
-    setgid bit: the runner runs with RestrictSUIDSGID=, and needs none.)"""
-    import grp
-    gid = grp.getgrnam(user).gr_gid
-    st = os.stat(path)
-    if st.st_gid != gid:
-        os.chown(path, -1, gid)
-    if st.st_mode & 0o7777 != 0o770:
-        os.chmod(path, 0o770)
+def ended(state, substate, job=0):
+    """Whether a unit in STATE/SUBSTATE, with JOB (the id of its pending
+    job, 0 for none), has no main process any more: with RemainAfterExit=yes
+    a step that exited is "active"/"exited".  A unit just started is
+    "inactive" with its start job pending: not ended, not begun.
+
+    >>> ended("active", "exited"), ended("active", "running"), ended("failed", "failed")
+    (True, False, True)
+    >>> ended("inactive", "dead", job=7), ended("inactive", "dead")
+    (False, True)
+    """
+    if job:
+        return False
+    return state in ENDED or (state == "active" and substate == "exited")
 
 
-class TransientUnitExecutor:
-    """Steps as transient systemd units, started over the system bus."""
+def cgroup_controllers(mounts="/proc/self/mounts"):
+    """The cgroup controllers systemd can set limits with here: those
+    enabled on a writable unified (v2) hierarchy, and the legacy (v1)
+    hierarchies mounted writable (a container may see them read-only).
 
-    name = "transient"
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w") as f:
+    ...     _ = f.write("cgroup /sys/fs/cgroup/memory cgroup ro,nosuid,memory 0 0\\n"
+    ...                 "cgroup /sys/fs/cgroup/pids cgroup rw,nosuid,pids 0 0\\n"
+    ...                 "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\\n")
+    ...     f.flush()
+    ...     sorted(cgroup_controllers(f.name))
+    ['cpu', 'cpuacct', 'pids']
+    """
+    found = set()
+    try:
+        with open(mounts) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        where, kind, opts = fields[1], fields[2], fields[3].split(",")
+        if "rw" not in opts:
+            continue
+        if kind == "cgroup2":
+            try:
+                with open(os.path.join(where, "cgroup.controllers")) as f:
+                    found.update(f.read().split())
+            except OSError:
+                pass
+        elif kind == "cgroup":
+            found.update(o for o in opts if o in ("memory", "cpu", "cpuacct", "pids", "blkio", "io"))
+    if "blkio" in found:
+        found.add("io")
+    return found
 
-    def __init__(self, grace=5, user=USER, connection=None):
-        self.grace = grace
-        self.user = user
+
+def limits_warning(mounts="/proc/self/mounts"):
+    """A line for the journal if cgroup limits cannot be enforced here, else None."""
+    missing = [c for c in CGROUP_LIMITS if c not in cgroup_controllers(mounts)]
+    if not missing:
+        return None
+    return ("cgroup limits are not enforced on this host (no writable %s controller): MemoryMax=, CPUQuota=, "
+            "TasksMax= and IOWeight= have no effect, and what systemd cannot measure is recorded as absent; "
+            "the Limit*= rlimits still apply" % ", ".join(missing))
+
+
+def usage(values):
+    """The step's usage (executor.py) from VALUES, {property: value} as
+    systemd reports them; what it did not measure is absent, not zero.
+
+    >>> usage({"CPUUsageNSec": 1500000000, "MemoryPeak": 2 ** 64 - 1, "IOReadBytes": None})
+    {'cpu_sec': 1.5}
+    """
+    out = {}
+    for prop, key, scale in ACCOUNTING:
+        v = values.get(prop)
+        if isinstance(v, int) and v != UNKNOWN:
+            out[key] = v * scale if scale != 1 else v
+    return out
+
+
+def adopt_work_dir(path, user):
+    """Ready the work directory PATH (made by the runner) for a step unit:
+    the launcher gives it to USER, the step user (launcher.give_work_dir),
+    and USER's group, of which the runner is a member, keeps it readable
+    and cleanable by the runner (the unit's UMask=0007 makes what the
+    step creates group-writable).  A directory a local step filled (the
+    runner's own files, which the step user could not change) is emptied
+    first: the checkout starts again from nothing, once."""
+    import pwd
+    import shutil
+    if os.stat(path).st_uid == pwd.getpwnam(user).pw_uid:
+        return
+    for name in os.listdir(path):
+        p = os.path.join(path, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
+class Systemd:
+    """systemd's manager on the system bus (or CONNECTION): the calls the
+    runner (reading) and the launcher (starting, signalling, stopping) make."""
+
+    def __init__(self, connection=None):
         self._conn = connection
 
     @property
@@ -153,100 +237,157 @@ class TransientUnitExecutor:
         return res.unpack()
 
     def get(self, unit, interface, prop):
+        """A property of UNIT, or None (not loaded, or no such property)."""
         try:
             return self.call("Get", GLib.Variant("(ss)", (interface, prop)), "(v)", path=object_path(unit),
                              interface=PROPERTIES)[0]
         except GLib.Error:
-            return None     # no longer loaded
+            return None
 
-    def refusal(self, name):
-        """Why this executor cannot run steps here, or None: a transient
-        unit NAME (buildunits-build-*) running /bin/true as the step user
-        is started, the proof that systemd answers and grants the right."""
-        props = [("Description", GLib.Variant("s", "buildunits: may this runner start build units?")),
-                 ("ExecStart", GLib.Variant("a(sasb)", [("/bin/true", ["/bin/true"], False)])),
-                 ("CollectMode", GLib.Variant("s", "inactive-or-failed"))]
-        if self.user:
-            props.append(("User", GLib.Variant("s", self.user)))
+    def get_all(self, unit, interface):
         try:
-            self.call("StartTransientUnit", GLib.Variant("(ssa(sv)a(sa(sv)))", (name, "replace", props, [])), "(o)")
-        except GLib.Error as e:
-            return e.message
-        return None
+            return self.call("GetAll", GLib.Variant("(s)", (interface,)), "(a{sv})", path=object_path(unit),
+                             interface=PROPERTIES)[0]
+        except GLib.Error:
+            return None
 
-    def prepare(self):
-        try:
-            self.call("Subscribe", None, "()")
-        except GLib.Error as e:
-            return "cannot subscribe to systemd's signals (%s); step ends are polled" % e.message
-        return None
+    def gone(self, unit):
+        """Whether UNIT has stopped and been released.  (Asking about a
+        unit by its path loads a stub of it, inactive: it is never None.)"""
+        return self.get(unit, UNIT, "ActiveState") in (None, "inactive")
 
-    def properties(self, spec, argv, env, cwd):
-        env = dict(env)
-        env[proctree.TOKEN_VARIABLE] = spec.token
-        props = [
-            ("Description", GLib.Variant("s", "buildunits %s #%d step %s" % (spec.builder, spec.number, spec.step))),
-            ("Type", GLib.Variant("s", "exec")),
-            ("ExecStart", GLib.Variant("a(sasb)", [(argv[0], list(argv), False)])),
-            ("WorkingDirectory", GLib.Variant("s", cwd)),
-            ("Environment", GLib.Variant("as", ["%s=%s" % kv for kv in sorted(env.items())])),
-            ("StandardInput", GLib.Variant("s", "null")),
-            ("StandardOutputFileDescriptor", GLib.Variant("h", 0)),
-            ("StandardErrorFileDescriptor", GLib.Variant("h", 0)),
-            ("KillMode", GLib.Variant("s", "control-group")),
-            ("TimeoutStopUSec", GLib.Variant("t", int(self.grace * 1e6))),
-            ("RemainAfterExit", GLib.Variant("b", False)),
-            ("CollectMode", GLib.Variant("s", "inactive-or-failed")),
-            ("AddRef", GLib.Variant("b", True)),
-            ("UMask", GLib.Variant("u", UMASK)),
-        ]
-        if self.user:
-            props += [("User", GLib.Variant("s", self.user)),
-                      ("Group", GLib.Variant("s", self.user))]
-        props += list(SANDBOX)
-        # The whole work directory, of which CWD may be a subdirectory.
-        props.append(("ReadWritePaths", GLib.Variant("as", [env.get("BUILDUNITS_WORKDIR") or cwd])))
-        return props
+    def manager_property(self, prop):
+        return self.call("Get", GLib.Variant("(ss)", (MANAGER, prop)), "(v)", interface=PROPERTIES)[0]
 
-    def start(self, spec, argv, env, cwd, log_fd, on_exit):
-        unit = unit_name(spec)
-        if self.user:
-            share_with_step_user(env.get("BUILDUNITS_WORKDIR") or cwd, self.user)
-        step = UnitStep(self, unit, log_fd, on_exit)
-        fds = Gio.UnixFDList.new()
-        fds.append(log_fd)
-        args = GLib.Variant("(ssa(sv)a(sa(sv)))", (unit, "fail", self.properties(spec, argv, env, cwd), []))
-        try:
-            self.call("StartTransientUnit", args, "(o)", fds=fds)
-        except GLib.Error as e:
-            step.detach()
-            raise OSError(0, "cannot start unit %s: %s" % (unit, e.message))
-        step.started()
-        return step
-
-    # ----------------------------------------------------------- leftovers
     def units(self):
         """[(unit, active state)] of every loaded buildunits-build-* unit."""
         found = self.call("ListUnitsByPatterns", GLib.Variant("(asas)", ([], [PREFIX + "*"])),
                           "(a(ssssssouso))")[0]
         return [(u[0], u[3]) for u in found]
 
+    # The launcher's calls; OSError with systemd's message when refused.
+    def _do(self, method, args, reply, fds=None):
+        try:
+            return self.call(method, args, reply, fds=fds)
+        except GLib.Error as e:
+            raise OSError(0, "systemd: %s: %s" % (method, e.message))
+
+    def start(self, unit, props, fd):
+        fds = Gio.UnixFDList.new()
+        fds.append(fd)
+        self._do("StartTransientUnit", GLib.Variant("(ssa(sv)a(sa(sv)))", (unit, "fail", props, [])), "(o)", fds)
+
+    def kill(self, unit, sig):
+        self._do("KillUnit", GLib.Variant("(ssi)", (unit, "all", int(sig))), "()")
+
+    def release(self, unit):
+        """Stop UNIT (what is left of it) and let systemd unload it."""
+        if self.get(unit, UNIT, "ActiveState") == "failed":
+            self._do("ResetFailedUnit", GLib.Variant("(s)", (unit,)), "()")
+        else:
+            try:
+                self._do("StopUnit", GLib.Variant("(ss)", (unit, "replace")), "(o)")
+            except OSError:
+                if self.get(unit, UNIT, "ActiveState") is not None:
+                    raise       # not just gone already
+
+
+class LauncherClient:
+    """The runner's side of buildunits-launcher's socket (launcher.py)."""
+
+    def __init__(self, path=LAUNCHER_SOCKET):
+        self.path = path
+
+    def request(self, op, fields=None, fd=None):
+        """The launcher's reply to OP with FIELDS (and descriptor FD);
+        OSError with the launcher's reason if it refuses."""
+        msg = json.dumps(dict(fields or {}, v=1, op=op)).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.settimeout(LAUNCHER_TIMEOUT_SEC)
+            try:
+                s.connect(self.path)
+                if fd is None:
+                    s.sendall(msg)
+                else:
+                    socket.send_fds(s, [msg], [fd])
+                reply = s.recv(65536)
+            except OSError as e:
+                raise OSError(e.errno or 0, "buildunits-launcher (%s): %s" % (self.path, e.strerror or e))
+        try:
+            reply = json.loads(reply.decode())
+        except (UnicodeDecodeError, ValueError):
+            raise OSError(0, "buildunits-launcher (%s): no reply" % self.path)
+        if not reply.get("ok"):
+            raise OSError(0, "buildunits-launcher refused: %s" % reply.get("error"))
+        return reply
+
+
+class TransientUnitExecutor:
+    """Steps as transient systemd units, started by buildunits-launcher."""
+
+    name = "transient"
+
+    def __init__(self, grace=5, user=USER, launcher=None, systemd=None, worker=None):
+        self.grace = grace
+        self.user = user
+        self.launcher = launcher or LauncherClient()
+        self.systemd = systemd or Systemd()
+        self.worker = worker
+
+    def refusal(self):
+        """Why this executor cannot run steps here, or None: the launcher
+        answers and reaches systemd."""
+        try:
+            self.launcher.request("probe")
+        except OSError as e:
+            return e.strerror or str(e)
+        return None
+
+    def prepare(self):
+        notes = [limits_warning()]
+        try:
+            self.systemd.call("Subscribe", None, "()")
+        except GLib.Error as e:
+            if "AlreadySubscribed" not in (Gio.DBusError.get_remote_error(e) or ""):
+                notes.append("cannot subscribe to systemd's signals (%s); step ends are polled" % e.message)
+        return "; ".join(n for n in notes if n) or None
+
+    def start(self, spec, argv, env, cwd, log_fd, on_exit):
+        unit = unit_name(spec)
+        workdir = env.get("BUILDUNITS_WORKDIR") or cwd
+        if self.user:
+            adopt_work_dir(workdir, self.user)
+        step = UnitStep(self, unit, log_fd, on_exit)
+        fields = {"builder": spec.builder, "number": spec.number, "step": spec.step, "token": spec.token,
+                  "worker": env.get("BUILDUNITS_WORKER") or self.worker, "argv": list(argv), "env": dict(env),
+                  "cwd": cwd, "grace": self.grace, "directives": [list(p) for p in spec.unit],
+                  "credentials": list(spec.credentials)}
+        try:
+            self.launcher.request("start", fields, fd=log_fd)
+        except OSError as e:
+            step.detach()
+            raise OSError(e.errno, "cannot start unit %s: %s" % (unit, e.strerror))
+        step.started()
+        return step
+
+    # ----------------------------------------------------------- leftovers
     def leftovers(self, token):
+        """The loaded units of the build TOKEN, running or ended."""
         tag = "%s=%s" % (proctree.TOKEN_VARIABLE, token)
-        return [u for u, state in self.units()
-                if state not in ENDED and tag in (self.get(u, SERVICE, "Environment") or [])]
+        return [u for u, _state in self.systemd.units()
+                if tag in (self.systemd.get(u, SERVICE, "Environment") or [])]
 
     def end_leftovers(self, token, grace):
         units = self.leftovers(token)
         for u in units:
             try:
-                self.call("StopUnit", GLib.Variant("(ss)", (u, "replace")), "(o)")
-            except GLib.Error:
+                self.launcher.request("release", {"unit": u})
+            except OSError:
                 pass
         deadline = time.monotonic() + 2 * grace + 1
         while units and time.monotonic() < deadline:
             time.sleep(0.1)
-            units = [u for u in units if (self.get(u, UNIT, "ActiveState") or "inactive") not in ENDED]
+            units = [u for u in units if not self.systemd.gone(u)]
         return units
 
 
@@ -255,19 +396,21 @@ class UnitStep:
 
     def __init__(self, executor, unit, log_fd, on_exit):
         self.ex = executor
+        self.sd = executor.systemd
         self.unit = self.identity = unit
         self.pid = None
         self._log_fd = log_fd
         self._on_exit = on_exit
         self.returncode = None
-        self._sub = executor.conn.signal_subscribe(
+        self.usage = {}
+        self._sub = self.sd.conn.signal_subscribe(
             SYSTEMD, PROPERTIES, "PropertiesChanged", object_path(unit), None,
             Gio.DBusSignalFlags.NONE, lambda *a: self._check(), None)
         self._poll = None
+        self._grace_source = None
 
     def started(self):
-        pid = self.ex.get(self.unit, SERVICE, "MainPID")
-        self.pid = pid or None
+        self.pid = self.sd.get(self.unit, SERVICE, "MainPID") or None
         self._poll = GLib.timeout_add(int(POLL_SEC * 1000), self._check_timer)
         self._check()
 
@@ -276,15 +419,16 @@ class UnitStep:
         return self._poll is not None
 
     def _status(self):
-        """The exit status once the unit has ended, else None."""
-        state = self.ex.get(self.unit, UNIT, "ActiveState")
-        if state is not None and state not in ENDED:
+        """The exit status once the main process has ended, else None
+        (the accounting is read on the way)."""
+        unit = self.sd.get_all(self.unit, UNIT)
+        if unit is not None and not ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
             return None
-        code = self.ex.get(self.unit, SERVICE, "ExecMainCode")
-        status = self.ex.get(self.unit, SERVICE, "ExecMainStatus")
-        if state is None or not code:
+        svc = self.sd.get_all(self.unit, SERVICE) or {}
+        self.usage = usage(svc)
+        if unit is None or not svc.get("ExecMainCode"):
             return -1           # gone, or never ran: the status is unknown
-        return exit_code(code, status)
+        return exit_code(svc["ExecMainCode"], svc.get("ExecMainStatus", 0))
 
     def _check(self):
         if self._sub is None or self.returncode is not None:
@@ -294,52 +438,64 @@ class UnitStep:
             return
         self.returncode = code
         self.detach()
-        self._unref()
+        self._release()
         self._on_exit(code)
 
-    def _unref(self):
+    def _release(self):
         try:
-            self.ex.call("Unref", None, "()", path=object_path(self.unit), interface=UNIT)
-        except GLib.Error:
-            pass
+            self.ex.launcher.request("release", {"unit": self.unit})
+        except OSError as e:
+            self._note("buildunits: cannot release %s: %s\n" % (self.unit, e.strerror))
+
+    def _signal(self, name):
+        try:
+            self.ex.launcher.request("kill", {"unit": self.unit, "signal": name})
+        except OSError:
+            pass        # ended meanwhile, or the launcher is gone: the poll sees which
 
     def detach(self):
         if self._sub is not None:
-            self.ex.conn.signal_unsubscribe(self._sub)
+            self.sd.conn.signal_unsubscribe(self._sub)
             self._sub = None
-        if self._poll is not None:
-            GLib.source_remove(self._poll)
-            self._poll = None
+        for attr in ("_poll", "_grace_source"):
+            if getattr(self, attr) is not None:
+                GLib.source_remove(getattr(self, attr))
+                setattr(self, attr, None)
 
     def stop(self, grace):
-        if self.returncode is not None:
+        if self.returncode is not None or self._grace_source is not None:
             return
         self._note("buildunits: stopping %s (SIGTERM to its processes, SIGKILL %ds later)\n" % (self.unit, grace))
-        try:
-            self.ex.call("StopUnit", GLib.Variant("(ss)", (self.unit, "replace")), "(o)")
-        except GLib.Error:
-            pass
+        self._signal("SIGTERM")
+
+        def expired():
+            self._grace_source = None
+            if self.returncode is None:
+                self._note("buildunits: still running %ds after SIGTERM; sending SIGKILL\n" % grace)
+                self._signal("SIGKILL")
+            return False
+        self._grace_source = GLib.timeout_add(int(grace * 1000), expired)
 
     def kill(self):
         self.detach()
-        try:
-            self.ex.call("KillUnit", GLib.Variant("(ssi)", (self.unit, "all", signal.SIGKILL)), "()")
-        except GLib.Error:
-            pass
-        self._unref()
+        self._signal("SIGKILL")
+        self._release()
 
     def halt(self, grace):
         self.detach()
-        try:
-            self.ex.call("StopUnit", GLib.Variant("(ss)", (self.unit, "replace")), "(o)")
-        except GLib.Error:
-            pass
-        deadline = time.monotonic() + 2 * grace
-        while time.monotonic() < deadline:
-            if (self.ex.get(self.unit, UNIT, "ActiveState") or "inactive") in ENDED:
+        self._signal("SIGTERM")
+        for sig in ("SIGKILL", None):
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                unit = self.sd.get_all(self.unit, UNIT)
+                if unit is None or ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
+                    sig = None
+                    break
+                time.sleep(0.1)
+            if sig is None:
                 break
-            time.sleep(0.1)
-        self._unref()
+            self._signal(sig)
+        self._release()
 
     def _note(self, text):
         try:

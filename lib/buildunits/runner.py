@@ -14,18 +14,32 @@ DESCRIPTION
     - "checkout" first when the builder has a Repository=: the exact
       revision is fetched into the work directory STATE/work/WORKER/BUILDER
       and checked out (detached, forced, untracked files removed);
-    - then each [Step] as `/bin/sh -c COMMAND` in its own session, stdout
-      and stderr going straight to the step's log file as they are
-      produced (the runner never holds output in memory).
+    - then each [Step] as `/bin/sh -c COMMAND`, stdout and stderr going
+      straight to the step's log file as they are produced (the runner
+      never holds output in memory).
+
+    How a step runs ([Daemons] Executor=, buildunits.builder(5)): under
+    systemd, each step is a transient unit of its own,
+    buildunits-build-BUILDER-NUMBER-STEP.service, started by
+    buildunits-launcher(8) and run as the user buildunits-build in a
+    sandbox: it can write its work directory and nothing of the state, the
+    spool or the site, cannot read the configuration or other builders'
+    work, and whatever it starts is in the unit and ends with it.  The
+    runner hands the unit the log file's descriptor, follows the unit on
+    the system bus, and records its exit status and what systemd measured
+    (the step's usage).  Without systemd, or with Executor=local, a step is
+    a child process of the runner in its own session, as the runner's
+    user: not isolated, which the journal says once.
 
     A step that runs longer than TimeoutSec= or prints nothing for
-    TimeoutIdleSec= has its whole process tree stopped: its process group,
-    and any descendant that left it (the runner is a child subreaper, so
-    orphans stay its descendants), get SIGTERM, and SIGKILL if the step has
-    not exited KILL_GRACE_SEC later; a cancel and SIGTERM to the runner
-    stop a step the same way.  After each step, processes the step left
-    behind are killed too.  Steps get BUILDUNITS_BUILDER, _BUILD,
-    _REVISION, _BRANCH, _REPOSITORY, _WORKDIR, _WORKER and _STEP.
+    TimeoutIdleSec= has its whole process tree stopped: SIGTERM to every
+    process of its unit (or its process group and every descendant that
+    left it: the runner is a child subreaper), and SIGKILL to what is left
+    KILL_GRACE_SEC later; a cancel and SIGTERM to the runner stop a step
+    the same way.  After each step, processes the step left behind are
+    ended too.  Steps get BUILDUNITS_BUILDER, _BUILD, _REVISION, _BRANCH,
+    _REPOSITORY, _WORKDIR, _WORKER and _STEP, and their credentials
+    (Credential=) in $CREDENTIALS_DIRECTORY, their values masked in the log.
 
     Crash safety.  The runner's pointer STATE/workers/WORKER.json names the
     request and build number it holds; it is written before the build

@@ -137,6 +137,9 @@ def container_demo():
         # The operator's view: queue, running builds, last results, and each
         # polled repository (one that cannot be polled says why).
         status += "\n$ buildunits status\n" + sh("buildunits status", check=False).stdout
+        # Each step ran as a transient unit of its own, started by the launcher.
+        status += ("\n$ journalctl -o cat -u 'buildunits-build-hello-2-*'\n"
+                   + c.journal("-o", "cat", "-u", "buildunits-build-hello-2-*"))
     finally:
         say("halting the container")
         c.stop()

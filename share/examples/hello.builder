@@ -6,6 +6,11 @@ Branches=main release-*
 PollIntervalSec=1
 TreeStableSec=0
 Workers=*
+# Each step is a transient unit (buildunits-build-hello-N-STEP.service),
+# run as buildunits-build in a sandbox; these bound it further.
+LimitNOFILE=1024
+TasksMax=256
+PrivateNetwork=yes
 
 [Step compile]
 Description=build the program

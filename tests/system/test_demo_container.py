@@ -18,6 +18,8 @@ def test_make_demo_in_a_container(image, tmp_path):
     assert "buildunits-runner[" in p.stdout and "hello #2: build finished: failure" in p.stdout
     assert "file://%s/site/index.html" % out in p.stdout
     assert "$ buildunits status" in p.stdout and "/srv/git/hello.git  polled " in p.stdout
+    # The steps ran as transient units, named after the build and step.
+    assert "Started buildunits-build-hello-2-test.service - buildunits hello #2 step test." in p.stdout
     index = (out / "site" / "index.html").read_text()
     assert "builders/hello/1/index.html" in index and "builders/hello/2/index.html" in index
     assert (out / "site" / "builders" / "hello" / "2" / "index.html").exists()

@@ -1,0 +1,201 @@
+"""The boundary between a build and everything else, under a real systemd.
+
+A pushed script tries, in one build, what a hostile or careless build
+would: write into the state, the spool and the site; rewrite a finished
+build's record and page; force and cancel builds and own a name on the
+bus; read the configuration and another builder's checkout; leave
+daemons behind; exceed its process and memory limits; print its
+credential.  Every attempt must fail or be contained, the build records
+what happened, the history and the site are as they were, nothing of the
+build runs afterwards, and the credential's value is nowhere but in
+systemd's hands.  Then what stops a step: its time-out, and the runner
+killed with SIGKILL under it.
+"""
+
+import re
+import secrets
+
+import container as ct
+from test_systemd import CI, REPO, WC
+
+# Made now, so that it is in no file of the project either.
+SECRET = "s3cr3t-" + secrets.token_hex(12)
+
+ATTACK = r"""#!/bin/sh
+# Each attempt prints "blocked NAME" or "ESCAPED NAME".
+try() { name=$1; shift; if ( "$@" ) >/dev/null 2>&1; then echo "ESCAPED $name"; else echo "blocked $name"; fi; }
+S=/var/lib/buildunits
+try write-state sh -c "echo x > $S/pwned"
+try write-spool sh -c 'echo x > /var/spool/buildunits/changes/new/pwned'
+try write-site sh -c "echo x > $S/site/pwned.html"
+try rewrite-record sh -c "echo '{}' > $S/builds/other/1/build.json"
+try rewrite-page sh -c "echo '<script>alert(1)</script>' >> $S/site/builders/other/1/index.html"
+try read-record cat $S/builds/other/1/build.json
+try read-config cat /etc/buildunits/builders/other.builder
+try list-config ls /etc/buildunits
+try read-other-work sh -c "cat $S/work/*/other/secret.txt"
+try wipe-history rm -r $S/builds
+try force buildunits force other
+try cancel buildunits cancel other 1
+try call-status busctl call org.buildunits.Scheduler /org/buildunits/Scheduler org.buildunits.Scheduler Status
+try own-name busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus RequestName su org.buildunits.Evil 4
+try start-unit systemd-run --unit=evil true
+# LimitNPROC=64: not all of 100 processes can start (those that did are ended).
+NPROC='
+import subprocess
+ps = []
+try:
+    for _ in range(100):
+        ps.append(subprocess.Popen(["sleep", "30"]))
+finally:
+    for p in ps:
+        p.kill()
+        p.wait()
+'
+try nproc python3 -c "$NPROC"
+# LimitAS=512M: a 1 GiB allocation fails.
+try address-space python3 -c 'b = bytearray(1 << 30)'
+echo "nofile $(ulimit -n)"
+echo "home $HOME"
+echo "token: $(cat "$CREDENTIALS_DIRECTORY/token")"
+printf 'split: %s' "$(cut -c1-9 "$CREDENTIALS_DIRECTORY/token")"; printf '%s\n' "$(cut -c10- "$CREDENTIALS_DIRECTORY/token")"
+# Daemons left behind: a new session, and a double fork.
+setsid sleep 1000 >/dev/null 2>&1 < /dev/null &
+( sh -c 'sleep 1001 >/dev/null 2>&1 < /dev/null &' & )
+echo "left daemons behind"
+"""
+
+OTHER = """\
+[Builder]
+Description=a builder whose checkout and history the attack goes after
+
+[Step secret]
+Command=echo private > secret.txt; echo built
+"""
+
+EVIL = """\
+[Builder]
+Description=runs what is pushed
+Repository=%s
+PollIntervalSec=1
+Credential=token
+LimitNPROC=64
+LimitAS=512M
+LimitNOFILE=256
+
+[Step attack]
+Command=sh ./attack.sh
+""" % REPO
+
+
+def checksums(ci, paths):
+    out = ci.sh("find %s -type f -print0 | sort -z | xargs -0 sha256sum" % " ".join(paths)).stdout
+    assert out.strip(), paths
+    return out
+
+
+def push_attack(ci):
+    ci.c.write_file(WC + "/attack.sh", ATTACK, owner="buildunits:buildunits")
+    ci.sh("cd %s && git add attack.sh && git commit -q -m 'tests' && git push -q %s main" % (WC, REPO),
+          user="buildunits")
+
+
+def test_a_hostile_build_stays_inside_its_unit(make_container):
+    ci = CI(make_container())
+    ci.sh("install -d -m 0700 /etc/buildunits/credentials && "
+          "printf %%s '%s' > /etc/buildunits/credentials/token && chmod 0600 /etc/buildunits/credentials/token"
+          % SECRET)
+    ci.setup({"other": OTHER, "evil": EVIL})
+    ci.sh("buildunits force other")
+    assert ci.wait_finished("other", 1)["result"] == "success"
+    ct._wait(lambda: ci.sh("test -f /var/lib/buildunits/site/builders/other/1/index.html", check=False)
+             .returncode == 0, 30, "the page of other #1")
+    history = ["/var/lib/buildunits/builds/other", "/var/lib/buildunits/site/builders/other/1"]
+    before = checksums(ci, history)
+
+    push_attack(ci)
+    b = ci.wait_finished("evil", 1, timeout=120)
+    logname = b["steps"][-1]["log"]
+    log = ci.sh("cat /var/lib/buildunits/builds/evil/1/%s" % logname).stdout
+    attempts = dict(reversed(line.split(" ", 1)) for line in log.splitlines()
+                    if line.startswith(("blocked ", "ESCAPED ")))
+    names = re.findall(r"^try ([\w-]+)", ATTACK, re.M)
+    assert sorted(attempts) == sorted(names), log
+    assert [n for n, what in attempts.items() if what != "blocked"] == [], log
+    # The build ran as far as its end, and says what it saw.
+    assert b["result"] == "success", b
+    assert "nofile 256" in log and "home /tmp" in log and "left daemons behind" in log, log
+    assert "token: ***" in log and "split: ***" in log, log
+
+    # Nothing of the build runs afterwards.
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 30,
+             "the build's processes to be gone")
+    units = ci.sh("systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout
+    assert units.strip() == "", units
+    # The history and the site are as they were; the spool has nothing of it.
+    assert checksums(ci, history) == before
+    assert ci.sh("find /var/spool/buildunits /var/lib/buildunits -name 'pwned*'").stdout == ""
+    assert ci.numbers("other") == [1]
+    fsck = ci.sh("buildunits fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout
+    # The credential is only where systemd keeps it.
+    found = ci.sh("grep -rl --binary-files=text -F '%s' /var/lib/buildunits /var/spool/buildunits /run/buildunits "
+                  "/tmp /var/tmp" % SECRET, check=False)
+    assert found.stdout == "" and found.returncode == 1, found.stdout
+    assert SECRET not in ci.c.journal("-o", "cat")
+    # The journal says the cgroup limits are not enforced here (cgroup v1
+    # controllers read-only in the container), and what was not measured
+    # is absent from the record, not zero.
+    assert "cgroup limits are not enforced" in ci.journal("-u", "buildunits-runner@1")
+    for s in b["steps"]:
+        usage = s.get("usage") or {}
+        assert usage.get("cpu_sec", 1) > 0 and usage.get("memory_peak_bytes", 1) > 0, s
+
+
+SLOW = """\
+[Builder]
+Description=a step that would run for ever
+Repository=""" + REPO + """
+Checkout=no
+
+[Step forever]
+Command=setsid sleep 1000 >/dev/null 2>&1 < /dev/null & ( sh -c 'sleep 1001 &' & ); echo started; exec sleep 1002
+%s"""
+
+
+def test_a_timeout_stops_the_whole_unit(make_container):
+    ci = CI(make_container())
+    ci.setup({"slow": SLOW % "TimeoutSec=2\n"})
+    ci.sh("buildunits force slow")
+    b = ci.wait_finished("slow", 1)
+    assert b["result"] == "failure" and b["steps"][0]["timed_out"] is True, b
+    assert b["steps"][0]["summary"].startswith("timed out after"), b
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 30,
+             "the step's processes to be gone")
+    assert ci.sh("systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout.strip() == ""
+
+
+def test_units_outlive_a_killed_runner_until_the_next_one_stops_them(make_container):
+    ci = CI(make_container())
+    ci.setup({"slow": SLOW % ""})
+    ci.sh("systemctl stop buildunits-runner@2")
+    ci.sh("buildunits force slow")
+    unit = "buildunits-build-slow-1-forever.service"
+    ct._wait(lambda: ci.sh("systemctl is-active %s" % unit, check=False).stdout.strip() == "active", 30,
+             "the step's unit to run")
+    # What systemd-analyze says of a step's unit, for the record.
+    sec = ci.sh("systemd-analyze security --no-pager %s" % unit).stdout
+    level = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", sec).group(1))
+    ct.log("exposure of a build step's unit: %.1f" % level)
+    assert level <= 5.0, sec
+    ci.sh("systemctl kill -s KILL buildunits-runner@1")
+    # The next runner (Restart=on-failure) stops the unit, then records
+    # the build as interrupted and queues it again.
+    b = ci.wait_finished("slow", 1)
+    assert b["result"] == "retry", b
+    journal = ci.journal("-u", "buildunits-runner@1")
+    assert "outlived runner 1" in journal and unit in journal, journal
+    assert ci.sh("systemctl is-active %s" % unit, check=False).stdout.strip() in ("inactive", "unknown")
+    ci.sh("buildunits cancel slow 2", check=False)
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 60,
+             "the steps' processes to be gone")
