@@ -109,6 +109,10 @@ install: man units
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(BUILDDIR)/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.socket $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
+	# The shared hardening was once the prefix drop-in buildunits-.service.d/,
+	# which would reach the build steps' units: gone on upgrade.
+	rm -f $(DESTDIR)$(UNITDIR)/buildunits-.service.d/10-hardening.conf
+	rmdir $(DESTDIR)$(UNITDIR)/buildunits-.service.d 2>/dev/null || true
 	for d in $(BUILDDIR)/units/*.d; do \
 		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
 	done
