@@ -27,7 +27,8 @@ workload:
 
 The runner is restarted between the two (`systemctl restart
 buildunits-runner@1`), and the journal is checked to say which executor
-it uses.  A few builds first, not counted, warm both up (the launcher is
+it uses; the launcher is stopped for the local runs (it is not used).
+A few builds first, not counted, warm both up (the launcher is
 socket-activated and starts on the first step).
 
 Prints one table, figure | transient | local | difference (and the
@@ -175,6 +176,8 @@ elif what == "throughput":
                       "rate_records": (count - 1) / (end - min(r["finished"] for r in recs))
                       if count > 1 else None,
                       "results": sorted(set(r["result"] for r in recs)),
+                      "build_s": [r["finished"] - r["started"] for r in recs],
+                      "gap_s": [b["started"] - a["finished"] for a, b in zip(recs, recs[1:])],
                       "cpu_s": {k: c1[k] - c0[k] for k in c0}}))
 '''
 
@@ -235,6 +238,9 @@ def use_executor(c, name):
     journal's word that it uses it."""
     c.write_file("/etc/buildunits/buildunits.conf", "[Daemons]\nExecutor=%s\n" % name)
     sh(c, "systemctl restart %s" % RUNNER)
+    if name == "local":
+        # Idle, it would stay IDLE_SEC; stopped, its memory is not counted for local.
+        sh(c, "systemctl stop buildunits-launcher.service")
     wait_active(c, [RUNNER])
     pid = sh(c, "systemctl show -P MainPID %s" % RUNNER).stdout.strip()
     said = "build steps run by the %s executor" % name
@@ -387,6 +393,7 @@ def main():
         c.stop()
     text, rows = table(figures(res))
     res["table"] = rows
+    res["load_average_end"] = open("/proc/loadavg").read().strip()
     res["seconds"] = time.monotonic() - T0
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
@@ -396,6 +403,9 @@ def main():
           "(Executor=local), under systemd in a container; one runner, builder of 2 no-op steps; "
           "%d builds for latency, %d queued for throughput%s.  %d CPUs, %s, %s.\n"
           % (LATENCY_RUNS, THROUGHPUT_BUILDS, " (QUICK)" if QUICK else "", m["cpus"], m["date"], res["systemd"]))
+    print("Load average at the start: %s; at the end: %s (other work on the machine slows the transient "
+          "side most: systemd and the launcher are more processes to schedule).\n"
+          % (m["load_average"], res["load_average_end"]))
     print("Cells: median (min-max).  Difference: transient - local; per step: that over the build's %d steps."
           % STEPS)
     print()
