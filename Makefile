@@ -4,7 +4,8 @@
 #   make check    install what the tests need (Debian packages), run every test
 #                 (the docstrings' >>> examples too: tests/test_doctests.py)
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
-#   make bench    benchmarks against Buildbot (QUICK=1: short)
+#   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary
+#   make bench-boundary  build steps as transient units or not, under systemd (root)
 #   make torture  long fault-injection and fuzzing runs (N=kills)
 
 # Debian's Python, where python3-pydbus & co. live (a python3 earlier on
@@ -28,7 +29,7 @@ DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchd
 	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
 	strace systemd chromium
 
-.PHONY: all deps check test demo demo-local bench torture install man units clean
+.PHONY: all deps check test demo demo-local bench bench-boundary torture install man units clean
 
 all:
 	@echo "targets: demo check install man clean"
@@ -53,6 +54,13 @@ test: check
 # directory).  QUICK=1 for a short run.  Never fails on time.
 bench: deps
 	QUICK=$(QUICK) $(PYTHON) bench/run.py
+	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
+
+# What the boundary costs: a no-op build with its steps as transient units
+# and as the runner's children, under systemd in a container.  Needs root;
+# says why and exits 0 where containers cannot run.
+bench-boundary: deps
+	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
 
 # The long crash and bad-input runs (make check runs short versions).
 N ?= 1000
