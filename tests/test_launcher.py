@@ -120,7 +120,6 @@ def test_the_fixed_part_comes_last_and_cannot_be_undone(dirs):
     assert last(p, "InaccessiblePaths") == ["-" + dirs.config, "-" + dirs.spool]
     assert "BUILDUNITS_BUILD_TOKEN=%s" % TOKEN in last(p, "Environment")
     assert "HOME=/tmp" in last(p, "Environment")
-    assert last(p, "ProtectProc") == "invisible"
     assert all(last(p, name) is True for name in launcher.ON_BY_DEFAULT)
     assert last(p, "ExecStart") == [("/bin/sh", ["/bin/sh", "-c", "make test"], False)]
     names = [k for k, _ in p]

@@ -405,8 +405,9 @@ class UnitStep:
         self.usage = {}
         self._sub = self.sd.conn.signal_subscribe(
             SYSTEMD, PROPERTIES, "PropertiesChanged", object_path(unit), None,
-            Gio.DBusSignalFlags.NONE, lambda *a: self._check(), None)
+            Gio.DBusSignalFlags.NONE, lambda *a: self._signalled(a[5]), None)
         self._poll = None
+        self._state = None        # what the unit's signals said: {ActiveState, SubState, Job}
         self._grace_source = None
 
     def started(self):
@@ -418,10 +419,25 @@ class UnitStep:
         self._check()
         return self._poll is not None
 
+    def _signalled(self, params):
+        """A PropertiesChanged of the unit: its state from the signal itself
+        (systemd sends the new values), asking only once it has ended."""
+        interface, changed, _invalidated = params.unpack()
+        if interface != UNIT or not {"ActiveState", "SubState", "Job"} & set(changed):
+            return
+        if self._state is None:
+            self._check()           # the first: the state as a whole
+            return
+        self._state.update((k, changed[k]) for k in ("ActiveState", "SubState", "Job") if k in changed)
+        if ended(self._state.get("ActiveState"), self._state.get("SubState"), self._state.get("Job", (0, ""))[0]):
+            self._check()
+
     def _status(self):
         """The exit status once the main process has ended, else None
         (the accounting is read on the way)."""
         unit = self.sd.get_all(self.unit, UNIT)
+        if unit is not None:
+            self._state = {k: unit.get(k) for k in ("ActiveState", "SubState", "Job")}
         if unit is not None and not ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
             return None
         svc = self.sd.get_all(self.unit, SERVICE) or {}

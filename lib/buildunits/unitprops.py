@@ -157,7 +157,6 @@ FIXED = {
     "ProtectSystem": "always strict (all of the file system read-only but the work directory): "
                      "open more with ReadWritePaths=",
     "PrivateTmp": "always on: a step's /tmp is its own, and no build sees another's",
-    "ProtectProc": "always invisible: a step sees the processes of its own user only",
     "NoNewPrivileges": "always on: " + _RIGHTS,
     "CapabilityBoundingSet": _RIGHTS, "AmbientCapabilities": _RIGHTS,
     "BindPaths": _MOUNTS, "BindReadOnlyPaths": _MOUNTS, "TemporaryFileSystem": _MOUNTS,
