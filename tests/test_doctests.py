@@ -11,7 +11,7 @@ import pytest
 import harness  # noqa: F401  (puts lib/ on sys.path)
 
 MODULES = ("config", "unitfile", "results", "templates", "bus", "buildrecord", "executor_unit", "executor",
-           "unitprops", "credentials", "mask")
+           "unitprops", "credentials", "mask", "checkout")
 
 
 @pytest.mark.parametrize("name", MODULES)

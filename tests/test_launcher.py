@@ -110,6 +110,7 @@ def test_the_fixed_part_comes_last_and_cannot_be_undone(dirs):
     assert last(p, "RemoveIPC") is True and last(p, "KeyringMode") == "private"
     assert last(p, "KillMode") == "control-group"
     assert last(p, "RemainAfterExit") is True
+    assert last(p, "Before") == ["buildunits-runner@w1.service"]
     assert last(p, "TimeoutStopUSec") == 5000000
     assert last(p, "StandardOutputFileDescriptor") == last(p, "StandardErrorFileDescriptor") == 0
     work = os.path.join(dirs.state, "work", "w1", "hello")

@@ -413,7 +413,9 @@ def test_limits_apply_to_plain_process_steps_and_the_rest_is_said_once(root, mon
     # The runaway loop gets SIGXCPU after a second of CPU time, long before its time-out.
     assert (steps["cpu"]["result"], steps["cpu"]["exit_status"], steps["cpu"]["timed_out"]) == \
         ("failure", -signal.SIGXCPU, False)
-    assert steps["cpu"]["usage"]["cpu_sec"] >= 0.9
+    # (rusage counts CPU time by ticks, the limit by the scheduler's clock: under
+    # load the two differ by a good part of a second.)
+    assert steps["cpu"]["usage"]["cpu_sec"] >= 0.5
     # Past LimitAS=, the allocation fails.
     assert steps["memory"]["result"] == "failure" and steps["memory"]["exit_status"] == 1
     assert "MemoryError" in log_text(r, rec, "memory")

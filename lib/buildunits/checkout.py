@@ -10,11 +10,11 @@ git's messages, which may quote it, are masked by sed (the same rule as
 redact.text()).
 """
 
+import os
 import re
 import shlex
-import subprocess
 
-from . import redact
+from . import git, nofollow, redact
 
 DESCRIPTION = "fetch and check out the revision"
 
@@ -76,12 +76,26 @@ _SED_MASK = ("s|\\(://[^/?#[:space:]:@]*\\):[^/?#[:space:]]*@|\\1:***@|g; "
 
 
 def head(workdir):
-    """The commit WORKDIR has checked out, or "" if git cannot say."""
+    """The commit WORKDIR has checked out, or "": the id in its .git/HEAD,
+    which the script above leaves detached.  Read as a file, opened
+    without following links, not with git: the checkout belongs to the
+    build (under systemd, to the step's user), and git run by the runner
+    in a repository a build controls would obey that repository's
+    configuration (core.fsmonitor and friends run commands).
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp(); os.mkdir(os.path.join(d, ".git"))
+    >>> _ = open(os.path.join(d, ".git", "HEAD"), "w").write("0123456789abcdef0123456789abcdef01234567\\n")
+    >>> head(d)
+    '0123456789abcdef0123456789abcdef01234567'
+    >>> _ = open(os.path.join(d, ".git", "HEAD"), "w").write("ref: refs/heads/main\\n")
+    >>> head(d)
+    ''
+    """
     try:
-        # The checkout may be the step user's (a transient unit's): it is
-        # this runner's own work directory, safe to read.
-        return subprocess.run(["git", "-c", "safe.directory=" + workdir, "rev-parse", "HEAD"], cwd=workdir,
-                              stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, timeout=60).stdout.decode().strip()
-    except (OSError, subprocess.TimeoutExpired):
+        fd = nofollow.open_file(workdir, [".git", "HEAD"])
+    except (OSError, nofollow.NotLinked):
         return ""
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(200).decode("ascii", "replace").strip()
+    return text if git.valid_revision(text) else ""

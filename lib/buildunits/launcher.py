@@ -273,6 +273,7 @@ def properties(job, dirs, cfg, user=STEP_USER):
     then the fixed part, which therefore wins.  CFG (the configuration)
     is needed only for a step with credentials."""
     from gi.repository import GLib
+    from .executor_unit import unit_escape
     spec = job["spec"]
     env = dict(job["env"])
     env["BUILDUNITS_BUILD_TOKEN"] = spec.token
@@ -312,6 +313,10 @@ def properties(job, dirs, cfg, user=STEP_USER):
         ("KillMode", GLib.Variant("s", "control-group")),
         ("TimeoutStopUSec", GLib.Variant("t", int(job["grace"] * 1e6))),
         ("RemainAfterExit", GLib.Variant("b", True)),
+        # Stopped after its runner (at shutdown, say): the runner stops the
+        # step and records the build as interrupted, rather than seeing its
+        # step killed under it and recording a failure.
+        ("Before", GLib.Variant("as", ["buildunits-runner@%s.service" % unit_escape(job["worker"])])),
         ("InaccessiblePaths", GLib.Variant("as", ["-" + d for d in hidden])),
         # The state (the history, the site under it, other builders' work)
         # is an empty private tmpfs with this step's work directory in it.
