@@ -268,6 +268,8 @@ def _formats(in_spool, rel, name):
         return ("worker",)
     if rel == ["scheduler"] and name.endswith(".json"):
         return ("scheduler",)
+    if rel == ["scheduler"] and name == "consumed.jsonl":
+        return ()       # appended to, like progress.jsonl: a torn last line is ignored (consumed.py)
     if rel == ["poller"] and name.endswith(".json"):
         return ("poller",)
     return None
