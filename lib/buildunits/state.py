@@ -165,10 +165,28 @@ class State:
         listing its directory (numbers.recent)."""
         return numbers.recent(self, builder, count)
 
-    def walk_builds(self):
+    def walk_builds(self, recent=None):
         """(path, lstat mode, depth) of every entry of builds/ (depth 0),
-        builds/B (1) and builds/B/N (2), sorted, following no link (fsck)."""
-        return nofollow.walk(self.path("builds"), 2)
+        builds/B (1) and builds/B/N (2), sorted, following no link (fsck).
+        With RECENT, only the newest RECENT builds of each builder are
+        entered (the others are listed as directories of builds/B)."""
+        if recent is None:
+            return nofollow.walk(self.path("builds"), 2)
+        newest = {}
+
+        def enter(path, level):
+            if level == 0:
+                return True
+            b = os.path.basename(os.path.dirname(path))
+            if b not in newest:
+                newest[b] = set(map(str, self.build_numbers(b)[-recent:]))
+            return os.path.basename(path) in newest[b]
+        return nofollow.walk(self.path("builds"), 2, enter)
+
+    def has_build_record(self, builder, number):
+        """True if builds/BUILDER/NUMBER/ has a build.json entry (of any
+        type: not read, not followed)."""
+        return os.path.lexists(self.build_path(builder, number))
 
     def builders(self):
         """Names of builders with any history."""
