@@ -97,12 +97,14 @@ def test_newer_records_are_read_and_their_unknown_keys_kept(daemons, git_repo):
     # Readers accept them: status, fsck, the site.
     assert daemons.cli("status", "--json", check=True)
     assert daemons.cli("fsck").returncode == 0
-    # The scheduler rewrites its memory on the next request: the key survives.
+    # The scheduler rewrites its memory (folding its journal into the file,
+    # at the latest when it starts again): the key survives.
     daemons.start("scheduler")
     daemons.start("runner", "w1")
     daemons.wait_build_finished("hello", 3)
     daemons.cli("force", "hello", check=True)
     daemons.wait_build_finished("hello", 4)
+    daemons.restart("scheduler")
     rewritten = records.read(st.scheduler_path("hello"), "scheduler")
     assert rewritten["from_the_future"] == sched["from_the_future"]
     assert len(rewritten["consumed"]) > len(sched["consumed"])

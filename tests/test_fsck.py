@@ -228,3 +228,49 @@ def test_every_check_has_a_test():
     tested = {name[len("test_"):].split("_a_")[0] for name in globals() if name.startswith("test_")}
     for check in fsck.CHECKS:
         assert any(t.startswith(check.__name__) for t in tested), check.__name__
+
+
+# ------------------------------------------------------------------ --deep
+def test_builds_a_long_history_default_checks_structure_deep_reads_every_record(run, dirs, monkeypatch):
+    """Without --deep only the newest fsck.RECENT builds are read; an older
+    torn record, a link or a stale temporary file in an older build's
+    directory is found by --deep.  A gap (a number without build.json) and
+    a missing next-number hint are structure: found either way."""
+    monkeypatch.setattr(fsck, "RECENT", 2)
+    s = st(dirs)
+    old, gap = build(dirs), s.allocate_number("hello")
+    stray = build(dirs)
+    for _ in range(2):
+        build(dirs)                                              # the newest two
+    with open(s.build_path("hello", old), "w") as f:
+        f.write('{"format": "build", "vers')
+    link = os.path.join(s.build_dir("hello", stray), "00-s.log")
+    os.symlink("/etc/passwd", link)
+    tmp = fsutil.tmp_name(s.build_path("hello", stray))
+    with open(tmp, "w") as f:
+        f.write("{")
+    age(tmp)
+    os.unlink(s.counter_path("hello"))
+    torn = "%s: truncated record" % s.build_path("hello", old)
+    structural = ["note: hello #%d: number taken but no build record (a crash before the build started)" % gap,
+                  "would repair: hello: next-number hint is missing or not a build number (the highest build is #5)"]
+
+    code, out = run()
+    assert code == 1 and all(line in out for line in structural), out
+    assert not any(torn in line or link in line or tmp in line for line in out), out
+
+    code, out = run("--deep")
+    assert code == 1 and all(line in out for line in structural), out
+    assert any(line.startswith("note: " + torn) for line in out), out
+    assert "note: %s: a symbolic link -> /etc/passwd (kept; not followed, not shown)" % link in out
+    assert any(line.startswith("would repair: stale temporary file %s" % tmp) for line in out), out
+
+
+def test_builds_a_torn_record_among_the_newest_is_found_without_deep(run, dirs, monkeypatch):
+    monkeypatch.setattr(fsck, "RECENT", 2)
+    s = st(dirs)
+    numbers = [build(dirs) for _ in range(4)]
+    with open(s.build_path("hello", numbers[-1]), "w") as f:
+        f.write('{"format": "build", "vers')
+    code, out = run()
+    assert any(line.startswith("note: %s: truncated record" % s.build_path("hello", numbers[-1])) for line in out), out

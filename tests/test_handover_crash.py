@@ -268,6 +268,8 @@ def _formats(in_spool, rel, name):
         return ("worker",)
     if rel == ["scheduler"] and name.endswith(".json"):
         return ("scheduler",)
+    if rel == ["scheduler"] and name == "consumed.jsonl":
+        return ()       # appended to, like progress.jsonl: a torn last line is ignored (consumed.py)
     if rel == ["poller"] and name.endswith(".json"):
         return ("poller",)
     return None
@@ -481,8 +483,10 @@ def check_sweep(daemons, leftovers):
 
 @pytest.mark.parametrize("kind", ["change", "force"])
 def test_scheduler_crash_at_each_step(daemons, git_repo, kind):
-    """A change for two builders (two requests, one state file each), or
-    a forced build."""
+    """A change for two builders (a batch of two requests: two tmp/ writes
+    and fsyncs, two renames, one fsync of requests/new, one journal line),
+    or a forced build.  A kill between the two renames leaves one request
+    queued; the restarted scheduler must make the other, and only it."""
     for b in ("one", "two"):
         daemons.write_builder(b, "[Builder]\nRepository=%s\nPollIntervalSec=0\n[Step s]\nCommand=true\n"
                               % git_repo.bare)

@@ -18,7 +18,7 @@ from gi.repository import GLib
 import harness
 from support import inprocess
 from support.inprocess import RecordingNotifier
-from buildunits import config, paths, scheduler
+from buildunits import config, paths, scheduler, spool as spoolmod
 from buildunits.bus import NoBus
 
 REPO = "/srv/git/hello.git"
@@ -81,6 +81,13 @@ def change(s, revision, branch="main", repository=REPO, queued=None, **extra):
     return s.spool.deliver("changes", "change", fields)
 
 
+def remembered(s, name):
+    """The change ids a restarted scheduler counts as consumed by NAME."""
+    again = scheduler.Scheduler(s.dirs, s.cfg, NoBus(), RecordingNotifier())
+    again.startup()
+    return again.state.read_scheduler(name)["consumed"]
+
+
 def requests(s):
     return [s.spool.read("requests", rid) for rid in s.spool.pending("requests")]
 
@@ -99,7 +106,7 @@ def test_a_change_becomes_a_request_for_each_builder_that_wants_it(tmp_path, log
         assert r["force"] is None
     assert s.spool.pending("changes") == []                         # consumed by all: removed
     assert "all: build requested for main %s (change %s on main)" % (rev(1)[:12], rev(1)[:12]) in logged()
-    assert s.state.read_scheduler("all")["consumed"] == [cid]
+    assert remembered(s, "all") == [cid]
     assert s.notifier.sent[-1] == "STATUS=2 requests made; 0 changes waiting for a stable tree"
     change(s, rev(2), branch="release/1")
     s.work()
@@ -164,7 +171,7 @@ def test_a_revision_already_requested_is_dropped(tmp_path, logged):
     assert len(requests(s)) == 1
     assert s.spool.pending("changes") == []
     assert "hello: main %s already requested; change %s dropped" % (rev(1)[:12], again) in logged()
-    assert again in s.state.read_scheduler("hello")["consumed"]
+    assert again in remembered(s, "hello")
     change(s, rev(1), branch="other")                               # another branch is another build
     s.work()
     assert [(r["branch"], r["revision"]) for r in requests(s)] == [("main", rev(1)), ("other", rev(1))]
@@ -178,7 +185,7 @@ def test_the_same_revision_twice_in_one_window_is_one_change(tmp_path, cleanup):
     [r] = requests(s)
     assert [c["id"] for c in r["changes"]] == [first]
     assert s.spool.pending("changes") == []
-    assert second in s.state.read_scheduler("slow")["consumed"]
+    assert second in remembered(s, "slow")
 
 
 def test_a_force_record_becomes_a_request(tmp_path, logged):
@@ -273,3 +280,54 @@ def test_without_recovery_the_change_would_be_requested_twice(tmp_path):
     s2 = make_scheduler(tmp_path)
     s2.work()
     assert len(requests(s2)) == 2
+
+
+def test_one_change_to_many_builders_is_one_journal_line_until_folded(tmp_path, monkeypatch):
+    s = make_scheduler(tmp_path, {"b%d" % i: builder() for i in range(5)})
+    monkeypatch.setattr(scheduler.consumed, "FOLD_LINES", 3)
+    first = change(s, rev(1))
+    s.work()
+    assert len(requests(s)) == 5
+    assert s.state.read_journal() == [(["b0", "b1", "b2", "b3", "b4"], [first], [("main", rev(1))])]
+    assert s.state.schedulers() == []                               # no file per builder yet
+    for n in (2, 3):
+        change(s, rev(n))
+        s.work()
+    assert s.state.read_journal() == []                             # folded into the files
+    assert all(len(s.state.read_scheduler("b%d" % i)["consumed"]) == 3 for i in range(5))
+
+
+def test_a_torn_journal_line_is_ignored_and_the_requests_recover_it(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    cid = change(s, rev(1))
+    s._done = lambda cid: None                      # the change stays, as after a crash
+    s.work()
+    with open(s.state.journal_path(), "ab") as f:
+        f.write(b'{"builders": ["hel')                  # a crash in the middle of an append
+    s2 = make_scheduler(tmp_path)
+    s2.startup()
+    assert s2.state.read_journal() == [] and cid in s2.state.read_scheduler("hello")["consumed"]
+    s2.work()
+    assert len(requests(s2)) == 1 and s2.spool.pending("changes") == []
+
+
+def test_a_failed_batch_consumes_what_it_delivered(tmp_path, monkeypatch):
+    s = make_scheduler(tmp_path, {"b%d" % i: builder() for i in range(3)})
+    cid = change(s, rev(1))
+    real = os.rename
+    calls = []
+
+    def rename(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real(a, b)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(spoolmod.Undelivered) as e:
+        s.work()
+    assert "Input/output error" in str(e.value) and len(e.value.delivered) == 1
+    monkeypatch.setattr(os, "rename", real)
+    assert [r["builder"] for r in requests(s)] == ["b0"] and os.listdir(s.spool.path("requests", "tmp")) == []
+    s.work()                                        # the next pass requests the others, not b0 again
+    assert sorted(r["builder"] for r in requests(s)) == ["b0", "b1", "b2"]
+    assert s.spool.pending("changes") == [] and cid

@@ -12,7 +12,7 @@ SYNOPSIS
     buildunits [DIRECTORY OPTIONS] sendchange --repository R --branch B --revision SHA
                                               [--author A] [--message M] [--file F]... [--when EPOCH]
     buildunits [DIRECTORY OPTIONS] status [--json]
-    buildunits [DIRECTORY OPTIONS] fsck [--repair]
+    buildunits [DIRECTORY OPTIONS] fsck [--repair] [--deep]
 
 DESCRIPTION
     checkconfig  parse the configuration without side effects; problems
@@ -39,7 +39,18 @@ DESCRIPTION
                  and the commits the poller skipped because they cannot
                  be parsed are listed; --json for scripts.
     fsck         check the spool and state invariants and say what would
-                 be repaired; --repair does it.
+                 be repaired; --repair does it.  By default the build
+                 history is checked for its structure: every builder's
+                 and build's directory entries (names, links, stray and
+                 stale files), the next-number hint, that every build
+                 number holds a build.json, and, read in full, the newest
+                 100 builds of each builder and every build with a
+                 progress file (running, or interrupted); older records
+                 are not opened, so a long history is checked in seconds.
+                 --deep also reads and validates every build record, as
+                 after a disk error or a restore from backup: a torn or
+                 unreadable old build.json, or one recorded as running
+                 with no progress file, is found only with --deep.
 
 REVISIONS
     A revision is a full commit id: 40 lowercase hex digits (64 in a
@@ -291,7 +302,7 @@ def _line(text):
 # ------------------------------------------------------------------- fsck
 def cmd_fsck(dirs, args):
     """Check the spool and state (fsck.py); list (or with --repair, make) repairs."""
-    findings = fsck.run(dirs, repair=args.repair)
+    findings = fsck.run(dirs, repair=args.repair, deep=args.deep)
     for kind, text in findings:
         print("%s: %s" % (kind, text))
     todo = [f for f in findings if f[0] == "would repair"]
@@ -344,6 +355,7 @@ def parser():
     st.add_argument("--json", action="store_true")
     k = sub.add_parser("fsck", help="check the spool and state")
     k.add_argument("--repair", action="store_true")
+    k.add_argument("--deep", action="store_true", help="read every build record, not only the newest")
     return p
 
 

@@ -25,13 +25,29 @@ from .state import State
 from .status import runner_alive
 
 
-class Context:
-    """What every check reads: the spool, the state, and which runners live."""
+# Without --deep, the newest this many builds of each builder are read in
+# full; the older ones are checked from the listing of their directory.
+RECENT = 100
 
-    def __init__(self, dirs):
+
+class Context:
+    """What every check reads: the spool, the state, which runners live,
+    and the listing of builds/ (walked once, shared by the checks); DEEP:
+    `fsck --deep` (see builds() and walk())."""
+
+    def __init__(self, dirs, deep=False):
         self.dirs = dirs
+        self.deep = deep
         self.sp, self.st = Spool(dirs.spool), State(dirs.state)
         self._alive = {}
+        self._walk = None
+
+    def walk(self):
+        """State.walk_builds(), listed once: with --deep every build's
+        directory is entered, else only the newest RECENT of each builder's."""
+        if self._walk is None:
+            self._walk = list(self.st.walk_builds(None if self.deep else RECENT))
+        return self._walk
 
     def alive(self, worker):
         if worker not in self._alive:
@@ -125,8 +141,9 @@ def state_dirs(ctx, found):
 
 
 def state_tmp(ctx, found):
-    """Temp files of crashed writers in the state, every build's included."""
-    _stale(ctx.st.sweep(dry_run=True, builds=True), found)
+    """Temp files of crashed writers in the state and in the builds'
+    directories that walk() enters (every build's with --deep)."""
+    _stale(ctx.st.sweep(dry_run=True) + fsutil.stale_tmp([p for p, _m, depth in ctx.walk() if depth == 2]), found)
 
 
 def workers(ctx, found):
@@ -147,24 +164,31 @@ def odd_entries(ctx, found):
     and builds/B/N: never records, so noted, kept, not followed (a build
     step may have planted them; the readers do not follow them and the
     site does not show them)."""
-    for path, mode, depth in ctx.st.walk_builds():
-        shown = _printable(path)
+    for path, mode, depth in ctx.walk():
         if stat.S_ISLNK(mode):
-            found("%s: a symbolic link%s (kept; not followed, not shown)" % (shown, _target(path)))
+            found("%s: a symbolic link%s (kept; not followed, not shown)" % (_printable(path), _target(path)))
         elif stat.S_ISDIR(mode):
             if depth == 2:
-                found("%s: a directory where a build has only files (kept; not shown)" % shown)
+                found("%s: a directory where a build has only files (kept; not shown)" % _printable(path))
         elif not stat.S_ISREG(mode):
-            found("%s: not a regular file (kept; not read, not shown)" % shown)
+            found("%s: not a regular file (kept; not read, not shown)" % _printable(path))
         elif depth == 0:
-            found("%s: a file where a builder's directory should be (kept; not shown)" % shown)
+            found("%s: a file where a builder's directory should be (kept; not shown)" % _printable(path))
 
 
 def builds(ctx, found):
-    """builds/B/N: a build record (not a gap); running only on a live runner."""
+    """builds/B/N: a build record (not a gap); running only on a live runner.
+    With --deep every record is read; otherwise the newest RECENT of each
+    builder are (a build runs only among them: numbers are taken in
+    order), and of the others only the presence of build.json is checked."""
     holders = _holders(ctx.st)
     for b in ctx.st.builders():
-        for n in ctx.st.build_numbers(b):
+        numbers = ctx.st.build_numbers(b)
+        for i, n in enumerate(numbers):
+            if not (ctx.deep or i >= len(numbers) - RECENT):
+                if not ctx.st.has_build_record(b, n):
+                    found("%s #%d: number taken but no build record (a crash before the build started)" % (b, n))
+                continue
             try:
                 rec = ctx.st.read_build(b, n)
             except records.RecordError as e:
@@ -232,9 +256,10 @@ CHECKS = (spool_dirs, spool_tmp, queued, claims, cancelled, cancels, spool_corru
           state_dirs, state_tmp, workers, odd_entries, builds, counters, pollers, schedulers, state_corrupt)
 
 
-def run(dirs, repair=False, checks=CHECKS):
-    """Run CHECKS; with REPAIR make the repairs.  [(kind, text)]."""
-    ctx = Context(dirs)
+def run(dirs, repair=False, checks=CHECKS, deep=False):
+    """Run CHECKS; with REPAIR make the repairs; with DEEP read every build
+    record (see builds()).  [(kind, text)]."""
+    ctx = Context(dirs, deep)
     findings = []
 
     def found(text, fix=None, needed=True):

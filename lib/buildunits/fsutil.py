@@ -152,6 +152,24 @@ def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False, e
     return swept
 
 
+def stale_tmp(paths, now=None, age=TMP_SWEEP_AGE_SEC):
+    """Those of PATHS (files listed already) that are hidden temporary
+    files (tmp_name()'s) older than AGE: what sweep_stale_tmp() would
+    remove from their directories, without listing them again."""
+    now = time.time() if now is None else now
+    out = []
+    for p in paths:
+        name = os.path.basename(p)
+        if not (name.startswith(".") and TMP_MARK in name):
+            continue
+        try:
+            if now - os.lstat(p).st_mtime >= age:
+                out.append(p)
+        except FileNotFoundError:
+            continue
+    return out
+
+
 def _unlink_quietly(path):
     try:
         os.unlink(path)

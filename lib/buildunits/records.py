@@ -43,6 +43,7 @@ FORMATS = {
     "progress": 1,      # state builds/BUILDER/NUMBER/progress.jsonl: a running build's step transitions
     "poller": 1,        # state poller/KEY.json: last seen refs of a repository
     "scheduler": 1,     # state scheduler/BUILDER.json: consumed change ids and revisions
+    "consumed": 1,      # state scheduler/consumed.jsonl: the scheduler's journal of what was consumed
     "worker": 1,        # state workers/WORKER.json: what a runner holds
     "counter": 1,       # state builds/BUILDER/next.json: next build number hint
 }

@@ -21,27 +21,36 @@ DESCRIPTION
 
     Pending changes are not copied anywhere: they stay in the spool until
     every builder they match has a request for them, so the spool stays
-    the only durable copy.  The scheduler's own state (STATE/scheduler/
-    BUILDER.json) is a bounded memory of which change ids and revisions
-    each builder has consumed.
+    the only durable copy.  The scheduler's own state is a bounded memory
+    of which change ids and revisions each builder has consumed
+    (STATE/scheduler/BUILDER.json), kept up to date by one line per pass
+    appended to its journal (STATE/scheduler/consumed.jsonl) and folded
+    into the files now and then (consumed.py).
 
-    Crash safety, per builder and request:
-        1. deliver the request to SPOOL/requests/new      <- commit point
-        2. record its change ids and revisions as consumed in the state file
+    Crash safety, per pass:
+        1. deliver the pass's requests to SPOOL/requests/new, as one batch
+           (Spool.deliver_many): each written to requests/tmp and fsync'd,
+           then each renamed into requests/new    <- ITS commit point,
+           then one fsync of requests/new for them all
+        2. append their change ids and revisions, as consumed, to the
+           journal (one line for one change to many builders)
         3. remove each change from the spool once every builder consumed it
-    A crash before 1 leaves the changes queued: they are requested after
-    the restart.  A crash between 1 and 2 would request them twice; so, at
-    startup, before READY=1, the scheduler reads the requests still
-    queued or claimed and the last RECOVERY_BUILDS builds of each builder,
-    and counts the changes they carry as consumed.  (A request that was
-    also built more than RECOVERY_BUILDS times over while the scheduler was
-    down would be built twice: better twice than never.)  A crash between 2
+    A crash before a request's rename leaves its changes queued: they are
+    requested after the restart.  A crash after some renames, or between
+    1 and 2, would request them twice; so, at startup, before READY=1,
+    the scheduler replays its journal, reads the requests still queued or
+    claimed and the last RECOVERY_BUILDS builds of each builder, and
+    counts the changes they carry as consumed: a request delivered before
+    the crash is never delivered again.  (A request that was also built
+    more than RECOVERY_BUILDS times over while the scheduler was down
+    would be built twice: better twice than never.)  A crash between 2
     and 3 leaves a consumed change in the spool, removed on the next pass.
 
 FILES
     SPOOL/changes/new/ID      its inbox
     SPOOL/requests/new/ID     the requests it queues
     STATE/scheduler/B.json    consumed ids and revisions per builder
+    STATE/scheduler/consumed.jsonl   what was consumed since they were written
 
 SIGNALS
     SIGHUP re-reads the configuration; SIGTERM stops (nothing is held in
@@ -54,48 +63,11 @@ import time
 from gi.repository import GLib
 
 from . import bus as busmod, changes as changes_mod, config, control, daemon, git, log, records
-from . import redact, routing, spool as spoolmod
+from . import consumed, redact, routing, spool as spoolmod
 
-KEEP = 1000             # consumed ids / revisions remembered per builder
+KEEP = consumed.KEEP    # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
-
-
-class _Memory:
-    """What one builder has consumed (bounded, most recent last)."""
-
-    def __init__(self, rec):
-        rec = rec or {}
-        self.rec = rec
-        self.consumed = [x for x in rec.get("consumed", []) if isinstance(x, str)]
-        self.recent = [tuple(x) for x in rec.get("recent", []) if isinstance(x, list) and len(x) == 2]
-        self._c = set(self.consumed)
-        self._r = set(self.recent)
-
-    def has_id(self, cid):
-        return cid in self._c
-
-    def has_revision(self, branch, rev):
-        return (branch, rev) in self._r
-
-    def add(self, ids=(), revisions=()):
-        for i in ids:
-            if i not in self._c:
-                self.consumed.append(i)
-                self._c.add(i)
-        for r in revisions:
-            if r not in self._r:
-                self.recent.append(r)
-                self._r.add(r)
-        del self.consumed[:-KEEP]
-        del self.recent[:-KEEP]
-        self._c = set(self.consumed)
-        self._r = set(self.recent)
-
-    def fields(self):
-        out = {k: v for k, v in self.rec.items() if k not in ("format", "version")}
-        out["consumed"] = self.consumed
-        out["recent"] = [list(r) for r in self.recent]
-        return out
+_Memory = consumed.Memory
 
 
 class Scheduler(daemon.Daemon):
@@ -111,7 +83,9 @@ class Scheduler(daemon.Daemon):
         self._timer = None
         self._waiting = {}         # (builder, branch) -> number of changes waiting
         self._requested = 0
-        self._dirty = set()        # builders whose memory changed in this pass
+        self._added = {}           # builder -> (ids, revisions) consumed in this pass
+        self._unfolded = set()     # builders whose memory is newer than their file
+        self._journal_lines = 0
 
     def memory(self, builder):
         m = self._memory.get(builder)
@@ -125,23 +99,49 @@ class Scheduler(daemon.Daemon):
             m = self._memory[builder] = _Memory(rec)
         return m
 
-    def _save(self, builder):
-        """Mark BUILDER's memory to be written at the end of this pass."""
-        self._dirty.add(builder)
+    def _consume(self, builder, ids, revisions=()):
+        """BUILDER has consumed IDS and REVISIONS: in its memory now, in
+        the journal at the end of this pass."""
+        self.memory(builder).add(ids, revisions)
+        got = self._added.setdefault(builder, ([], []))
+        got[0].extend(ids)
+        got[1].extend(revisions)
 
     def _flush_memory(self):
-        # Once per pass, not per request.  Not fsync'd: if a crash loses the
-        # latest memory, startup() recovers it from the requests still queued
-        # or claimed and the recent builds, exactly as for a crash between
-        # steps 1 and 2 (see the docstring).
-        for b in sorted(self._dirty):
+        # Once per pass, one journal line per distinct set of consumed
+        # changes (one change to B builders: one line, not B files), and
+        # the builders' files only every consumed.FOLD_LINES lines.  Not
+        # fsync'd: if a crash loses the latest lines, startup() recovers
+        # them from the requests still queued or claimed and the recent
+        # builds, exactly as for a crash between steps 1 and 2 (see the
+        # docstring).
+        if self._added:
+            data = consumed.group(self._added)
+            self.state.append_journal(data)
+            self._journal_lines += data.count(b"\n")
+            self._unfolded.update(self._added)
+            self._added.clear()
+        if self._journal_lines >= consumed.FOLD_LINES:
+            self._fold()
+
+    def _fold(self):
+        """Write the memories the journal holds into their files, then drop
+        the journal (a crash in between: replayed again, no harm)."""
+        for b in sorted(self._unfolded):
             self.state.write_scheduler(b, self.memory(b).fields(), durable=False)
-        self._dirty.clear()
+        self.state.remove_journal()
+        self._unfolded.clear()
+        self._journal_lines = 0
 
     # ---------------------------------------------------------- recovery
     def startup(self):
-        """Count what requests and recent builds carry as consumed."""
+        """Replay the journal, count what requests and recent builds carry
+        as consumed, and fold it all into the builders' files."""
         self.sweep()
+        for builders, ids, revisions in self.state.read_journal():
+            for b in builders:
+                self.memory(b).add(ids, revisions)
+                self._unfolded.add(b)
         carried = []
         for rid in self.spool.pending("requests"):
             carried.append(self.spool.read("requests", rid))
@@ -175,10 +175,10 @@ class Scheduler(daemon.Daemon):
             if new:
                 m.add(new, revs)
                 touched.add(req["builder"])
-        for b in touched:
+        for b in sorted(touched):
             log.info("%s: recovered consumed changes from queued requests and recent builds" % b)
-            self._save(b)
-        self._flush_memory()
+        self._unfolded |= touched
+        self._fold()
 
     # ------------------------------------------------------------- sweep
     def sweep(self):
@@ -260,8 +260,7 @@ class Scheduler(daemon.Daemon):
                 log.info("%s: %s %s already requested; change %s dropped"
                          % (bname, rec["branch"], rec["revision"][:12], cid))
             # (WAITING: the same commit reported twice, both waiting.)
-            self.memory(bname).add([cid])
-            self._save(bname)
+            self._consume(bname, [cid])
         return done
 
     def _done(self, cid):
@@ -271,10 +270,7 @@ class Scheduler(daemon.Daemon):
     def _flush(self, pending, now):
         requests, self._waiting, next_deadline = routing.due(
             pending, lambda name: self.cfg.builders[name].tree_stable, now)
-        finished = set()
-        for bname, branch, changes in requests:
-            self._request(self.cfg.builders[bname], branch, changes)
-            finished.update(c["id"] for c in changes)
+        finished = self._request_all([(self.cfg.builders[b], br, cs) for b, br, cs in requests])
         for cid in finished:
             rec = self._cache.get(cid)
             if rec is not None and self._route(cid, rec, {}):
@@ -293,17 +289,30 @@ class Scheduler(daemon.Daemon):
         self.wake()
         return False
 
-    def _request(self, b, branch, changes):
-        fields = routing.request_fields(b, branch, changes)
-        rid = self.spool.deliver("requests", "request", fields)   # commit point
-        self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
-        log.info("%s: build requested for %s %s (%s)" % (b.name, branch, fields["revision"][:12],
-                                                          fields["reason"]),
-                 builder=b.name, request=rid)
-        m = self.memory(b.name)
-        m.add([c["id"] for c in changes], [(branch, c["revision"]) for c in changes])
-        self._save(b.name)
-        self._requested += 1
+    def _request_all(self, requests):
+        """Deliver REQUESTS, [(builder, branch, changes)], as one batch
+        (spool.deliver_many: each request's rename is its commit point, one
+        fsync of requests/new/ for all); return the ids of the changes they
+        carry.  What was delivered is consumed even if a later one failed
+        (Undelivered): otherwise the next pass would request it again."""
+        fields = [routing.request_fields(b, branch, changes) for b, branch, changes in requests]
+        try:
+            rids = self.spool.deliver_many("requests", "request", fields) if fields else []
+        except spoolmod.Undelivered as e:
+            self._requested_each(requests, fields, e.delivered)
+            raise
+        return self._requested_each(requests, fields, rids)
+
+    def _requested_each(self, requests, fields, rids):
+        finished = set()
+        for (b, branch, changes), f, rid in zip(requests, fields, rids):
+            self.bus.emit("BuildRequested", rid, b.name, branch, f["revision"])
+            log.info("%s: build requested for %s %s (%s)" % (b.name, branch, f["revision"][:12], f["reason"]),
+                     builder=b.name, request=rid)
+            self._consume(b.name, [c["id"] for c in changes], [(branch, c["revision"]) for c in changes])
+            self._requested += 1
+            finished.update(c["id"] for c in changes)
+        return finished
 
     def _force(self, fid, rec):
         name = rec.get("builder")
@@ -328,8 +337,7 @@ class Scheduler(daemon.Daemon):
             rid = self.spool.deliver("requests", "request", fields)   # commit point
             self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
             log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
-            m.add([fid])
-            self._save(b.name)
+            self._consume(b.name, [fid])
             self._requested += 1
         self._done(fid)
 

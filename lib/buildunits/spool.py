@@ -98,6 +98,14 @@ def new_id():
 _ID_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9A-Za-z]+")
 
 
+class Undelivered(Exception):
+    """deliver_many() failed with CAUSE; .delivered: the ids committed before it."""
+
+    def __init__(self, delivered, cause):
+        super().__init__("%s (%d of the records were delivered before it)" % (cause, len(delivered)))
+        self.delivered = delivered
+
+
 def valid_id(name):
     """True if NAME is the form new_id() makes: whole (fullmatch: not "ID\n"),
     ASCII digits (not "²"), no "/" and no leading dot."""
@@ -146,6 +154,46 @@ class Spool:
             raise
         fsutil.fsync_dir_after_commit(self.path(queue, "new"))
         return rid
+
+    def deliver_many(self, queue, fmt, many):
+        """Queue the records MANY (a list of fields) with one fsync of
+        QUEUE/new/ for them all; return their ids, in order.
+
+        Each record is written to tmp/ and fsync'd (its data is on disk
+        before its name can be), then each is renamed into new/ (that
+        rename is ITS commit point: a reader sees it whole or not at all),
+        then new/ is fsync'd once, which makes every rename survive a power
+        loss.  A crash while writing leaves files in tmp/, swept later; a
+        crash between two renames leaves the first ones queued (each a
+        whole record) and the others in tmp/: the caller must remember
+        what it delivered the way it does for deliver() (the scheduler
+        counts the changes of queued requests as consumed when it starts).
+        A failure raises Undelivered, which names the ids committed
+        before it."""
+        if fmt not in QUEUE_FORMATS[queue]:
+            raise ValueError("%s records do not go to %s/" % (fmt, queue))
+        rids, done = [], []
+        try:
+            for fields in many:
+                rid = new_id()
+                fields = dict(fields, id=rid)
+                fields.setdefault("queued", time.time())
+                fsutil.write_new(self.path(queue, "tmp", rid), records.encode(fmt, fields))
+                rids.append(rid)
+            for rid in rids:
+                os.rename(self.path(queue, "tmp", rid), self.path(queue, "new", rid))  # commit point
+                done.append(rid)
+        except BaseException as e:
+            for rid in rids[len(done):]:
+                fsutil._unlink_quietly(self.path(queue, "tmp", rid))
+            if done:
+                fsutil.fsync_dir_after_commit(self.path(queue, "new"))
+            if isinstance(e, Exception):
+                raise Undelivered(done, e) from e
+            raise
+        if done:
+            fsutil.fsync_dir_after_commit(self.path(queue, "new"))
+        return done
 
     def pending(self, queue):
         """Ids queued in QUEUE/new, oldest first.  Stray names go to corrupt/."""

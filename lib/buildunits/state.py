@@ -21,7 +21,7 @@ import os
 import re
 import stat
 
-from . import fsutil, nofollow, numbers, progress, records, redact
+from . import consumed, fsutil, nofollow, numbers, progress, records, redact
 from .nofollow import NotLinked  # noqa: F401 (state.NotLinked: the name readers catch)
 from .numbers import MAX_BUILD_NUMBER, NumbersExhausted, parse_number, valid_number  # noqa: F401
 
@@ -45,7 +45,8 @@ LAYOUT = (
                "each step's output, streamed; BUILDER/NUMBER/progress.jsonl: a running build's step "
                "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\")", False),
     ("poller", "KEY.json: last seen refs of one repository (\"poller\"); KEY.git/: its bare mirror", True),
-    ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\")", True),
+    ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\"); consumed.jsonl: "
+                  "what was consumed since they were written (\"consumed\")", True),
     ("workers", "WORKER.json: the build a runner holds (\"worker\")", True),
     ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
     ("locks", "PROGRAM[@WORKER].lock: held by the running daemon (flock)", False),
@@ -164,10 +165,28 @@ class State:
         listing its directory (numbers.recent)."""
         return numbers.recent(self, builder, count)
 
-    def walk_builds(self):
+    def walk_builds(self, recent=None):
         """(path, lstat mode, depth) of every entry of builds/ (depth 0),
-        builds/B (1) and builds/B/N (2), sorted, following no link (fsck)."""
-        return nofollow.walk(self.path("builds"), 2)
+        builds/B (1) and builds/B/N (2), sorted, following no link (fsck).
+        With RECENT, only the newest RECENT builds of each builder are
+        entered (the others are listed as directories of builds/B)."""
+        if recent is None:
+            return nofollow.walk(self.path("builds"), 2)
+        newest = {}
+
+        def enter(path, level):
+            if level == 0:
+                return True
+            b = os.path.basename(os.path.dirname(path))
+            if b not in newest:
+                newest[b] = set(map(str, self.build_numbers(b)[-recent:]))
+            return os.path.basename(path) in newest[b]
+        return nofollow.walk(self.path("builds"), 2, enter)
+
+    def has_build_record(self, builder, number):
+        """True if builds/BUILDER/NUMBER/ has a build.json entry (of any
+        type: not read, not followed)."""
+        return os.path.lexists(self.build_path(builder, number))
 
     def builders(self):
         """Names of builders with any history."""
@@ -392,6 +411,42 @@ class State:
 
     def write_scheduler(self, builder, rec, durable=True):
         records.write(self.scheduler_path(builder), "scheduler", rec, durable=durable)
+
+    def journal_path(self):
+        """The scheduler's journal (consumed.py): lines not yet folded
+        into the BUILDER.json files."""
+        return self.path("scheduler", consumed.NAME)
+
+    def append_journal(self, data):
+        """Append the journal lines DATA (bytes) in one write(2), the
+        header first if the journal is new.  Not fsync'd (consumed.py)."""
+        fd = os.open(self.journal_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        try:
+            if os.fstat(fd).st_size == 0:
+                data = consumed.head() + data
+            progress.write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def read_journal(self):
+        """[(builders, ids, revisions)] of the journal's whole lines
+        (consumed.replay); [] if there is none or it is no regular file."""
+        try:
+            fd = os.open(self.journal_path(), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return []
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
+            return list(consumed.replay(f))
+
+    def remove_journal(self):
+        """Drop the journal once its lines are in the builders' files."""
+        try:
+            os.unlink(self.journal_path())
+        except FileNotFoundError:
+            pass
 
     # ------------------------------------------------------------- workers
     def worker_path(self, worker):

@@ -1,0 +1,152 @@
+#!/usr/bin/python3
+"""scale_scheduler: what one change costs the scheduler with many builders.
+
+    /usr/bin/python3 bench/scale_scheduler.py      (QUICK=1: fewer runs)
+
+One repository, B builders on it (10 / 100 / 1000), TreeStableSec=0: one
+change becomes B build requests.  The real Scheduler runs in-process over
+a temporary spool and state (under $BENCH_CACHE, default
+/var/tmp/buildunits-bench: a disk, so an fsync costs what it costs), with
+a bus that counts the signals it is asked to send.  Each run queues one
+change (not timed) and times one pass, Scheduler.work(): wall and CPU
+(time.process_time) in ms, the fsyncs it made (os.fsync wrapped
+in-process), the files it renamed into place, and the signals.
+
+Prints one table (size | figure | value, the median over the runs) and
+writes build/bench/scale_scheduler.json.  Never fails on the figures.
+"""
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "lib"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from common import write_json  # noqa: E402
+from buildunits import config, paths, scheduler  # noqa: E402
+
+SIZES = (10, 100, 1000)
+RUNS, QUICK_RUNS = 7, 3
+REPO = "/srv/git/hello.git"
+
+
+class CountingBus:
+    """The bus's interface, counting what is emitted."""
+
+    available = False
+    unique_name = None
+
+    def __init__(self):
+        self.signals = 0
+
+    def publish(self, *a, **kw):
+        return None
+
+    def emit(self, signal, *args):
+        self.signals += 1
+
+    def subscribe(self, *a):
+        pass
+
+    def close(self):
+        pass
+
+
+class NullNotifier:
+    def status(self, *a, **kw):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *a, **kw: None
+
+
+class Counters:
+    """os.fsync and os.rename wrapped in-process, counting calls."""
+
+    def __init__(self):
+        self.fsyncs = self.renames = 0
+        self._fsync, self._rename = os.fsync, os.rename
+
+    def __enter__(self):
+        def fsync(fd):
+            self.fsyncs += 1
+            return self._fsync(fd)
+
+        def rename(a, b, **kw):
+            self.renames += 1
+            return self._rename(a, b, **kw)
+
+        os.fsync, os.rename = fsync, rename
+        return self
+
+    def __exit__(self, *exc):
+        os.fsync, os.rename = self._fsync, self._rename
+
+
+def make_scheduler(root, n):
+    d = paths.Dirs(config=os.path.join(root, "config"), spool=os.path.join(root, "spool"),
+                   state=os.path.join(root, "state"), site=os.path.join(root, "site"))
+    os.makedirs(os.path.join(d.config, "builders"))
+    for i in range(n):
+        with open(os.path.join(d.config, "builders", "b%04d.builder" % i), "w") as f:
+            f.write("[Builder]\nRepository=%s\nBranches=*\nTreeStableSec=0\n[Step s]\nCommand=true\n" % REPO)
+    s = scheduler.Scheduler(d, config.load(d.config), CountingBus(), NullNotifier())
+    s.spool.ensure()
+    s.state.ensure()
+    s.startup()
+    return s
+
+
+def one_change(s, i):
+    fields = {"source": "poller", "repository": REPO, "branch": "main", "revision": "%040x" % (i + 1),
+              "author": "Ann <ann@example.org>", "when": 1.0, "message": "change %d" % i, "files": ["a.c"]}
+    s.spool.deliver("changes", "change", fields)
+
+
+def measure(n, runs, cache):
+    root = tempfile.mkdtemp(prefix="scale-scheduler-%d-" % n, dir=cache)
+    try:
+        s = make_scheduler(root, n)
+        rows = {"wall_ms": [], "cpu_ms": [], "fsyncs": [], "renames": [], "signals": []}
+        for i in range(runs + 1):           # the first pass warms the memories up: not counted
+            one_change(s, i)
+            before = s.bus.signals
+            with Counters() as c:
+                w, p = time.perf_counter(), time.process_time()
+                s.work()
+                w, p = time.perf_counter() - w, time.process_time() - p
+            assert len(s.spool.pending("requests")) == n * (i + 1), "the pass did not request every builder"
+            if i == 0:
+                continue
+            rows["wall_ms"].append(w * 1000)
+            rows["cpu_ms"].append(p * 1000)
+            rows["fsyncs"].append(c.fsyncs)
+            rows["renames"].append(c.renames)
+            rows["signals"].append(s.bus.signals - before)
+        return {k: statistics.median(v) for k, v in rows.items()} | {"runs": runs}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main():
+    quick = os.environ.get("QUICK") == "1"
+    cache = os.environ.get("BENCH_CACHE") or "/var/tmp/buildunits-bench"
+    os.makedirs(cache, exist_ok=True)
+    out = {}
+    print("%-9s | %-26s | %s" % ("builders", "figure (one change)", "value"))
+    for n in SIZES:
+        r = out[n] = measure(n, QUICK_RUNS if quick else RUNS, cache)
+        for k, label in (("wall_ms", "wall ms"), ("cpu_ms", "CPU ms"), ("fsyncs", "fsyncs"),
+                         ("renames", "renames"), ("signals", "signals")):
+            print("%-9d | %-26s | %.1f" % (n, label, r[k]))
+    write_json(os.path.join(ROOT, "build", "bench", "scale_scheduler.json"),
+               {"quick": quick, "sizes": {str(k): v for k, v in out.items()}})
+
+
+if __name__ == "__main__":
+    main()
