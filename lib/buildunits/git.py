@@ -1,7 +1,8 @@
 """Reading git repositories: branch heads and commit details.
 
 A local repository (a path, bare or not) is read in place: one
-`git for-each-ref` per poll of an unchanged repository, and per changed
+`git for-each-ref` per poll of an unchanged repository (none while its
+refs_fingerprint() stays the same), and per changed
 branch one `git rev-list`, one `git cat-file --batch` and one
 `git diff-tree --stdin`.  A remote one (any URL git understands) is asked
 with `git ls-remote`, and new commits are fetched into a bare mirror under
