@@ -108,7 +108,7 @@ def test_documented_defaults_are_the_code_defaults():
             if m:
                 value = m.group(1)
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
-                            "int": int, "str": str, "list": str.split, "executor": str, "path": str,
+                            "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
                             "credentials": str.split}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
                 expected = {"str": "", "env": {}, "list": [], "credentials": []}[kind]

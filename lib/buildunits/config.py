@@ -110,7 +110,29 @@ class Config:
     rescan_interval: float = 300.0
     executor: str = "auto"
     credentials_directory: str = credentialsmod.DEFAULT_DIRECTORY
+    max_parallel_polls: int = 4
+    poll_timeout: float = 300.0
     warnings: list = field(default_factory=list)
+    _polled: dict = field(default=None, repr=False, compare=False)
+
+    def polled_repositories(self):
+        """{normalized repository: (interval, [branch globs])} of the
+        builders' Repository=: the shortest PollIntervalSec= of its builders
+        (None when all say 0), and all their Branches=.  Worked out once per
+        configuration (a realpath per local one), at its first use: the
+        poller's, when it loads or reloads it."""
+        if self._polled is None:
+            repos = {}
+            for b in self.builders.values():
+                if not b.repository:
+                    continue
+                r = normalize_repository(b.repository)
+                interval, globs = repos.get(r, (None, []))
+                if b.poll_interval > 0:
+                    interval = b.poll_interval if interval is None else min(interval, b.poll_interval)
+                repos[r] = (interval, globs + b.branches)
+            self._polled = repos
+        return self._polled
 
     def builders_for(self, repository):
         """Builders polling REPOSITORY (already normalized).  Records hold
@@ -147,6 +169,13 @@ def _whole_number(text):
 EXECUTORS = ("auto", "local", "transient")
 
 
+def _at_least_one(text):
+    n = _whole_number(text)
+    if n < 1:
+        raise ValueError("must be at least 1: %r" % text)
+    return n
+
+
 def _executor(text):
     if text not in EXECUTORS:
         raise ValueError("not one of %s: %r" % ("|".join(EXECUTORS), text))
@@ -159,7 +188,7 @@ def _absolute_path(text):
     return os.path.normpath(text)
 
 
-_CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number,
+_CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
             "executor": _executor, "path": _absolute_path}
 
 
@@ -255,7 +284,8 @@ GLOBAL_KEYS = {
     "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int")},
     "Defaults": {"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
     "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor"),
-                "CredentialsDirectory": ("credentials_directory", "path")},
+                "CredentialsDirectory": ("credentials_directory", "path"),
+                "MaxParallelPolls": ("max_parallel_polls", "count"), "PollTimeoutSec": ("poll_timeout", "span")},
 }
 
 
@@ -371,6 +401,8 @@ def load(directory):
     _load_global(cfg, problems, warnings)
     _load_builders(cfg, problems, warnings)
     cfg.warnings = warnings
+    if cfg.poll_timeout == 0:
+        cfg.poll_timeout = math.inf      # as in systemd: 0 is no limit
     if problems:
         raise ConfigError(problems, warnings, cfg)
     return cfg

@@ -1,7 +1,8 @@
 """Reading git repositories: branch heads and commit details.
 
 A local repository (a path, bare or not) is read in place: one
-`git for-each-ref` per poll of an unchanged repository, and per changed
+`git for-each-ref` per poll of an unchanged repository (none while its
+refs_fingerprint() stays the same), and per changed
 branch one `git rev-list`, one `git cat-file --batch` and one
 `git diff-tree --stdin`.  A remote one (any URL git understands) is asked
 with `git ls-remote`, and new commits are fetched into a bare mirror under
@@ -25,12 +26,24 @@ a revision enters (the poller, `buildunits sendchange` and `force`, the
 scheduler's D-Bus Force, the spool records read by the scheduler and the
 runner).  Every git command line puts `--end-of-options` before the
 revisions, refs and URLs it takes from data, so none can become an option.
+
+Each reading (heads, source, commits, has_commit) is written once, as a
+generator of the git commands it needs (Command): it yields one, is sent
+that command's output (or thrown its GitError), and returns its result.
+run() drives one here and now, each command a blocking child (the
+`buildunits` command, the tests); gitjob.Job drives one from a GLib main
+loop, each command a child process watched by the loop (the poller), so
+that a hung remote holds up only its own poll.  refs_fingerprint() tells
+the poller, without running git, that a local repository's branches
+cannot have moved since its last poll.
 """
 
 import codecs
 import os
 import re
+import stat
 import subprocess
+import time
 
 from .config import normalize_repository
 
@@ -53,11 +66,34 @@ def valid_revision(rev):
 REVISION_RULE = "a full commit id (40 or 64 lowercase hex digits)"
 
 
-def _run(args, cwd=None, input=None):
+class Command:
+    """One git command a reading needs: ARGS (after "git") and INPUT, the
+    bytes for its standard input (None: /dev/null)."""
+
+    __slots__ = ("args", "input")
+
+    def __init__(self, args, input=None):
+        self.args = list(args)
+        self.input = input
+
+
+def environment():
+    """The environment git runs in: ours, never prompting, in the C locale."""
     env = dict(os.environ)
     env.update(_ENV)
+    return env
+
+
+def failure(args, returncode, stderr):
+    """The GitError of the git command ARGS that exited with RETURNCODE:
+    the last line of its STDERR (bytes)."""
+    msg = stderr.decode("utf-8", "replace").strip().splitlines()
+    return GitError("git %s: %s" % (args[0], msg[-1] if msg else "exit status %d" % returncode))
+
+
+def _run(args, input=None):
     try:
-        p = subprocess.run(["git"] + args, cwd=cwd, env=env,
+        p = subprocess.run(["git"] + args, env=environment(),
                            stdin=subprocess.DEVNULL if input is None else None, input=input,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=GIT_TIMEOUT_SEC)
     except subprocess.TimeoutExpired:
@@ -65,26 +101,47 @@ def _run(args, cwd=None, input=None):
     except OSError as e:
         raise GitError("cannot run git: %s" % e.strerror)
     if p.returncode != 0:
-        msg = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GitError("git %s: %s" % (args[0], msg[-1] if msg else "exit status %d" % p.returncode))
+        raise failure(args, p.returncode, p.stderr)
     return p.stdout
+
+
+def run(steps):
+    """Drive the reading STEPS (a generator of Commands) here and now: run
+    each command it yields in turn, blocking; return what it returns (a
+    GitError it does not catch is raised)."""
+    value = error = None
+    while True:
+        try:
+            cmd = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value, error = _run(cmd.args, cmd.input), None
+        except GitError as e:
+            value, error = None, e
 
 
 def is_local(repository):
     return repository.startswith("/")
 
 
-def heads(repository, mirror=None):
-    """{branch: revision} of REPOSITORY's branches.  A ref whose object id
-    is not a full hex id (a hostile server may send anything) is left out."""
+def heads(repository):
+    """{branch: revision} of REPOSITORY's branches (see heads_steps)."""
+    return run(heads_steps(repository))
+
+
+def heads_steps(repository):
+    """Reading: {branch: revision} of REPOSITORY's branches.  A ref whose
+    object id is not a full hex id (a hostile server may send anything) is
+    left out."""
     if is_local(repository):
         if not os.path.isdir(repository):
             raise GitError("%s: no such repository" % repository)
-        out = _run(["--git-dir=" + _git_dir(repository), "for-each-ref",
-                    "--format=%(objectname) %(refname)", "--end-of-options", "refs/heads/"])
+        out = yield Command(["--git-dir=" + _git_dir(repository), "for-each-ref",
+                             "--format=%(objectname) %(refname)", "--end-of-options", "refs/heads/"])
         sep = " "
     else:
-        out = _run(["ls-remote", "--heads", "--end-of-options", repository])
+        out = yield Command(["ls-remote", "--heads", "--end-of-options", repository])
         sep = "\t"
     refs = {}
     for line in out.decode("utf-8", "replace").splitlines():
@@ -94,26 +151,104 @@ def heads(repository, mirror=None):
     return refs
 
 
+FINGERPRINT_MAX_ENTRIES = 10000   # files and directories under refs/heads/
+RACY_SEC = 2.0                    # a time this close to the reading's may hide a change
+
+
+def refs_fingerprint(repository):
+    """A value that changes whenever a branch head of the local REPOSITORY
+    does, read without running git (a few stat calls); None when it cannot
+    be trusted, and git must be asked.
+
+    Git keeps a branch head in a file of its own under refs/heads/ (a loose
+    ref) or as a line of packed-refs, and updates either by renaming a new
+    file (NAME.lock) onto it, which gives the file a new inode and a new
+    modification time and changes its directory's.  The fingerprint is the
+    (name, inode, modification time, size) of packed-refs and of every file
+    and directory under refs/heads/, walked without following links.  It is
+    None when a file there could be a symbolic ref (its size is not that of
+    an id and a newline: its target may move while it stays), when there
+    are more than FINGERPRINT_MAX_ENTRIES, when the refs are kept in another
+    way (a reftable, a linked work tree's common directory, a .git file),
+    or when one of the times is within RACY_SEC of now: a change in the
+    same tick of the file system's clock could leave all four as they were
+    (git's "racy git" problem, met the same way: such a reading is not
+    trusted, the next one is)."""
+    git_dir = _git_dir(repository)
+    now_ns = time.time_ns()
+    try:
+        if os.path.lexists(os.path.join(git_dir, "reftable")) or os.path.lexists(os.path.join(git_dir, "commondir")):
+            return None
+        try:
+            st = os.lstat(os.path.join(git_dir, "packed-refs"))
+            entries = [("packed-refs", st.st_ino, st.st_mtime_ns, st.st_size)]
+        except FileNotFoundError:
+            entries = [("packed-refs", None, 0, 0)]
+        if not _walk_refs(git_dir, "refs/heads", entries):
+            return None
+    except OSError:
+        return None
+    if max(e[2] for e in entries) > now_ns - RACY_SEC * 1e9:
+        return None
+    return tuple(sorted(entries, key=lambda e: e[0]))
+
+
+def _walk_refs(git_dir, rel, entries):
+    """Append the (name, inode, mtime, size) of directory REL of GIT_DIR and
+    of everything below it to ENTRIES; False if the tree is not one
+    refs_fingerprint can trust."""
+    todo = [rel]
+    while todo:
+        rel = todo.pop()
+        path = os.path.join(git_dir, rel)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        entries.append((rel + "/", st.st_ino, st.st_mtime_ns, 0))
+        with os.scandir(path) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    todo.append(rel + "/" + e.name)
+                    continue
+                if not stat.S_ISREG(st.st_mode) or st.st_size not in (41, 65):
+                    return False
+                entries.append((rel + "/" + e.name, st.st_ino, st.st_mtime_ns, st.st_size))
+        if len(entries) > FINGERPRINT_MAX_ENTRIES:
+            return False
+    return True
+
+
 def _git_dir(repository):
     dot = os.path.join(repository, ".git")
     return dot if os.path.exists(dot) else repository
 
 
 def source(repository, mirror, branches):
-    """A git dir holding BRANCHES' commits: the repository itself when it is
-    local, else MIRROR, fetched now."""
+    """A git dir holding BRANCHES' commits (see source_steps)."""
+    return run(source_steps(repository, mirror, branches))
+
+
+def source_steps(repository, mirror, branches):
+    """Reading: a git dir holding BRANCHES' commits: the repository itself
+    when it is local, else MIRROR, fetched now."""
     if is_local(repository):
         return _git_dir(repository)
     if not os.path.isdir(mirror):
-        _run(["init", "--quiet", "--bare", "--end-of-options", mirror])
+        yield Command(["init", "--quiet", "--bare", "--end-of-options", mirror])
     # Each refspec starts with "+", so no branch name can make it an option.
     specs = ["+refs/heads/%s:refs/heads/%s" % (b, b) for b in branches]
-    _run(["--git-dir=" + mirror, "fetch", "--quiet", "--no-tags", "--end-of-options", repository] + specs)
+    yield Command(["--git-dir=" + mirror, "fetch", "--quiet", "--no-tags", "--end-of-options", repository] + specs)
     return mirror
 
 
 def commits(git_dir, old, new, limit, skipped=None):
-    """The commits in NEW not in OLD (all of NEW's if OLD is None: then only
+    """The commits in NEW not in OLD (see commits_steps)."""
+    return run(commits_steps(git_dir, old, new, limit, skipped))
+
+
+def commits_steps(git_dir, old, new, limit, skipped=None):
+    """Reading: the commits in NEW not in OLD (all of NEW's if OLD is None: then only
     NEW itself), oldest first, at most LIMIT (the newest ones).
 
     Each is {"revision", "author", "when", "message", "files"}.  A commit
@@ -124,16 +259,16 @@ def commits(git_dir, old, new, limit, skipped=None):
         if not valid_revision(rev):
             raise GitError("not a full commit id: %r" % (rev,))
     revs = [new] if old is None else [new, "^" + old]
-    out = _run(["--git-dir=" + git_dir, "rev-list", "-n", "1" if old is None else "%d" % limit,
-                "--end-of-options"] + revs)
+    out = yield Command(["--git-dir=" + git_dir, "rev-list", "-n", "1" if old is None else "%d" % limit,
+                         "--end-of-options"] + revs)
     ids = out.decode("ascii", "replace").split()
     bad = [i for i in ids if not valid_revision(i)]
     if bad:
         raise GitError("rev-list: unexpected output %r" % bad[0][:80])
     if not ids:
         return []
-    objects = _cat_file(git_dir, ids)
-    files = _files(git_dir, ids)
+    objects = yield from _cat_file(git_dir, ids)
+    files = yield from _files(git_dir, ids)
     result = []
     for sha in ids:
         try:
@@ -149,13 +284,19 @@ def commits(git_dir, old, new, limit, skipped=None):
 
 
 def has_commit(git_dir, rev):
-    """True if the commit REV (a full id) is in GIT_DIR: a force-push
-    followed by `git gc --prune=now` removes a branch's old head."""
+    """True if the commit REV is in GIT_DIR (see has_commit_steps)."""
+    return run(has_commit_steps(git_dir, rev))
+
+
+def has_commit_steps(git_dir, rev):
+    """Reading: True if the commit REV (a full id) is in GIT_DIR: a
+    force-push followed by `git gc --prune=now` removes a branch's old
+    head."""
     if not valid_revision(rev):
         return False
     try:
-        _run(["--git-dir=" + git_dir, "rev-parse", "--verify", "--quiet", "--end-of-options",
-              rev + "^{commit}"])
+        yield Command(["--git-dir=" + git_dir, "rev-parse", "--verify", "--quiet", "--end-of-options",
+                       rev + "^{commit}"])
     except GitError:
         return False
     return True
@@ -191,7 +332,7 @@ def _cat_file(git_dir, ids):
     `git cat-file --batch` answers each id with "ID TYPE SIZE\n", then SIZE
     bytes, then "\n" (or "ID missing\n"): the contents are taken by their
     length, so no byte in them can be mistaken for the next header."""
-    out = _run(["--git-dir=" + git_dir, "cat-file", "--batch"], input="".join(i + "\n" for i in ids).encode())
+    out = yield Command(["--git-dir=" + git_dir, "cat-file", "--batch"], "".join(i + "\n" for i in ids).encode())
     objects, pos = {}, 0
     for sha in ids:
         eol = out.find(b"\n", pos)
@@ -228,8 +369,8 @@ def _files(git_dir, ids):
     can never be taken for an id or a record: the framing does not depend
     on what is in any name.  Merge commits list no files (as `git log`
     without -m)."""
-    out = _run(["--git-dir=" + git_dir, "diff-tree", "--stdin", "-z", "-r", "--raw", "--root", "--always",
-                "--no-renames"], input="".join(i + "\n" for i in ids).encode())
+    out = yield Command(["--git-dir=" + git_dir, "diff-tree", "--stdin", "-z", "-r", "--raw", "--root",
+                         "--always", "--no-renames"], "".join(i + "\n" for i in ids).encode())
     fields = out.split(b"\0")
     if fields and fields[-1] == b"":
         fields.pop()

@@ -35,6 +35,27 @@ DESCRIPTION
     "problem") and in the STATUS= line of `systemctl status`, until a poll
     succeeds again; the other repositories are polled as usual.
 
+    Polls run side by side, at most MaxParallelPolls= at a time
+    (buildunits.conf [Daemons], default 4), each git command a child
+    process the main loop watches, so the daemon goes on answering its
+    timers, the watchdog and SIGHUP while git works.  A repository comes
+    due at its interval and waits for a free slot, in the order it came
+    due; one whose poll is still under way or waiting is not queued twice.
+    A poll that has not ended after PollTimeoutSec= (default 5min: a
+    remote that never answers) is ended: its git gets SIGTERM, and SIGKILL
+    2 seconds later, with whatever it started (its process group); its
+    repository shows the problem "git COMMAND: no answer in SPAN" and is
+    polled again at its next interval.  A hung remote holds one slot, not
+    the others.
+
+    The repositories to poll, with their intervals and branch globs, are
+    worked out when the configuration is loaded, and again at each
+    reload.  A local repository is read in place; between two polls it
+    costs a few stat calls (git.refs_fingerprint: the files git keeps the
+    branch heads in, their inodes and times), and git only when one of
+    them changed.  A rescan ([Daemons] RescanIntervalSec=), a reload and
+    the start ask git of every repository.
+
     Crash safety: the last seen heads (state poller/KEY.json) are written
     only after the change records are committed to the spool, so a crash
     in between re-sends changes on the next poll rather than losing them;
@@ -48,7 +69,12 @@ FILES
     STATE/poller/KEY.git      bare mirror of a remote (non-path) repository
 
 SIGNALS
-    SIGHUP re-reads the configuration; SIGTERM stops after the current poll.
+    SIGHUP re-reads the configuration: repositories no builder names any
+    more are no longer polled (a poll of one under way ends as usual),
+    new ones are polled at once.  SIGTERM stops at once: the polls under
+    way are ended (their git stopped as on a time-out) before they save
+    their heads, so the next start queues again what they had queued,
+    and the scheduler drops those repeats.
 """
 
 import fnmatch
@@ -56,11 +82,12 @@ import time
 
 from gi.repository import GLib
 
-from . import config, daemon, git, log, records
+from . import daemon, git, gitjob, log, records
 from . import redact
 
 MAX_COMMITS = 200   # per branch and poll; older ones are logged as skipped
 SKIPPED_KEPT = 20   # unparseable commits remembered per repository (state "skipped")
+STATUS_EVERY_MS = 1000   # STATUS= after polls that changed only the counts: at most this often
 
 
 class Poller(daemon.Daemon):
@@ -74,21 +101,19 @@ class Poller(daemon.Daemon):
         self._polls = 0
         self._queued = 0
         self._skipped = 0        # unparseable commits left out since start
+        self._running = {}       # repository -> its poll under way (gitjob.Job)
+        self._waiting = {}       # repositories due, in the order they came due, waiting for a slot
+        self._fingerprints = {}  # local repository -> git.refs_fingerprint() at its last clean poll
+        self._starting = False
+        self._status_source = None
+        self._shown = None       # what the last STATUS= said, but for the counts of polls
 
-    # Each repository polls on its own timer; a wake (rescan, reload)
-    # polls everything.
+    # Each repository polls on its own timer; a wake (start, rescan,
+    # reload) polls everything.
     def repositories(self):
-        """{normalized repository: (interval, [branch globs])}."""
-        repos = {}
-        for b in self.cfg.builders.values():
-            if not b.repository:
-                continue
-            r = config.normalize_repository(b.repository)
-            interval, globs = repos.get(r, (None, []))
-            if b.poll_interval > 0:
-                interval = b.poll_interval if interval is None else min(interval, b.poll_interval)
-            repos[r] = (interval, globs + b.branches)
-        return repos
+        """{normalized repository: (interval, [branch globs])}, worked out
+        when the configuration was loaded (config.polled_repositories)."""
+        return self.cfg.polled_repositories()
 
     def _arm(self):
         for src in self._timers.values():
@@ -100,30 +125,40 @@ class Poller(daemon.Daemon):
 
     def _timer(self, repo):
         if not self.stopping:
-            try:
-                self.poll(repo)
-            except Exception as e:
-                # A full disk or an I/O error: say so, keep the timer, and
-                # try again at the next tick (nothing was recorded as seen).
-                self._problem(repo, "%s: %s" % (type(e).__name__, e))
-            self.notifier.status(self.status_text())
+            self.request(repo)
         return True
 
     def startup(self):
         self._arm()
 
     def on_config(self, old, new):
+        self._fingerprints.clear()     # Branches= may have changed what a poll records
         self._arm()
 
     def work(self):
+        # Git is asked of every repository, whatever its fingerprint: a
+        # rescan also notices what the fingerprint cannot (a state record
+        # moved aside, say).
+        self._fingerprints.clear()
         for repo, (interval, _g) in self.repositories().items():
             if interval:
-                self.poll(repo)
-                self.keepalive()
+                self.request(repo)
+
+    def shutdown(self):
+        # What a poll under way queued is queued again by the next start's
+        # poll, since its heads were not saved (the scheduler drops repeats).
+        self._waiting.clear()
+        for job in list(self._running.values()):
+            if job is not None:
+                job.cancel()
+        self._running.clear()
+        return True
 
     def status_text(self):
         text = "watching %d repositor%s; %d polls, %d changes queued" % (
             len(self._timers), "y" if len(self._timers) == 1 else "ies", self._polls, self._queued)
+        if self._running or self._waiting:
+            text += "; %d polling, %d waiting" % (len(self._running), len(self._waiting))
         if self._skipped:
             text += "; %d commit%s skipped (cannot be parsed)" % (self._skipped, "" if self._skipped == 1 else "s")
         for repo, why in sorted(self._errors.items()):
@@ -131,16 +166,91 @@ class Poller(daemon.Daemon):
         # STATUS= is one line, and a git error may quote what a server sent.
         return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
 
+    # ------------------------------------------------------ poll queue
+    def request(self, repo):
+        """Poll REPO as soon as a slot is free ([Daemons] MaxParallelPolls=);
+        nothing more if its poll is already under way or waiting."""
+        if repo in self._running or repo in self._waiting:
+            return
+        self._waiting[repo] = True
+        self._start_due()
+
+    def _start_due(self):
+        """Start the waiting polls while slots are free.  A poll that needs
+        no git (its fingerprint) ends inside Job(): the loop goes on."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._waiting and len(self._running) < self.cfg.max_parallel_polls and not self.stopping:
+                repo = next(iter(self._waiting))
+                del self._waiting[repo]
+                if repo not in self.repositories():
+                    continue            # dropped by a reload while it waited
+                self._running[repo] = None
+                job = gitjob.Job(self._poll_steps(repo), self.cfg.poll_timeout,
+                                 lambda _value, error, repo=repo: self._ended(repo, error))
+                if not job.done:
+                    self._running[repo] = job
+        finally:
+            self._starting = False
+
+    def _ended(self, repo, error):
+        self._running.pop(repo, None)
+        if error is not None:
+            # A full disk or an I/O error: say so, keep the timer, and try
+            # again at the next tick (nothing was recorded as seen).
+            self._problem(repo, "%s: %s" % (type(error).__name__, error))
+        self._report()
+        self._start_due()
+
+    def _report(self):
+        """STATUS= now when a poll changed more than the counts (a problem,
+        changes queued), else at most every STATUS_EVERY_MS: with hundreds
+        of repositories polls end many times a second."""
+        shown = (self._queued, self._skipped, tuple(sorted(self._errors.items())), len(self._timers))
+        if shown != self._shown:
+            self._shown = shown
+            self._report_now()
+        elif self._status_source is None:
+            self._status_source = GLib.timeout_add(STATUS_EVERY_MS, self._report_now)
+
+    def _report_now(self):
+        if self._status_source is not None:
+            GLib.source_remove(self._status_source)
+            self._status_source = None
+        self.notifier.status(self.status_text())
+        return False
+
     # -------------------------------------------------------------- poll
     def poll(self, repo):
-        """Poll one repository; queue its new commits; record its heads."""
+        """Poll one repository now, each git command in turn, blocking (the
+        daemon's polls are jobs of the main loop: see _start_due)."""
+        git.run(self._poll_steps(repo))
+
+    def _poll_steps(self, repo):
+        """The poll of REPO, as a reading (git.py): a generator of the git
+        commands it needs.  A local repository whose fingerprint is the one
+        of its last clean poll has moved nowhere: no git at all."""
         globs = self.repositories().get(repo, (None, []))[1]
         self._polls += 1
+        fingerprint = git.refs_fingerprint(repo) if git.is_local(repo) else None
+        if fingerprint is not None and self._fingerprints.get(repo) == fingerprint:
+            return
+        self._fingerprints.pop(repo, None)
+        # Taken before git reads the heads: a push in between changes it
+        # again, so the next poll asks git again.
+        if (yield from self._poll_heads(repo, globs)) and fingerprint is not None:
+            self._fingerprints[repo] = fingerprint
+
+    def _poll_heads(self, repo, globs):
+        """Reading: queue REPO's new commits on the branches GLOBS match,
+        record its heads; True if the poll went through without a problem."""
         try:
-            heads = git.heads(repo)
+            heads = yield from git.heads_steps(repo)
         except git.GitError as e:
             self._problem(repo, str(e))
-            return
+            return False
         wanted = {br: sha for br, sha in heads.items() if any(fnmatch.fnmatchcase(br, g) for g in globs)}
         try:
             prev = self.state.read_poller(repo)
@@ -155,20 +265,24 @@ class Poller(daemon.Daemon):
             log.info("%s: first poll: recorded %d branch head%s; commits from now on will be built"
                      % (redact.url(repo), len(wanted), "" if len(wanted) == 1 else "s"))
             self._errors.pop(repo, None)
-            return
+            return True
         old_refs = prev.get("refs") if isinstance(prev.get("refs"), dict) else {}
         moved = {br: sha for br, sha in wanted.items() if old_refs.get(br) != sha}
         if not moved:
             self._clear_problem(repo, prev, {br: sha for br, sha in old_refs.items() if br in heads})
-            return
+            return True
         skipped = []
         try:
-            src = git.source(repo, self.state.mirror_path(repo), sorted(moved))
+            src = yield from git.source_steps(repo, self.state.mirror_path(repo), sorted(moved))
             for br, sha in sorted(moved.items()):
-                skipped += self._queue_branch(repo, src, br, old_refs.get(br), sha)
+                skipped += yield from self._queue_branch(repo, src, br, old_refs.get(br), sha)
         except git.GitError as e:
             self._problem(repo, str(e))
-            return
+            return False
+        self._save_heads(repo, prev, old_refs, wanted, heads, skipped)
+        return True
+
+    def _save_heads(self, repo, prev, old_refs, wanted, heads, skipped):
         # Only now, with every change committed to the spool: a crash
         # before this line re-sends them (the scheduler drops repeats),
         # and logs the skipped commits again.
@@ -187,9 +301,10 @@ class Poller(daemon.Daemon):
         self._errors.pop(repo, None)
 
     def _queue_branch(self, repo, src, br, old, sha):
-        """Queue the commits of branch BR from OLD (None: a new branch) to
-        SHA; return the commits skipped because they cannot be parsed."""
-        if old is not None and not git.has_commit(src, old):
+        """Reading: queue the commits of branch BR from OLD (None: a new
+        branch) to SHA; return the commits skipped because they cannot be
+        parsed."""
+        if old is not None and not (yield from git.has_commit_steps(src, old)):
             # A force-push dropped it (and gc pruned it), or the state
             # holds something that is no commit id: old..new means
             # nothing, so do as for a new branch.
@@ -197,7 +312,7 @@ class Poller(daemon.Daemon):
                         % (redact.url(repo), br, str(old)[:40]), repository=redact.url(repo), branch=br)
             old = None
         unparseable, skipped = [], []
-        found = git.commits(src, old, sha, MAX_COMMITS + 1, unparseable)
+        found = yield from git.commits_steps(src, old, sha, MAX_COMMITS + 1, unparseable)
         if len(found) > MAX_COMMITS:
             log.warning("%s %s: %d+ new commits; queueing the newest %d"
                         % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
