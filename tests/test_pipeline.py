@@ -237,10 +237,12 @@ def test_pushed_while_poller_down_built_once_and_restarts_build_nothing_twice(da
     assert daemons.builds("hello") == [1, 2]
 
 
-@pytest.mark.parametrize("when", [1, 2], ids=["before-request-commit", "after-request-commit"])
-def test_scheduler_killed_between_change_and_request(daemons, git_repo, when):
-    """SIGKILL at the scheduler's first (the request's commit rename) or
-    second rename (recording the consumed change): after a restart there is
+@pytest.mark.parametrize("call, queued", [("rename", 0), ("unlink", 1)],
+                         ids=["before-request-commit", "after-request-commit"])
+def test_scheduler_killed_between_change_and_request(daemons, git_repo, call, queued):
+    """SIGKILL at the scheduler's first rename (the request's commit) or its
+    first unlink (removing the consumed change, after the request is
+    queued and the change recorded as consumed): after a restart there is
     exactly one request."""
     if not harness.shutil.which("strace"):
         pytest.fail("strace is needed (make deps installs it)")
@@ -248,13 +250,17 @@ def test_scheduler_killed_between_change_and_request(daemons, git_repo, when):
     hello(daemons, git_repo)
     sha = git_repo.head()
     daemons.cli("sendchange", "--repository", git_repo.bare, "--branch", "main", "--revision", sha, check=True)
-    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
-            "-e", "inject=rename,renameat,renameat2:signal=SIGKILL:when=%d" % when,
+    calls = {"rename": "rename,renameat,renameat2", "unlink": "unlink,unlinkat"}[call]
+    # The unlink is the change's own (-P: calls on that path only).
+    only = ["-P", daemons.spool.path("changes", "new", daemons.spool.pending("changes")[0])] if call == "unlink" else []
+    argv = ["strace", "-f", "-qq", "-o", "/dev/null"] + only + ["-e", "trace=" + calls,
+            "-e", "inject=%s:signal=SIGKILL:when=1" % calls,
             harness.PYTHON, os.path.join(harness.BIN_DIR, "buildunits-scheduler")] + daemons.dir_args()
     p = subprocess.run(argv, env=daemons.env(bus=False), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=60)
     assert p.returncode != 0, p.stdout
-    assert len(requests(daemons)) == when - 1, "the kill landed elsewhere: %s" % p.stdout
+    assert len(requests(daemons)) == queued, "the kill landed elsewhere: %s" % p.stdout
+    assert daemons.spool.pending("changes"), "the change was consumed before the kill"
     daemons.start("scheduler")
     wait_for(lambda: not daemons.spool.pending("changes"), what="the change to be consumed")
     reqs = requests(daemons)
