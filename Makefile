@@ -6,6 +6,7 @@
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
 #   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
+#   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
 #   make torture  long fault-injection and fuzzing runs (N=kills)
 
 # Debian's Python, where python3-pydbus & co. live (a python3 earlier on
@@ -29,7 +30,7 @@ DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchd
 	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
 	strace systemd chromium
 
-.PHONY: all deps check test demo demo-local bench bench-boundary torture install man units clean
+.PHONY: all deps check test demo demo-local bench bench-boundary bench-scale torture install man units clean
 
 all:
 	@echo "targets: demo check install man clean"
@@ -55,6 +56,13 @@ test: check
 bench: deps
 	QUICK=$(QUICK) $(PYTHON) bench/run.py
 	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
+	$(MAKE) -s bench-scale QUICK=$(QUICK)
+
+# How one event's cost grows with builders, queue depth, repositories and
+# history: each bench/scale_*.py prints its table and writes
+# build/bench/scale_*.json.
+bench-scale: deps
+	for b in bench/scale_*.py; do QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
 
 # What the boundary costs: a no-op build with its steps as transient units
 # and as the runner's children, under systemd in a container.  Needs root;
