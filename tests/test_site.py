@@ -719,15 +719,20 @@ def test_builders_json_is_the_last_public_file_of_every_pass(tmp_path, monkeypat
     finish(st, "hello", n, at=T0 + 10**7 + 60)
     s.update([("hello", n)])
     s.rebuild()
+    # INDEX, when a pass changed it, comes after api/builders.json; the
+    # last pass (the heads again) changed nothing INDEX remembers.
     passes, current = [], []
     for rel in order:
-        current.append(rel)
         if rel == site.INDEX:
+            passes[-1].append(rel)
+            continue
+        current.append(rel)
+        if rel == "api/builders.json":
             passes.append(current)
             current = []
     assert len(passes) == 3 and not current, order
-    for written in passes:
-        assert written[-2:] == ["api/builders.json", site.INDEX], written
+    for k, written in enumerate(passes):
+        assert written[-2:] == ["api/builders.json", site.INDEX] if k < 2 else written[-1] == "api/builders.json"
         assert written.index("index.html") < written.index("api/builders.json")
     # A build's pages (and its .final) come before the heads that link to them.
     second = passes[1]

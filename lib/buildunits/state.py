@@ -133,6 +133,15 @@ class State:
         n = rec.get("next") if rec else None
         return n if valid_number(n) else None
 
+    def counter_stamp(self, builder):
+        """What tells one next.json of BUILDER from another without reading
+        it (it is replaced by rename: a new inode each time), or None."""
+        return _stamp(self.counter_path(builder))
+
+    def builders_stamp(self):
+        """What changes when a builder's directory is added or removed."""
+        return _stamp(self.path("builds"))
+
     def write_counter(self, builder, n, durable=False):
         """Write the hint NEXT=N (a hint: not fsync'd unless DURABLE).  One
         past the last number (2**32) is not written: nothing follows it."""
@@ -418,3 +427,11 @@ class State:
 
     def workers(self):
         return [n[:-5] for n in self._names("workers", ".json")]
+
+
+def _stamp(path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
