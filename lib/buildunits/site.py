@@ -48,6 +48,11 @@ builds and the heads, and never lists or reads the history:
   the builds its heads show; without it (or with another FINAL_MARK) it
   renders everything again, skipping builds whose .final is current.
 
+A pass with nothing new writes nothing: the heads are rendered only when
+a build, the builders, the older waterfall pages or the queue they show
+changed, and INDEX only when its text did.  A builder's counter is looked
+at by one lstat and read when it changed (sitesource.catch_up).
+
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
 next pass starts again from it.
