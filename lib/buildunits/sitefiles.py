@@ -167,10 +167,4 @@ def _copy(fd, dst):
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def stamp(path):
-    """What tells one version of the file PATH from another, or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+stamp = fsutil.stamp   # what tells one version of a file from another, or None

@@ -136,11 +136,11 @@ class State:
     def counter_stamp(self, builder):
         """What tells one next.json of BUILDER from another without reading
         it (it is replaced by rename: a new inode each time), or None."""
-        return _stamp(self.counter_path(builder))
+        return fsutil.stamp(self.counter_path(builder), follow_symlinks=False)
 
     def builders_stamp(self):
         """What changes when a builder's directory is added or removed."""
-        return _stamp(self.path("builds"))
+        return fsutil.stamp(self.path("builds"), follow_symlinks=False)
 
     def write_counter(self, builder, n, durable=False):
         """Write the hint NEXT=N (a hint: not fsync'd unless DURABLE).  One
@@ -427,11 +427,3 @@ class State:
 
     def workers(self):
         return [n[:-5] for n in self._names("workers", ".json")]
-
-
-def _stamp(path):
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
