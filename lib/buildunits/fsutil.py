@@ -109,6 +109,16 @@ def write_atomic(path, data, mode=0o644, durable=True):
         fsync_dir_after_commit(os.path.dirname(path) or ".")
 
 
+def stamp(path, follow_symlinks=True):
+    """What tells one version of the file PATH from another (inode, mtime,
+    size), or None if there is none."""
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def makedirs(path, mode=0o755):
     """mkdir -p, making each newly created level durable in its parent."""
     missing = []

@@ -48,6 +48,11 @@ builds and the heads, and never lists or reads the history:
   the builds its heads show; without it (or with another FINAL_MARK) it
   renders everything again, skipping builds whose .final is current.
 
+A pass with nothing new writes nothing: the heads are rendered only when
+a build, the builders, the older waterfall pages or the queue they show
+changed, and INDEX only when its text did.  A builder's counter is looked
+at by one lstat and read when it changed (sitesource.catch_up).
+
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
 next pass starts again from it.
@@ -102,6 +107,8 @@ class Site:
         self._badges = set()     # builders whose last result changed
         self._dirty_pages = set()  # (B, history page) to render again
         self._dirty_wf = set()   # sealed waterfall pages to render again
+        self._index_text = None  # INDEX's text as this process last wrote it
+        self._shown = None       # (builders, older waterfall pages, queue) the heads show
 
     # ------------------------------------------------------------------ API
     def update(self, touched, force=False):
@@ -153,7 +160,8 @@ class Site:
     # ------------------------------------------------------------ the passes
     def _pass(self, touched, force):
         """One incremental update (see the module docstring)."""
-        names = self._names = self.source.builder_names(self.cfg.builders)
+        full = self._all or any(b not in self._b for b, _ in touched)
+        names = self._names = self.source.builder_names(self.cfg.builders, full)
         forced, hints = set(), {}
         for builder, number in touched:
             if (builder in names and isinstance(number, int) and not isinstance(number, bool)
@@ -163,7 +171,7 @@ class Site:
         todo = set(forced)
         for name in names:
             b = self._builder(name)
-            for n in self.source.catch_up(b, hints.get(name, 0)):
+            for n in self.source.catch_up(b, hints.get(name, 0), full):
                 todo.add((name, n))
             todo.update((name, n) for n in b.unfinal)
         for name, n in sorted(todo):
@@ -228,9 +236,7 @@ class Site:
                                            for name, n in o["members"] if name in self._b])
                 if not o["waiting"]:
                     del self._wf_open[page]
-        bs = [self._b[name] for name in self._names if name in self._b]
-        self.pages.heads(self.cfg, bs, self._wf_pages, self.source.queued(),
-                         None if self._all else (self._dirty, self._finished, self._badges))
+        self._heads()
         for b in self._b.values():
             self._prune(b)
         self._save_index()
@@ -240,6 +246,18 @@ class Site:
         self._badges.clear()
         self._dirty_pages.clear()
         self._dirty_wf.clear()
+
+    def _heads(self):
+        """The head pages, if anything they show changed: a build, the
+        builders, the older waterfall pages, the queue (see _pass)."""
+        queued = self.source.queued()
+        shown = (tuple(self._names), self._wf_pages, queued)
+        if not (self._all or self._dirty or self._finished or self._badges or shown != self._shown):
+            return
+        bs = [self._b[name] for name in self._names if name in self._b]
+        self.pages.heads(self.cfg, bs, self._wf_pages, queued,
+                         None if self._all else (self._dirty, self._finished, self._badges))
+        self._shown = shown
 
     # ------------------------------------------------------ what is known
     def _builder(self, name):
@@ -414,8 +432,11 @@ class Site:
     def _save_index(self):
         self.files.mkdir(self.root)
         path = os.path.join(self.root, INDEX)
-        siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK)
-        self._index_stamp = sitefiles.stamp(path)
+        # Written only when it changed: a pass with nothing new writes nothing.
+        text = siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK, self._index_text)
+        if text != self._index_text:
+            self._index_text = text
+            self._index_stamp = sitefiles.stamp(path)
 
     def _prune(self, b):
         for n in b.prune():

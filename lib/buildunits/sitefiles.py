@@ -6,7 +6,8 @@ place, so a web server never serves half a page; without fsync, since the
 site is derived data that a rebuild recreates (a crash costs a second
 rendering of what was being written).  A raw log is a hard link to the
 state's log, or a copy across filesystems, made from the descriptor the
-reader opened (never through a link planted at its name).
+reader opened (never through a link planted at its name); a copy of a
+log that grew gets only the new bytes appended (_append).
 
 SiteFiles counts what it writes: Site.update() returns that count.
 """
@@ -14,12 +15,14 @@ SiteFiles counts what it writes: Site.update() returns that count.
 import errno
 import json
 import os
+import stat
 import time
 from urllib.parse import unquote
 
 from . import fsutil, templates
 
 _COPY_CHUNK = 1024 * 1024
+_CHECK_BYTES = 4096                  # of a copy's tail, compared with the log before appending
 
 
 class SiteFiles:
@@ -96,6 +99,8 @@ def link_or_copy(src, dst, fd):
             return False  # the link: it grows with the log by itself
         if (d.st_size, d.st_mtime_ns) == (s.st_size, s.st_mtime_ns):
             return False  # a copy that is current
+        if _append(fd, dst, d, s):
+            return True
     except FileNotFoundError:
         pass
     tmp = fsutil.tmp_name(dst)
@@ -119,23 +124,47 @@ def link_or_copy(src, dst, fd):
     return True
 
 
+def _append(fd, dst, d, s):
+    """Bring the copy DST (stat D) of a log that grew (FD, stat S) up to
+    date by appending the bytes past its end; False if it is not a prefix
+    of the log (the log was replaced or cut: copy it whole).  A log only
+    grows while its step runs, so a running step's log is copied once in
+    all, a piece per pass, never again whole on every pass (a copy per
+    second would still write the log again and again: 100 MB x its
+    duration).  A reader sees a prefix of the log, as it would through a
+    link; a crash mid-append leaves a longer prefix, which the next pass
+    goes on from.  The tail of the copy is checked against the log at
+    that offset, so a copy that is not of this log is never appended to."""
+    if not (stat.S_ISREG(d.st_mode) and 0 < d.st_size < s.st_size and d.st_nlink == 1):
+        return False
+    check = min(d.st_size, _CHECK_BYTES)
+    with open(os.open(dst, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC), "r+b") as fo:
+        if not os.path.samestat(os.fstat(fo.fileno()), d):
+            return False
+        fo.seek(d.st_size - check)
+        if fo.read(check) != os.pread(fd, check, d.st_size - check):
+            return False
+        _pump(fd, d.st_size, fo)
+    os.utime(dst, ns=(s.st_atime_ns, os.fstat(fd).st_mtime_ns))
+    return True
+
+
+def _pump(fd, offset, fo):
+    """Write FD's bytes from OFFSET to its end into FO."""
+    while True:
+        chunk = os.pread(fd, _COPY_CHUNK, offset)
+        if not chunk:
+            return
+        fo.write(chunk)
+        offset += len(chunk)
+
+
 def _copy(fd, dst):
-    with open(os.dup(fd), "rb") as fi, open(dst, "xb") as fo:
-        fi.seek(0)
-        while True:
-            chunk = fi.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fo.write(chunk)
-        st = os.fstat(fi.fileno())
+    with open(dst, "xb") as fo:
+        _pump(fd, 0, fo)
+    st = os.fstat(fd)
     # The source's times, so the next pass can tell the copy is current.
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def stamp(path):
-    """What tells one version of the file PATH from another, or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+stamp = fsutil.stamp   # what tells one version of a file from another, or None

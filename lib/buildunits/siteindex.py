@@ -49,6 +49,8 @@ class Builder:
         self.stamps = {}        # number -> State.build_stamp its card was made from
         self.recs = {}          # number -> record of a running build
         self.listed_for = None  # the counter value that made us list the directory
+        self.counter_stamp = None  # State.counter_stamp when it was last read
+        self._index_key = self._index_json = None  # index_text(), and what it was made of
 
     def head_floor(self):
         """The builder's first page shows the numbers above this."""
@@ -119,6 +121,15 @@ class Builder:
         return {"known": self.known, "sealed": self.sealed, "pages": self.pages,
                 "skipped": self.skipped, "unfinal": sorted(self.unfinal), "last": self.last}
 
+    def index_text(self):
+        """index_entry() as JSON, encoded again only when it changed."""
+        key = (self.known, self.sealed, self.pages, repr(self.skipped), frozenset(self.unfinal),
+               None if self.last is None else tuple(self.last.values()))
+        if self._index_key != key:
+            self._index_key = key
+            self._index_json = json.dumps(self.index_entry(), ensure_ascii=True)
+        return self._index_json
+
 
 def next_seal(builders, size):
     """What the next older waterfall page holds, or None while the first
@@ -177,15 +188,24 @@ def _builder(name, e):
     return b
 
 
-def save(path, builders, wf_pages, wf_open, mark):
-    """Write INDEX at PATH (no fsync: a lost INDEX costs a full rendering)."""
+def save(path, builders, wf_pages, wf_open, mark, previous=None):
+    """Write INDEX at PATH (no fsync: a lost INDEX costs a full rendering)
+    unless its text would be PREVIOUS; returns the text."""
     idx = {"format": "site-index", "version": INDEX_VERSION, "mark": mark,
            "history_page": HISTORY_PAGE,
            "waterfall": {"pages": wf_pages, "open": [
                {"page": k, "members": o["members"], "waiting": sorted(o["waiting"])}
                for k, o in sorted(wf_open.items())]},
-           "builders": {name: b.index_entry() for name, b in sorted(builders.items())}}
-    fsutil.write_atomic(path, json.dumps(idx, ensure_ascii=True) + "\n", durable=False)
+           "builders": {}}
+    head = json.dumps(idx, ensure_ascii=True)
+    # A builder's entry is encoded again only when it changed: a pass
+    # that changed nothing costs a comparison per builder.
+    entries = ", ".join("%s: %s" % (json.dumps(name, ensure_ascii=True), b.index_text())
+                        for name, b in sorted(builders.items()))
+    text = head[:-3] + "{" + entries + "}}\n"   # head ends with {}}
+    if text != previous:
+        fsutil.write_atomic(path, text, durable=False)
+    return text
 
 
 def _count(v):

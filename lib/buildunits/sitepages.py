@@ -34,6 +34,7 @@ build number; docs/site.md has the same table for readers):
     .buildunits-site.json       siteindex.INDEX: what an update must remember
 """
 
+import heapq
 import json
 import os
 import time
@@ -56,6 +57,7 @@ BADGE_COLOURS = {
     "skipped": ("#4aa3a3", "#000"), "running": ("#e6d800", "#000"),
 }
 BADGE_OTHER = ("#9e9e9e", "#000")
+_EMPTY_CELL = {"boxes": (), "more": 0}
 
 
 class Pages:
@@ -217,28 +219,29 @@ class Pages:
         return rows
 
     def _console_rows(self, bs):
-        """Console rows: a revision each, newest first, from the cards in memory."""
+        """Console rows: a revision each, newest first, from the cards in
+        memory.  Only the CONSOLE_ROWS newest get cells: a row has a cell
+        per builder, so making them all would cost rows x builders."""
         index = {b.name: i for i, b in enumerate(bs)}
         groups = {}
         for b in bs:
             for c in b.cards.values():
                 key = c["revision"] or (c["builder"], c["number"])
                 groups.setdefault(key, []).append(c)
+        newest = heapq.nlargest(CONSOLE_ROWS, groups.values(), key=lambda cards: card_order(min(cards, key=card_order)))
         rows = []
-        for cards in groups.values():
+        for cards in newest:
             cards.sort(key=card_order, reverse=True)
             lead = next((c for c in cards if c["changes"]), cards[-1])
-            cells = [[] for _ in bs]
+            mine = {}
             for c in cards:
-                cells[index[c["builder"]]].append(c)
-            rows.append({"started": min(card_time(c) for c in cards) or None, "lead": lead,
-                         "branch": lead["branch"], "cells": cells, "order": card_order(cards[-1])})
-        rows.sort(key=lambda r: r["order"], reverse=True)
-        rows = rows[:CONSOLE_ROWS]
-        for row in rows:
-            row["changes"] = self.fragment("changes.html", row.pop("lead"), "")
-            row["cells"] = [{"boxes": [self.fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]],
-                             "more": max(0, len(cell) - CONSOLE_CELL)} for cell in row["cells"]]
+                mine.setdefault(index[c["builder"]], []).append(c)
+            cells = [_EMPTY_CELL] * len(bs)   # most builders did not build this revision
+            for i, cell in mine.items():
+                cells[i] = {"boxes": [self.fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]],
+                            "more": max(0, len(cell) - CONSOLE_CELL)}
+            rows.append({"started": min(card_time(c) for c in cards) or None, "branch": lead["branch"],
+                         "changes": self.fragment("changes.html", lead, ""), "cells": cells})
         return rows
 
     # ---------------------------------------------------- feeds, badges

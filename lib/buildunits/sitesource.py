@@ -25,16 +25,30 @@ class Source:
         self.state = state
         self.spool = spool
         self._warned = set()     # unreadable build records already logged
+        self._builders = set()   # the builders with a history, as last listed
+        self._builders_stamp = None
 
-    def builder_names(self, configured):
-        """The builders: CONFIGURED (names), or in the history."""
-        names = set(configured) | set(self.state.builders())
+    def builder_names(self, configured, full=True):
+        """The builders: CONFIGURED (names), or in the history.  Unless
+        FULL, the history's are listed again only if its directory changed."""
+        stamp = self.state.builders_stamp()
+        if full or stamp != self._builders_stamp or stamp is None:
+            self._builders = set(self.state.builders())
+            self._builders_stamp = stamp
+        names = set(configured) | self._builders
         return sorted(n for n in names if safe_name(n))
 
-    def catch_up(self, b, hint=0):
+    def catch_up(self, b, hint=0, full=True):
         """The numbers of B (a siteindex.Builder) taken since it was last
         caught up, now counted in b.known and b.unfinal; HINT a number
-        somebody said exists."""
+        somebody said exists.  Unless FULL (or HINT), a counter that did
+        not change since the last look (one lstat) means nothing new: a
+        number taken by a runner that crashed before writing the counter
+        is found by the next full pass (the rescan)."""
+        stamp = self.state.counter_stamp(b.name)
+        if not full and not hint and stamp is not None and stamp == b.counter_stamp:
+            return []
+        b.counter_stamp = stamp
         latest = b.known
         nxt = self.state.read_counter(b.name)
         if nxt is not None:

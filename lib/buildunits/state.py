@@ -134,6 +134,15 @@ class State:
         n = rec.get("next") if rec else None
         return n if valid_number(n) else None
 
+    def counter_stamp(self, builder):
+        """What tells one next.json of BUILDER from another without reading
+        it (it is replaced by rename: a new inode each time), or None."""
+        return fsutil.stamp(self.counter_path(builder), follow_symlinks=False)
+
+    def builders_stamp(self):
+        """What changes when a builder's directory is added or removed."""
+        return fsutil.stamp(self.path("builds"), follow_symlinks=False)
+
     def write_counter(self, builder, n, durable=False):
         """Write the hint NEXT=N (a hint: not fsync'd unless DURABLE).  One
         past the last number (2**32) is not written: nothing follows it."""

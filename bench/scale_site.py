@@ -1,0 +1,234 @@
+#!/usr/bin/python3
+"""scale_site: what the static site costs as builders, history and a site
+on another filesystem grow.
+
+    /usr/bin/python3 bench/scale_site.py        (QUICK=1: the smaller sizes)
+
+Figures (CPU of this process, time.process_time, unless said; printed,
+never judged):
+
+  builders 10 / 100 / 1000 (QUICK: 10 / 100), one repository, three
+  finished builds each:
+    - one finished build: Site.update() after one more build of one builder;
+    - a pass with nothing new: Site.update([]), and the files it wrote;
+    - all head pages: Site.rebuild() on a site it knows (every head page).
+  history 10k / 100k (QUICK: 10k) builds of four builders (site_bench's
+  cached histories):
+    - full render: Site.rebuild(force=True), wall time (it may use
+      several processes);
+    - time to READY=1: an HTMLGen on a site without INDEX, startup() and
+      its first work(), what runs before the daemon says READY=1; then
+      the background fill it goes on with (if it has one) until done.
+  site on another filesystem (a tmpfs mounted here: needs root, else
+  skipped): a running step's log grows to 100 MB by 1 MB appends (lines
+  of 1 MB, so that its log page, cut at 64 KB a line, stays small), a pass
+  (update and follow_logs) after each; the bytes this process wrote
+  (/proc/self/io wchar, less the log itself) over the log's size.
+
+PARTS=builders,history,copy picks the parts.  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
+goes to build/bench/scale_site.json.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "lib"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import site_bench  # noqa: E402
+from buildunits import config, htmlgen, paths, site  # noqa: E402
+from buildunits.bus import NoBus  # noqa: E402
+from buildunits.spool import Spool  # noqa: E402
+from buildunits.state import State  # noqa: E402
+from support.inprocess import RecordingNotifier  # noqa: E402
+
+QUICK = os.environ.get("QUICK", "") not in ("", "0")
+BUILDERS = (10, 100) if QUICK else (10, 100, 1000)
+HISTORIES = (10_000,) if QUICK else (10_000, 100_000)
+PER_BUILDER = 3
+RUNS = 7
+LOG_MB = 100
+PARTS = (os.environ.get("PARTS") or "builders,history,copy").split(",")
+CACHE = os.environ.get("BENCH_CACHE") or site_bench.default_cache()
+T0 = site_bench.T0
+
+
+def say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_config(d, names):
+    os.makedirs(os.path.join(d, "builders"), exist_ok=True)
+    with open(os.path.join(d, "buildunits.conf"), "w") as f:
+        f.write("[Site]\nTitle=scale benchmark\n")
+    for b in names:
+        with open(os.path.join(d, "builders", b + ".builder"), "w") as f:
+            f.write("[Builder]\nRepository=/srv/git/one.git\n\n[Step compile]\nCommand=make\n")
+    return config.load(d)
+
+
+def builders_state(count):
+    """A cached state of COUNT builders with PER_BUILDER builds each."""
+    d = os.path.join(CACHE, "scale-site-builders-v1-%d" % count)
+    if not os.path.exists(os.path.join(d, "complete")):
+        shutil.rmtree(d, ignore_errors=True)
+        st = State(os.path.join(d, "state"))
+        st.ensure()
+        say("writing %d builders x %d builds into %s" % (count, PER_BUILDER, d))
+        serial = 0
+        for k in range(PER_BUILDER):
+            for i in range(count):
+                site_bench.write_build(st, "b%04d" % i, T0 + 60 * serial, serial)
+                serial += 1
+        open(os.path.join(d, "complete"), "w").close()
+    return os.path.join(d, "state")
+
+
+def cpu(fn):
+    t = time.process_time()
+    out = fn()
+    return (time.process_time() - t) * 1000, out
+
+
+def measure_builders(count, work):
+    src = builders_state(count)
+    state_dir = os.path.join(work, "state-%d" % count)
+    subprocess.run(["cp", "-al", src, state_dir], check=True)
+    names = ["b%04d" % i for i in range(count)]
+    st, sp = State(state_dir), Spool(os.path.join(work, "spool-%d" % count))
+    sp.ensure()
+    cfg = write_config(os.path.join(work, "config-%d" % count), names)
+    s = site.Site(os.path.join(work, "site-%d" % count), st, sp, cfg)
+    s.rebuild(force=True)
+    s.update([])
+    one, idle, idle_files, heads = [], [], [], []
+    serial = count * PER_BUILDER
+    for r in range(RUNS):
+        name = names[(r * 7) % count]
+        n = site_bench.write_build(st, name, T0 + 60 * serial, serial)
+        serial += 1
+        one.append(cpu(lambda: s.update([(name, n)]))[0])
+        ms, files = cpu(lambda: s.update([]))
+        idle.append(ms)
+        idle_files.append(files)
+        heads.append(cpu(lambda: s.rebuild())[0])
+    return {"one finished build (ms CPU)": one, "pass with nothing new (ms CPU)": idle,
+            "files written by a pass with nothing new": idle_files, "all head pages (ms CPU)": heads}
+
+
+def measure_history(size, work):
+    src = site_bench.history(size, CACHE, say)
+    d = paths.Dirs(config=os.path.join(work, "hconfig-%d" % size), spool=os.path.join(work, "hspool-%d" % size),
+                   state=os.path.join(work, "hstate-%d" % size), site=os.path.join(work, "hsite-%d" % size))
+    subprocess.run(["cp", "-al", src, d.state], check=True)
+    cfg = site_bench.load_config(d.config)
+    st, sp = State(d.state), Spool(d.spool)
+    sp.ensure()
+    t = time.perf_counter()
+    site.Site(d.site, st, sp, cfg).rebuild(force=True)
+    full = time.perf_counter() - t
+    say("  %d builds: full render %.1fs" % (size, full))
+    shutil.rmtree(d.site)
+    h = htmlgen.HTMLGen(d, cfg, NoBus(), RecordingNotifier(), None)
+    t = time.perf_counter()
+    h.startup()
+    h.work()
+    ready = time.perf_counter() - t
+    fill = None
+    if hasattr(h, "fill_step"):
+        while h.fill_step():
+            pass
+        fill = time.perf_counter() - t
+    say("  %d builds: READY=1 after %.1fs, filled after %s" % (size, ready, fill))
+    shutil.rmtree(d.site)
+    shutil.rmtree(d.state)
+    return {"full render (s wall)": [full], "time to READY=1 (s wall)": [ready],
+            "READY=1 then background fill done (s wall)": [fill] if fill is not None else []}
+
+
+def measure_copy(work):
+    if os.geteuid() != 0:
+        say("site on another filesystem: skipped (mounting a tmpfs needs root)")
+        return {}
+    from buildunits import buildrecord, step as stepmod
+    d = os.path.join(work, "copy")
+    mnt = os.path.join(d, "site")
+    os.makedirs(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm" % (4 * LOG_MB), "tmpfs", mnt], check=True)
+    try:
+        cfg = write_config(os.path.join(d, "config"), ["hello"])
+        st, sp = State(os.path.join(d, "state")), Spool(os.path.join(d, "spool"))
+        st.ensure()
+        sp.ensure()
+        req = {"id": "R1", "builder": "hello", "branch": "main", "revision": "c" * 40, "repository": "",
+               "reason": "bench"}
+        n = st.allocate_number("hello")
+        rec = buildrecord.new_record(req, "hello", n, "w1", stepmod.plan(cfg.builders["hello"], req), time.time())
+        s0 = rec["steps"][0]
+        s0["log"] = st.log_name(1, s0["name"])
+        fd = st.create_log("hello", n, s0["log"])
+        s0.update(state="running", started=time.time())
+        st.write_build(rec)
+        s = site.Site(mnt, st, sp, cfg)
+        s.rebuild()
+        chunk = b"x" * (1024 * 1024 - 1) + b"\n"   # a line a MB: the log page stays small
+        before = _wchar()
+        t = time.perf_counter()
+        for i in range(LOG_MB):
+            os.write(fd, chunk)
+            s.update([])
+            s.follow_logs()
+        os.close(fd)
+        wrote = _wchar() - before - LOG_MB * 1024 * 1024   # less the log itself, written here
+        secs = time.perf_counter() - t
+        return {"bytes written / log size while running": [wrote / (LOG_MB * 1024 * 1024)],
+                "MB written while the log grew to 100 MB": [wrote / 1e6], "wall (s)": [secs]}
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+
+
+def _wchar():
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    os.makedirs(CACHE, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="scale-site-", dir=CACHE)
+    rows = []
+    try:
+        for count in BUILDERS if "builders" in PARTS else ():
+            for fig, v in measure_builders(count, work).items():
+                rows.append(("builders %d" % count, fig, v))
+        for size in HISTORIES if "history" in PARTS else ():
+            for fig, v in measure_history(size, work).items():
+                rows.append(("history %dk" % (size // 1000), fig, v))
+        for fig, v in (measure_copy(work) if "copy" in PARTS else {}).items():
+            rows.append(("log %d MB" % LOG_MB, fig, v))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = []
+    print("%-14s | %-45s | %s" % ("size", "figure", "value (median)"))
+    for size, fig, v in rows:
+        val = statistics.median(v) if v else None
+        out.append({"size": size, "figure": fig, "value": val, "runs": v})
+        print("%-14s | %-45s | %s" % (size, fig, "n/a" if val is None else "%.2f" % val))
+    import json
+    os.makedirs(os.path.join(ROOT, "build", "bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "build", "bench", "scale_site.json"), "w") as f:
+        json.dump({"quick": QUICK, "rows": out}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
