@@ -62,6 +62,7 @@ ACCOUNTING = (("CPUUsageNSec", "cpu_sec", 1e-9), ("MemoryPeak", "memory_peak_byt
               ("IOReadBytes", "io_read_bytes", 1), ("IOWriteBytes", "io_write_bytes", 1),
               ("TasksPeak", "tasks_max", 1))
 CGROUP_LIMITS = ("memory", "cpu", "pids", "io")
+STATE = ("ActiveState", "SubState", "Job")      # what says whether a unit has ended
 
 
 def unit_escape(text):
@@ -220,6 +221,7 @@ class Systemd:
 
     def __init__(self, connection=None):
         self._conn = connection
+        self._missing = set()       # (interface, property) this systemd does not have
 
     @property
     def conn(self):
@@ -244,12 +246,24 @@ class Systemd:
         except GLib.Error:
             return None
 
-    def get_all(self, unit, interface):
-        try:
-            return self.call("GetAll", GLib.Variant("(s)", (interface,)), "(a{sv})", path=object_path(unit),
-                             interface=PROPERTIES)[0]
-        except GLib.Error:
-            return None
+    def get_some(self, unit, interface, names):
+        """{name: value} of the properties NAMES of UNIT, those systemd has
+        (a newer property, such as MemoryPeak, may not be there), or None
+        if the unit is not loaded: a few small calls rather than GetAll's
+        hundreds of values (the environment and command lines among them)."""
+        out = {}
+        for name in names:
+            if (interface, name) in self._missing:
+                continue
+            try:
+                out[name] = self.call("Get", GLib.Variant("(ss)", (interface, name)), "(v)",
+                                      path=object_path(unit), interface=PROPERTIES)[0]
+            except GLib.Error as e:
+                if "UnknownProperty" in (Gio.DBusError.get_remote_error(e) or ""):
+                    self._missing.add((interface, name))
+                    continue
+                return None
+        return out
 
     def gone(self, unit):
         """Whether UNIT has stopped and been released.  (Asking about a
@@ -435,12 +449,13 @@ class UnitStep:
     def _status(self):
         """The exit status once the main process has ended, else None
         (the accounting is read on the way)."""
-        unit = self.sd.get_all(self.unit, UNIT)
+        unit = self.sd.get_some(self.unit, UNIT, STATE)
         if unit is not None:
-            self._state = {k: unit.get(k) for k in ("ActiveState", "SubState", "Job")}
+            self._state = unit
         if unit is not None and not ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
             return None
-        svc = self.sd.get_all(self.unit, SERVICE) or {}
+        svc = self.sd.get_some(self.unit, SERVICE, ("ExecMainCode", "ExecMainStatus") + tuple(
+            p for p, _key, _scale in ACCOUNTING)) or {}
         self.usage = usage(svc)
         if unit is None or not svc.get("ExecMainCode"):
             return -1           # gone, or never ran: the status is unknown
@@ -503,7 +518,7 @@ class UnitStep:
         for sig in ("SIGKILL", None):
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
-                unit = self.sd.get_all(self.unit, UNIT)
+                unit = self.sd.get_some(self.unit, UNIT, STATE)
                 if unit is None or ended(unit.get("ActiveState"), unit.get("SubState"), unit.get("Job", (0, ""))[0]):
                     sig = None
                     break
