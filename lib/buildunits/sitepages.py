@@ -67,7 +67,7 @@ class Pages:
 
     def forget(self):
         self._pieces = {}        # (B, n) -> {(template, root): a finished build's piece of a page}
-        self._group_seen = {}    # group -> what its page showed: (columns, sealed marks, pager)
+        self._group_seen = {}    # group -> what its page showed: (columns, pager)
         self._badge_words = {}   # builder -> the word its badge shows
 
     def forget_build(self, name, n):
@@ -200,15 +200,19 @@ class Pages:
             self._remove_stale_group_pages(groups)
 
     def _group_page(self, cfg, name, members, pager, dirty):
-        """groups/G.html: group NAME's waterfall, MEMBERS [(Builder, column)]."""
+        """groups/G.html: group NAME's waterfall, MEMBERS [(Builder, column)]:
+        its 2*WaterfallDepth= newest builds."""
         columns = [col for _b, col in members]
-        seen = (columns, [b.sealed for b, _col in members], pager)
+        seen = (columns, pager)
         if dirty is not None and self._group_seen.get(name) == seen and not dirty.intersection(
                 b.name for b, _col in members):
             return
         self._group_seen[name] = seen
         layout = [("builder", b.name, [b.name]) for b, _col in members]
-        heads = [c for b, _col in members for n, c in b.cards.items() if n > b.sealed]
+        # The group's newest builds of those in memory (each builder's first
+        # page's worth), sealed or not: its share of index.html may be none.
+        heads = sorted((c for b, _col in members for c in b.cards.values()), key=card_order,
+                       reverse=True)[:2 * max(1, int(cfg.waterfall_depth))]
         self._write_page(cfg, sitegroups.page_path(name), "waterfall.html", root="../", refresh=REFRESH_SEC,
                          feed="atom.xml", title="%s: %s" % (cfg.title, text(name)), head=True, group=text(name),
                          columns=columns, rows=self._rows(heads, _slots(layout), columns, "../"),
