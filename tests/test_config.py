@@ -563,3 +563,22 @@ def test_bad_and_fixed_directives_name_file_line_and_key(conf, section, line, ke
     prob = one_problem(conf)
     assert (prob.path, prob.line, prob.section, prob.key) == (p, line, section, key)
     assert str(prob).startswith("%s:%d: [%s] %s=: " % (p, line, section, key)) and message in str(prob)
+
+
+# ---------------------------------------------------------- WaterfallGroup=
+
+def test_waterfall_group_names_the_builders_group(conf):
+    conf.builder("a", minimal("WaterfallGroup=linux-gcc.12"))
+    conf.builder("b", minimal("WaterfallGroup=linux\nWaterfallGroup="))
+    conf.builder("c", minimal())
+    cfg = conf.load()
+    assert [cfg.builders[n].group for n in "abc"] == ["linux-gcc.12", "", ""]
+
+
+@pytest.mark.parametrize("value", ["a b", "-x", ".hidden", "x/y", "x" * 65, "é", "<b>"])
+def test_bad_waterfall_group_names_file_line_and_key(conf, value):
+    p = conf.builder("x", minimal("WaterfallGroup=%s" % value))
+    prob = one_problem(conf)
+    assert (prob.path, prob.line, prob.section, prob.key) == (p, 3, "Builder", "WaterfallGroup")
+    assert str(prob).startswith("%s:3: [Builder] WaterfallGroup=: " % p)
+    assert repr(value) in prob.message and "group name" in prob.message

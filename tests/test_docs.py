@@ -109,9 +109,9 @@ def test_documented_defaults_are_the_code_defaults():
                 value = m.group(1)
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
-                            "credentials": str.split}[kind](value)
+                            "credentials": str.split, "group": str}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
-                expected = {"str": "", "env": {}, "list": [], "credentials": []}[kind]
+                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": []}[kind]
             else:
                 continue  # a required key such as Command=
             assert actual == expected, "%s %s=: documented default %r, code has %r" % (

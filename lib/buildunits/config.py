@@ -81,6 +81,7 @@ class Builder:
     name: str
     path: str
     description: str = ""
+    group: str = ""                               # "" : in no group (sitegroups.py)
     repository: str = ""
     branches: list = field(default_factory=lambda: ["*"])
     poll_interval: float = 60.0
@@ -176,6 +177,14 @@ def _at_least_one(text):
     return n
 
 
+def _group(text):
+    """A WaterfallGroup= value: a name as a builder's, or "" for no group."""
+    if text and not NAME_RE.fullmatch(text):
+        raise ValueError("group name %r must be letters, digits, '.', '_' or '-', start with a letter "
+                         "or digit, at most 64 long" % text)
+    return text
+
+
 def _executor(text):
     if text not in EXECUTORS:
         raise ValueError("not one of %s: %r" % ("|".join(EXECUTORS), text))
@@ -189,7 +198,7 @@ def _absolute_path(text):
 
 
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
-            "executor": _executor, "path": _absolute_path}
+            "executor": _executor, "group": _group, "path": _absolute_path}
 
 
 def _assign(obj, attr, kind, value, key):
@@ -249,6 +258,7 @@ class _Setter:
 
 BUILDER_KEYS = {
     "Description": ("description", "str"),
+    "WaterfallGroup": ("group", "group"),
     "Repository": ("repository", "str"),
     "Branches": ("branches", "list"),
     "PollIntervalSec": ("poll_interval", "span"),

@@ -40,7 +40,7 @@ import os
 import time
 import uuid
 
-from . import fsutil, siteviews, templates
+from . import fsutil, sitegroups, siteviews, templates
 from .siteindex import HISTORY_PAGE
 from .siteviews import card_order, card_time, text
 
@@ -69,6 +69,7 @@ class Pages:
 
     def forget(self):
         self._pieces = {}        # (B, n) -> {(template, root): a finished build's piece of a page}
+        self._group_seen = {}    # group -> what its page showed: (columns, pager)
         self._badge_words = {}   # builder -> the word its badge shows
 
     def forget_build(self, name, n):
@@ -104,16 +105,25 @@ class Pages:
                          siteviews.history_doc(b, page, first, last, cards), cards)
 
     def waterfall_page(self, cfg, builders, page, newest, cards):
-        """Older waterfall page PAGE of CARDS; NEWEST the newest such page."""
+        """Older waterfall page PAGE of CARDS; NEWEST the newest such page.
+        Its columns are those of the first page (sitegroups.plan), but
+        only those with a build here."""
         cards = [c for c in cards if c]
-        names = sorted({c["builder"] for c in cards})
-        columns = [_column(cfg, builders[name], []) for name in names]
+        present = {c["builder"] for c in cards}
+        layout = sitegroups.plan(sorted(builders), _group_of(cfg))
+        if layout is not None:
+            layout = [col for col in layout if present.intersection(col[2])]
+        else:
+            layout = [("builder", name, [name]) for name in sorted(present)]
+        columns = [_column(cfg, builders[names[0]], []) if kind == "builder"
+                   else sitegroups.group_column(name, [_column(cfg, builders[n], []) for n in names])
+                   for kind, name, names in layout]
         older = "waterfall/%d.html" % (page - 1) if page > 1 else ""
         newer = "waterfall/%d.html" % (page + 1) if page < newest else "index.html"
         self._write_page(cfg, "waterfall/%d.html" % page, "waterfall.html",
                          title="%s: older builds, page %d" % (cfg.title, page), root="../",
-                         refresh=0, head=False, columns=columns,
-                         rows=self._rows(cards, names, "../"),
+                         refresh=0, head=False, columns=columns, group="",
+                         rows=self._rows(cards, _slots(layout), columns, "../"),
                          pager={"newer": newer, "older": older, "pages": []},
                          any_queued=False, max_queued=MAX_QUEUED_SHOWN)
 
@@ -139,7 +149,7 @@ class Pages:
         dirty, finished, badges = changed or (set(), set(), set())
         columns = [_column(cfg, b, queued.get(b.name, [])) for b in bs]
         common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
-        self._waterfall_head(cfg, bs, wf_pages, columns, common)
+        self._waterfall_head(cfg, bs, wf_pages, columns, common, None if every else dirty)
         self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
                          columns=columns, **common)
         if every or dirty:
@@ -163,17 +173,65 @@ class Pages:
         # pass that put it there: the build's own, the heads, feeds, badges.
         self._write_json("api/builders.json", siteviews.builders_doc(cfg.title, columns, time.time()))
 
-    def _waterfall_head(self, cfg, bs, wf_pages, columns, common):
+    def _waterfall_head(self, cfg, bs, wf_pages, columns, common, dirty):
+        """index.html, and the groups' pages (sitegroups) whose builders
+        are in DIRTY (None: all) or whose head rows changed."""
         heads = [c for b in bs for n, c in b.cards.items() if n > b.sealed]
         older = "waterfall/%d.html" % wf_pages if wf_pages else ""
         pages = [("page %d" % k, "waterfall/%d.html" % k) for k in range(wf_pages - 1, max(0, wf_pages - 5), -1)]
         if wf_pages > 5:
             pages.append(("page 1 (oldest)", "waterfall/1.html"))
-        self._write_page(cfg, "index.html", "waterfall.html", title=cfg.title, head=True,
-                         columns=columns, rows=self._rows(heads, [b.name for b in bs], ""),
-                         pager={"newer": "", "older": older, "pages": pages},
-                         any_queued=any(c["queued"] for c in columns), max_queued=MAX_QUEUED_SHOWN,
-                         **common)
+        pager = {"newer": "", "older": older, "pages": pages}
+        layout = sitegroups.plan([b.name for b in bs], _group_of(cfg))
+        wf_columns = columns
+        by_name = {b.name: (b, col) for b, col in zip(bs, columns)}
+        if layout is not None:
+            wf_columns = [by_name[names[0]][1] if kind == "builder"
+                          else sitegroups.group_column(name, [by_name[n][1] for n in names])
+                          for kind, name, names in layout]
+        else:
+            layout = [("builder", b.name, [b.name]) for b in bs]
+        self._write_page(cfg, "index.html", "waterfall.html", title=cfg.title, head=True, group="",
+                         columns=wf_columns, rows=self._rows(heads, _slots(layout), wf_columns, ""),
+                         pager=pager, any_queued=any(c["queued"] for c in wf_columns),
+                         max_queued=MAX_QUEUED_SHOWN, **common)
+        groups = {name: [by_name[n] for n in names] for kind, name, names in layout if kind == "group"}
+        for name, members in groups.items():
+            self._group_page(cfg, name, members, dict(pager, pages=[]), dirty)
+        if dirty is None:
+            self._remove_stale_group_pages(groups)
+
+    def _group_page(self, cfg, name, members, pager, dirty):
+        """groups/G.html: group NAME's waterfall, MEMBERS [(Builder, column)]:
+        its 2*WaterfallDepth= newest builds."""
+        columns = [col for _b, col in members]
+        seen = (columns, pager)
+        if dirty is not None and self._group_seen.get(name) == seen and not dirty.intersection(
+                b.name for b, _col in members):
+            return
+        self._group_seen[name] = seen
+        layout = [("builder", b.name, [b.name]) for b, _col in members]
+        # The group's newest builds of those in memory (each builder's first
+        # page's worth), sealed or not: its share of index.html may be none.
+        heads = sorted((c for b, _col in members for c in b.cards.values()), key=card_order,
+                       reverse=True)[:2 * max(1, int(cfg.waterfall_depth))]
+        self._write_page(cfg, sitegroups.page_path(name), "waterfall.html", root="../", refresh=REFRESH_SEC,
+                         feed="atom.xml", title="%s: %s" % (cfg.title, text(name)), head=True, group=text(name),
+                         columns=columns, rows=self._rows(heads, _slots(layout), columns, "../"),
+                         pager=pager, any_queued=any(c["queued"] for c in columns),
+                         max_queued=MAX_QUEUED_SHOWN)
+
+    def _remove_stale_group_pages(self, groups):
+        """After a full rendering: the pages of groups no builder is in now."""
+        keep = {sitegroups.page_path(name).split("/", 1)[1] for name in groups}
+        try:
+            names = os.listdir(self.files.path("groups"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".html") and not name.startswith(".") and name not in keep:
+                fsutil._unlink_quietly(os.path.join(self.files.path("groups"), name))
+        self._group_seen = {k: v for k, v in self._group_seen.items() if k in groups}
 
     def _builder_head(self, cfg, b, column):
         floor = b.head_floor()
@@ -197,26 +255,36 @@ class Pages:
                          page_range=None)
         self._write_json(column["json"], siteviews.builder_doc(b, column, HISTORY_PAGE), builds)
 
-    def _rows(self, cards, names, root):
+    def _rows(self, cards, slots, columns, root):
         """Waterfall rows, newest first: builds of one revision that follow
-        each other share a row, one per builder."""
-        index = {name: i for i, name in enumerate(names)}
+        each other share a row, once per builder.  SLOTS {builder: column
+        index} of COLUMNS; a group's cell summarises its builds of the row."""
         rows, last_day = [], None
         for c in sorted(cards, key=card_order, reverse=True):
-            col = index.get(c["builder"])
+            col = slots.get(c["builder"])
             if col is None:
                 continue
             row = rows[-1] if rows else None
-            if not (row and c["revision"] and row["revision"] == c["revision"] and row["cells"][col] is None):
-                row = {"revision": c["revision"], "started": card_time(c) or None,
-                       "changes": self.fragment("changes.html", c, root), "cells": [None] * len(names), "day": ""}
+            if not (row and c["revision"] and row["revision"] == c["revision"]
+                    and c["builder"] not in row["builders"]):
+                row = {"revision": c["revision"], "started": card_time(c) or None, "builders": set(),
+                       "changes": self.fragment("changes.html", c, root), "cells": [None] * len(columns), "day": ""}
                 rows.append(row)
-            row["cells"][col] = self.fragment("cell.html", c, root)
+            row["builders"].add(c["builder"])
+            row["cells"][col] = (row["cells"][col] or []) + [c]
         for row in rows:
+            row["cells"] = [self._cell(cell, column, root) for cell, column in zip(row["cells"], columns)]
             day = time.strftime("%Y-%m-%d", time.localtime(row["started"])) if row["started"] else ""
             row["day"] = day if day != last_day else ""
             last_day = day
         return rows
+
+    def _cell(self, cards, column, root):
+        if not cards:
+            return None
+        if column["kind"] != "group":
+            return self.fragment("cell.html", cards[0], root)
+        return templates.fragment("groupcell.html", v=sitegroups.cell_view(cards), href=column["html"], root=root)
 
     def _console_rows(self, bs):
         """Console rows: a revision each, newest first, from the cards in
@@ -287,6 +355,16 @@ class Pages:
 
 def _column(cfg, b, requests):
     return siteviews.column(b, cfg.builders.get(b.name), requests)
+
+
+def _group_of(cfg):
+    """Builder name -> its WaterfallGroup= ("" for none, or not configured)."""
+    return lambda name: getattr(cfg.builders.get(name), "group", "")
+
+
+def _slots(layout):
+    """{builder: column index} of a sitegroups.plan()."""
+    return {n: i for i, (_kind, _name, names) in enumerate(layout) for n in names}
 
 
 def _make_piece(template, c, root):

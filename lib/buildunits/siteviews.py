@@ -196,7 +196,7 @@ def column(b, builder, requests):
     running = [{"number": n, "html": b.cards[n]["html"], "current_step": b.cards[n]["current_step"]}
                for n in sorted(b.cards, reverse=True) if b.cards[n]["state"] != "finished"]
     return {
-        "name": text(b.name), "description": text(builder.description) if builder else "",
+        "kind": "builder", "name": text(b.name), "description": text(builder.description) if builder else "",
         "configured": builder is not None, "latest": b.known, "last": last, "running": running,
         "queued": [request_view(r) for r in requests],
         "html": "builders/%s/index.html" % b.q, "json": "api/builders/%s/index.json" % b.q,
