@@ -63,7 +63,7 @@ import os
 from . import fsutil, sitefiles, siteindex
 from .siteindex import HISTORY_PAGE, INDEX
 from .sitelogs import LogPages
-from .sitepages import Pages
+from .sitepages import MAX_QUEUED_SHOWN, Pages
 from .sitesource import Source
 from .siteviews import build_view, card
 
@@ -128,6 +128,7 @@ class Site:
         self.files.count = 0
         if self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             self._loaded = False
+        self.source.rescan()
         with self._forget_on_failure():
             if force or not (self._loaded or self._load()):
                 return self._generate(progress, force)
@@ -229,7 +230,7 @@ class Site:
                 if not o["waiting"]:
                     del self._wf_open[page]
         bs = [self._b[name] for name in self._names if name in self._b]
-        self.pages.heads(self.cfg, bs, self._wf_pages, self.source.queued(),
+        self.pages.heads(self.cfg, bs, self._wf_pages, self.source.queued(MAX_QUEUED_SHOWN),
                          None if self._all else (self._dirty, self._finished, self._badges))
         for b in self._b.values():
             self._prune(b)

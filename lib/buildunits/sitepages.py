@@ -95,7 +95,7 @@ class Pages:
         pager = {"newer": newer, "older": older, "pages": []}
         self._write_page(cfg, "builders/%s/history/%d.html" % (b.q, page), "builder.html",
                          title="%s: builds %d to %d" % (text(b.name), first, last), root="../../../",
-                         refresh=0, head=False, builder=_column(cfg, b, []),
+                         refresh=0, head=False, builder=_column(cfg, b, (0, [])),
                          rows=[templates.fragment("row.html", b=c, root="../../../") for c in cards],
                          pager=pager, page_range=(first, last))
         self._write_json("api/builders/%s/history/%d.json" % (b.q, page),
@@ -105,7 +105,7 @@ class Pages:
         """Older waterfall page PAGE of CARDS; NEWEST the newest such page."""
         cards = [c for c in cards if c]
         names = sorted({c["builder"] for c in cards})
-        columns = [_column(cfg, builders[name], []) for name in names]
+        columns = [_column(cfg, builders[name], (0, [])) for name in names]
         older = "waterfall/%d.html" % (page - 1) if page > 1 else ""
         newer = "waterfall/%d.html" % (page + 1) if page < newest else "index.html"
         self._write_page(cfg, "waterfall/%d.html" % page, "waterfall.html",
@@ -129,13 +129,14 @@ class Pages:
     # -------------------------------------------------------- head pages
     def heads(self, cfg, bs, wf_pages, queued, changed):
         """The head pages of the builders BS (siteindex.Builder, in order);
-        WF_PAGES older waterfall pages, QUEUED {builder: [request]}.
+        WF_PAGES older waterfall pages, QUEUED {builder: (count, [the
+        first requests])} (Source.queued).
         CHANGED (dirty, finished, badges: sets of builder names; None:
         everything) says which of the builders' pages, feeds and badges
         to write.  api/builders.json comes last."""
         every = changed is None
         dirty, finished, badges = changed or (set(), set(), set())
-        columns = [_column(cfg, b, queued.get(b.name, [])) for b in bs]
+        columns = [_column(cfg, b, queued.get(b.name, (0, []))) for b in bs]
         common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
         self._waterfall_head(cfg, bs, wf_pages, columns, common)
         self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
@@ -170,7 +171,7 @@ class Pages:
         self._write_page(cfg, "index.html", "waterfall.html", title=cfg.title, head=True,
                          columns=columns, rows=self._rows(heads, [b.name for b in bs], ""),
                          pager={"newer": "", "older": older, "pages": pages},
-                         any_queued=any(c["queued"] for c in columns), max_queued=MAX_QUEUED_SHOWN,
+                         any_queued=any(c["queued_count"] for c in columns), max_queued=MAX_QUEUED_SHOWN,
                          **common)
 
     def _builder_head(self, cfg, b, column):
@@ -282,8 +283,8 @@ class Pages:
                               [self.fragment("json", c, "") for c in builds])
 
 
-def _column(cfg, b, requests):
-    return siteviews.column(b, cfg.builders.get(b.name), requests)
+def _column(cfg, b, queued):
+    return siteviews.column(b, cfg.builders.get(b.name), queued)
 
 
 def _make_piece(template, c, root):
