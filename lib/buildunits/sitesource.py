@@ -107,7 +107,7 @@ class Source:
         if not (self.fed and self.queue.built):
             self.queue.rebuild(self.spool.pending("requests"))
         for rid in self.queue.unresolved():
-            req = self.spool.read("requests", rid)
+            req = self._shown[rid] = self.spool.read("requests", rid)
             name = req.get("builder") if isinstance(req, dict) else None
             self.queue.resolve(rid, (name if isinstance(name, str) else "") if req is not None else None)
         out, kept = {}, {}
