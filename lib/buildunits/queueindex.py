@@ -96,6 +96,16 @@ class QueueIndex:
         elif name in self._untagged and self._untagged[name] is None:
             self._enter(name, {name: builder or ""})
 
+    def resolve_untagged(self, read):
+        """Read the records of the unresolved ids with READ(id) (a record or
+        None) and resolve them; {id: record}."""
+        out = {}
+        for rid in self.unresolved():
+            req = out[rid] = read(rid)
+            name = req.get("builder") if isinstance(req, dict) else None
+            self.resolve(rid, None if req is None else name if isinstance(name, str) else "")
+        return out
+
     def builders(self):
         """The builders with requests queued."""
         return list(self._ids)

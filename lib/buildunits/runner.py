@@ -311,10 +311,7 @@ class Runner(daemon.Daemon):
         if self.rescan_due or not self.events or not self._queue.built:
             self.rescan_due = False
             self._queue.rebuild(self.spool.pending("requests"))
-        for rid in self._queue.unresolved():
-            req = self.spool.read("requests", rid)
-            name = req.get("builder") if isinstance(req, dict) else None
-            self._queue.resolve(rid, (name if isinstance(name, str) else "") if req is not None else None)
+        self._queue.resolve_untagged(lambda rid: self.spool.read("requests", rid))
         for name in self._queue.builders():
             if name not in self.cfg.builders and name not in self._unconfigured:
                 self._unconfigured.add(name)

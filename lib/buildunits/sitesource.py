@@ -106,10 +106,7 @@ class Source:
         oldest first, from the index (see the module's docstring)."""
         if not (self.fed and self.queue.built):
             self.queue.rebuild(self.spool.pending("requests"))
-        for rid in self.queue.unresolved():
-            req = self._shown[rid] = self.spool.read("requests", rid)
-            name = req.get("builder") if isinstance(req, dict) else None
-            self.queue.resolve(rid, (name if isinstance(name, str) else "") if req is not None else None)
+        self._shown.update(self.queue.resolve_untagged(lambda rid: self.spool.read("requests", rid)))
         out, kept = {}, {}
         for b in self.queue.builders():
             reqs = []
