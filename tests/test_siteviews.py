@@ -114,7 +114,7 @@ def test_builder_documents_and_the_time_passed_in():
     b.known, b.pages, b.skipped = 120, 2, [[1, 1]]
     b.last = {"number": 119, "status": "success", "finished": T0}
     b.cards = {120: card(build_view({"builder": "my builder", "number": 120, "started": T0}))}
-    col = siteviews.column(b, None, [{"revision": "r", "changes": [{"message": "m"}]}])
+    col = siteviews.column(b, None, (1, [{"revision": "r", "changes": [{"message": "m"}]}]))
     assert col["configured"] is False and col["description"] == ""
     assert col["last"]["html"] == "builders/my%20builder/119/index.html"
     assert col["running"] == [{"number": 120, "html": "builders/my%20builder/120/index.html", "current_step": ""}]

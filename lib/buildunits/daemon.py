@@ -9,8 +9,11 @@ A daemon is a GLib main loop in the main thread, woken by:
 - its own timers (poll intervals, tree-stable windows, step timeouts).
 
 Every wake-up runs the same work(), which reads the spool, so a lost
-signal or inotify event costs latency, never data.  Nothing runs while
-idle but those timers.
+signal or inotify event costs latency, never data.  A daemon that keeps
+what an event says in memory (the runner's and htmlgen's queue index,
+queueindex.py) gets it through spool_event() and signal_NAME(), and lists
+the spool again when rescan_due is set: at start, on the rescan timer and
+after SIGHUP.  Nothing runs while idle but those timers.
 
 Startup: load the configuration (a bad one is refused: exit status 1 with
 each problem as FILE:LINE), take the instance lock, recover (startup()),
@@ -64,6 +67,8 @@ class Daemon:
         self._wake_pending = False
         self._watcher = None
         self._rescan_source = None
+        self.rescan_due = True   # list the spool, do not trust what events said (start, rescan, SIGHUP)
+        self.events = False      # a watcher feeds spool_event() (not so in process, in the tests)
 
     # ------------------------------------------------------------- hooks
     def instance(self):
@@ -82,6 +87,11 @@ class Daemon:
 
     def on_config(self, old, new):
         """A new configuration was accepted."""
+
+    def spool_event(self, path, present):
+        """PATH, in a watched spool directory, appeared (PRESENT) or left."""
+        if present:
+            self.wake()
 
     def shutdown(self):
         """Hand back what is held.  Return True when the loop may quit now;
@@ -144,6 +154,7 @@ class Daemon:
         self._retry_source = Timer(delay, fire)
 
     def _rescan(self):
+        self.rescan_due = True
         self.wake()
         return True
 
@@ -168,6 +179,7 @@ class Daemon:
         for w in new.warnings:
             log.warning(str(w))
         old, self.cfg = self.cfg, new
+        self.rescan_due = True
         self.on_config(old, new)
         self._set_rescan_timer()
         log.info("configuration reloaded: %d builder%s" % (len(new.builders), "" if len(new.builders) == 1 else "s"))
@@ -215,11 +227,13 @@ class Daemon:
             log.error("cannot own bus name %s: %s" % (busmod.bus_name(self.role, self.instance()), e))
             return 3
         for role, sig in self.subscriptions:
-            self.bus.subscribe(role, sig, self.wake)
+            self.bus.subscribe(role, sig, getattr(self, "signal_" + sig, self.wake))
         dirs = self.spool.watch_dirs(*self.watch_queues)
         if dirs:
             from . import watch   # only daemons that watch pay for watchdog's import
-            self._watcher = watch.Watcher(dirs, lambda _path: busmod.call_soon(self.wake))
+            self._watcher = watch.Watcher(dirs, lambda path, present: busmod.call_soon(self.spool_event, path,
+                                                                                         present))
+            self.events = True
         for signum, handler in ((signal.SIGHUP, self._on_hup), (signal.SIGTERM, self._on_term),
                                 (signal.SIGINT, self._on_term)):
             GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, handler)

@@ -13,7 +13,10 @@ DESCRIPTION
 
     It re-renders what changed when a runner says so: a D-Bus signal from
     a runner, or a hint file SPOOL/hints/BUILDER@NUMBER (inotify), both
-    hints only; each update also finds new builds through the builders'
+    hints only; what is queued it keeps in memory, per builder, from the
+    requests' file names, inotify on SPOOL/requests/new and the
+    BuildRequested signal, and it reads only the few requests a page
+    shows (sitesource.py); each update also finds new builds through the builders'
     counters and looks at the running ones, so a lost hint costs nothing.
     An update costs the same whatever the length of the history: pages
     that show only finished builds are written once, and the rest show a
@@ -93,7 +96,24 @@ class HTMLGen(daemon.Daemon):
         if self._site is None:
             from .site import Site
             self._site = Site(self.dirs.site, self.state, self.spool, self.cfg)
+            self._site.source.fed = self.events
         return self._site
+
+    def spool_event(self, path, present):
+        """A hint, or a request queued or gone: the queue's index learns it
+        (sitesource.py), and a pass follows."""
+        name = self.spool.entry_name("requests", path)
+        if name is not None and self._site is not None:
+            if present:
+                self._site.source.queue.add(name)
+            else:
+                self._site.source.queue.discard(name)
+        self.wake()
+
+    def signal_BuildRequested(self, rid, builder, branch, revision):
+        if self._site is not None:
+            self._site.source.queue.add(rid)
+        self.wake()
 
     def on_config(self, old, new):
         self._site = None

@@ -9,7 +9,12 @@ DESCRIPTION
     request in SPOOL/requests/new whose builder accepts this worker
     (Workers=), claims it by renaming it into requests/active/WORKER/
     (if the rename fails, another runner won), takes the next build
-    number, and runs the steps:
+    number, and runs the steps.  Which requests are queued for which
+    builder it knows from their file names, which name the builder
+    (spool.py), kept in memory from inotify and the BuildRequested signal
+    and listed again at start and every RescanIntervalSec=
+    (queueindex.py): a claim does not list the queue, and a request for
+    a builder this worker does not run is never opened.  The steps:
 
     - "checkout" first when the builder has a Repository=: the exact
       revision is fetched into the work directory STATE/work/WORKER/BUILDER
@@ -95,7 +100,8 @@ import secrets
 import time
 import traceback
 
-from . import buildrecord, daemon, executor as executormod, fsutil, git, log, records, results
+from . import buildrecord, daemon, executor as executormod, fsutil, git, log, queueindex, records, results
+from . import spool as spoolmod
 from . import step as stepmod
 from .build import Build
 from .checkout import checkout_script  # noqa: F401 (buildunits.runner.checkout_script, for the tools)
@@ -131,7 +137,9 @@ class Runner(daemon.Daemon):
         self.build = None          # the build record being run
         self._run = None           # and its steps being run (build.Build)
         self._builds_run = 0
-        self._skipped = set()      # request ids this worker cannot run (logged once)
+        self._queue = queueindex.QueueIndex()   # requests/new by builder (see work())
+        self._mine = (None, [])    # (configuration, the builders it lets this worker run)
+        self._unconfigured = set()   # builders of queued requests not configured (logged once)
         self._own_failures = {}    # (builder, number) -> why the build failed by its own doing
         self._unhonoured = set()   # (builder, directives) the executor does not apply, logged once
 
@@ -168,6 +176,7 @@ class Runner(daemon.Daemon):
                 log.notice("%s: request %s handed back to the queue" % (req.get("builder"), rid),
                            builder=req.get("builder"))
         self.state.clear_worker(self.worker)
+        self.rescan_due = True      # what was handed back is listed, whatever the events say
 
     def _recover(self, rid, req, ptr):
         """Record the build PTR names, of claimed request RID, as its
@@ -258,34 +267,75 @@ class Runner(daemon.Daemon):
             self.startup()
             if self.spool.claimed(self.worker):
                 return    # still cannot: the next wake or rescan tries again
-        for rid in self.spool.pending("requests"):
-            req = self.spool.read("requests", rid)
-            if req is None:
-                continue
-            name = req.get("builder")
-            b = self.cfg.builders.get(name) if isinstance(name, str) else None
-            if b is None or not b.runs_on(self.worker):
-                if rid not in self._skipped and b is None:
-                    log.warning("request %s is for builder %r, which is not configured; leaving it queued"
-                                % (rid, req.get("builder")))
-                self._skipped.add(rid)
-                continue
+        self._index_queue()
+        mine = self._my_builders()
+        while True:
+            rid = self._queue.oldest(mine)
+            if rid is None:
+                return
+            builder = self._queue.builder(rid)
+            self._queue.discard(rid)
             claimed = self.spool.claim(rid, self.worker)
             if claimed is None:
-                continue       # another runner won, or it was corrupt
-            why = bad_request(claimed)
+                continue       # another runner won, it was cancelled, or it was corrupt
+            why = bad_request(claimed) or spoolmod.misnamed(rid, claimed)
+            if why is None and claimed.get("builder") != builder:
+                why = "the record is for builder %r, not %r as when it was first read" % (
+                    claimed.get("builder"), builder)
             if why:
-                # Not built: its fields would reach a command line.  Moved
-                # to corrupt/ from our claim, so no other runner races it;
-                # a crash before the move leaves the claim, which startup()
-                # hands back and the next pass moves.
+                # Not built: its fields would reach a command line, or it
+                # is not what its name says.  Moved to corrupt/ from our
+                # claim, so no other runner races it; a crash before the
+                # move leaves the claim, which startup() hands back and the
+                # next pass moves.
                 self.spool.reject("requests", rid, why, worker=self.worker)
                 continue
+            b = self.cfg.builders[builder]
             try:
                 self._start(rid, claimed, b)
             except Exception as e:
                 self._stuck("cannot start a build of %s: %s" % (b.name, e))
             return
+
+    # ------------------------------------------------------------- queue
+    def _my_builders(self):
+        """The names of the builders whose Workers= accept this worker."""
+        if self._mine[0] is not self.cfg:
+            self._mine = (self.cfg, [n for n, b in self.cfg.builders.items() if b.runs_on(self.worker)])
+        return self._mine[1]
+
+    def _index_queue(self):
+        """Bring the queue index up to date: from a listing (names only) when
+        a rescan is due or no watcher feeds it; the records of untagged
+        requests (an earlier release's) read once each."""
+        if self.rescan_due or not self.events or not self._queue.built:
+            self.rescan_due = False
+            self._queue.rebuild(self.spool.pending("requests"))
+        self._queue.resolve_untagged(lambda rid: self.spool.read("requests", rid))
+        for name in self._queue.builders():
+            if name not in self.cfg.builders and name not in self._unconfigured:
+                self._unconfigured.add(name)
+                log.warning("%d request%s for builder %r, which is not configured; leaving %s queued"
+                            % (self._queue.count(name), " is" if self._queue.count(name) == 1 else "s are",
+                               name, "it" if self._queue.count(name) == 1 else "them"))
+
+    def spool_event(self, path, present):
+        name = self.spool.entry_name("requests", path)
+        if name is None:
+            super().spool_event(path, present)      # a cancel
+        elif present:
+            self._queue.add(name)
+            self.wake()
+        else:
+            self._queue.discard(name)
+
+    def signal_BuildRequested(self, rid, builder, branch, revision):
+        """The scheduler queued RID: index it now, not when inotify says so."""
+        self._queue.add(rid)
+        self.wake()
+
+    def on_config(self, old, new):
+        self._unconfigured = set()
 
     def _stuck(self, why, error=None):
         """A build could not go on (full disk, I/O error): drop it from

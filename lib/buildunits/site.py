@@ -68,7 +68,7 @@ import os
 from . import fsutil, sitefiles, siteindex
 from .siteindex import HISTORY_PAGE, INDEX
 from .sitelogs import LogPages
-from .sitepages import Pages
+from .sitepages import MAX_QUEUED_SHOWN, Pages
 from .sitesource import Source
 from .siteviews import build_view, card
 
@@ -135,6 +135,7 @@ class Site:
         self.files.count = 0
         if self._index_stamp != sitefiles.stamp(os.path.join(self.root, INDEX)):
             self._loaded = False
+        self.source.rescan()
         with self._forget_on_failure():
             if force or not (self._loaded or self._load()):
                 return self._generate(progress, force)
@@ -250,7 +251,7 @@ class Site:
     def _heads(self):
         """The head pages, if anything they show changed: a build, the
         builders, the older waterfall pages, the queue (see _pass)."""
-        queued = self.source.queued()
+        queued = self.source.queued(MAX_QUEUED_SHOWN)
         shown = (tuple(self._names), self._wf_pages, queued)
         if not (self._all or self._dirty or self._finished or self._badges or shown != self._shown):
             return

@@ -93,7 +93,7 @@ def group_column(name, columns):
     last["bad"], last["more_bad"] = _named(lasts)
     return {"kind": "group", "name": text(name), "html": page_path(name), "size": len(columns), "last": last,
             "running": sum(len(c["running"]) for c in columns),
-            "queued": sum(len(c["queued"]) for c in columns)}
+            "queued": [], "queued_count": sum(c["queued_count"] for c in columns)}
 
 
 def cell_view(cards):

@@ -98,7 +98,7 @@ class Pages:
         pager = {"newer": newer, "older": older, "pages": []}
         self._write_page(cfg, "builders/%s/history/%d.html" % (b.q, page), "builder.html",
                          title="%s: builds %d to %d" % (text(b.name), first, last), root="../../../",
-                         refresh=0, head=False, builder=_column(cfg, b, []),
+                         refresh=0, head=False, builder=_column(cfg, b, (0, [])),
                          rows=[templates.fragment("row.html", b=c, root="../../../") for c in cards],
                          pager=pager, page_range=(first, last))
         self._write_json("api/builders/%s/history/%d.json" % (b.q, page),
@@ -115,8 +115,8 @@ class Pages:
             layout = [col for col in layout if present.intersection(col[2])]
         else:
             layout = [("builder", name, [name]) for name in sorted(present)]
-        columns = [_column(cfg, builders[names[0]], []) if kind == "builder"
-                   else sitegroups.group_column(name, [_column(cfg, builders[n], []) for n in names])
+        columns = [_column(cfg, builders[names[0]], (0, [])) if kind == "builder"
+                   else sitegroups.group_column(name, [_column(cfg, builders[n], (0, [])) for n in names])
                    for kind, name, names in layout]
         older = "waterfall/%d.html" % (page - 1) if page > 1 else ""
         newer = "waterfall/%d.html" % (page + 1) if page < newest else "index.html"
@@ -141,13 +141,14 @@ class Pages:
     # -------------------------------------------------------- head pages
     def heads(self, cfg, bs, wf_pages, queued, changed):
         """The head pages of the builders BS (siteindex.Builder, in order);
-        WF_PAGES older waterfall pages, QUEUED {builder: [request]}.
+        WF_PAGES older waterfall pages, QUEUED {builder: (count, [the
+        first requests])} (Source.queued).
         CHANGED (dirty, finished, badges: sets of builder names; None:
         everything) says which of the builders' pages, feeds and badges
         to write.  api/builders.json comes last."""
         every = changed is None
         dirty, finished, badges = changed or (set(), set(), set())
-        columns = [_column(cfg, b, queued.get(b.name, [])) for b in bs]
+        columns = [_column(cfg, b, queued.get(b.name, (0, []))) for b in bs]
         common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
         self._waterfall_head(cfg, bs, wf_pages, columns, common, None if every else dirty)
         self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
@@ -193,7 +194,7 @@ class Pages:
             layout = [("builder", b.name, [b.name]) for b in bs]
         self._write_page(cfg, "index.html", "waterfall.html", title=cfg.title, head=True, group="",
                          columns=wf_columns, rows=self._rows(heads, _slots(layout), wf_columns, ""),
-                         pager=pager, any_queued=any(c["queued"] for c in wf_columns),
+                         pager=pager, any_queued=any(c["queued_count"] for c in wf_columns),
                          max_queued=MAX_QUEUED_SHOWN, **common)
         groups = {name: [by_name[n] for n in names] for kind, name, names in layout if kind == "group"}
         for name, members in groups.items():
@@ -218,7 +219,7 @@ class Pages:
         self._write_page(cfg, sitegroups.page_path(name), "waterfall.html", root="../", refresh=REFRESH_SEC,
                          feed="atom.xml", title="%s: %s" % (cfg.title, text(name)), head=True, group=text(name),
                          columns=columns, rows=self._rows(heads, _slots(layout), columns, "../"),
-                         pager=pager, any_queued=any(c["queued"] for c in columns),
+                         pager=pager, any_queued=any(c["queued_count"] for c in columns),
                          max_queued=MAX_QUEUED_SHOWN)
 
     def _remove_stale_group_pages(self, groups):
@@ -353,8 +354,8 @@ class Pages:
                               [self.fragment("json", c, "") for c in builds])
 
 
-def _column(cfg, b, requests):
-    return siteviews.column(b, cfg.builders.get(b.name), requests)
+def _column(cfg, b, queued):
+    return siteviews.column(b, cfg.builders.get(b.name), queued)
 
 
 def _group_of(cfg):

@@ -8,11 +8,23 @@ taken), never by listing a builder's directory, but after a long absence
 or when the counter lies (then once per lie): what an update reads stays
 the same whatever the length of the history.  A record that cannot be
 read is not shown, and logged once.
+
+The queued requests come from a queueindex.QueueIndex: how many there are
+per builder from the file names, and only the first few per builder are
+read (each once: a queued request never changes).  htmlgen keeps the
+index up to date from its inotify events and signals (fed), so a pass
+reads nothing of the queue but the records it shows for the first time;
+the index is made again from a listing at each full pass (start, rescan,
+new configuration; rescan()), and at every pass when nothing feeds it
+(--rebuild, or in process).  A count may include a request that left
+the queue a moment ago (its inotify event comes about half a second
+late, and wakes another pass) or one whose record is broken, which the
+runner that reaches it moves to corrupt/.
 """
 
 import os
 
-from . import log
+from . import log, queueindex
 from .siteviews import safe_name, sort_time
 
 MAX_CATCHUP = 10000                  # more new numbers than this at once: list the directory instead
@@ -27,6 +39,9 @@ class Source:
         self._warned = set()     # unreadable build records already logged
         self._builders = set()   # the builders with a history, as last listed
         self._builders_stamp = None
+        self.queue = queueindex.QueueIndex()
+        self.fed = False         # the owner feeds self.queue from events (htmlgen)
+        self._shown = {}         # id -> record of the queued requests shown (read once)
 
     def builder_names(self, configured, full=True):
         """The builders: CONFIGURED (names), or in the history.  Unless
@@ -96,11 +111,29 @@ class Source:
                 when = max(when, sort_time(rec))
             yield when, name, n, rec, stamp
 
-    def queued(self):
-        """{builder: [request, ...]} oldest first, from the spool."""
-        out = {}
-        for rid in self.spool.pending("requests"):
-            req = self.spool.read("requests", rid)
-            if isinstance(req, dict) and isinstance(req.get("builder"), str):
-                out.setdefault(req["builder"], []).append(req)
+    def rescan(self):
+        """List the queue again at the next queued()."""
+        self.queue.built = False
+
+    def queued(self, shown):
+        """{builder: (how many are queued, [the first SHOWN requests])},
+        oldest first, from the index (see the module's docstring)."""
+        if not (self.fed and self.queue.built):
+            self.queue.rebuild(self.spool.pending("requests"))
+        self._shown.update(self.queue.resolve_untagged(lambda rid: self.spool.read("requests", rid)))
+        out, kept = {}, {}
+        for b in self.queue.builders():
+            reqs = []
+            ids = self.queue.ids(b)
+            while len(reqs) < min(shown, len(ids)):
+                rid = ids[len(reqs)]
+                req = self._shown.get(rid) or self.spool.read("requests", rid)
+                if isinstance(req, dict) and req.get("builder") == b:
+                    kept[rid] = req
+                    reqs.append(req)
+                else:
+                    self.queue.discard(rid)   # gone, or broken (read() moved it to corrupt/)
+            if ids:
+                out[b] = (len(ids), reqs)
+        self._shown = kept
         return out

@@ -186,10 +186,11 @@ def status(state, result):
 
 
 # -------------------------------------------------------------- builders
-def column(b, builder, requests):
+def column(b, builder, queued):
     """Builder B (a siteindex.Builder) as the heads show it; BUILDER its
-    configuration (None: only the history knows it), REQUESTS its queued
-    requests, oldest first."""
+    configuration (None: only the history knows it), QUEUED (how many
+    requests are queued for it, [the first of them, oldest first])."""
+    count, requests = queued
     last = None
     if b.last:
         last = dict(b.last, html="builders/%s/%d/index.html" % (b.q, b.last["number"]))
@@ -198,7 +199,7 @@ def column(b, builder, requests):
     return {
         "kind": "builder", "name": text(b.name), "description": text(builder.description) if builder else "",
         "configured": builder is not None, "latest": b.known, "last": last, "running": running,
-        "queued": [request_view(r) for r in requests],
+        "queued": [request_view(r) for r in requests], "queued_count": count,
         "html": "builders/%s/index.html" % b.q, "json": "api/builders/%s/index.json" % b.q,
         "atom": "builders/%s/atom.xml" % b.q, "badge": "builders/%s/badge.svg" % b.q,
     }
@@ -207,7 +208,7 @@ def column(b, builder, requests):
 def builder_json(column):
     """A builder's entry in api/builders.json, from its column()."""
     return {k: column[k] for k in ("name", "description", "configured", "latest", "last", "running",
-                                   "html", "json", "atom", "badge")} | {"queued": len(column["queued"])}
+                                   "html", "json", "atom", "badge")} | {"queued": column["queued_count"]}
 
 
 def builders_doc(title, columns, now):

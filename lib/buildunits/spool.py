@@ -9,6 +9,18 @@ Hand-over (qmail, Maildir, Postfix): the writer creates tmp/ID with
 O_EXCL, writes the whole record, fsyncs and closes it, renames it to new/ID
 and fsyncs new/.  IDs are made in one place (new_id) and sort by time.
 
+A request's id names its builder (TIME.PID.SEQ.RANDOMxTAG, TAG the
+builder's name with its '.', '_', '-' and 'Z' escaped: builder_of()), so
+a runner knows from the file name alone, from a listing or an inotify
+event, whether a request is one it can run, and opens only those
+(queueindex.py keeps them per builder in its memory).  The name stays
+within the grammar the previous release reads (three dots, letters and
+digits), which reads the record and ignores the tag: after a downgrade it
+builds these requests as its own.  A request without a tag (queued by a
+previous release, or put back by hand) is read once to learn its
+builder.  A tag that does not match the record's builder is a broken
+request (misnamed()).
+
 The states of a record, as the set of files that exist (qmail's
 INTERNALS notation; "+" exists, "-" does not):
 
@@ -46,6 +58,7 @@ import secrets
 import time
 
 from . import fsutil, records
+from .config import NAME_RE
 from .state import parse_number
 
 QUEUES = ("changes", "requests")
@@ -88,14 +101,66 @@ LAYOUT = (
 _id_counter = 0
 
 
-def new_id():
-    """A unique record id that sorts by creation time: TIME.PID.SEQ.RANDOM."""
+def new_id(builder=None):
+    """A unique record id that sorts by creation time: TIME.PID.SEQ.RANDOM,
+    and xTAG after RANDOM when it is a request for BUILDER (see tag())."""
     global _id_counter
     _id_counter += 1
-    return "%019d.%d.%d.%s" % (time.time_ns(), os.getpid(), _id_counter, secrets.token_hex(3))
+    t = tag(builder) if builder is not None else None
+    return "%019d.%d.%d.%s%s" % (time.time_ns(), os.getpid(), _id_counter, secrets.token_hex(3),
+                                 "x" + t if t else "")
 
 
 _ID_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9A-Za-z]+")
+_TAGGED_RE = re.compile(r"[0-9a-f]{6}x([0-9A-Za-z]+)")    # the last field of a request's id
+_ESCAPES = {"Z": "ZZ", ".": "Zd", "_": "Zu", "-": "Zh"}
+_UNESCAPES = {v[1]: k for k, v in _ESCAPES.items()}
+
+
+def tag(builder):
+    """BUILDER's name as letters and digits, for a request's id; None if
+    it is not a builder's name.
+
+    >>> tag("hello"), tag("Zeta.x_y-z"), tag("no/such")
+    ('hello', 'ZZetaZdxZuyZhz', None)
+    """
+    if not isinstance(builder, str) or not NAME_RE.fullmatch(builder):
+        return None
+    return "".join(_ESCAPES.get(c, c) for c in builder)
+
+
+def builder_of(rid):
+    """The builder a request's id names, or None: an id without a tag
+    (queued by an earlier release) or with one that is not a builder's
+    name; the record then says.
+
+    >>> builder_of(new_id("Zeta.x_y-z")), builder_of("1.2.3.abcdef"), builder_of("1.2.3.abcdefxZq")
+    ('Zeta.x_y-z', None, None)
+    """
+    m = _TAGGED_RE.fullmatch(rid.rpartition(".")[2]) if isinstance(rid, str) else None
+    if m is None:
+        return None
+    out, text, i = [], m.group(1), 0
+    while i < len(text):
+        c = text[i]
+        if c == "Z":
+            c = _UNESCAPES.get(text[i + 1:i + 2])
+            if c is None:
+                return None
+            i += 1
+        out.append(c)
+        i += 1
+    name = "".join(out)
+    return name if NAME_RE.fullmatch(name) else None
+
+
+def misnamed(rid, rec):
+    """Why the request RID, whose record is REC, is broken by its name: its
+    tag names another builder than its record.  None if it does not."""
+    named = builder_of(rid)
+    if named is not None and isinstance(rec, dict) and rec.get("builder") != named:
+        return "file name is for builder %r, the record for %r" % (named, rec.get("builder"))
+    return None
 
 
 class Undelivered(Exception):
@@ -141,7 +206,7 @@ class Spool:
         """Queue a record; return its id once it is committed."""
         if fmt not in QUEUE_FORMATS[queue]:
             raise ValueError("%s records do not go to %s/" % (fmt, queue))
-        rid = new_id()
+        rid = new_id(fields.get("builder") if queue == "requests" else None)
         fields = dict(fields)
         fields["id"] = rid
         fields.setdefault("queued", time.time())
@@ -253,18 +318,23 @@ class Spool:
         if not (valid_id(name) if queue != "cancel" else cancel_target(name)):
             return "file name is not a spool id" if queue != "cancel" else "file name is not BUILDER@NUMBER"
         try:
-            records.read(*self._locate(queue, name, worker))
+            rec = records.read(*self._locate(queue, name, worker))
         except FileNotFoundError:
             return None
         except records.RecordError as e:
             return e.reason
         except OSError as e:
             return "cannot read: %s" % e.strerror
-        return None
+        return misnamed(name, rec) if queue == "requests" else None
 
     def reject(self, queue, name, reason, worker=None):
         """Move the entry NAME of QUEUE (see _locate) to corrupt/ with REASON."""
         return self.corrupt(self._locate(queue, name, worker)[0], queue, reason)
+
+    def entry_name(self, queue, path):
+        """NAME if PATH (from an inotify event) is QUEUE/new/NAME, else None."""
+        d, _slash, name = path.rpartition(os.sep)
+        return name if queue in QUEUES and d == self.path(queue, "new") and valid_id(name) else None
 
     def entries(self, queue, worker=None):
         """Every name but hidden ones in QUEUE (see _locate), ids or not,

@@ -1,10 +1,13 @@
 """inotify wake-ups: the only module that imports watchdog.
 
 Watches directories (not recursively) and calls a function, from the
-watcher's own thread, when an entry is created or moved in.  Daemons pass
-a function that schedules work on their main loop (GLib.idle_add), so no
-daemon code runs on the watcher thread.  A wake-up is a hint: daemons
-rescan on start and on a timer too, so a missed event costs latency only.
+watcher's own thread, with the path and True when an entry is created or
+moved in, False when one is deleted or moved out (watchdog reports a move
+out of the watched directories as a deletion, about half a second late).
+Daemons pass a function that schedules work on their main loop
+(GLib.idle_add), so no daemon code runs on the watcher thread.  An event
+is a hint: daemons rescan on start and on a timer too, so a missed event
+costs latency only.
 """
 
 from watchdog.events import FileSystemEventHandler
@@ -21,10 +24,14 @@ class _Handler(FileSystemEventHandler):
         self._callback = callback
 
     def on_created(self, event):
-        self._callback(event.src_path)
+        self._callback(event.src_path, True)
+
+    def on_deleted(self, event):
+        self._callback(event.src_path, False)
 
     def on_moved(self, event):
-        self._callback(event.dest_path)
+        self._callback(event.src_path, False)
+        self._callback(event.dest_path, True)
 
 
 class Watcher:
