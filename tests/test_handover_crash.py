@@ -116,6 +116,9 @@ class Attached:
                      timeout=10, what="strace to attach to %d" % pid)
             if self.proc.poll() is None:
                 return
+            with open(self.log, errors="replace") as f:
+                if "+++ killed by" in f.read():
+                    return      # attached, and the fault came at once (injected() will say so)
             err = self.proc.stderr.read().decode()
             self.proc.stderr.close()
             if "Operation not permitted" not in err:
