@@ -34,7 +34,7 @@ from support.daemons import PROGRAMS, DaemonProcess, Daemons, build_is_finished 
 from support.git import GitRepo, git, git_env, make_repo  # noqa: F401
 from support.notify import NotifyReader  # noqa: F401
 from support.procs import (  # noqa: F401
-    OWN_PROCS as _HARNESS_PROCS, PR_SET_CHILD_SUBREAPER, become_subreaper, children_of, kill_group as _kill_group,
+    OWN_PROCS as _HARNESS_PROCS, become_subreaper, children_of, kill_group as _kill_group,
     kill_tree, own_pids as _other_harness_pids, short_dir, terminate as _terminate)
 from support.wait import POLL_INTERVAL, TIMEOUT_SCALE, WaitTimeout, scaled, wait_for  # noqa: F401
 

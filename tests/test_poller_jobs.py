@@ -17,9 +17,8 @@ from gi.repository import GLib
 
 import harness
 from support import inprocess
-from support.procs import _proc_table
 from support.wait import wait_for
-from buildunits import config, git, poller
+from buildunits import config, git, poller, proctree
 
 
 @pytest.fixture
@@ -97,7 +96,7 @@ def run_until(predicate, timeout=30.0, what=None, each=None):
 def git_processes(needle):
     """Live processes below this one whose command line holds NEEDLE:
     {pid: "git COMMAND"} (argv[0]'s base name and argv[1])."""
-    table, me = _proc_table(), os.getpid()
+    table, me = proctree.table(), os.getpid()
     out = {}
     for pid, (_ppid, st) in table.items():
         if st == "Z" or not _below(table, pid, me):

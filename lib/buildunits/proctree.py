@@ -44,20 +44,33 @@ def has_children():
         return True   # cannot tell: look the slow way
 
 
-def descendants(root):
-    """PIDs of every descendant of ROOT (from /proc), deepest last."""
-    children = {}
+def _each(what):
+    """(pid, contents of /proc/PID/WHAT) of every process that can be read."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                stat = f.read()
+            with open("/proc/%s/%s" % (name, what), "rb") as f:
+                yield int(name), f.read()
         except OSError:
             continue
+
+
+def table():
+    """{pid: (ppid, state)} of every process, from /proc/PID/stat."""
+    out = {}
+    for pid, stat in _each("stat"):
         # The command name (in parentheses) may hold spaces and ")".
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+        fields = stat[stat.rindex(b")") + 2:].split()
+        out[pid] = (int(fields[1]), fields[0].decode())
+    return out
+
+
+def descendants(root):
+    """PIDs of every descendant of ROOT (from /proc), deepest last."""
+    children = {}
+    for pid, (ppid, _state) in table().items():
+        children.setdefault(ppid, []).append(pid)
     out, todo = [], [root]
     while todo:
         for c in children.get(todo.pop(), []):
@@ -103,18 +116,8 @@ def tagged(token):
     BUILDUNITS_BUILD_TOKEN=TOKEN.  A zombie has no environment left; a
     process of another user cannot be read (and is not one we started)."""
     needle = ("%s=%s" % (TOKEN_VARIABLE, token)).encode()
-    me, out = os.getpid(), []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open("/proc/%s/environ" % name, "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            out.append(int(name))
-    return out
+    me = os.getpid()
+    return [pid for pid, env in _each("environ") if pid != me and needle in env.split(b"\0")]
 
 
 def end_tagged(token, grace, poll=0.05):

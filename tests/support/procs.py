@@ -15,6 +15,8 @@ import signal
 import subprocess
 import tempfile
 
+from buildunits import proctree
+
 
 def short_dir(base, prefix="bu-"):
     """A directory for unix sockets under BASE, or in /tmp when BASE is too
@@ -26,35 +28,11 @@ def short_dir(base, prefix="bu-"):
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp"), True
 
 
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper():
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: orphans are then left to init
-
-
-def _proc_table():
-    """{pid: (ppid, state)} of every process, read from /proc."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        out[int(name)] = (int(fields[1]), fields[0].decode())
-    return out
+become_subreaper = proctree.become_subreaper
 
 
 def children_of(pid):
-    return [p for p, (pp, _st) in _proc_table().items() if pp == pid]
+    return [p for p, (pp, _st) in proctree.table().items() if pp == pid]
 
 
 def kill_tree(root):
@@ -69,7 +47,7 @@ def kill_tree(root):
             except (ProcessLookupError, PermissionError):
                 pass
         seen |= todo
-        table = _proc_table()
+        table = proctree.table()
         todo = {p for p, (pp, st) in table.items() if pp in seen and p not in seen and st != "Z"}
     for p in seen:
         try:
