@@ -239,6 +239,31 @@ def test_the_work_directory_is_given_to_the_step_user(dirs):
 
 
 @needs_root
+def test_no_chown_under_a_state_directory_whose_parent_others_may_change(dirs, tmp_path):
+    os.chmod(str(tmp_path), 0o777)
+    try:
+        with pytest.raises(launcher.Refused, match="is not root's alone"):
+            launcher.give_work_dir(dirs.state, "w1", "hello", STEP_USER)
+    finally:
+        os.chmod(str(tmp_path), 0o700)
+    assert os.stat(os.path.join(dirs.state, "work", "w1", "hello")).st_uid == 0
+
+
+@needs_root
+def test_a_work_directory_a_local_step_filled_is_emptied_once(dirs):
+    work = os.path.join(dirs.state, "work", "w1", "hello")
+    os.makedirs(os.path.join(work, ".git", "objects"))
+    open(os.path.join(work, "built.o"), "w").close()
+    os.symlink("/etc", os.path.join(work, "link"))
+    executor_unit.adopt_work_dir(work, STEP_USER)
+    assert os.listdir(work) == [] and os.path.isdir("/etc")
+    launcher.give_work_dir(dirs.state, "w1", "hello", STEP_USER)
+    os.mkdir(os.path.join(work, "checkout"))           # the step's, now
+    executor_unit.adopt_work_dir(work, STEP_USER)
+    assert os.listdir(work) == ["checkout"]
+
+
+@needs_root
 @pytest.mark.parametrize("swap", ["work", "work/w1", "work/w1/hello"])
 def test_a_link_anywhere_on_the_way_leads_no_chown_elsewhere(dirs, tmp_path, swap):
     victim = tmp_path / "victim"
