@@ -136,7 +136,8 @@ class Build:
         except OSError as e:
             return self._step_exception(i, "cannot create the log %s: %s" % (logpath, e.strerror))
         spec = executormod.StepSpec(rec["builder"], rec["number"], st.name, self.token,
-                                    unit=stepmod.unit(self.builder, st), credentials=st.credentials)
+                                    unit=stepmod.unit(self.builder, st), credentials=st.credentials,
+                                    shared=stepmod.shared(self.builder))
         env = stepmod.environment(os.environ, self.builder, st, rec, self.workdir, r.worker)
         try:
             self._handle = r.executor.start(spec, st.argv, env, cwd, fd, lambda code: self._exited(code, i))

@@ -92,6 +92,7 @@ class Builder:
     credentials: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     unit: list = field(default_factory=list)      # [(Directive, value)] of unitprops, in file order
+    unit_per_step: bool = False                   # each step a unit of its own, not the builder's sandbox
 
     def wants_branch(self, branch):
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
@@ -267,6 +268,7 @@ BUILDER_KEYS = {
     "Environment": ("environment", "env"),
     "Checkout": ("checkout", "bool"),
     "Credential": ("credentials", "credentials"),
+    "UnitPerStep": ("unit_per_step", "bool"),
 }
 
 STEP_KEYS = {

@@ -107,7 +107,11 @@ from . import credentials as credentialsmod, proctree, unitprops
 # UNIT: the step's own unit settings, ((Directive, value), ...) in the order
 # given (the builder's, then the step's); CREDENTIALS: the names of the
 # credentials it is handed.  Both are for executors that can honour them.
-StepSpec = collections.namedtuple("StepSpec", "builder number step token unit credentials", defaults=((), ()))
+# SHARED: (UNIT, CREDENTIALS) of the builder alone, or None; a step whose
+# own add nothing to them may run in a sandbox the builder's steps share
+# (executor_unit.py), None: a unit of its own.
+StepSpec = collections.namedtuple("StepSpec", "builder number step token unit credentials shared",
+                                  defaults=((), (), None))
 
 
 def under_systemd(environ=os.environ):
@@ -216,30 +220,6 @@ def _set_rlimits(limits):
         resource.setrlimit(res, pair)
 
 
-def usage(before, after, own=None):
-    """The USAGE of a step (see above) from this process's RUSAGE_CHILDREN
-    BEFORE and AFTER it, and OWN, its own rusage from wait4 (or None).
-
-    >>> import collections
-    >>> R = collections.namedtuple("R", "ru_utime ru_stime ru_maxrss ru_inblock ru_oublock")
-    >>> usage(R(1.0, 0.5, 900, 8, 0), R(3.0, 1.0, 900, 16, 2), R(1.5, 0.5, 100, 8, 2))
-    {'cpu_sec': 2.5, 'io_read_bytes': 4096, 'io_write_bytes': 1024, 'memory_peak_bytes': 102400}
-    >>> usage(R(1.0, 0.5, 900, 8, 0), R(1.0, 0.5, 900, 8, 0))
-    {'cpu_sec': 0.0, 'io_read_bytes': 0, 'io_write_bytes': 0}
-    """
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    out = {"cpu_sec": round(max(0.0, cpu), 3),
-           # Blocks of 512 bytes, whatever the file system's.
-           "io_read_bytes": max(0, after.ru_inblock - before.ru_inblock) * 512,
-           "io_write_bytes": max(0, after.ru_oublock - before.ru_oublock) * 512}
-    peak = own.ru_maxrss if own is not None else 0
-    if after.ru_maxrss > before.ru_maxrss:
-        peak = max(peak, after.ru_maxrss)
-    if peak > 0:
-        out["memory_peak_bytes"] = peak * 1024      # ru_maxrss is in KiB
-    return out
-
-
 def _pidfd(pid):
     """A pidfd of child PID, or None where the kernel has none."""
     try:
@@ -343,7 +323,7 @@ class LocalStep:
         # outlive it: a step owns nothing after it ends.
         proctree.kill_leftovers(pid)
         self._clean()
-        self.usage = usage(self._before, resource.getrusage(resource.RUSAGE_CHILDREN), own)
+        self.usage = proctree.usage(self._before, resource.getrusage(resource.RUSAGE_CHILDREN), own)
         self._on_exit(code)
 
     def _note(self, text):

@@ -40,7 +40,7 @@ import time
 
 from gi.repository import Gio, GLib
 
-from . import proctree
+from . import proctree, unitprops
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -56,6 +56,9 @@ CLD_EXITED = 1
 ENDED = ("inactive", "failed")
 LAUNCHER_SOCKET = "/run/buildunits/launcher.sock"
 LAUNCHER_TIMEOUT_SEC = 15
+SANDBOX_START_SEC = 30          # a sandbox's first answer: systemd sets it up first
+SANDBOX_REPLY_SEC = 10
+SANDBOX_IDLE_SEC = 60           # a sandbox no step has used for this long is closed
 UNKNOWN = 2 ** 64 - 1           # systemd's "not measured"
 # What systemd measured of a unit: (property, key of the step's usage, scale).
 ACCOUNTING = (("CPUUsageNSec", "cpu_sec", 1e-9), ("MemoryPeak", "memory_peak_bytes", 1),
@@ -96,6 +99,16 @@ def unit_name(spec):
     'buildunits-build-hello-42-test.service'
     """
     return "%s%s-%d-%s.service" % (PREFIX, unit_escape(spec.builder), spec.number, unit_escape(spec.step))
+
+
+def sandbox_unit_name(builder, worker):
+    """The sandbox of BUILDER on WORKER (sandbox.py): escaped names never
+    hold "-", and a step's unit has a number where this has "sandbox".
+
+    >>> sandbox_unit_name("hello", "w1")
+    'buildunits-build-hello-sandbox-w1.service'
+    """
+    return "%s%s-sandbox-%s.service" % (PREFIX, unit_escape(builder), unit_escape(worker))
 
 
 def object_path(unit):
@@ -347,6 +360,7 @@ class TransientUnitExecutor:
         self.launcher = launcher or LauncherClient()
         self.systemd = systemd or Systemd()
         self.worker = worker
+        self._sandbox = None        # the Sandbox steps run in now, if any
 
     def refusal(self):
         """Why this executor cannot run steps here, or None: the launcher
@@ -367,10 +381,12 @@ class TransientUnitExecutor:
         return "; ".join(n for n in notes if n) or None
 
     def start(self, spec, argv, env, cwd, log_fd, on_exit):
-        unit = unit_name(spec)
         workdir = env.get("BUILDUNITS_WORKDIR") or cwd
         if self.user:
             adopt_work_dir(workdir, self.user)
+        if spec.shared is not None and spec.shared == (spec.unit, spec.credentials):
+            return self._start_in_sandbox(spec, argv, env, cwd, log_fd, on_exit)
+        unit = unit_name(spec)
         step = UnitStep(self, unit, log_fd, on_exit)
         fields = {"builder": spec.builder, "number": spec.number, "step": spec.step, "token": spec.token,
                   "worker": env.get("BUILDUNITS_WORKER") or self.worker, "argv": list(argv), "env": dict(env),
@@ -384,12 +400,48 @@ class TransientUnitExecutor:
         step.started()
         return step
 
+    def _start_in_sandbox(self, spec, argv, env, cwd, log_fd, on_exit):
+        """Step SPEC in its builder's sandbox on this worker, started first
+        if there is none (or one with other settings: the builder's
+        changed, or another builder's turn)."""
+        worker = env.get("BUILDUNITS_WORKER") or self.worker
+        key = (spec.builder, worker, spec.unit, spec.credentials, self.grace)
+        for attempt in (1, 2):
+            first = False
+            sb = self._sandbox
+            if sb is not None and (sb.key != key or not sb.alive):
+                sb.close()
+                sb = None
+            if sb is None:
+                fields = {"builder": spec.builder, "worker": worker, "grace": self.grace,
+                          "directives": [list(p) for p in spec.unit], "credentials": list(spec.credentials)}
+                try:
+                    sb = self._sandbox = Sandbox.open(self, key, fields)
+                except OSError as e:
+                    raise OSError(e.errno, "cannot start the sandbox %s: %s"
+                                  % (sandbox_unit_name(spec.builder, worker), e.strerror))
+                first = True
+            step = SandboxStep(sb, log_fd, on_exit)
+            try:
+                step.started(sb.run(step, argv, env, cwd, spec.token, unitprops.rlimits(spec.unit), log_fd,
+                                    first=first))
+                return step
+            except SandboxGone:
+                if attempt == 2 or first:
+                    raise
+                # It ended since the last step (idle, or killed): a new one.
+
     # ----------------------------------------------------------- leftovers
     def leftovers(self, token):
-        """The loaded units of the build TOKEN, running or ended."""
+        """The loaded units of the build TOKEN, running or ended, and the
+        sandboxes of this worker that are not this runner's own (left by
+        a runner that died)."""
         tag = "%s=%s" % (proctree.TOKEN_VARIABLE, token)
+        ours = self._sandbox.unit if self._sandbox is not None else None
+        suffix = "-sandbox-%s.service" % unit_escape(self.worker) if self.worker else None
         return [u for u, _state in self.systemd.units()
-                if tag in (self.systemd.get(u, SERVICE, "Environment") or [])]
+                if (suffix and u.endswith(suffix) and u != ours)
+                or tag in (self.systemd.get(u, SERVICE, "Environment") or [])]
 
     def end_leftovers(self, token, grace):
         units = self.leftovers(token)
@@ -527,6 +579,281 @@ class UnitStep:
                 break
             self._signal(sig)
         self._release()
+
+    def _note(self, text):
+        try:
+            os.write(self._log_fd, text.encode())
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------- sandboxes
+
+class SandboxGone(OSError):
+    """The sandbox's socket ended: its process is gone."""
+
+
+def _checked_end(msg):
+    """(code, usage) of the sandbox's "ended" message MSG, whatever it
+    holds: the sandbox runs as the steps' user, so what it says is no
+    more than a step could say of itself, and is checked as such."""
+    code = msg.get("code")
+    if not isinstance(code, int) or isinstance(code, bool) or not -64 <= code <= 255:
+        code = -1
+    used = msg.get("usage")
+    out = {}
+    if isinstance(used, dict):
+        for key, kind in (("cpu_sec", (int, float)), ("memory_peak_bytes", int), ("io_read_bytes", int),
+                          ("io_write_bytes", int), ("tasks_max", int)):
+            v = used.get(key)
+            if isinstance(v, kind) and not isinstance(v, bool) and 0 <= v < 2 ** 63:
+                out[key] = v
+    return code, out
+
+
+class Sandbox:
+    """A builder's sandbox on this worker (sandbox.py): the unit UNIT, which
+    buildunits-launcher started with the builder's settings (KEY), and the
+    runner's end of its socket.  Steps run in it one at a time."""
+
+    def __init__(self, executor, key, unit, sock):
+        self.ex = executor
+        self.key = key
+        self.unit = unit
+        self.sock = sock
+        self.step = None            # the SandboxStep running, if any
+        self._idle = None
+        self._watch = GLib.unix_fd_add_full(GLib.PRIORITY_DEFAULT, sock.fileno(),
+                                            GLib.IOCondition.IN | GLib.IOCondition.HUP | GLib.IOCondition.ERR,
+                                            self._readable)
+
+    @classmethod
+    def open(cls, executor, key, fields):
+        """Have the launcher start the sandbox FIELDS describe."""
+        from .sandbox import VERSION  # noqa: F401 (the protocol's module)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            reply = executor.launcher.request("sandbox", fields, fd=theirs.fileno())
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(executor, key, reply.get("unit") or sandbox_unit_name(fields["builder"], fields["worker"]), ours)
+
+    @property
+    def alive(self):
+        return self.sock is not None
+
+    def request(self, msg, fd=None, timeout=SANDBOX_REPLY_SEC):
+        """Send MSG (with FD) and return the reply; SandboxGone if the
+        sandbox has ended, OSError if it does not answer in TIMEOUT."""
+        from . import sandbox as proto
+        if self.sock is None:
+            raise SandboxGone(0, "the sandbox %s has ended" % self.unit)
+        try:
+            if fd is None:
+                self.sock.sendall(proto.encode(msg))
+            else:
+                socket.send_fds(self.sock, [proto.encode(msg)], [fd])
+            self.sock.settimeout(timeout)
+            data, fds = proto.receive(self.sock)
+        except socket.timeout:
+            self.close(stop=True)
+            raise OSError(0, "the sandbox %s did not answer in %ds; it is stopped" % (self.unit, timeout))
+        except (OSError, ValueError) as e:
+            self.close(stop=True)
+            raise SandboxGone(0, "the sandbox %s has ended (%s)" % (self.unit, e))
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(None)
+        for f in fds:
+            os.close(f)
+        if not data:
+            self.close(stop=True)
+            raise SandboxGone(0, "the sandbox %s has ended; see journalctl -u %s" % (self.unit, self.unit))
+        try:
+            return proto.decode(data)
+        except ValueError as e:
+            self.close(stop=True)
+            raise OSError(0, "the sandbox %s: %s" % (self.unit, e))
+
+    def run(self, step, argv, env, cwd, token, rlimits, log_fd, first=False):
+        """Start ARGV in the sandbox for STEP (a SandboxStep), with RLIMITS
+        ([(LimitNAME, soft, hard)]): its pid."""
+        self._cancel_idle()
+        reply = self.request({"op": "run", "argv": list(argv), "env": dict(env), "cwd": cwd, "token": token,
+                              "rlimits": [list(r) for r in rlimits]},
+                             fd=log_fd, timeout=SANDBOX_START_SEC if first else SANDBOX_REPLY_SEC)
+        if reply.get("op") == "error":
+            raise OSError(0, "%s (in %s)" % (reply.get("error"), self.unit))
+        pid = reply.get("pid")
+        if reply.get("op") != "started" or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            self.close(stop=True)
+            raise OSError(0, "the sandbox %s answered %r; it is stopped" % (self.unit, reply.get("op")))
+        self.step = step
+        return pid
+
+    def signal(self, name):
+        from . import sandbox as proto
+        if self.sock is not None:
+            try:
+                self.sock.sendall(proto.encode({"op": "signal", "signal": name}))
+            except OSError:
+                pass            # ended: its watch says so
+
+    def _readable(self, fd, condition):
+        from . import sandbox as proto
+        try:
+            data, fds = proto.receive(self.sock)
+            for f in fds:
+                os.close(f)
+            msg = proto.decode(data) if data else None
+        except (OSError, ValueError):
+            msg = None
+        if msg is None:
+            self._watch = None
+            step = self.step
+            self.close(stop=True)
+            if step is not None:
+                step.gone()
+            return False
+        if msg.get("op") == "ended" and self.step is not None:
+            step, self.step = self.step, None
+            self._start_idle()
+            step.ended(*_checked_end(msg))
+        return True
+
+    def _start_idle(self):
+        self._cancel_idle()
+        self._idle = GLib.timeout_add(int(SANDBOX_IDLE_SEC * 1000), self._idle_expired)
+
+    def _cancel_idle(self):
+        if self._idle is not None:
+            GLib.source_remove(self._idle)
+            self._idle = None
+
+    def _idle_expired(self):
+        self._idle = None
+        if self.step is None:
+            self.close()
+        return False
+
+    def close(self, stop=False):
+        """Close the socket: the sandbox kills what runs in it and exits,
+        and systemd stops and unloads its unit.  STOP: also have the
+        launcher stop the unit, for a sandbox that may not be listening."""
+        self._cancel_idle()
+        if self._watch is not None:
+            GLib.source_remove(self._watch)
+            self._watch = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.ex._sandbox is self:
+            self.ex._sandbox = None
+        if stop:
+            try:
+                self.ex.launcher.request("release", {"unit": self.unit})
+            except OSError:
+                pass            # gone already
+
+
+class SandboxStep:
+    """One step run in a Sandbox: the executor's handle (executor.py)."""
+
+    def __init__(self, sandbox, log_fd, on_exit):
+        self.sb = sandbox
+        self.pid = None
+        self.identity = sandbox.unit
+        self.usage = {}
+        self.returncode = None
+        self._log_fd = log_fd
+        self._on_exit = on_exit
+        self._timers = []
+
+    def started(self, pid):
+        self.pid = pid
+        self.identity = "process %d in %s" % (pid, self.sb.unit)
+
+    def ended(self, code, used):
+        if self.returncode is not None:
+            return
+        self._cancel()
+        self.returncode = code
+        self.usage = used
+        if self._on_exit is not None:
+            self._on_exit(code)
+
+    def gone(self):
+        """The sandbox ended under the step (killed by it, or stopped)."""
+        self._note("buildunits: the sandbox %s ended while the step ran\n" % self.sb.unit)
+        self.ended(-1, {})
+
+    def _cancel(self):
+        for t in self._timers:
+            GLib.source_remove(t)
+        self._timers = []
+
+    def stop(self, grace):
+        if self.returncode is not None or self._timers:
+            return
+        self._note("buildunits: stopping the step (SIGTERM to its processes, SIGKILL %ds later)\n" % grace)
+        self.sb.signal("SIGTERM")
+
+        def kill():
+            self._timers.pop(0)
+            if self.returncode is None:
+                self._note("buildunits: still running %ds after SIGTERM; sending SIGKILL\n" % grace)
+                self.sb.signal("SIGKILL")
+            return False
+
+        def unit():
+            # The sandbox does not answer (stopped by the step?): the unit goes.
+            self._timers.pop(0)
+            if self.returncode is None:
+                self._note("buildunits: the sandbox does not say the step ended; stopping %s\n" % self.sb.unit)
+                self.sb.close(stop=True)
+                self.gone()
+            return False
+        self._timers = [GLib.timeout_add(int(grace * 1000), kill), GLib.timeout_add(int(grace * 2000) + 1000, unit)]
+
+    def kill(self):
+        self._cancel()
+        self._on_exit = None
+        self.returncode = -9
+        self.sb.step = None
+        self.sb.close(stop=True)
+
+    def halt(self, grace):
+        """Stop the step without the main loop (the runner is stopping)."""
+        from . import sandbox as proto
+        self._cancel()
+        self._on_exit = None
+        sb = self.sb
+        for sig in ("SIGTERM", "SIGKILL"):
+            sb.signal(sig)
+            deadline = time.monotonic() + grace
+            while sb.sock is not None and time.monotonic() < deadline:
+                sb.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    data, fds = proto.receive(sb.sock)
+                except socket.timeout:
+                    continue
+                except (OSError, ValueError):
+                    data = b""
+                for f in fds:
+                    os.close(f)
+                if not data:
+                    break
+                try:
+                    if proto.decode(data).get("op") == "ended":
+                        sb.step = None
+                        sb.sock.settimeout(None)
+                        return
+                except ValueError:
+                    break
+        sb.close(stop=True)
 
     def _note(self, text):
         try:

@@ -50,6 +50,14 @@ DESCRIPTION
         start             start one step's unit (fields: builder, number,
                           step, token, worker, argv, env, cwd, grace,
                           directives, credentials; one descriptor)
+        sandbox           start a builder's sandbox on a worker: the unit
+                          buildunits-build-BUILDER-sandbox-WORKER.service,
+                          the same boundary, buildunits-sandbox(8) its
+                          main process, which runs the builder's steps one
+                          at a time (fields: builder, worker, grace,
+                          directives, credentials, the builder's alone;
+                          one descriptor: the runner's end of a socket
+                          pair, the sandbox's standard input)
         kill UNIT SIGNAL  SIGTERM or SIGKILL to every process of UNIT
         release UNIT      stop UNIT (SIGTERM, TimeoutStopSec= the grace,
                           SIGKILL) and let systemd unload it
@@ -128,42 +136,18 @@ def _absolute(v, what):
     return v
 
 
-def check_start(req, dirs):
-    """The start request REQ, checked field by field against DIRS (the
-    launcher's paths.Dirs): a dict of what the unit is made from, or
-    Refused naming the field."""
-    from .executor import StepSpec
-    from .executor_unit import unit_name
+def _check_common(req, dirs):
+    """What a step's unit and a sandbox are both made from: (builder,
+    worker, work directory, grace, directives, credentials), checked."""
     builder = _field(req, "builder", str)
     if not config.NAME_RE.fullmatch(builder):
         raise Refused("builder: %r is not a builder name" % builder)
-    step = _field(req, "step", str)
-    if step not in config.RESERVED_STEPS and not config.NAME_RE.fullmatch(step):
-        raise Refused("step: %r is not a step name" % step)
-    number = _field(req, "number", int)
-    if not 1 <= number < 2 ** 32:
-        raise Refused("number: %d is out of range" % number)
-    token = _field(req, "token", str)
-    if not TOKEN_RE.fullmatch(token):
-        raise Refused("token: not 16 to 64 hex digits")
     worker = _field(req, "worker", str)
     if not config.NAME_RE.fullmatch(worker):
         raise Refused("worker: %r is not a worker name" % worker)
     workdir = State(dirs.state).work_dir(worker, builder)
-    cwd = _absolute(req.get("cwd"), "cwd")
-    if cwd != workdir and not cwd.startswith(workdir + "/"):
-        raise Refused("cwd: %s is not inside the work directory %s" % (cwd, workdir))
     if os.path.realpath(workdir) != workdir:
         raise Refused("cwd: the work directory %s is (or is under) a symbolic link" % workdir)
-    argv = _field(req, "argv", list)
-    if not argv or len(argv) > 4096:
-        raise Refused("argv: empty or too long")
-    argv = [_text(a, "argv") for a in argv]
-    env = _field(req, "env", dict)
-    for k, v in env.items():
-        if not ENV_NAME_RE.fullmatch(k):
-            raise Refused("env: %r is not a variable name" % k)
-        _text(v, "env %s" % k)
     grace = req.get("grace")
     if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 < grace <= MAX_GRACE_SEC:
         raise Refused("grace: not a number of seconds in (0, %d]" % MAX_GRACE_SEC)
@@ -185,9 +169,55 @@ def check_start(req, dirs):
     for c in creds:
         if not isinstance(c, str) or not credentials.valid_name(c):
             raise Refused("credentials: %r is not a credential name" % (c,))
-    spec = StepSpec(builder, number, step, token, tuple(pairs), tuple(creds))
+    return builder, worker, workdir, float(grace), tuple(pairs), tuple(creds)
+
+
+def check_start(req, dirs):
+    """The start request REQ, checked field by field against DIRS (the
+    launcher's paths.Dirs): a dict of what the unit is made from, or
+    Refused naming the field."""
+    from .executor import StepSpec
+    from .executor_unit import unit_name
+    builder, worker, workdir, grace, pairs, creds = _check_common(req, dirs)
+    step = _field(req, "step", str)
+    if step not in config.RESERVED_STEPS and not config.NAME_RE.fullmatch(step):
+        raise Refused("step: %r is not a step name" % step)
+    number = _field(req, "number", int)
+    if not 1 <= number < 2 ** 32:
+        raise Refused("number: %d is out of range" % number)
+    token = _field(req, "token", str)
+    if not TOKEN_RE.fullmatch(token):
+        raise Refused("token: not 16 to 64 hex digits")
+    cwd = _absolute(req.get("cwd"), "cwd")
+    if cwd != workdir and not cwd.startswith(workdir + "/"):
+        raise Refused("cwd: %s is not inside the work directory %s" % (cwd, workdir))
+    argv = _field(req, "argv", list)
+    if not argv or len(argv) > 4096:
+        raise Refused("argv: empty or too long")
+    argv = [_text(a, "argv") for a in argv]
+    env = _field(req, "env", dict)
+    for k, v in env.items():
+        if not ENV_NAME_RE.fullmatch(k):
+            raise Refused("env: %r is not a variable name" % k)
+        _text(v, "env %s" % k)
+    spec = StepSpec(builder, number, step, token, pairs, creds)
     return {"spec": spec, "unit": unit_name(spec), "worker": worker, "workdir": workdir, "cwd": cwd,
-            "argv": argv, "env": env, "grace": float(grace)}
+            "argv": argv, "env": env, "grace": grace}
+
+
+def check_sandbox(req, dirs):
+    """The sandbox request REQ, checked as check_start() checks a step's:
+    a builder's sandbox on a worker, with the builder's own directives
+    and credentials (a step's own need a unit of their own)."""
+    from .executor import StepSpec
+    from .executor_unit import sandbox_unit_name
+    from .unitprops import KIND
+    builder, worker, workdir, grace, pairs, creds = _check_common(req, dirs)
+    # The rlimits are the sandbox's to set for each step (sandbox.py): on
+    # the unit they would bind its own long-lived process too (LimitCPU=).
+    pairs = tuple(p for p in pairs if KIND[p[0]] != "rlimit")
+    return {"spec": StepSpec(builder, 0, "", "", pairs, creds), "unit": sandbox_unit_name(builder, worker),
+            "worker": worker, "workdir": workdir, "grace": grace}
 
 
 def check_credentials(spec, cfg):
@@ -273,15 +303,53 @@ def properties(job, dirs, cfg, user=STEP_USER):
     then the fixed part, which therefore wins.  CFG (the configuration)
     is needed only for a step with credentials."""
     from gi.repository import GLib
-    from .executor_unit import unit_escape
     spec = job["spec"]
     env = dict(job["env"])
     env["BUILDUNITS_BUILD_TOKEN"] = spec.token
     # The runner's home is the state directory, hidden here: the step's
     # home is its private /tmp, empty at its start and gone at its end.
     env["HOME"] = "/tmp"
+    return _unit(job, dirs, cfg, user, "buildunits %s #%d step %s" % (spec.builder, spec.number, spec.step), [
+        ("Type", GLib.Variant("s", "exec")),
+        ("ExecStart", GLib.Variant("a(sasb)", [(job["argv"][0], job["argv"], False)])),
+        ("WorkingDirectory", GLib.Variant("s", job["cwd"])),
+        ("Environment", GLib.Variant("as", ["%s=%s" % kv for kv in sorted(env.items())])),
+        ("StandardInput", GLib.Variant("s", "null")),
+        ("StandardOutputFileDescriptor", GLib.Variant("h", 0)),
+        ("StandardErrorFileDescriptor", GLib.Variant("h", 0)),
+        ("RemainAfterExit", GLib.Variant("b", True)),
+    ])
+
+
+def sandbox_properties(job, dirs, cfg, program, user=STEP_USER):
+    """The unit properties of the checked sandbox request JOB: the same
+    boundary as a step's unit, with PROGRAM (buildunits-sandbox) as its
+    main process, the runner's socket (the one descriptor) its standard
+    input, and its own messages in the journal.  The unit goes when its
+    main process does, failed or not (CollectMode=), so a sandbox that
+    could not start closes the runner's socket at once."""
+    from gi.repository import GLib
+    argv = [program, "--clean", "/tmp", "--clean", "/var/tmp"]
+    return _unit(job, dirs, cfg, user, "buildunits %s sandbox on %s" % (job["spec"].builder, job["worker"]), [
+        ("Type", GLib.Variant("s", "exec")),
+        ("ExecStart", GLib.Variant("a(sasb)", [(program, argv, False)])),
+        ("WorkingDirectory", GLib.Variant("s", job["workdir"])),
+        ("Environment", GLib.Variant("as", ["HOME=/tmp"])),
+        ("StandardInputFileDescriptor", GLib.Variant("h", 0)),
+        ("StandardOutput", GLib.Variant("s", "journal")),
+        ("StandardError", GLib.Variant("s", "journal")),
+        ("CollectMode", GLib.Variant("s", "inactive-or-failed")),
+    ])
+
+
+def _unit(job, dirs, cfg, user, description, execution):
+    """The properties of a unit of the checked request JOB, described as
+    DESCRIPTION, running what EXECUTION says, inside the boundary."""
+    from gi.repository import GLib
+    from .executor_unit import unit_escape
+    spec = job["spec"]
     props = [
-        ("Description", GLib.Variant("s", "buildunits %s #%d step %s" % (spec.builder, spec.number, spec.step))),
+        ("Description", GLib.Variant("s", description)),
         # Defaults a builder may change (unitprops.KEYS): what costs a
         # build nothing.
         ("ProtectHome", GLib.Variant("s", "yes")),
@@ -291,15 +359,8 @@ def properties(job, dirs, cfg, user=STEP_USER):
         props += unitprops.variants(spec.unit)
     hidden = [d for d in (dirs.config, dirs.spool, dirs.site)
               if os.path.commonpath([d, dirs.state]) != dirs.state]
-    props += [
-        # The fixed part: what the boundary is.
-        ("Type", GLib.Variant("s", "exec")),
-        ("ExecStart", GLib.Variant("a(sasb)", [(job["argv"][0], job["argv"], False)])),
-        ("WorkingDirectory", GLib.Variant("s", job["cwd"])),
-        ("Environment", GLib.Variant("as", ["%s=%s" % kv for kv in sorted(env.items())])),
-        ("StandardInput", GLib.Variant("s", "null")),
-        ("StandardOutputFileDescriptor", GLib.Variant("h", 0)),
-        ("StandardErrorFileDescriptor", GLib.Variant("h", 0)),
+    # The fixed part: what the boundary is.
+    props += execution + [
         ("User", GLib.Variant("s", user)),
         ("Group", GLib.Variant("s", user)),
         ("UMask", GLib.Variant("u", UMASK)),
@@ -312,7 +373,6 @@ def properties(job, dirs, cfg, user=STEP_USER):
         ("ProtectSystem", GLib.Variant("s", "strict")),
         ("KillMode", GLib.Variant("s", "control-group")),
         ("TimeoutStopUSec", GLib.Variant("t", int(job["grace"] * 1e6))),
-        ("RemainAfterExit", GLib.Variant("b", True)),
         # Stopped after its runner (at shutdown, say): the runner stops the
         # step and records the build as interrupted, rather than seeing its
         # step killed under it and recording a failure.
@@ -366,11 +426,12 @@ class Launcher:
     """The requests of one launcher process, carried out on SYSTEMD
     (executor_unit.Systemd, the system bus)."""
 
-    def __init__(self, dirs, systemd, clients=(0,), user=STEP_USER):
+    def __init__(self, dirs, systemd, clients=(0,), user=STEP_USER, sandbox_program=None):
         self.dirs = dirs
         self.systemd = systemd
         self.clients = set(clients)
         self.user = user
+        self.sandbox_program = sandbox_program or sandbox_program_beside(sys.argv[0])
 
     def configuration(self):
         """The configuration as far as it reads: a runner may be running an
@@ -397,6 +458,18 @@ class Launcher:
                 check_credentials(job["spec"], cfg)
             give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
             self.systemd.start(job["unit"], properties(job, self.dirs, cfg, self.user), fds[0])
+            return {"unit": job["unit"]}
+        if op == "sandbox":
+            if len(fds) != 1:
+                raise Refused("sandbox: exactly one descriptor (the runner's socket) must come with it")
+            job = check_sandbox(req, self.dirs)
+            cfg = None
+            if job["spec"].credentials:
+                cfg = self.configuration()
+                check_credentials(job["spec"], cfg)
+            give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
+            self.systemd.start(job["unit"], sandbox_properties(job, self.dirs, cfg, self.sandbox_program,
+                                                               self.user), fds[0])
             return {"unit": job["unit"]}
         if op == "kill":
             unit = check_unit(req)
@@ -458,6 +531,11 @@ class Launcher:
                     log.warning("launcher: connection dropped: %s" % e)
 
 
+def sandbox_program_beside(launcher):
+    """buildunits-sandbox where it is installed: beside the launcher."""
+    return os.path.join(os.path.dirname(os.path.abspath(launcher)), "buildunits-sandbox")
+
+
 def listening_socket(path):
     """The socket systemd passed (LISTEN_FDS), else a new one bound at PATH."""
     if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
@@ -479,6 +557,8 @@ def main(argv=None):
     ap.add_argument("--socket", default=SOCKET, help="where to listen without socket activation (%(default)s)")
     ap.add_argument("--client-user", default=CLIENT_USER, help="the runners' user (%(default)s)")
     ap.add_argument("--idle-sec", type=float, default=IDLE_SEC, help="exit after this long idle (%(default)s)")
+    ap.add_argument("--sandbox-program", help="the program of builders' sandboxes (buildunits-sandbox "
+                    "beside this program)")
     paths.add_arguments(ap)
     args = ap.parse_args(argv)
     log.setup("buildunits-launcher")
@@ -488,5 +568,5 @@ def main(argv=None):
     except KeyError:
         print("buildunits-launcher: no user %s" % args.client_user, file=sys.stderr)
         return 1
-    launcher = Launcher(paths.from_args(args), Systemd(), clients)
+    launcher = Launcher(paths.from_args(args), Systemd(), clients, sandbox_program=args.sandbox_program)
     return launcher.serve(listening_socket(args.socket), args.idle_sec)

@@ -148,3 +148,27 @@ def _kill(fn, pid, sig):
         fn(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def usage(before, after, own=None):
+    """The USAGE of a step (executor.py) from this process's RUSAGE_CHILDREN
+    BEFORE and AFTER it, and OWN, its own rusage from wait4 (or None).
+
+    >>> import collections
+    >>> R = collections.namedtuple("R", "ru_utime ru_stime ru_maxrss ru_inblock ru_oublock")
+    >>> usage(R(1.0, 0.5, 900, 8, 0), R(3.0, 1.0, 900, 16, 2), R(1.5, 0.5, 100, 8, 2))
+    {'cpu_sec': 2.5, 'io_read_bytes': 4096, 'io_write_bytes': 1024, 'memory_peak_bytes': 102400}
+    >>> usage(R(1.0, 0.5, 900, 8, 0), R(1.0, 0.5, 900, 8, 0))
+    {'cpu_sec': 0.0, 'io_read_bytes': 0, 'io_write_bytes': 0}
+    """
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    out = {"cpu_sec": round(max(0.0, cpu), 3),
+           # Blocks of 512 bytes, whatever the file system's.
+           "io_read_bytes": max(0, after.ru_inblock - before.ru_inblock) * 512,
+           "io_write_bytes": max(0, after.ru_oublock - before.ru_oublock) * 512}
+    peak = own.ru_maxrss if own is not None else 0
+    if after.ru_maxrss > before.ru_maxrss:
+        peak = max(peak, after.ru_maxrss)
+    if peak > 0:
+        out["memory_peak_bytes"] = peak * 1024      # ru_maxrss is in KiB
+    return out

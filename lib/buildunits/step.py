@@ -89,6 +89,16 @@ def unit(builder, st):
     return tuple(builder.unit) + tuple(st.spec.unit if st.spec else ())
 
 
+def shared(builder):
+    """What BUILDER's steps share (StepSpec.shared): its own directives and
+    credentials, which a sandbox of the builder's is set up with; None
+    when each step is to be a unit of its own (UnitPerStep=yes).  A step
+    whose unit() or credentials hold more runs in a unit of its own."""
+    if builder.unit_per_step:
+        return None
+    return tuple(builder.unit), tuple(dict.fromkeys(builder.credentials))
+
+
 def working_directory(st, workdir):
     if st.spec and st.spec.working_directory:
         return os.path.join(workdir, st.spec.working_directory)
