@@ -149,13 +149,18 @@ def test_steps_of_a_builder_share_one_sandbox_and_report_their_ends(ex, launcher
     assert wait_gone(launcher.procs[0].pid), "the first builder's sandbox was not closed"
 
 
-def test_a_step_that_cannot_start_is_an_oserror_and_the_sandbox_stays(ex, launcher, tmp_path):
-    fd = os.open(str(tmp_path / "log"), os.O_WRONLY | os.O_CREAT, 0o644)
+def test_a_command_that_cannot_run_ends_with_127_and_says_why(ex, launcher, tmp_path):
+    log = tmp_path / "log"
+    fd = os.open(str(log), os.O_WRONLY | os.O_CREAT, 0o644)
     _fds.append(fd)
+    ended = []
     spec = executor.StepSpec("hello", 1, "test", "ab" * 8, shared=((), ()))
-    with pytest.raises(OSError) as e:
-        ex.start(spec, ["/no/such/program"], {}, str(tmp_path), fd, lambda code: None)
-    assert "/no/such/program" in str(e.value) and "No such file" in str(e.value)
+    ex.start(spec, ["/no/such/program"], {}, str(tmp_path), fd, ended.append)
+    assert spin(10, lambda: ended) and ended == [127]
+    assert "cannot run /no/such/program: No such file" in log.read_text()
+    ex.start(spec, ["/bin/true"], {}, str(tmp_path / "gone"), fd, ended.append)
+    assert spin(10, lambda: len(ended) == 2) and ended[1] == 127
+    assert "cannot change to %s" % (tmp_path / "gone") in log.read_text()
     assert Run(ex, tmp_path, "exit 0").wait() == 0
     assert len(launcher.started) == 1
 

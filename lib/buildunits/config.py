@@ -114,6 +114,7 @@ class Config:
     credentials_directory: str = credentialsmod.DEFAULT_DIRECTORY
     max_parallel_polls: int = 4
     poll_timeout: float = 300.0
+    sandbox_idle: float = 60.0
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
 
@@ -297,7 +298,8 @@ GLOBAL_KEYS = {
     "Defaults": {"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
     "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor"),
                 "CredentialsDirectory": ("credentials_directory", "path"),
-                "MaxParallelPolls": ("max_parallel_polls", "count"), "PollTimeoutSec": ("poll_timeout", "span")},
+                "MaxParallelPolls": ("max_parallel_polls", "count"), "PollTimeoutSec": ("poll_timeout", "span"),
+                "SandboxIdleSec": ("sandbox_idle", "span")},
 }
 
 

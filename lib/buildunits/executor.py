@@ -119,21 +119,22 @@ def under_systemd(environ=os.environ):
     return bool(environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
 
 
-def choose(setting, grace, worker, credentials_directory=credentialsmod.DEFAULT_DIRECTORY):
+def choose(setting, grace, worker, credentials_directory=credentialsmod.DEFAULT_DIRECTORY, sandbox_idle=60.0):
     """The executor for SETTING ([Daemons] Executor=: auto, local, transient)
     and a note for the journal, or None.  auto: the transient-unit executor
     when the runner runs under systemd and buildunits-launcher answers (it
     is socket-activated, and reaches systemd).  Local steps get their
-    credentials from CREDENTIALS_DIRECTORY; units get them from systemd."""
+    credentials from CREDENTIALS_DIRECTORY; units get them from systemd.
+    A builder's sandbox no step has used for SANDBOX_IDLE seconds is closed."""
     local = LocalExecutor(credentials_directory, worker)
     if setting == "local":
         return local, "Executor=local: build steps run as the runner's user, not isolated"
     from . import executor_unit
     if setting == "transient":
-        return executor_unit.TransientUnitExecutor(grace, worker=worker), None
+        return executor_unit.TransientUnitExecutor(grace, worker=worker, sandbox_idle=sandbox_idle), None
     if not under_systemd():
         return local, "not under systemd: build steps run as child processes of the runner, not isolated"
-    ex = executor_unit.TransientUnitExecutor(grace, worker=worker)
+    ex = executor_unit.TransientUnitExecutor(grace, worker=worker, sandbox_idle=sandbox_idle)
     why = ex.refusal()
     if why is None:
         return ex, None

@@ -354,8 +354,9 @@ class TransientUnitExecutor:
 
     name = "transient"
 
-    def __init__(self, grace=5, user=USER, launcher=None, systemd=None, worker=None):
+    def __init__(self, grace=5, user=USER, launcher=None, systemd=None, worker=None, sandbox_idle=SANDBOX_IDLE_SEC):
         self.grace = grace
+        self.sandbox_idle = sandbox_idle
         self.user = user
         self.launcher = launcher or LauncherClient()
         self.systemd = systemd or Systemd()
@@ -421,7 +422,7 @@ class TransientUnitExecutor:
                     raise OSError(e.errno, "cannot start the sandbox %s: %s"
                                   % (sandbox_unit_name(spec.builder, worker), e.strerror))
                 first = True
-            step = SandboxStep(sb, log_fd, on_exit)
+            step = SandboxStep(sb, log_fd, on_exit, "%s #%d step %s" % (spec.builder, spec.number, spec.step))
             try:
                 step.started(sb.run(step, argv, env, cwd, spec.token, unitprops.rlimits(spec.unit), log_fd,
                                     first=first))
@@ -683,7 +684,7 @@ class Sandbox:
         ([(LimitNAME, soft, hard)]): its pid."""
         self._cancel_idle()
         reply = self.request({"op": "run", "argv": list(argv), "env": dict(env), "cwd": cwd, "token": token,
-                              "rlimits": [list(r) for r in rlimits]},
+                              "rlimits": [list(r) for r in rlimits], "title": step.title},
                              fd=log_fd, timeout=SANDBOX_START_SEC if first else SANDBOX_REPLY_SEC)
         if reply.get("op") == "error":
             raise OSError(0, "%s (in %s)" % (reply.get("error"), self.unit))
@@ -726,7 +727,7 @@ class Sandbox:
 
     def _start_idle(self):
         self._cancel_idle()
-        self._idle = GLib.timeout_add(int(SANDBOX_IDLE_SEC * 1000), self._idle_expired)
+        self._idle = GLib.timeout_add(int(self.ex.sandbox_idle * 1000), self._idle_expired)
 
     def _cancel_idle(self):
         if self._idle is not None:
@@ -762,8 +763,9 @@ class Sandbox:
 class SandboxStep:
     """One step run in a Sandbox: the executor's handle (executor.py)."""
 
-    def __init__(self, sandbox, log_fd, on_exit):
+    def __init__(self, sandbox, log_fd, on_exit, title=""):
         self.sb = sandbox
+        self.title = title
         self.pid = None
         self.identity = sandbox.unit
         self.usage = {}

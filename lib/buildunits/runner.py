@@ -133,7 +133,8 @@ class Runner(daemon.Daemon):
             self.executor, self._executor_note = self.executor_class(), None
         else:
             self.executor, self._executor_note = executormod.choose(self.cfg.executor, KILL_GRACE_SEC, self.worker,
-                                                                      self.cfg.credentials_directory)
+                                                                      self.cfg.credentials_directory,
+                                                                      self.cfg.sandbox_idle)
         self.build = None          # the build record being run
         self._run = None           # and its steps being run (build.Build)
         self._builds_run = 0

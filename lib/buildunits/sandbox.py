@@ -22,8 +22,8 @@ DESCRIPTION
     directions (version 1):
 
         runner:  {"op": "run", "argv": [...], "env": {...}, "cwd": DIR,
-                  "token": TOKEN, "rlimits": [[LimitNAME, SOFT, HARD], ...]},
-                  with the log file's descriptor
+                  "token": TOKEN, "rlimits": [[LimitNAME, SOFT, HARD], ...],
+                  "title": WHAT}, with the log file's descriptor
                   (SCM_RIGHTS), which becomes the step's standard output
                   and error; its standard input is /dev/null
         sandbox: {"op": "started", "pid": PID}, or {"op": "error",
@@ -41,6 +41,10 @@ DESCRIPTION
     this long-lived process as well (LimitCPU= would count the CPU time of
     every build it ever ran).  Its cgroup limits (MemoryMax=, TasksMax=)
     are the unit's, and so count this process too: one task, a few MiB.
+
+    Each step's start and end is a line in the unit's journal, named by
+    its TITLE ("hello #42 step test"): journalctl -u
+    'buildunits-build-hello-*' shows which steps the sandbox ran.
 
     When a run request carries another build's TOKEN than the last, the
     directories given with --clean (the unit's private /tmp and
@@ -77,7 +81,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 
 from . import proctree
@@ -158,10 +161,42 @@ def _run_request(msg):
     return argv, env, cwd, token, limits
 
 
-def _set_rlimits(limits):
-    # In the child, between fork and exec.
-    for res, pair in limits:
-        resource.setrlimit(res, pair)
+def _printable(text):
+    """TEXT for a journal line: a string, without control characters."""
+    text = text if isinstance(text, str) else "a step"
+    return "".join(c if c.isprintable() else "?" for c in text)[:200] or "a step"
+
+
+def _signame(sig):
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "signal %d" % sig
+
+
+def _child(argv, env, cwd, limits, log_fd, gate_r, gate_w):
+    """The step's process, between fork and exec: never returns."""
+    try:
+        os.close(gate_w)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        what = "apply the step's Limit*= settings"
+        for res, pair in limits:
+            resource.setrlimit(res, pair)
+        what = "change to %s" % cwd
+        os.chdir(cwd)
+        os.read(gate_r, 1)          # the end of the pipe: "started" has gone
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        what = "run %s" % argv[0]
+        os.execvpe(argv[0], argv, env)
+    except BaseException as e:
+        try:
+            os.write(2, ("buildunits-sandbox: cannot %s: %s\n" % (what, getattr(e, "strerror", None) or e)).encode())
+        finally:
+            os._exit(127)
 
 
 class Driver:
@@ -171,7 +206,8 @@ class Driver:
         self.sock = sock
         self.clean = list(clean)
         self.token = None
-        self.proc = None
+        self.title = ""
+        self.pid = None
         self.pidfd = None
         self.before = None
         self.sel = selectors.DefaultSelector()
@@ -220,8 +256,8 @@ class Driver:
                 sig = SIGNALS.get(msg.get("signal"))
                 if sig is None:
                     raise ValueError("signal: one of %s" % " ".join(SIGNALS))
-                if self.proc is not None:
-                    proctree.kill_tree(self.proc.pid, sig)
+                if self.pid is not None:
+                    proctree.kill_tree(self.pid, sig)
             else:
                 raise ValueError("op: %r is not an operation" % msg["op"])
         except ValueError as e:
@@ -238,7 +274,7 @@ class Driver:
             raise ValueError("run: exactly one descriptor (the log file) must come with it")
         log_fd = fds[0]
         try:
-            if self.proc is not None:
+            if self.pid is not None:
                 raise ValueError("run: a step is running already")
             argv, env, cwd, token, limits = _run_request(msg)
             if token != self.token:
@@ -254,34 +290,39 @@ class Driver:
             else:
                 env.pop("CREDENTIALS_DIRECTORY", None)
             self.before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            try:
-                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
-                                        stderr=log_fd, start_new_session=True, close_fds=True,
-                                        preexec_fn=(lambda: _set_rlimits(limits)) if limits else None)
-            except subprocess.SubprocessError as e:     # setrlimit failed in the child
-                raise ValueError("cannot apply the step's Limit*= settings: %s" % e)
-            except OSError as e:
-                raise ValueError("cannot run %s in %s: %s" % (argv[0], cwd, e.strerror))
+            # The step waits at this gate until "started" has gone: a step
+            # that stops or kills this process at once cannot keep the
+            # runner waiting for the answer.  So a command that cannot run
+            # (no such program) is a step that ends with 127, saying why
+            # in its log, as a shell's would.
+            gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:
+                _child(argv, env, cwd, limits, log_fd, gate_r, gate_w)
+            os.close(gate_r)
         finally:
             os.close(log_fd)
-        self.proc = proc
+        self.pid = pid
         try:
-            self.pidfd = os.pidfd_open(proc.pid)
+            self.pidfd = os.pidfd_open(pid)
             self.sel.register(self.pidfd, selectors.EVENT_READ, "step")
         except (AttributeError, OSError):
             self.pidfd = None       # no pidfds (Linux < 5.3): SIGCHLD's wake-up instead
-        self.send(op="started", pid=proc.pid)
+        self.title = _printable(msg.get("title"))
+        self.send(op="started", pid=pid)
+        os.close(gate_w)            # the step goes on
+        self.say("%s: started as process %d" % (self.title, pid))
 
     def reap(self):
         """The step's main process has ended (its pidfd, or SIGCHLD): reap
         it with its rusage, kill what it left, and say how it ended."""
-        if self.proc is None:
+        if self.pid is None:
             proctree.reap()
             return
         try:
-            pid, status, own = os.wait4(self.proc.pid, os.WNOHANG)
+            pid, status, own = os.wait4(self.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status, own = self.proc.pid, -1, None
+            pid, status, own = self.pid, -1, None
         if pid == 0:
             return
         if self.pidfd is not None:
@@ -289,15 +330,23 @@ class Driver:
             os.close(self.pidfd)
             self.pidfd = None
         code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
-        proctree.kill_leftovers(self.proc.pid)
+        proctree.kill_leftovers(self.pid)
         used = proctree.usage(self.before, resource.getrusage(resource.RUSAGE_CHILDREN), own)
-        self.proc = None
+        self.pid = None
         self.send(op="ended", code=code, usage=used)
+        self.say("%s: %s" % (self.title, "exited with status %d" % code if code >= 0 else
+                             "killed by %s" % _signame(-code) if code < -1 else "ended, its status unknown"))
+
+    def say(self, text):
+        try:
+            print(text, flush=True)
+        except OSError:
+            pass
 
     def abandon(self):
         """The runner has gone: nothing of the step outlives this process."""
-        if self.proc is not None:
-            proctree.kill_tree(self.proc.pid, signal.SIGKILL)
+        if self.pid is not None:
+            proctree.kill_tree(self.pid, signal.SIGKILL)
         proctree.reap()
 
 

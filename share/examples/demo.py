@@ -137,9 +137,10 @@ def container_demo():
         # The operator's view: queue, running builds, last results, and each
         # polled repository (one that cannot be polled says why).
         status += "\n$ buildunits status\n" + sh("buildunits status", check=False).stdout
-        # Each step ran as a transient unit of its own, started by the launcher.
-        status += ("\n$ journalctl -o cat -u 'buildunits-build-hello-2-*'\n"
-                   + c.journal("-o", "cat", "-u", "buildunits-build-hello-2-*"))
+        # The steps ran in the builder's sandbox, a transient unit started by
+        # the launcher, which says which step it ran when.
+        status += ("\n$ journalctl -o cat -u 'buildunits-build-hello-*'\n"
+                   + c.journal("-o", "cat", "-u", "buildunits-build-hello-*"))
     finally:
         say("halting the container")
         c.stop()

@@ -6,8 +6,8 @@ Branches=main release-*
 PollIntervalSec=1
 TreeStableSec=0
 Workers=*
-# Each step is a transient unit (buildunits-build-hello-N-STEP.service),
-# run as buildunits-build in a sandbox; these bound it further.
+# The steps run as buildunits-build in the builder's sandbox, a transient
+# unit (buildunits-build-hello-sandbox-WORKER.service); these bound it further.
 LimitNOFILE=1024
 TasksMax=256
 PrivateNetwork=yes

@@ -2,6 +2,7 @@
 a failing build, the site copied out, the journal lines printed."""
 
 import os
+import re
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,8 +19,12 @@ def test_make_demo_in_a_container(image, tmp_path):
     assert "buildunits-runner[" in p.stdout and "hello #2: build finished: failure" in p.stdout
     assert "file://%s/site/index.html" % out in p.stdout
     assert "$ buildunits status" in p.stdout and "/srv/git/hello.git  polled " in p.stdout
-    # The steps ran as transient units, named after the build and step.
-    assert "Started buildunits-build-hello-2-test.service - buildunits hello #2 step test." in p.stdout
+    # The steps ran in the builder's sandbox, a transient unit, which says
+    # which step it ran when.
+    assert re.search(r"Started buildunits-build-hello-sandbox-\d+\.service - buildunits hello sandbox on \d+\.",
+                     p.stdout), p.stdout
+    assert re.search(r"hello #2 step test: started as process \d+\n.*hello #2 step test: exited with status 2",
+                     p.stdout), p.stdout
     index = (out / "site" / "index.html").read_text()
     assert "builders/hello/1/index.html" in index and "builders/hello/2/index.html" in index
     assert (out / "site" / "builders" / "hello" / "2" / "index.html").exists()
