@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""What running build steps as transient units costs, under a real systemd.
+"""What running build steps behind the boundary costs, under a real systemd.
 
     /usr/bin/python3 bench/boundary_bench.py        # make bench-boundary (make bench runs it too)
     QUICK=1 /usr/bin/python3 bench/boundary_bench.py
@@ -8,10 +8,12 @@ Boots the system tests' container (tests/support/container.py: a Debian
 tree under systemd-nspawn, cached in /var/cache/buildunits-test), installs
 the project with `make install`, configures one builder with two no-op
 steps (`Command=true`, no repository, so no checkout step) and starts
-buildunits.target with one runner.  Then, with `[Daemons] Executor=transient`
-(each step a transient unit started by buildunits-launcher) and again with
-`Executor=local` (each step a child process of the runner), the same
-workload:
+buildunits.target with one runner.  Then, three ways, the same workload:
+`sandbox`, `[Daemons] Executor=transient` (the builder's steps one after
+another in its sandbox unit, started once by buildunits-launcher); `unit
+per step`, the same with `UnitPerStep=yes` in the builder (each step a
+transient unit of its own); and `local`, `Executor=local` (each step a
+child process of the runner, not isolated):
 
   latency     N forced builds one after the other, each waited for: the
               build record's own started -> finished, each step's started
@@ -25,14 +27,16 @@ workload:
               launcher and systemd after the runs, and the runner's peak
               RSS (VmHWM).
 
-The runner is restarted between the two (`systemctl restart
+The runner is restarted between them (`systemctl restart
 buildunits-runner@1`), and the journal is checked to say which executor
 it uses; the launcher is stopped for the local runs (it is not used).
-A few builds first, not counted, warm both up (the launcher is
-socket-activated and starts on the first step).
+A few builds first, not counted, warm each up (the launcher is
+socket-activated and starts on the first step; the sandbox is set up by
+the first build and kept).
 
-Prints one table, figure | transient | local | difference (and the
-difference per step), and writes every value to build/bench/boundary.json.
+Prints one table, figure | sandbox | unit per step | local, and what each
+of the first two costs a step more than local, and writes every value to
+build/bench/boundary.json.
 Exit status 0 whatever the figures, also when containers cannot run here
 (it says why); 1 only when the bench itself broke.
 """
@@ -62,7 +66,7 @@ DAEMONS = ("buildunits-poller", "buildunits-scheduler", "buildunits-htmlgen", RU
 NOOP = """\
 [Builder]
 Description=two no-op steps
-
+%s
 [Step one]
 Command=true
 
@@ -184,7 +188,9 @@ elif what == "throughput":
 MEMORY = r'''
 import json, subprocess, sys
 out = {}
-for name, unit in (("runner", "buildunits-runner@1"), ("launcher", "buildunits-launcher"), ("systemd", None)):
+SANDBOX = "buildunits-build-noop-sandbox-1.service"
+for name, unit in (("runner", "buildunits-runner@1"), ("launcher", "buildunits-launcher"), ("systemd", None),
+                   ("sandbox", SANDBOX)):
     pid = 1 if unit is None else int(subprocess.run(["systemctl", "show", "-P", "MainPID", unit],
                                                     stdout=subprocess.PIPE, text=True).stdout.strip() or 0)
     if not pid:
@@ -233,10 +239,17 @@ def wait_active(c, units):
     wait_for("%s to be active" % " ".join(units), active)
 
 
-def use_executor(c, name):
-    """Executor=NAME in buildunits.conf, the runner (re)started, and the
+# side: (Executor=, the builder's own line)
+SIDES = {"sandbox": ("transient", ""), "unit": ("transient", "UnitPerStep=yes\n"), "local": ("local", "")}
+LABELS = {"sandbox": "sandbox", "unit": "unit per step", "local": "local"}
+
+
+def use_executor(c, side):
+    """The executor and builder of SIDE, the runner (re)started, and the
     journal's word that it uses it."""
+    name, line = SIDES[side]
     c.write_file("/etc/buildunits/buildunits.conf", "[Daemons]\nExecutor=%s\n" % name)
+    c.write_file("/etc/buildunits/builders/%s.builder" % BUILDER, NOOP % line)
     sh(c, "systemctl restart %s" % RUNNER)
     if name == "local":
         # Idle, it would stay IDLE_SEC; stopped, its memory is not counted for local.
@@ -251,6 +264,7 @@ def use_executor(c, name):
 
 def measure(c, name):
     res = {"journal": use_executor(c, name)}
+    res["units"] = sh(c, "systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout.strip()
     say("%s: %d warm-up builds" % (name, WARMUP))
     res["warmup"] = py(c, DRIVER, "latency", BUILDER, WARMUP)["builds"]
     say("%s: latency, %d builds one after the other" % (name, LATENCY_RUNS))
@@ -258,7 +272,7 @@ def measure(c, name):
     say("%s: throughput, %d builds queued at once" % (name, THROUGHPUT_BUILDS))
     res["throughput"] = py(c, DRIVER, "throughput", BUILDER, THROUGHPUT_BUILDS)
     res["memory"] = py(c, MEMORY)
-    res["units_left"] = sh(c, "systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout.strip()
+    res["units_after"] = sh(c, "systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout.strip()
     bad = sorted({b["result"] for b in res["warmup"] + res["latency"]} | set(res["throughput"]["results"]))
     if bad != ["success"]:
         raise RuntimeError("%s: builds ended %s, not all success" % (name, bad))
@@ -273,12 +287,12 @@ def stats(values, scale=1000.0):
 
 
 def figures(res):
-    """[(figure, unit, transient, local, per_step)]: medians (min-max)."""
+    """[(figure, unit, {side: stats}, per_step)]: medians (min-max)."""
     rows = []
 
     def lat(key):
         out = {}
-        for side in ("transient", "local"):
+        for side in SIDES:
             bs = res[side]["latency"]
             if key == "step_s":
                 vals = [s for b in bs for s in b["step_s"]]
@@ -295,23 +309,23 @@ def figures(res):
                             ("before_first_step_s", "build started -> first step started", None),
                             ("between_steps_s", "step finished -> next step started", None),
                             ("after_last_step_s", "last step finished -> build finished", None)):
-        s = lat(key)
-        rows.append((label, "ms", s["transient"], s["local"], per))
-    tt, tl = res["transient"]["throughput"], res["local"]["throughput"]
-    rows.append(("throughput, %d builds queued at once, 1 runner" % tt["n"], "builds/s",
-                 {"median": tt["rate"]}, {"median": tl["rate"]}, "rate"))
+        rows.append((label, "ms", lat(key), per))
+    tp = {side: res[side]["throughput"] for side in SIDES}
+    rows.append(("throughput, %d builds queued at once, 1 runner" % tp["local"]["n"], "builds/s",
+                 {side: {"median": t["rate"]} for side, t in tp.items()}, "rate"))
     for k, label in (("all", "CPU per build, everything in the container"), ("runner", "CPU per build, runner"),
                      ("launcher", "CPU per build, launcher"), ("systemd", "CPU per build, systemd (PID 1)")):
-        rows.append((label, "ms", {"median": tt["cpu_s"][k] / tt["n"] * 1000},
-                     {"median": tl["cpu_s"][k] / tl["n"] * 1000}, STEPS))
-    for proc in ("runner", "launcher", "systemd"):
+        rows.append((label, "ms", {side: {"median": t["cpu_s"][k] / t["n"] * 1000} for side, t in tp.items()},
+                     STEPS))
+    for proc in ("runner", "launcher", "systemd", "sandbox"):
         for k, label in (("pss_kib", "PSS"), ("rss_kib", "RSS")):
-            mt, ml = res["transient"]["memory"].get(proc), res["local"]["memory"].get(proc)
-            rows.append(("memory of %s after the runs, %s" % (proc, label), "MiB",
-                         {"median": mt[k] / 1024} if mt else None, {"median": ml[k] / 1024} if ml else None, None))
-    mt, ml = res["transient"]["memory"]["runner"], res["local"]["memory"]["runner"]
-    rows.append(("runner's peak RSS (VmHWM)", "MiB", {"median": mt["vmhwm_kib"] / 1024},
-                 {"median": ml["vmhwm_kib"] / 1024}, None))
+            cells = {}
+            for side in SIDES:
+                m = res[side]["memory"].get(proc)
+                cells[side] = {"median": m[k] / 1024} if m else None
+            rows.append(("memory of %s after the runs, %s" % (proc, label), "MiB", cells, None))
+    rows.append(("runner's peak RSS (VmHWM)", "MiB",
+                 {side: {"median": res[side]["memory"]["runner"]["vmhwm_kib"] / 1024} for side in SIDES}, None))
     return rows
 
 
@@ -330,19 +344,23 @@ def cell(s):
 
 
 def table(rows):
-    lines = ["| figure | unit | transient | local | difference | per step |", "|---|---|---|---|---|---|"]
+    lines = ["| figure | unit | sandbox | unit per step | local | a step, sandbox - local "
+             "| a step, unit per step - local |", "|---|---|---|---|---|---|---|"]
     out = []
-    for label, unit, t, l, per in rows:
-        diff = t["median"] - l["median"] if t and l else None
-        if per == "rate" and t and l and t["median"] and l["median"]:
-            per_step = "%s ms" % fmt((1 / t["median"] - 1 / l["median"]) * 1000 / STEPS)
-            d = "%s%%" % fmt((t["median"] / l["median"] - 1) * 100)
-        else:
-            per_step = "%s ms" % fmt(diff / per) if diff is not None and isinstance(per, int) else ""
-            d = ("%+.3g" % diff if abs(diff) < 100 else "%+.0f" % diff) if diff is not None else "n/a"
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (label, unit, cell(t), cell(l), d, per_step))
-        out.append({"figure": label, "unit": unit, "transient": t, "local": l, "difference": diff,
-                    "per_step": per_step})
+    for label, unit, cells, per in rows:
+        l = cells.get("local")
+        extra = []
+        for side in ("sandbox", "unit"):
+            t = cells.get(side)
+            if per == "rate" and t and l and t["median"] and l["median"]:
+                extra.append("%s ms" % fmt((1 / t["median"] - 1 / l["median"]) * 1000 / STEPS))
+            elif isinstance(per, int) and t and l:
+                extra.append("%s ms" % fmt((t["median"] - l["median"]) / per))
+            else:
+                extra.append("")
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (label, unit, cell(cells.get("sandbox")),
+                                                           cell(cells.get("unit")), cell(l), extra[0], extra[1]))
+        out.append({"figure": label, "unit": unit, "cells": cells, "per_step": extra})
     return "\n".join(lines), out
 
 
@@ -375,13 +393,13 @@ def main():
         res["boot_s"] = c.boot_seconds
         say("installing the project")
         ct.install_project(c)
-        c.write_file("/etc/buildunits/builders/%s.builder" % BUILDER, NOOP)
+        c.write_file("/etc/buildunits/builders/%s.builder" % BUILDER, NOOP % "")
         c.write_file("/etc/buildunits/buildunits.conf", "[Daemons]\nExecutor=transient\n")
         sh(c, "systemctl enable -q %s && systemctl start buildunits.target" % RUNNER)
         wait_active(c, DAEMONS)
         res["systemd"] = sh(c, "systemctl --version | head -1").stdout.strip()
-        for name in ("transient", "local"):
-            res[name] = measure(c, name)
+        for side in SIDES:
+            res[side] = measure(c, side)
     except Exception:
         traceback.print_exc()
         try:
@@ -399,15 +417,16 @@ def main():
     with open(OUT, "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     m = res["machine"]
-    print("\nThe boundary: build steps as transient units (Executor=transient) or as the runner's children "
-          "(Executor=local), under systemd in a container; one runner, builder of 2 no-op steps; "
+    print("\nThe boundary: build steps in the builder's sandbox unit (Executor=transient), each in a unit of "
+          "its own (UnitPerStep=yes), or as the runner's children (Executor=local), under systemd in a "
+          "container; one runner, builder of 2 no-op steps; "
           "%d builds for latency, %d queued for throughput%s.  %d CPUs, %s, %s.\n"
           % (LATENCY_RUNS, THROUGHPUT_BUILDS, " (QUICK)" if QUICK else "", m["cpus"], m["date"], res["systemd"]))
-    print("Load average at the start: %s; at the end: %s (other work on the machine slows the transient "
-          "side most: systemd and the launcher are more processes to schedule).\n"
+    print("Load average at the start: %s; at the end: %s (other work on the machine slows the units "
+          "most: systemd and the launcher are more processes to schedule).\n"
           % (m["load_average"], res["load_average_end"]))
-    print("Cells: median (min-max).  Difference: transient - local; per step: that over the build's %d steps."
-          % STEPS)
+    print("Cells: median (min-max).  The last two columns: what a step costs more than a local one "
+          "(for a build's figures, the difference over its %d steps)." % STEPS)
     print()
     print(text)
     print("\nWritten: %s" % os.path.relpath(OUT, REPO_ROOT))

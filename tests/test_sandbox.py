@@ -310,3 +310,18 @@ def test_a_step_with_settings_of_its_own_is_not_run_in_the_sandbox():
 def test_signal_names_are_the_executors():
     assert set(sandbox.SIGNALS) == {"SIGTERM", "SIGKILL"}
     assert sandbox.SIGNALS["SIGKILL"] == signal.SIGKILL
+
+
+def test_a_sandbox_with_credentials_serves_one_build(ex, launcher, tmp_path):
+    def run(token):
+        fd = os.open(str(tmp_path / ("log-" + secrets.token_hex(4))), os.O_WRONLY | os.O_CREAT, 0o644)
+        _fds.append(fd)
+        ended = []
+        spec = executor.StepSpec("hello", 1, "test", token, credentials=("token",), shared=((), ("token",)))
+        ex.start(spec, ["/bin/true"], {}, str(tmp_path), fd, ended.append)
+        assert spin(10, lambda: ended) and ended == [0]
+    run("ab" * 8)
+    run("ab" * 8)
+    assert len(launcher.started) == 1
+    run("cd" * 8)
+    assert len(launcher.started) == 2 and launcher.started[0]["credentials"] == ["token"]

@@ -406,7 +406,10 @@ class TransientUnitExecutor:
         if there is none (or one with other settings: the builder's
         changed, or another builder's turn)."""
         worker = env.get("BUILDUNITS_WORKER") or self.worker
-        key = (spec.builder, worker, spec.unit, spec.credentials, self.grace)
+        # systemd loads credentials when the unit starts: a sandbox that has
+        # them serves one build, so each build sees the files as they are.
+        key = (spec.builder, worker, spec.unit, spec.credentials, self.grace,
+               spec.token if spec.credentials else None)
         for attempt in (1, 2):
             first = False
             sb = self._sandbox

@@ -9,11 +9,15 @@ credential.  Every attempt must fail or be contained, the build records
 what happened, the history and the site are as they were, nothing of the
 build runs afterwards, and the credential's value is nowhere but in
 systemd's hands.  Then what stops a step: its time-out, and the runner
-killed with SIGKILL under it.
+killed with SIGKILL under it, with the steps in the builder's sandbox
+(its unit's process, buildunits-sandbox, runs them) and in units of their
+own (UnitPerStep=yes).
 """
 
 import re
 import secrets
+
+import pytest
 
 import container as ct
 from test_systemd import CI, REPO, WC
@@ -40,6 +44,14 @@ try cancel buildunits cancel other 1
 try call-status busctl call org.buildunits.Scheduler /org/buildunits/Scheduler org.buildunits.Scheduler Status
 try own-name busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus RequestName su org.buildunits.Evil 4
 try start-unit systemd-run --unit=evil true
+# The sandbox's own process runs as the same user: its socket, memory and
+# environment must still be out of reach (it is not dumpable).
+P=$(pgrep -o -u buildunits-build -f buildunits-sandbox)
+echo "sandbox pid ${P:-none}"
+try sandbox-fds ls /proc/$P/fd/
+try sandbox-socket sh -c "exec 3<>/proc/$P/fd/0"
+try sandbox-environ cat /proc/$P/environ
+try sandbox-memory dd if=/proc/$P/mem bs=1 count=1 skip=4194304
 # LimitNPROC=64: not all of 100 processes can start (those that did are ended).
 NPROC='
 import subprocess
@@ -100,12 +112,23 @@ def push_attack(ci):
           user="buildunits")
 
 
+# Sandboxes close soon after their last step, so that "nothing is left"
+# can be seen within the tests' deadlines.
+CONF = "[Daemons]\nSandboxIdleSec=2s\n"
+
+
+def nothing_left(ci, what):
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 30, what)
+    ct._wait(lambda: ci.sh("systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout.strip() == "",
+             30, "the units of buildunits-build to be gone")
+
+
 def test_a_hostile_build_stays_inside_its_unit(make_container):
     ci = CI(make_container())
     ci.sh("install -d -m 0700 /etc/buildunits/credentials && "
           "printf %%s '%s' > /etc/buildunits/credentials/token && chmod 0600 /etc/buildunits/credentials/token"
           % SECRET)
-    ci.setup({"other": OTHER, "evil": EVIL})
+    ci.setup({"other": OTHER, "evil": EVIL}, conf=CONF)
     ci.sh("buildunits force other")
     assert ci.wait_finished("other", 1)["result"] == "success"
     ct._wait(lambda: ci.sh("test -f /var/lib/buildunits/site/builders/other/1/index.html", check=False)
@@ -126,12 +149,13 @@ def test_a_hostile_build_stays_inside_its_unit(make_container):
     assert b["result"] == "success", b
     assert "nofile 256" in log and "home /tmp" in log and "left daemons behind" in log, log
     assert "token: ***" in log and "split: ***" in log, log
+    assert re.search(r"^sandbox pid \d+$", log, re.M), log
 
-    # Nothing of the build runs afterwards.
-    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 30,
-             "the build's processes to be gone")
-    units = ci.sh("systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout
-    assert units.strip() == "", units
+    # Nothing of the build runs afterwards: what the step left is gone with
+    # it, and the sandbox with its idle time.
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build -x sleep", check=False).returncode == 1, 10,
+             "the daemons the step left to be gone")
+    nothing_left(ci, "the build's processes to be gone")
     # The history and the site are as they were; the spool has nothing of it.
     assert checksums(ci, history) == before
     assert ci.sh("find /var/spool/buildunits /var/lib/buildunits -name 'pwned*'").stdout == ""
@@ -163,21 +187,47 @@ Command=setsid sleep 1000 >/dev/null 2>&1 < /dev/null & ( sh -c 'sleep 1001 &' &
 %s"""
 
 
-def test_a_timeout_stops_the_whole_unit(make_container):
+@pytest.mark.parametrize("own_unit", [False, True], ids=["sandbox", "unit-per-step"])
+def test_a_timeout_stops_the_whole_tree(make_container, own_unit):
     ci = CI(make_container())
-    ci.setup({"slow": SLOW % "TimeoutSec=2\n"})
+    ci.setup({"slow": SLOW % ("TimeoutSec=2\n" + ("UnitPerStep=yes\n" if own_unit else ""))}, conf=CONF)
     ci.sh("buildunits force slow")
     b = ci.wait_finished("slow", 1)
     assert b["result"] == "failure" and b["steps"][0]["timed_out"] is True, b
     assert b["steps"][0]["summary"].startswith("timed out after"), b
-    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 30,
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build -x sleep", check=False).returncode == 1, 10,
              "the step's processes to be gone")
-    assert ci.sh("systemctl list-units --all --plain --no-legend 'buildunits-build-*'").stdout.strip() == ""
+    nothing_left(ci, "the sandbox to be gone")
+
+
+def test_a_killed_runner_takes_its_sandboxs_steps_with_it(make_container):
+    ci = CI(make_container())
+    ci.setup({"slow": SLOW % ""}, conf=CONF)
+    ci.sh("systemctl stop buildunits-runner@2")
+    ci.sh("buildunits force slow")
+    unit = "buildunits-build-slow-sandbox-1.service"
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build -x sleep", check=False).stdout.count("\n") == 3, 30,
+             "the step and its daemons to run")
+    sec = ci.sh("systemd-analyze security --no-pager %s" % unit).stdout
+    level = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", sec).group(1))
+    ct.log("exposure of a builder's sandbox unit: %.1f" % level)
+    assert level <= 5.5, sec
+    status = ci.sh("systemctl status --no-pager %s" % unit, check=False).stdout
+    assert "sleep 1002" in status and "buildunits-sandbox" in status, status
+    ci.sh("systemctl kill -s KILL buildunits-runner@1")
+    # The runner's end of the socket is gone: the sandbox ends the step and
+    # itself at once, before a new runner starts.
+    ct._wait(lambda: ci.sh("pgrep -u buildunits-build", check=False).returncode == 1, 30,
+             "the sandbox and the step to end with the runner")
+    b = ci.wait_finished("slow", 1)
+    assert b["result"] == "retry", b
+    ci.sh("buildunits cancel slow 2", check=False)
+    nothing_left(ci, "the retry's processes to be gone")
 
 
 def test_units_outlive_a_killed_runner_until_the_next_one_stops_them(make_container):
     ci = CI(make_container())
-    ci.setup({"slow": SLOW % ""})
+    ci.setup({"slow": SLOW % "UnitPerStep=yes\n"}, conf=CONF)
     ci.sh("systemctl stop buildunits-runner@2")
     ci.sh("buildunits force slow")
     unit = "buildunits-build-slow-1-forever.service"

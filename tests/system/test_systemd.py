@@ -58,7 +58,7 @@ class CI:
     def sh(self, script, check=True, user=None, timeout=ct.RUN_TIMEOUT):
         return self.c.run(["sh", "-c", script], check=check, user=user, timeout=timeout)
 
-    def setup(self, builders=None):
+    def setup(self, builders=None, conf=None):
         # The repository belongs to the buildunits user, as a served repository
         # would belong to its service user (git refuses repositories of others).
         self.sh("mkdir -p /srv/git %s && chown buildunits:buildunits /srv/git %s" % (WC, WC))
@@ -68,6 +68,8 @@ class CI:
         self.commit("initial")
         for name, text in (builders or {"hello": HELLO}).items():
             self.c.write_file("/etc/buildunits/builders/%s.builder" % name, text)
+        if conf is not None:
+            self.c.write_file("/etc/buildunits/buildunits.conf", conf)
         self.sh("systemctl enable -q %s && systemctl start buildunits.target" % " ".join(RUNNERS))
         self.wait_active(DAEMONS)
         # The poller's first poll records the heads; commits after it are built.
