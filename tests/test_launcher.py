@@ -347,3 +347,76 @@ def test_another_user_is_turned_away(server):
     os.waitpid(pid, 0)
     assert "uid %d may not use the launcher" % nobody in said
     assert sd.calls == []
+
+
+# ------------------------------------------------------------- sandboxes
+
+def sandbox_request(**over):
+    req = {"builder": "hello", "worker": "w1", "grace": 5, "directives": [], "credentials": []}
+    req.update(over)
+    return req
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("builder", "../etc", "builder: '../etc' is not a builder name"),
+    ("worker", "a b", "worker: 'a b' is not a worker name"),
+    ("grace", -1, "grace: not a number of seconds"),
+    ("directives", [["ExecStart", "/bin/evil"]], "directives: ExecStart= is not a directive a builder may set"),
+    ("directives", [["User", "root"]], "directives: User= is not a directive a builder may set"),
+    ("credentials", ["../shadow"], "credentials: '../shadow' is not a credential name"),
+])
+def test_sandbox_requests_are_refused_by_field(dirs, field, value, says):
+    with pytest.raises(launcher.Refused) as e:
+        launcher.check_sandbox(sandbox_request(**{field: value}), dirs)
+    assert says in str(e.value)
+
+
+def test_a_sandbox_is_the_same_boundary_with_buildunits_sandbox_as_its_process(dirs):
+    job = launcher.check_sandbox(sandbox_request(directives=[["LimitNOFILE", "64"], ["PrivateNetwork", "yes"]]),
+                                 dirs)
+    assert job["unit"] == "buildunits-build-hello-sandbox-w1.service"
+    p = [(k, v.unpack()) for k, v in launcher.sandbox_properties(job, dirs, config.Config(directory=dirs.config),
+                                                                  "/usr/bin/buildunits-sandbox")]
+    step = props(dirs)
+    # Every fixed property of a step's unit that is not about its command
+    # is the sandbox's too, with the same value.
+    own = {"ExecStart", "WorkingDirectory", "Environment", "StandardInput", "StandardOutputFileDescriptor",
+           "StandardErrorFileDescriptor", "RemainAfterExit", "Description"}
+    for name in {k for k, _ in step} - own:
+        assert last(p, name) == last(step, name), name
+    assert last(p, "ExecStart") == [("/usr/bin/buildunits-sandbox", ["/usr/bin/buildunits-sandbox", "--clean",
+                                                                   "/tmp", "--clean", "/var/tmp"], False)]
+    assert last(p, "StandardInputFileDescriptor") == 0
+    assert last(p, "StandardOutput") == last(p, "StandardError") == "journal"
+    assert last(p, "CollectMode") == "inactive-or-failed"
+    assert "RemainAfterExit" not in dict(p)
+    assert last(p, "PrivateNetwork") is True
+    # The rlimits are set for each step by the sandbox, not on its unit.
+    assert "LimitNOFILE" not in dict(p)
+
+
+def test_a_sandbox_gets_only_the_credentials_its_builder_names(dirs):
+    with open(os.path.join(dirs.config, "builders", "hello.builder"), "w") as f:
+        f.write(BUILDER)
+    cfg = config.load(dirs.config)
+    launcher.check_credentials(launcher.check_sandbox(sandbox_request(credentials=["token"]), dirs)["spec"], cfg)
+    # "deploy" is one step's own: a step with it runs in a unit of its own.
+    job = launcher.check_sandbox(sandbox_request(credentials=["token", "deploy"]), dirs)
+    with pytest.raises(launcher.Refused, match="deploy not named by builder hello"):
+        launcher.check_credentials(job["spec"], cfg)
+
+
+def test_sandbox_over_the_socket(server, dirs):
+    client, sd, _ = server
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        reply = client.request("sandbox", sandbox_request(), fd=theirs.fileno())
+        assert reply["unit"] == "buildunits-build-hello-sandbox-w1.service"
+        assert sd.calls == [("start", "buildunits-build-hello-sandbox-w1.service", os.fstat(theirs.fileno()).st_ino,
+                             STEP_USER)]
+    with pytest.raises(OSError, match="exactly one descriptor"):
+        client.request("sandbox", sandbox_request())
+
+
+def test_the_sandbox_program_is_beside_the_launcher():
+    assert launcher.sandbox_program_beside("/usr/bin/buildunits-launcher") == "/usr/bin/buildunits-sandbox"
