@@ -79,9 +79,14 @@ without pidfds (Linux before 5.3) it is all there is, and the peak is
 absent when it did not grow.  tasks_max is not measured.
 
 The transient-unit executor (executor_unit.py) slots in behind the same
-calls: start() has buildunits-launcher start a unit named after SPEC
-(buildunits-build-BUILDER-NUMBER-STEP), with LOG_FD handed over as its
-standard output and error, and the step's user, sandbox and limits as
+calls.  A step whose settings are its builder's alone (SPEC.shared) runs
+in the builder's sandbox on this worker, a unit the launcher starts once
+(buildunits-build-BUILDER-sandbox-WORKER) and the runner keeps for the
+builder's next steps and builds; its process (sandbox.py) runs each step
+as the local executor does, LOG_FD sent to it over their socket.  Any
+other step gets a unit of its own: start() has buildunits-launcher start
+a unit named after SPEC (buildunits-build-BUILDER-NUMBER-STEP), with
+LOG_FD handed over as its standard output and error, and the step's user, sandbox and limits as
 unit properties (SPEC.unit as unitprops.variants() makes them, with the
 launcher's own boundary, which no builder may loosen, after them); its
 USAGE comes from the unit's accounting properties, ON_EXIT from the

@@ -1,9 +1,20 @@
-"""The transient-unit executor: each step a systemd unit of its own.
+"""The transient-unit executor: steps inside systemd units, as another user.
 
 The second implementation of the executor seam (executor.py), used when
-the runner runs under systemd.  start() asks buildunits-launcher (the
-one root part, launcher.py) to start a transient service named after the
-step,
+the runner runs under systemd.  A step with nothing of its own to set up
+(StepSpec.shared: its directives and credentials are its builder's) runs
+in its builder's sandbox (Sandbox, below): one transient unit per builder
+and worker, buildunits-build-BUILDER-sandbox-WORKER.service, which the
+launcher starts with the same boundary as a step's unit and whose main
+process, buildunits-sandbox (sandbox.py), runs the steps one at a time
+as the runner asks over a socket pair.  The runner keeps it for the next
+step and build of the builder (SandboxIdleSec=), and closes it for
+another builder's, after changed settings, and when idle; a sandbox with
+credentials serves one build.  What is said below of a unit of its own
+holds for the rest: for a step with directives or credentials of its
+own, or every step of a builder with UnitPerStep=yes, start() asks
+buildunits-launcher (the one root part, launcher.py) to start a
+transient service named after the step,
 
     buildunits-build-BUILDER-NUMBER-STEP.service
 

@@ -181,28 +181,33 @@ SLOW = """\
 Description=a step that would run for ever
 Repository=""" + REPO + """
 Checkout=no
-
+{builder}
 [Step forever]
 Command=setsid sleep 1000 >/dev/null 2>&1 < /dev/null & ( sh -c 'sleep 1001 &' & ); echo started; exec sleep 1002
-%s"""
+{step}"""
 
 
 @pytest.mark.parametrize("own_unit", [False, True], ids=["sandbox", "unit-per-step"])
 def test_a_timeout_stops_the_whole_tree(make_container, own_unit):
     ci = CI(make_container())
-    ci.setup({"slow": SLOW % ("TimeoutSec=2\n" + ("UnitPerStep=yes\n" if own_unit else ""))}, conf=CONF)
+    ci.setup({"slow": SLOW.format(builder="UnitPerStep=yes" if own_unit else "", step="TimeoutSec=2")}, conf=CONF)
     ci.sh("buildunits force slow")
     b = ci.wait_finished("slow", 1)
     assert b["result"] == "failure" and b["steps"][0]["timed_out"] is True, b
     assert b["steps"][0]["summary"].startswith("timed out after"), b
     ct._wait(lambda: ci.sh("pgrep -u buildunits-build -x sleep", check=False).returncode == 1, 10,
              "the step's processes to be gone")
+    where = ci.journal("-u", "buildunits-build-slow-*")
+    if own_unit:
+        assert "Started buildunits-build-slow-1-forever.service" in where, where
+    else:
+        assert "slow #1 step forever: killed by SIGTERM" in where, where
     nothing_left(ci, "the sandbox to be gone")
 
 
 def test_a_killed_runner_takes_its_sandboxs_steps_with_it(make_container):
     ci = CI(make_container())
-    ci.setup({"slow": SLOW % ""}, conf=CONF)
+    ci.setup({"slow": SLOW.format(builder="", step="")}, conf=CONF)
     ci.sh("systemctl stop buildunits-runner@2")
     ci.sh("buildunits force slow")
     unit = "buildunits-build-slow-sandbox-1.service"
@@ -227,7 +232,7 @@ def test_a_killed_runner_takes_its_sandboxs_steps_with_it(make_container):
 
 def test_units_outlive_a_killed_runner_until_the_next_one_stops_them(make_container):
     ci = CI(make_container())
-    ci.setup({"slow": SLOW % "UnitPerStep=yes\n"}, conf=CONF)
+    ci.setup({"slow": SLOW.format(builder="UnitPerStep=yes", step="")}, conf=CONF)
     ci.sh("systemctl stop buildunits-runner@2")
     ci.sh("buildunits force slow")
     unit = "buildunits-build-slow-1-forever.service"
