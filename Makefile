@@ -86,7 +86,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen launcher
+DAEMONS = poller scheduler runner htmlgen launcher webhook
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
 
 man:
