@@ -484,8 +484,9 @@ def test_socket_activated_it_answers_on_fd_3_and_exits_when_idle(dirs, creds, tm
     fd = listener.fileno()
     # As systemd does: the socket as fd 3, LISTEN_PID the program's own
     # (exec keeps the pid).
-    script = ("import os, sys; os.dup2(%d, 3); os.close(%d); os.environ['LISTEN_PID'] = str(os.getpid()); "
-              "os.execv(sys.argv[1], sys.argv[1:])" % (fd, fd))
+    script = ("import os, sys; fd = %d\nif fd != 3: os.dup2(fd, 3); os.close(fd)\n"
+              "os.environ['LISTEN_PID'] = str(os.getpid()); "
+              "os.execv(sys.argv[1], sys.argv[1:])" % fd)
     with open(tmp_path / "webhook.log", "wb") as logf:
         p = subprocess.Popen([harness.PYTHON, "-c", script, harness.PYTHON,
                               os.path.join(harness.BIN_DIR, "buildunits-webhook"), "--idle-sec", "2"],

@@ -918,7 +918,8 @@ def main(argv=None):
     try:
         listener, activated = listening_socket(args.listen)
     except (OSError, ValueError) as e:
-        print("buildunits-webhook: cannot listen on %s: %s" % (args.listen, e), file=sys.stderr)
+        where = "the socket passed as fd 3" if os.environ.get("LISTEN_FDS") else args.listen
+        print("buildunits-webhook: cannot listen on %s: %s" % (where, e), file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     cfg = _load_config(dirs.config)
     directory = os.environ.get(credentials.VARIABLE) or cfg.credentials_directory
