@@ -505,3 +505,40 @@ def test_socket_activated_it_answers_on_fd_3_and_exits_when_idle(dirs, creds, tm
     out = (tmp_path / "webhook.log").read_text()
     assert "(socket-activated)" in out and "idle for 2s, exiting" in out, out
     assert "202 queued 2 changes" in out and "409 delivery github:activated was taken already" in out, out
+
+
+def test_a_spool_that_cannot_be_written_is_a_500_and_the_delivery_is_not_taken(hook):
+    tmp = pathlib.Path(hook.dirs.spool) / "changes" / "tmp"
+    tmp.rmdir()
+    tmp.write_text("not a directory\n")          # every write into changes/tmp/ fails (even as root)
+    status, text = post(hook.port, "/github", GOOD, github_headers(GOOD, "retried"))
+    assert status == 500 and "cannot queue" in text
+    assert queued(hook.dirs) == []
+    assert [line for line in hook.lines() if ": 500 cannot queue" in line]
+    tmp.unlink()
+    tmp.mkdir()
+    # The forge delivers it again: taken now.
+    assert post(hook.port, "/github", GOOD, github_headers(GOOD, "retried"))[0] == 202
+    assert len(queued(hook.dirs)) == 2
+
+
+def test_the_scheduler_makes_a_request_of_each_commit_and_drops_a_push_delivered_again(hook):
+    """The changes are the scheduler's as a polled commit's are: one request
+    per commit for the builder whose Repository= the push named; the same
+    push delivered again under a new id (as after a crash before its id was
+    taken) adds no request."""
+    from buildunits import config, scheduler
+    from buildunits.bus import NoBus
+    from support.inprocess import RecordingNotifier
+    assert post(hook.port, "/github", GOOD, github_headers(GOOD, "first"))[0] == 202
+    s = scheduler.Scheduler(hook.dirs, config.load(hook.dirs.config), NoBus(), RecordingNotifier())
+    s.state.ensure()
+    s.work()
+    sp = Spool(hook.dirs.spool)
+    reqs = [sp.read("requests", i) for i in sp.pending("requests")]
+    assert [(r["builder"], r["branch"], r["revision"]) for r in reqs] == [
+        ("hello", "main", "a10867b14bb761a232cd80139fbd4c0d33264240"),
+        ("hello", "main", "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c")]
+    assert post(hook.port, "/github", GOOD, github_headers(GOOD, "again"))[0] == 202
+    s.work()
+    assert len(sp.pending("requests")) == 2 and sp.pending("changes") == []

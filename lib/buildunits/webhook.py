@@ -174,7 +174,7 @@ import time
 import urllib.parse
 
 from . import config, control, credentials, fsutil, git, log, paths, records
-from .spool import Spool
+from .spool import Spool, Undelivered
 from .state import State
 
 DEFAULT_LISTEN = "127.0.0.1:8011"
@@ -241,7 +241,8 @@ def _check_gitlab(secret, headers, body):
     given = headers.get("X-Gitlab-Token")
     if given is None:
         raise Refused(401, "no X-Gitlab-Token header: the hook has no secret token")
-    if not hmac.compare_digest(given.encode("utf-8", "replace"), secret):
+    # http.server decodes a header's bytes as Latin-1: encoding it so gives them back.
+    if not hmac.compare_digest(given.encode("latin-1", "replace"), secret):
         raise Refused(403, "X-Gitlab-Token is not the secret token")
 
 
@@ -800,8 +801,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._refuse(name, e)
         except socket.timeout:
             return self._refuse(name, Refused(408, "nothing more of the body came for %gs" % self.timeout))
-        except OSError as e:
+        except (OSError, Undelivered) as e:
+            # Undelivered: some of the changes are queued, the delivery is
+            # not taken; the push delivered again queues them again, and
+            # the scheduler drops what it has (CRASH SAFETY).
             return self._refuse(name, Refused(500, "cannot queue: %s" % e))
+        except Exception as e:     # a bug: said, and the next request is answered
+            return self._refuse(name, Refused(500, "internal error: %s: %s" % (type(e).__name__, e)))
         log.info("webhook: %s %s from %s: %d %s" % (name, _shown(delivery.partition(":")[2]), self.client_address[0],
                                                    status,
                                                    ("queued %d change%s" % (len(ids), "" if len(ids) == 1 else "s"))
