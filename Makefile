@@ -4,7 +4,8 @@
 #   make check    install what the tests need (Debian packages), run every test
 #                 (the docstrings' >>> examples too: tests/test_doctests.py)
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
-#   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary
+#   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary,
+#                 the webhook's latency and bench-scale
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
 #   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
 #   make torture  long fault-injection and fuzzing runs (N=kills)
@@ -56,6 +57,7 @@ test: check
 bench: deps
 	QUICK=$(QUICK) $(PYTHON) bench/run.py
 	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
+	QUICK=$(QUICK) $(PYTHON) bench/webhook_bench.py
 	$(MAKE) -s bench-scale QUICK=$(QUICK)
 
 # How one event's cost grows with builders, queue depth, repositories and
@@ -86,7 +88,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen launcher sandbox
+DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
 
 man:

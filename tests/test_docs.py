@@ -33,6 +33,7 @@ LIB = os.path.join(ROOT, "lib", "buildunits")
 # (module, section, page): the Makefile's man target makes these.
 DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
                    ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
+                   ("webhook", "8", "buildunits-webhook"),
                    ("cli", "1", "buildunits"), ("mask", "1", "buildunits-mask")]
 
 if os.path.join(ROOT, "lib") not in sys.path:

@@ -22,19 +22,19 @@ def test_make_install_into_destdir(tmp_path):
     assert p.returncode == 0, p.stdout
     prefix = dest / "usr" / "local"
     for prog in ("buildunits", "buildunits-poller", "buildunits-scheduler", "buildunits-runner",
-                 "buildunits-htmlgen", "buildunits-mask"):
+                 "buildunits-htmlgen", "buildunits-mask", "buildunits-webhook"):
         assert os.access(prefix / "bin" / prog, os.X_OK), prog
     mandir = prefix / "share" / "man"
     for page in ("man1/buildunits.1", "man1/buildunits-mask.1", "man5/buildunits.builder.5", "man5/buildunits-state.5",
                  "man8/buildunits-poller.8", "man8/buildunits-scheduler.8", "man8/buildunits-runner.8",
-                 "man8/buildunits-htmlgen.8"):
+                 "man8/buildunits-htmlgen.8", "man8/buildunits-webhook.8"):
         assert (mandir / page).exists(), page
     assert (prefix / "share" / "buildunits" / "examples" / "post-receive").exists()
     assert "MIT License" in (prefix / "share" / "doc" / "buildunits" / "LICENSE").read_text()
     assert (dest / "usr" / "share" / "dbus-1" / "system.d" / "org.buildunits.conf").exists()
     unitdir = prefix / "lib" / "systemd" / "system"
     for unit in ("buildunits-poller", "buildunits-scheduler", "buildunits-htmlgen", "buildunits-runner@",
-                 "buildunits-launcher"):
+                 "buildunits-launcher", "buildunits-webhook"):
         assert (unitdir / (unit + ".service.d") / "10-hardening.conf").exists(), unit
     # Not the prefix drop-in: it would reach the build steps' units too.
     assert not (unitdir / "buildunits-.service.d").exists()

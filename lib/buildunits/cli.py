@@ -218,22 +218,13 @@ def cmd_sendchange(dirs, args):
         except git.GitError as e:
             _err("cannot resolve --revision %s in %s: %s" % (args.revision, repo, e))
             return 1
-    branch = args.branch[len("refs/heads/"):] if args.branch.startswith("refs/heads/") else args.branch
-    fields = {"source": "sendchange", "repository": redact.url(repo), "branch": branch, "revision": revision,
-              "author": args.author, "message": args.message, "files": args.file or None,
-              "when": args.when}
-    if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
-        try:
-            c = git.commit(git.git_dir_for(repo), revision)
-        except git.GitError as e:
-            _err("cannot read %s in %s: %s" % (revision, repo, e))
-            return 1
-        for k in ("author", "message", "files", "when"):
-            if fields[k] is None:
-                fields[k] = c[k]
-        fields["revision"] = c["revision"]
-    fields = {k: (v if v is not None else ([] if k == "files" else "" if k != "when" else time.time()))
-              for k, v in fields.items()}
+    try:
+        fields = control.change("sendchange", repo, args.branch, revision, args.author, args.message, args.file,
+                                args.when)
+    except git.GitError as e:
+        _err("cannot read %s in %s: %s" % (revision, repo, e))
+        return 1
+    branch = fields["branch"]
     sp = Spool(dirs.spool)
     sp.ensure()
     cid = sp.deliver("changes", "change", fields)

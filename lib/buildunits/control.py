@@ -1,6 +1,9 @@
-"""Forcing and cancelling builds: one set of checks and messages.
+"""Forcing and cancelling builds, and handing in changes: one set of
+checks and messages.
 
-Used by the scheduler's D-Bus methods Force and Cancel (the D-Bus policy
+change() makes the fields of a change record as `buildunits sendchange`
+and buildunits-webhook both queue it (the poller has its own, from its
+reading of git).  Force and cancel are used by the scheduler's D-Bus methods Force and Cancel (the D-Bus policy
 says who may) and by `buildunits force` and `cancel` when no scheduler is
 on the bus (the spool's permissions say who may), so both refuse the same
 things with the same words.  Each function checks, then commits one spool
@@ -8,7 +11,9 @@ record (the commit point) and returns what to tell the caller; a refusal
 is a Refused whose text says why.
 """
 
-from . import git, records
+import time
+
+from . import config, git, records, redact
 
 
 class Refused(Exception):
@@ -31,6 +36,34 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user):
         "builder": b.name, "branch": branch or "", "revision": revision or "", "reason": reason or "",
         "properties": dict(properties), "user": user})
     return fid, notes
+
+
+def change(source, repository, branch, revision, author=None, message=None, files=None, when=None):
+    """The fields of a change record (records.FORMATS "change") of
+    REVISION, a full commit id (git.valid_revision), on BRANCH of
+    REPOSITORY, queued by SOURCE ("sendchange", "webhook"): the repository
+    normalized (config.normalize_repository) and masked (redact.url), the
+    branch without refs/heads/.  When the repository is local, an author,
+    message, file list or time left out (None) is read from git (a
+    git.GitError if it cannot be); otherwise it is empty, and the time is
+    now.  Committed with Spool.deliver() or, a push at once,
+    deliver_many()."""
+    if not git.valid_revision(revision):
+        raise ValueError("revision %r is not %s" % (revision, git.REVISION_RULE))
+    repo = config.normalize_repository(repository)
+    if branch.startswith("refs/heads/"):
+        branch = branch[len("refs/heads/"):]
+    fields = {"source": source, "repository": redact.url(repo), "branch": branch, "revision": revision,
+              "author": author, "message": message, "files": list(files) if files is not None else None,
+              "when": when}
+    if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
+        c = git.commit(git.git_dir_for(repo), revision)
+        for k in ("author", "message", "files", "when"):
+            if fields[k] is None:
+                fields[k] = c[k]
+        fields["revision"] = c["revision"]
+    return {k: (v if v is not None else ([] if k == "files" else "" if k != "when" else time.time()))
+            for k, v in fields.items()}
 
 
 def cancel_request(spool, request):

@@ -65,6 +65,26 @@ def valid_revision(rev):
 
 REVISION_RULE = "a full commit id (40 or 64 lowercase hex digits)"
 
+# git check-ref-format's rules for a branch name (refs/heads/NAME), which
+# git applies to every ref it creates: no control character, space or
+# ~^:?*[\\, no "..", "@{", "//", no component starting with "." or ending
+# with ".lock", not "@", not starting with "-" or "/", not ending with "/"
+# or ".".
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(^|/)\.|\.lock(/|$)|^-|^/|/$|\.$|^@$")
+MAX_BRANCH_CHARS = 255
+
+
+def valid_branch(name):
+    """True if NAME is a branch name git could have made (check-ref-format).
+
+    >>> [valid_branch(n) for n in ("main", "release/1.0", "feature-x_y", "a..b", "-x", "a b", "x\\n", ".x", "a.lock", "")]
+    [True, True, True, False, False, False, False, False, False, False]
+    """
+    return isinstance(name, str) and 0 < len(name) <= MAX_BRANCH_CHARS and _BAD_REF.search(name) is None
+
+
+BRANCH_RULE = "a branch name git accepts (git check-ref-format), at most %d characters" % MAX_BRANCH_CHARS
+
 
 class Command:
     """One git command a reading needs: ARGS (after "git") and INPUT, the

@@ -48,12 +48,14 @@ LAYOUT = (
     ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\"); consumed.jsonl: "
                   "what was consumed since they were written (\"consumed\")", True),
     ("workers", "WORKER.json: the build a runner holds (\"worker\")", True),
+    ("webhook", "deliveries.jsonl: the forges' deliveries buildunits-webhook took, newest last "
+                "(\"deliveries\")", True),
     ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
     ("locks", "PROGRAM[@WORKER].lock: held by the running daemon (flock)", False),
     ("corrupt", "DIR.NAME, DIR.NAME.reason: a record that could not be read, and why (quarantine)", True),
 )
 # The directories whose records are quarantined when they cannot be read.
-QUARANTINED = ("poller", "scheduler", "workers")
+QUARANTINED = ("poller", "scheduler", "workers", "webhook")
 
 
 class State:
@@ -456,6 +458,11 @@ class State:
             os.unlink(self.journal_path())
         except FileNotFoundError:
             pass
+
+    # ------------------------------------------------------------- webhook
+    def deliveries_path(self):
+        """buildunits-webhook's record of the deliveries it took (webhook.py)."""
+        return self.path("webhook", "deliveries.jsonl")
 
     # ------------------------------------------------------------- workers
     def worker_path(self, worker):
