@@ -131,8 +131,9 @@ def test_a_hostile_build_stays_inside_its_unit(make_container):
     ci.setup({"other": OTHER, "evil": EVIL}, conf=CONF)
     ci.sh("buildunits force other")
     assert ci.wait_finished("other", 1)["result"] == "success"
-    ct._wait(lambda: ci.sh("test -f /var/lib/buildunits/site/builders/other/1/index.html", check=False)
-             .returncode == 0, 30, "the page of other #1")
+    # .final is written last, when the build's pages are all there.
+    ct._wait(lambda: ci.sh("test -f /var/lib/buildunits/site/builders/other/1/.final", check=False)
+             .returncode == 0, 30, "the pages of other #1")
     history = ["/var/lib/buildunits/builds/other", "/var/lib/buildunits/site/builders/other/1"]
     before = checksums(ci, history)
 
