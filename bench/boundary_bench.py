@@ -310,6 +310,9 @@ def figures(res):
                             ("between_steps_s", "step finished -> next step started", None),
                             ("after_last_step_s", "last step finished -> build finished", None)):
         rows.append((label, "ms", lat(key), per))
+    # The first warm-up build: the launcher started, and the sandbox set up.
+    rows.append(("first build after the runner starts (the launcher started, the sandbox set up), whole", "ms",
+                 {side: {"median": res[side]["warmup"][0]["build_s"] * 1000} for side in SIDES}, None))
     tp = {side: res[side]["throughput"] for side in SIDES}
     rows.append(("throughput, %d builds queued at once, 1 runner" % tp["local"]["n"], "builds/s",
                  {side: {"median": t["rate"]} for side, t in tp.items()}, "rate"))
