@@ -193,3 +193,20 @@ def test_sendchange_queues_a_change_and_status_shows_it(run, dirs):
 def test_sendchange_refuses_an_abbreviated_revision_of_a_remote_repository(run, dirs):
     r = run("sendchange", "--repository", "https://example.invalid/r.git", "--branch", "main", "--revision", "abc1234")
     assert r.code == 2 and "is abbreviated; with a remote repository give" in r.err
+
+
+def test_status_opens_a_bounded_part_of_a_long_queue_and_counts_the_rest(run, dirs, monkeypatch):
+    from buildunits import status as statusmod
+    sp = Spool(dirs.spool)
+    sp.ensure()
+    fields = {"builder": "hello", "branch": "main", "revision": REV, "reason": "r", "changes": [], "queued": 1.0}
+    for _ in range(statusmod.SHOWN + 30):
+        sp.deliver("requests", "request", dict(fields))
+    opened = []
+    real = Spool.peek
+    monkeypatch.setattr(Spool, "peek", lambda self, q, rid: opened.append(rid) or real(self, q, rid))
+    s = json.loads(run("status", "--json").out)
+    assert s["queued_count"] == statusmod.SHOWN + 30 and len(s["queued"]) == statusmod.SHOWN
+    assert len(opened) <= statusmod.SHOWN
+    text = run("status").out
+    assert "queued builds: %d" % (statusmod.SHOWN + 30) in text and "... and 30 more; by builder: hello 50" in text

@@ -37,7 +37,10 @@ DESCRIPTION
                  build, and each polled repository: a repository that
                  cannot be polled is shown with the reason until it can,
                  and the commits the poller skipped because they cannot
-                 be parsed are listed; --json for scripts.
+                 be parsed are listed; --json for scripts.  Of a long
+                 queue the oldest 20 requests are shown and the rest
+                 counted by builder (in the JSON: queued_count,
+                 queued_by_builder), from the queue's file names alone.
     fsck         check the spool and state invariants and say what would
                  be repaired; --repair does it.  By default the build
                  history is checked for its structure: every builder's
@@ -254,9 +257,14 @@ def cmd_status(dirs, args):
     for c in s["changes"]:
         what = ("force %s" % c["builder"]) if c["kind"] == "force" else "%s %s" % (c["branch"], (c["revision"] or "")[:12])
         print("  %s  (%s)" % (what, _ago(c["queued"])))
-    print("queued builds: %d" % len(s["queued"]))
+    total = s.get("queued_count", len(s["queued"]))
+    print("queued builds: %d" % total)
     for q in s["queued"]:
         print("  %-20s %s  (%s)" % (q["builder"], q["reason"], _ago(q["queued"])))
+    if total > len(s["queued"]):
+        counts = sorted((s.get("queued_by_builder") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        print("  ... and %d more; by builder: %s" % (total - len(s["queued"]), ", ".join(
+            "%s %d" % (b or "(untagged)", n) for b, n in counts[:10]) + (", ..." if len(counts) > 10 else "")))
     print("running builds: %d" % len(s["running"]))
     for r in s["running"]:
         if "number" in r:

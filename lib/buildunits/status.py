@@ -6,9 +6,12 @@ Reads only; never moves or repairs anything (fsck does that).
 
 import os
 
-from . import config, records, redact
+from . import config, queueindex, records, redact
 from .spool import Spool
 from .state import State
+
+
+SHOWN = 20         # queued requests shown one by one; the rest are counted
 
 
 def gather_status(dirs, cfg):
@@ -20,7 +23,17 @@ def gather_status(dirs, cfg):
             out["changes"].append({"id": cid, "kind": r["format"], "builder": _s(r.get("builder")),
                                    "branch": _s(r.get("branch")), "revision": _s(r.get("revision")),
                                    "queued": _t(r.get("queued"))})
-    for rid in sp.pending("requests"):
+    # The queue by builder from its file names (queueindex.py); only the
+    # oldest SHOWN requests are opened, whatever the queue's length.
+    names = sp.pending("requests")
+    q = queueindex.QueueIndex()
+    q.rebuild(names)
+    out["queued_count"] = len(names)
+    by_builder = {b: q.count(b) for b in q.builders()}
+    if q.unresolved():
+        by_builder[""] = len(q.unresolved())     # queued by an earlier release: the record says
+    out["queued_by_builder"] = by_builder
+    for rid in names[:SHOWN]:
         r = sp.peek("requests", rid)
         if r:
             out["queued"].append({"id": rid, "builder": _s(r.get("builder")), "branch": _s(r.get("branch")),
