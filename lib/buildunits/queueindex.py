@@ -43,12 +43,14 @@ class QueueIndex:
         self._ids = {}          # builder -> its ids, sorted (ids sort by time)
         self._builder = {}      # id -> builder, for every id in self._ids
         self._untagged = {}     # id without a tag -> its record's builder ("": none runnable; None: unread)
+        self._prio = {}         # id -> its own priority (a forced build's), for the ids that have one
+        self._own = {}          # builder -> [(-priority, id)] of those, sorted
         self.built = False      # rebuild() done: False makes its owner list the queue
 
     def rebuild(self, names):
         """Start again from NAMES, the listing of requests/new, oldest first."""
         known = self._untagged
-        self._ids, self._builder, self._untagged = {}, {}, {}
+        self._ids, self._builder, self._untagged, self._prio, self._own = {}, {}, {}, {}, {}
         for n in names:
             self._enter(n, known)
         self.built = True
@@ -70,6 +72,10 @@ class QueueIndex:
         else:
             bisect.insort(ids, name)  # handed back, or found late
         self._builder[name] = b
+        p = spoolmod.priority_of(name)
+        if p is not None:
+            self._prio[name] = p
+            bisect.insort(self._own.setdefault(b, []), (-p, name))
 
     def discard(self, name):
         """NAME left requests/new (claimed, cancelled, moved to corrupt/)."""
@@ -83,6 +89,12 @@ class QueueIndex:
             del ids[i]
         if not ids:
             del self._ids[b]
+        p = self._prio.pop(name, None)
+        if p is not None:
+            own = self._own[b]
+            own.remove((-p, name))
+            if not own:
+                del self._own[b]
 
     def unresolved(self):
         """The ids without a tag whose records have not been read yet."""
@@ -125,3 +137,32 @@ class QueueIndex:
         """The oldest id queued for any of BUILDERS, or None."""
         heads = [ids[0] for ids in map(self._ids.get, builders) if ids]
         return min(heads) if heads else None
+
+    def pick(self, builders, priority=None):
+        """The id to build next for any of BUILDERS, or None: the highest
+        priority first (a request's own, from its id, else its builder's,
+        PRIORITY(builder), 0 without it), the oldest among equals.  A
+        comparison or two per builder: the heads of its lists.
+
+        >>> q = QueueIndex()
+        >>> q.rebuild(["1.1.1.aaaaaaxa", "2.1.1.aaaaaaxb", "3.1.1.aaaaaaxaZp5", "4.1.1.aaaaaaxbZn1"])
+        >>> q.pick(["a", "b"]), q.pick(["a", "b"], {"b": 9}.get), q.pick(["b"], lambda b: -2)
+        ('3.1.1.aaaaaaxaZp5', '2.1.1.aaaaaaxb', '4.1.1.aaaaaaxbZn1')
+        """
+        best = None         # (-priority, id)
+        for b in builders:
+            ids = self._ids.get(b)
+            if not ids:
+                continue
+            own = self._own.get(b)
+            if own:
+                if best is None or own[0] < best:
+                    best = own[0]
+                plain = next((i for i in ids if i not in self._prio), None)
+            else:
+                plain = ids[0]
+            if plain is not None:
+                cand = (-((priority(b) if priority else None) or 0), plain)
+                if best is None or cand < best:
+                    best = cand
+        return best[1] if best else None

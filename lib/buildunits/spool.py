@@ -101,19 +101,30 @@ LAYOUT = (
 _id_counter = 0
 
 
-def new_id(builder=None):
+def new_id(builder=None, priority=None):
     """A unique record id that sorts by creation time: TIME.PID.SEQ.RANDOM,
-    and xTAG after RANDOM when it is a request for BUILDER (see tag())."""
+    and xTAG after RANDOM when it is a request for BUILDER (see tag()),
+    followed by ZpN or ZnN when the request has a PRIORITY of its own (N,
+    or -N: a forced build's; priority_of())."""
     global _id_counter
     _id_counter += 1
     t = tag(builder) if builder is not None else None
+    if t and isinstance(priority, int) and not isinstance(priority, bool) and abs(priority) <= MAX_PRIORITY:
+        t += "Z%s%d" % ("p" if priority >= 0 else "n", abs(priority))
     return "%019d.%d.%d.%s%s" % (time.time_ns(), os.getpid(), _id_counter, secrets.token_hex(3),
                                  "x" + t if t else "")
+
+
+def _record_id(queue, fields):
+    if queue != "requests":
+        return new_id()
+    return new_id(fields.get("builder"), fields.get("priority"))
 
 
 _ID_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9A-Za-z]+")
 _TAGGED_RE = re.compile(r"[0-9a-f]{6}x([0-9A-Za-z]+)")    # the last field of a request's id
 _ESCAPES = {"Z": "ZZ", ".": "Zd", "_": "Zu", "-": "Zh"}
+MAX_PRIORITY = 1000
 _UNESCAPES = {v[1]: k for k, v in _ESCAPES.items()}
 
 
@@ -140,7 +151,7 @@ def builder_of(rid):
     m = _TAGGED_RE.fullmatch(rid.rpartition(".")[2]) if isinstance(rid, str) else None
     if m is None:
         return None
-    out, text, i = [], m.group(1), 0
+    out, text, i = [], _split_tag(m.group(1))[0], 0
     while i < len(text):
         c = text[i]
         if c == "Z":
@@ -152,6 +163,38 @@ def builder_of(rid):
         i += 1
     name = "".join(out)
     return name if NAME_RE.fullmatch(name) else None
+
+
+def priority_of(rid):
+    """The priority a request's id gives it (a forced build's own), or
+    None: the builder's Priority= then.
+
+    >>> priority_of(new_id("hello", 5)), priority_of(new_id("hello", -3)), priority_of(new_id("hello"))
+    (5, -3, None)
+    >>> builder_of(new_id("a-b", -3))
+    'a-b'
+    """
+    m = _TAGGED_RE.fullmatch(rid.rpartition(".")[2]) if isinstance(rid, str) else None
+    return _split_tag(m.group(1))[1] if m else None
+
+
+def _split_tag(text):
+    """(the builder's part, the priority or None) of the tag TEXT: the
+    priority is a Z that does not begin an escape (ZZ, Zd, Zu, Zh), then p
+    or n and 1 to 4 digits, at the end.
+
+    >>> _split_tag("aZZp5"), _split_tag("aZZZp5"), _split_tag("aZn12")
+    (('aZZp5', None), ('aZZ', 5), ('a', -12))
+    """
+    i = 0
+    while i < len(text):
+        if text[i] == "Z":
+            if text[i + 1:i + 2] in ("p", "n") and re.fullmatch(r"[0-9]{1,4}", text[i + 2:]):
+                return text[:i], int(text[i + 2:]) * (1 if text[i + 1] == "p" else -1)
+            i += 2
+        else:
+            i += 1
+    return text, None
 
 
 def misnamed(rid, rec):
@@ -206,7 +249,7 @@ class Spool:
         """Queue a record; return its id once it is committed."""
         if fmt not in QUEUE_FORMATS[queue]:
             raise ValueError("%s records do not go to %s/" % (fmt, queue))
-        rid = new_id(fields.get("builder") if queue == "requests" else None)
+        rid = _record_id(queue, fields)
         fields = dict(fields)
         fields["id"] = rid
         fields.setdefault("queued", time.time())
@@ -240,7 +283,7 @@ class Spool:
         rids, done = [], []
         try:
             for fields in many:
-                rid = new_id()
+                rid = _record_id(queue, fields)
                 fields = dict(fields, id=rid)
                 fields.setdefault("queued", time.time())
                 fsutil.write_new(self.path(queue, "tmp", rid), records.encode(fmt, fields))
