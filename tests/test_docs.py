@@ -110,9 +110,11 @@ def test_documented_defaults_are_the_code_defaults():
                 value = m.group(1)
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
-                            "credentials": str.split, "group": str}[kind](value)
+                            "credentials": str.split, "group": str, "priority": int}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
-                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": []}[kind]
+                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": []}[kind]
+            elif re.search(r"Default: no limit", text):
+                expected = 0
             else:
                 continue  # a required key such as Command=
             assert actual == expected, "%s %s=: documented default %r, code has %r" % (

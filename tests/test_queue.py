@@ -46,9 +46,12 @@ class Claims(runner.Runner):
     """A runner that notes what it claims instead of building it, and
     drops the claim (as a finished build would)."""
 
-    def _start(self, rid, req, b):
+    def _start(self, rid, req, b, extra=()):
         self.claims.append((b.name, rid))
+        for x in extra:
+            self.spool.finish(self.worker, x)
         self.spool.finish(self.worker, rid)
+        self._release_locks()
 
 
 @pytest.fixture

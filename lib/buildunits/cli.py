@@ -41,6 +41,7 @@ DESCRIPTION
                  queue the oldest 20 requests are shown and the rest
                  counted by builder (in the JSON: queued_count,
                  queued_by_builder), from the queue's file names alone.
+                 Each lock of Locks= is shown with the builds holding it.
     fsck         check the spool and state invariants and say what would
                  be repaired; --repair does it.  By default the build
                  history is checked for its structure: every builder's
@@ -273,6 +274,12 @@ def cmd_status(dirs, args):
                 _ago(r.get("started")), "" if r["alive"] else "  [runner not running]"))
         else:
             print("  request %s claimed by %s%s" % (r["request"], r["worker"], "" if r["alive"] else " [runner not running]"))
+    if s.get("locks"):
+        print("locks:")
+    for lk in s.get("locks") or []:
+        who = ", ".join("%s #%s on %s" % (_line(h["builder"]), h["number"] if h["number"] is not None else "?",
+                                          _line(h["worker"])) for h in lk["held"])
+        print("  %-20s %d of %d held%s" % (lk["lock"], len(lk["held"]), lk["slots"], ": " + who if who else ""))
     print("builders:")
     for name, b in s["builders"].items():
         last = b["last"]

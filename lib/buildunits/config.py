@@ -93,6 +93,10 @@ class Builder:
     steps: list = field(default_factory=list)
     unit: list = field(default_factory=list)      # [(Directive, value)] of unitprops, in file order
     unit_per_step: bool = False                   # each step a unit of its own, not the builder's sandbox
+    priority: int = 0                             # higher first, among the builds a runner may take
+    collapse: bool = False                        # CollapseRequests=: one build for a branch's waiting requests
+    max_builds: int = 0                           # at most this many at once on all workers; 0: no limit
+    locks: list = field(default_factory=list)     # [(NAME, slots)] held by each build (locks.py)
 
     def wants_branch(self, branch):
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
@@ -199,7 +203,33 @@ def _absolute_path(text):
     return os.path.normpath(text)
 
 
+def _priority(text):
+    """A Priority= value: a whole number from -1000 to 1000."""
+    if not re.fullmatch(r"[-+]?[0-9]{1,4}", text) or abs(int(text)) > 1000:
+        raise ValueError("not a whole number from -1000 to 1000: %r" % text)
+    return int(text)
+
+
+def lock_spec(text):
+    """(NAME, slots) of one Locks= item: NAME (exclusive, one slot) or
+    NAME:N (counting, N slots).
+
+    >>> lock_spec("deploy"), lock_spec("db:3")
+    (('deploy', 1), ('db', 3))
+    """
+    name, colon, n = text.partition(":")
+    if not NAME_RE.fullmatch(name):
+        raise ValueError("lock name %r must be letters, digits, '.', '_' or '-', starting with a letter or "
+                         "digit, at most 64 long" % name)
+    if not colon:
+        return name, 1
+    if not re.fullmatch(r"[0-9]{1,4}", n) or int(n) < 1:
+        raise ValueError("%r: the count after ':' must be a whole number from 1 to 9999" % text)
+    return name, int(n)
+
+
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
+            "priority": _priority,
             "executor": _executor, "group": _group, "path": _absolute_path}
 
 
@@ -219,6 +249,9 @@ def _assign(obj, attr, kind, value, key):
         old = getattr(obj, attr) if getattr(obj, explicit, False) else []
         setattr(obj, attr, old + value.split() if value else [])
         setattr(obj, explicit, True)
+    elif kind == "locks":
+        items = [lock_spec(t) for t in value.split()]
+        setattr(obj, attr, getattr(obj, attr) + items if value else [])
     elif kind == "env":
         setattr(obj, attr, dict(getattr(obj, attr), **parse_environment(value)) if value else {})
     else:  # pragma: no cover - schema typo
@@ -270,6 +303,10 @@ BUILDER_KEYS = {
     "Checkout": ("checkout", "bool"),
     "Credential": ("credentials", "credentials"),
     "UnitPerStep": ("unit_per_step", "bool"),
+    "Priority": ("priority", "priority"),
+    "CollapseRequests": ("collapse", "bool"),
+    "MaxBuilds": ("max_builds", "count"),
+    "Locks": ("locks", "locks"),
 }
 
 STEP_KEYS = {
@@ -403,6 +440,22 @@ def _load_builders(cfg, problems, warnings):
             warnings.append(Problem(p, 0, "", "", "not NAME.builder, ignored"))
 
 
+def _check_locks(cfg, problems):
+    """Every builder that names a lock gives it the same number of slots."""
+    seen = {}
+    for b in cfg.builders.values():
+        for name, n in dict(b.locks).items():
+            if name in seen and seen[name][1] != n:
+                other, m = seen[name]
+                problems.append(Problem(b.path, 0, "Builder", "Locks", "lock %s has %d slot%s here and %d in "
+                                        "builder %s (%s): every builder naming it must give the same count"
+                                        % (name, n, "" if n == 1 else "s", m, other.name, other.path)))
+            seen.setdefault(name, (b, n))
+    for b in cfg.builders.values():
+        # A name given twice in one builder: its last count.
+        b.locks = sorted(dict(b.locks).items())
+
+
 def load(directory):
     """Load the configuration in DIRECTORY.  Raises ConfigError.
 
@@ -414,6 +467,7 @@ def load(directory):
     problems, warnings = [], []
     _load_global(cfg, problems, warnings)
     _load_builders(cfg, problems, warnings)
+    _check_locks(cfg, problems)
     cfg.warnings = warnings
     if cfg.poll_timeout == 0:
         cfg.poll_timeout = math.inf      # as in systemd: 0 is no limit

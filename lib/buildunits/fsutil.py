@@ -244,3 +244,21 @@ def read_aside(directory):
             reason = "(no reason recorded)"
         out.append((n, reason))
     return out
+
+
+def flock_held(path):
+    """True if some process holds a flock(2) on the file PATH now, as
+    /proc/locks says (read only: nothing is locked to find out)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    token = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                if token in line.split():
+                    return True
+    except OSError:
+        pass
+    return False

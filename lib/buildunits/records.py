@@ -47,6 +47,7 @@ FORMATS = {
     "worker": 1,        # state workers/WORKER.json: what a runner holds
     "counter": 1,       # state builds/BUILDER/next.json: next build number hint
     "deliveries": 1,    # state webhook/deliveries.jsonl: the webhook deliveries taken (first line)
+    "lock-holder": 1,   # state locks/KIND/NAME.K: who holds a build lock's slot (the flock is the truth)
 }
 
 

@@ -100,7 +100,8 @@ import secrets
 import time
 import traceback
 
-from . import buildrecord, daemon, executor as executormod, fsutil, git, log, queueindex, records, results
+from . import buildrecord, daemon, executor as executormod, fsutil, git, locks as locksmod, log, queueindex
+from . import records, results
 from . import spool as spoolmod
 from . import step as stepmod
 from .build import Build
@@ -123,7 +124,7 @@ class Runner(daemon.Daemon):
     role = "Runner"
     program = "buildunits-runner"
     watch_queues = ("requests", "cancel")
-    subscriptions = (("Scheduler", "BuildRequested"), ("Scheduler", "CancelRequested"))
+    subscriptions = (("Scheduler", "BuildRequested"), ("Scheduler", "CancelRequested"), ("Runner", "BuildFinished"))
     executor_class = None      # how steps are run (executor.py); None: [Daemons] Executor=
 
     def __init__(self, *a, **kw):
@@ -143,6 +144,9 @@ class Runner(daemon.Daemon):
         self._unconfigured = set()   # builders of queued requests not configured (logged once)
         self._own_failures = {}    # (builder, number) -> why the build failed by its own doing
         self._unhonoured = set()   # (builder, directives) the executor does not apply, logged once
+        self._held = None          # the locks the build holds (locks.Held)
+        self._extra = []           # the requests collapsed into the build, claimed with it
+        self._waiting = {}         # builder -> the lock it waits for (said once in the journal)
 
     def instance(self):
         return self.worker
@@ -167,17 +171,37 @@ class Runner(daemon.Daemon):
             # process of it may survive.  Raises if one does; the claim then
             # stays, and work() tries again on the next wake or rescan.
             self._end_survivors(ptr)
-        for rid in self.spool.claimed(self.worker):
+        # The requests collapsed into the build (CollapseRequests=) share its
+        # fate: removed if its record is final, else handed back with it.
+        extra = ptr.get("collapsed") if ptr and isinstance(ptr.get("collapsed"), list) else []
+        main = ptr.get("request") if ptr else None
+        claims = self.spool.claimed(self.worker)
+        claims = sorted(claims, key=lambda r: r != main)      # the build's own request first
+        settled = None
+        for rid in claims:
             req = self.spool.read_claimed(self.worker, rid)
             if req is None:
                 continue       # unreadable: moved to corrupt/
-            if ptr and ptr.get("request") == rid and self._recover(rid, req, ptr):
+            if rid == main:
+                settled = self._recover(rid, req, ptr)
+                if settled:
+                    continue
+            elif rid in extra and (settled or (settled is None and self._final(ptr))):
+                self.spool.finish(self.worker, rid)
                 continue
             if self.spool.unclaim(self.worker, rid):
                 log.notice("%s: request %s handed back to the queue" % (req.get("builder"), rid),
                            builder=req.get("builder"))
         self.state.clear_worker(self.worker)
         self.rescan_due = True      # what was handed back is listed, whatever the events say
+
+    def _final(self, ptr):
+        """Whether the build PTR names has its final record."""
+        try:
+            rec = self.state.read_build(ptr.get("builder"), ptr.get("number"))
+        except (records.RecordError, OSError):
+            return False
+        return bool(rec) and rec.get("state") == "finished"
 
     def _recover(self, rid, req, ptr):
         """Record the build PTR names, of claimed request RID, as its
@@ -269,34 +293,123 @@ class Runner(daemon.Daemon):
             if self.spool.claimed(self.worker):
                 return    # still cannot: the next wake or rescan tries again
         self._index_queue()
-        mine = self._my_builders()
-        while True:
-            rid = self._queue.oldest(mine)
-            if rid is None:
+        mine = list(self._my_builders())
+        held = None
+        try:
+            while True:
+                rid = self._queue.pick(mine, self._priority)
+                if rid is None:
+                    return
+                builder = self._queue.builder(rid)
+                b = self.cfg.builders[builder]
+                if held is None or held[0] != builder:
+                    if held is not None:
+                        held[1].release()
+                    held = self._take_locks(b)
+                    if held is None:
+                        mine.remove(builder)     # its locks are taken: the others' turn
+                        continue
+                self._queue.discard(rid)
+                claimed = self.spool.claim(rid, self.worker)
+                if claimed is None:
+                    continue       # another runner won, it was cancelled, or it was corrupt
+                why = self._unbuildable(rid, claimed, builder)
+                if why:
+                    # Not built: its fields would reach a command line, or it
+                    # is not what its name says.  Moved to corrupt/ from our
+                    # claim, so no other runner races it; a crash before the
+                    # move leaves the claim, which startup() hands back and the
+                    # next pass moves.
+                    self.spool.reject("requests", rid, why, worker=self.worker)
+                    continue
+                extra, claimed = self._collapse(b, rid, claimed) if b.collapse else ([], claimed)
+                self._held, held = held[1], None
+                try:
+                    self._start(rid, claimed, b, extra)
+                except Exception as e:
+                    self._stuck("cannot start a build of %s: %s" % (b.name, e))
                 return
-            builder = self._queue.builder(rid)
-            self._queue.discard(rid)
-            claimed = self.spool.claim(rid, self.worker)
-            if claimed is None:
-                continue       # another runner won, it was cancelled, or it was corrupt
-            why = bad_request(claimed) or spoolmod.misnamed(rid, claimed)
-            if why is None and claimed.get("builder") != builder:
-                why = "the record is for builder %r, not %r as when it was first read" % (
-                    claimed.get("builder"), builder)
-            if why:
-                # Not built: its fields would reach a command line, or it
-                # is not what its name says.  Moved to corrupt/ from our
-                # claim, so no other runner races it; a crash before the
-                # move leaves the claim, which startup() hands back and the
-                # next pass moves.
-                self.spool.reject("requests", rid, why, worker=self.worker)
+        finally:
+            if held is not None:
+                held[1].release()
+
+    def _unbuildable(self, rid, claimed, builder):
+        why = bad_request(claimed) or spoolmod.misnamed(rid, claimed)
+        if why is None and claimed.get("builder") != builder:
+            why = "the record is for builder %r, not %r as when it was first read" % (
+                claimed.get("builder"), builder)
+        return why
+
+    def _priority(self, builder):
+        b = self.cfg.builders.get(builder)
+        return b.priority if b is not None else 0
+
+    # ------------------------------------------------------------- locks
+    def _take_locks(self, b):
+        """(builder name, locks.Held) of B's locks (Locks=, MaxBuilds=), or
+        None if one is held elsewhere: the journal says which, once, and
+        a BuildFinished signal (or the retry timer) brings the next try."""
+        wants = locksmod.wanted(b)
+        held, busy = locksmod.acquire(self.state.root, wants, {"worker": self.worker, "builder": b.name})
+        if held is None:
+            what = "MaxBuilds=%d" % b.max_builds if busy[0] == "builds" else "lock %s" % busy[1]
+            if self._waiting.get(b.name) != what:
+                self._waiting[b.name] = what
+                log.info("%s: waiting for %s, held by other builds" % (b.name, what), builder=b.name)
+            self.retry_later()
+            return None
+        self._waiting.pop(b.name, None)
+        return b.name, held
+
+    def _release_locks(self):
+        if self._held is not None:
+            self._held.release()
+            self._held = None
+
+    def signal_BuildFinished(self, builder, number, result):
+        """A build ended somewhere: its locks are free."""
+        if self._waiting:
+            self.wake()
+
+    # ---------------------------------------------------------- collapse
+    def _collapse(self, b, rid, req):
+        """CollapseRequests=yes: the other requests of B for REQ's branch
+        still queued are claimed with it, and the build is of the newest
+        revision, with all their changes.  ([their ids], the request to
+        build).  Each is a claim of this worker like RID's, listed in the
+        worker record before the build starts: a crash hands them all back
+        or, once the build's record is final, removes them all (startup)."""
+        branch, repo = req.get("branch"), req.get("repository")
+        extra, newest = [], req
+        for other in list(self._queue.ids(b.name)):
+            rec = self.spool.read("requests", other)
+            if not isinstance(rec, dict) or rec.get("branch") != branch or rec.get("repository") != repo \
+                    or self._unbuildable(other, rec, b.name):
                 continue
-            b = self.cfg.builders[builder]
-            try:
-                self._start(rid, claimed, b)
-            except Exception as e:
-                self._stuck("cannot start a build of %s: %s" % (b.name, e))
-            return
+            self._queue.discard(other)
+            claimed = self.spool.claim(other, self.worker)
+            if claimed is None:
+                continue
+            extra.append(other)
+            if other > newest.get("id", ""):
+                newest = claimed
+        if not extra:
+            return [], req
+        merged = dict(newest)
+        seen, changes = set(), []
+        for r in [req] + [self.spool.read_claimed(self.worker, x) or {} for x in extra]:
+            for c in r.get("changes") or []:
+                if isinstance(c, dict) and c.get("id") not in seen:
+                    seen.add(c.get("id"))
+                    changes.append(c)
+        merged["changes"] = changes
+        merged["id"] = rid
+        merged["collapsed"] = [rid] + extra
+        merged["reason"] = "%s (%d requests collapsed)" % (newest.get("reason") or "", 1 + len(extra))
+        log.info("%s: %d waiting requests for %s collapsed into one build of %s"
+                 % (b.name, 1 + len(extra), branch or "its branch", (merged.get("revision") or "the tip")[:12]),
+                 builder=b.name)
+        return extra, merged
 
     # ------------------------------------------------------------- queue
     def _my_builders(self):
@@ -360,6 +473,7 @@ class Runner(daemon.Daemon):
         if self._run is not None:
             self._run.drop()
         self.build = self._run = None
+        self._release_locks()
         self.notifier.status("error: %s" % why)
         self.retry_later()
 
@@ -399,16 +513,24 @@ class Runner(daemon.Daemon):
                     "executor), which applies only Limit*= settings" % (b.name, ", ".join(n + "=" for n in names),
                                                                        self.executor.name), builder=b.name)
 
-    def _start(self, rid, req, b):
+    def _start(self, rid, req, b, extra=()):
         steps = stepmod.plan(b, req)
         self._note_unhonoured(b, steps)
         number = self.state.allocate_number(b.name)
         # The token marks every step of the build: what lets the next
         # runner find the processes of this build if this one dies
-        # (_end_survivors).  Written (fsync'd) before any step can start.
+        # (_end_survivors).  Written (fsync'd) before any step can start,
+        # with the requests collapsed into the build (claimed already: a
+        # crash before this record hands them back, as startup() does
+        # with every claim it cannot place).
         token = secrets.token_hex(16)
-        self.state.write_worker(self.worker, {"request": rid, "builder": b.name, "number": number,
-                                              "pid": os.getpid(), "token": token})
+        ptr = {"request": rid, "builder": b.name, "number": number, "pid": os.getpid(), "token": token}
+        if extra:
+            ptr["collapsed"] = list(extra)
+        self.state.write_worker(self.worker, ptr)
+        self._extra = list(extra)
+        if self._held is not None:
+            self._held.note(number)
         rec = self._new_record(req, b.name, number, steps)
         # Written whole once, with every step pending; the steps' progress
         # goes to progress.jsonl, a line per transition (state.py).
@@ -429,13 +551,20 @@ class Runner(daemon.Daemon):
         rec = self.build
         buildrecord.finished(rec, self._run.contrib, self._run.cancelled, time.time())
         self.state.write_build(rec)            # commit point of the result
-        # Announced at once: the clean-up below cannot change the result
-        # (a crash before it ends leaves a claim that startup() just removes).
+        # The clean-up below cannot change the result (a crash before it
+        # ends leaves a claim that startup() just removes).
         self.spool.hint(rec["builder"], rec["number"])
-        self.bus.emit("BuildFinished", rec["builder"], rec["number"], rec["result"])
+        # The collapsed requests before the build's own: a crash between
+        # leaves the build's claim, whose final record settles them all.
+        for x in self._extra:
+            self.spool.finish(self.worker, x)
         self.spool.finish(self.worker, self._rid)
+        # Its locks free before BuildFinished, which wakes runners waiting for them.
+        self._release_locks()
+        self.bus.emit("BuildFinished", rec["builder"], rec["number"], rec["result"])
         self.spool.clear_cancel(rec["builder"], rec["number"])
         self.state.clear_worker(self.worker)
+        self._extra = []
         self._builds_run += 1
         log.info("%s #%d: build finished: %s (%s)" % (
             rec["builder"], rec["number"], rec["result"], _duration(rec)),
@@ -467,13 +596,19 @@ class Runner(daemon.Daemon):
         if reason:
             self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"], reason,
                                      results.CANCELLED)
+            for x in self._extra:
+                self.spool.finish(self.worker, x)
             self.spool.finish(self.worker, self._rid)
             self.spool.clear_cancel(rec["builder"], rec["number"])
         else:
             self._record_interrupted(rec, rec["request"], rec["builder"], rec["number"],
                                      "interrupted: runner %s was stopped; the request is queued again"
                                      % self.worker)
+            for x in self._extra:
+                self.spool.unclaim(self.worker, x)
             self.spool.unclaim(self.worker, self._rid)
+        self._release_locks()
+        self._extra = []
         self.state.clear_worker(self.worker)
         self.build = self._run = None
         return True

@@ -4,9 +4,8 @@ Shared by `buildunits status` and the scheduler's D-Bus Status method.
 Reads only; never moves or repairs anything (fsck does that).
 """
 
-import os
 
-from . import config, queueindex, records, redact
+from . import config, fsutil, queueindex, records, redact
 from .spool import Spool
 from .state import State
 
@@ -64,6 +63,24 @@ def gather_status(dirs, cfg):
                 break
         out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
     out["repositories"] = _repositories(st, cfg)
+    out["locks"] = _locks(dirs, cfg)
+    return out
+
+
+def _locks(dirs, cfg):
+    """[{lock, slots, held: [{worker, builder, number}]}] of each lock the
+    builders name (Locks=), from the slots' flocks (locks.py)."""
+    from . import locks
+    slots = {}
+    for b in (cfg.builders.values() if cfg else ()):
+        for name, n in b.locks:
+            slots.setdefault(name, n)
+    held = locks.holders(dirs.state)
+    out = []
+    for name in sorted(slots):
+        who = [{k: _s(h.get(k)) if k != "number" else h.get("number") for k in ("worker", "builder", "number")}
+               for h in held.get(("named", name), [])]
+        out.append({"lock": name, "slots": slots[name], "held": who})
     return out
 
 
@@ -120,20 +137,4 @@ def peek(path, fmts):
 
 def runner_alive(dirs, worker):
     """True if the runner of WORKER holds its lock (daemon.py) now."""
-    return _locked(State(dirs.state).lock_path("buildunits-runner", worker))
-
-
-def _locked(path):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    token = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                if token in line.split():
-                    return True
-    except OSError:
-        pass
-    return False
+    return fsutil.flock_held(State(dirs.state).lock_path("buildunits-runner", worker))
