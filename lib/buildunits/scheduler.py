@@ -334,6 +334,9 @@ class Scheduler(daemon.Daemon):
                       "revision": rec.get("revision") or "", "changes": [], "force": fid,
                       "reason": "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given"),
                       "properties": rec.get("properties") if isinstance(rec.get("properties"), dict) else {}}
+            p = rec.get("priority")
+            if isinstance(p, int) and not isinstance(p, bool) and abs(p) <= spoolmod.MAX_PRIORITY:
+                fields["priority"] = p        # the forced build's own, in the request's id too
             rid = self.spool.deliver("requests", "request", fields)   # commit point
             self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
             log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
