@@ -272,7 +272,7 @@ def test_missing_command_names_the_step(conf):
 def test_missing_command_in_an_empty_step_names_the_header_line(conf):
     p = conf.builder("x", "[Builder]\nRepository=/r\n\n[Step a]\n\n[Step b]\nCommand=true\n")
     prob = one_problem(conf)
-    assert str(prob) == "%s:4: [Step a] Command=: missing; every step needs a Command=" % p
+    assert str(prob) == "%s:4: [Step a] Command=: missing; every step needs a Command= (or Trigger=)" % p
 
 
 def test_line_without_equals(conf):

@@ -23,7 +23,10 @@ stopped in executor.py; its plan, environment and time limits in step.py.
 import os
 import time
 
-from . import buildrecord, checkout, executor as executormod, log, results
+from gi.repository import GLib
+
+from . import buildrecord, checkout, executor as executormod, log, redact, results
+from . import spool as spoolmod
 from . import step as stepmod
 from .state import NotLinked
 
@@ -116,6 +119,8 @@ class Build:
 
     def _launch(self, i):
         """Start step I; False if it could not start (recorded as exception)."""
+        if self.steps[i].spec is not None and self.steps[i].spec.trigger:
+            return self._trigger(i)
         r, rec, st = self.runner, self.rec, self.steps[i]
         srec = rec["steps"][i]
         logname = r.state.log_name(st.index, st.name)
@@ -156,6 +161,73 @@ class Build:
         r.notifier.status(r.status_text())
         return True
 
+    # ----------------------------------------------------------- Trigger=
+    def _trigger(self, i):
+        """Step I has Trigger=: it queues a build of each builder named, on
+        this build's branch and revision, with its properties and this
+        build as their upstream; with Wait=yes it ends when they have,
+        with the worst of their results.  Requests go into the spool as
+        the scheduler's do (each rename its commit point); their ids are
+        in the step's record.  A crash after the delivery and before the
+        record reaches the disk queues them again when the build is
+        retried: at least once, never lost."""
+        r, rec, st = self.runner, self.rec, self.steps[i]
+        srec = rec["steps"][i]
+        srec.update(state="running", started=time.time())
+        req = rec.get("request") if isinstance(rec.get("request"), dict) else {}
+        props = req.get("properties") if isinstance(req.get("properties"), dict) else {}
+        fields = []
+        for name in st.spec.trigger:
+            b = r.cfg.builders.get(name)
+            if b is None:
+                return self._step_exception(i, "Trigger=: no builder %r in the configuration" % name)
+            fields.append({"builder": name, "repository": redact.url(b.repository), "branch": rec.get("branch") or "",
+                           "revision": rec.get("revision") or "", "changes": [], "properties": dict(props),
+                           "reason": "triggered by %s #%d (step %s)" % (rec["builder"], rec["number"], st.name),
+                           "upstream": {"builder": rec["builder"], "number": rec["number"], "step": st.name}})
+        try:
+            rids = r.spool.deliver_many("requests", "request", fields)
+        except spoolmod.Undelivered as e:
+            return self._step_exception(i, "cannot queue the builds it triggers: %s" % e)
+        except OSError as e:
+            return self._step_exception(i, "cannot queue the builds it triggers: %s" % e.strerror)
+        srec["triggered"] = [{"builder": f["builder"], "request": rid, "number": None, "result": None}
+                             for f, rid in zip(fields, rids)]
+        # (BuildRequested is the scheduler's signal: the runners and htmlgen
+        # see these requests arrive in requests/new/, as they watch it.)
+        self._progress(i)
+        r.bus.emit("StepStarted", rec["builder"], rec["number"], st.name)
+        what = ", ".join("%s (%s)" % (t["builder"], t["request"]) for t in srec["triggered"])
+        log.info("%s #%d: step %s triggered %s" % (rec["builder"], rec["number"], st.name, what),
+                 builder=rec["builder"], build=rec["number"], step=st.name)
+        if not st.spec.wait:
+            self._trigger_done(i, results.SUCCESS, "triggered " + ", ".join(st.spec.trigger))
+            return True
+        self._handle = TriggerWait(self, i)
+        return True
+
+    def build_finished(self, builder, number):
+        """A BuildFinished signal: a build this one waits for may have ended."""
+        if isinstance(self._handle, TriggerWait):
+            self._handle.look(builder, number)
+
+    def _trigger_done(self, i, result, summary):
+        rec, st = self.rec, self.steps[i]
+        srec = rec["steps"][i]
+        self._handle = None
+        srec.update(state="finished", finished=time.time(), result=result, summary=summary)
+        if self.runner.stopping:
+            return
+        # The downstream builds' warnings are the step's; the rest as a command's.
+        self.contrib.append(result if result == results.WARNINGS else buildrecord.contribution(st.spec, result))
+        if buildrecord.halts(st.spec, result):
+            self.halted = True
+        self._progress(i)
+        log.info("%s #%d: step %s finished: %s (%s)" % (rec["builder"], rec["number"], st.name, result, summary),
+                 builder=rec["builder"], build=rec["number"], step=st.name, result=result)
+        self.runner.bus.emit("StepFinished", rec["builder"], rec["number"], st.name, result)
+        self._next(i + 1)
+
     def _step_exception(self, i, why):
         rec, name = self.rec, self.steps[i].name
         buildrecord.step_exception(rec["steps"][i], why, time.time())
@@ -185,6 +257,8 @@ class Build:
 
     def _note(self, text):
         """A line of the runner's own in the running step's log."""
+        if self._logfd is None:
+            return          # a Trigger= step has none
         try:
             os.write(self._logfd, text.encode())
         except OSError:
@@ -231,3 +305,107 @@ class Build:
         for line in stepmod.log_tail(fd) if fd is not None else ():
             log.info("%s #%d: %s| %s" % (rec["builder"], rec["number"], srec["name"], line[:200]),
                      builder=rec["builder"], build=rec["number"], step=srec["name"])
+
+
+class TriggerWait:
+    """A Trigger= step with Wait=yes, waiting for the builds it queued:
+    the running step's handle (stop, kill, halt), looked at on each
+    BuildFinished signal and every POLL_SEC.  Each request is followed
+    through the spool: queued, claimed (the claiming worker's record
+    names its build number), then gone, when its build record says how
+    it ended (cancelled while queued: cancelled)."""
+
+    POLL_SEC = 1.0
+
+    def __init__(self, build, i):
+        self.build, self.i = build, i
+        self.srec = build.rec["steps"][i]
+        self.started = time.monotonic()
+        spec = build.steps[i].spec
+        self.timeout = spec.timeout
+        self._timer = GLib.timeout_add(int(self.POLL_SEC * 1000), self._tick)
+        self.look()
+
+    def _tick(self):
+        if self._timer is None:
+            return False
+        if time.monotonic() - self.started > self.timeout:
+            from .step import _span
+            self._end(results.FAILURE, "timed out after %s waiting for %s" % (_span(self.timeout), self._waiting()))
+            return False
+        self.look()
+        return self._timer is not None
+
+    def _waiting(self):
+        return ", ".join(t["builder"] for t in self.srec["triggered"] if t["result"] is None)
+
+    def look(self, builder=None, number=None):
+        r = self.build.runner
+        changed = False
+        claimed = None
+        for t in self.srec["triggered"]:
+            if t["result"] is not None:
+                continue
+            if builder is not None and (t["builder"] != builder or t["number"] not in (None, number)):
+                continue
+            rid = t["request"]
+            if r.spool.queued("requests", rid):
+                continue            # queued
+            if r.spool.was_cancelled(rid):
+                t["result"] = results.CANCELLED
+                changed = True
+                continue
+            if t["number"] is None:
+                claimed = r.spool.all_claimed() if claimed is None else claimed
+                for worker, ids in claimed.items():
+                    if rid in ids:
+                        try:
+                            ptr = r.state.read_worker(worker)
+                        except Exception:
+                            ptr = None
+                        if ptr and ptr.get("request") == rid:
+                            t["number"] = ptr.get("number")
+                            changed = True
+            rec = self._find(t)
+            if rec is not None and rec.get("state") == "finished":
+                t["number"], t["result"] = rec["number"], rec.get("result")
+                changed = True
+        if changed:
+            self.build._progress(self.i)
+        if all(t["result"] is not None for t in self.srec["triggered"]):
+            got = [t["result"] for t in self.srec["triggered"]]
+            self._end(results.worst(got), "; ".join("%s #%s %s" % (t["builder"], t["number"] or "-", t["result"])
+                                                   for t in self.srec["triggered"]))
+
+    def _find(self, t):
+        """T's build record: by its number once known, else among the
+        builder's recent builds, by the request it ran."""
+        st = self.build.runner.state
+        numbers = [t["number"]] if t["number"] else st.recent_numbers(t["builder"], 20)
+        for n in reversed(numbers):
+            try:
+                rec = st.read_build(t["builder"], n)
+            except Exception:
+                continue
+            if rec and rec.get("request_id") == t["request"]:
+                return rec
+        return None
+
+    def _end(self, result, summary):
+        self._cancel()
+        self.build._trigger_done(self.i, result, summary)
+
+    def _cancel(self):
+        if self._timer is not None:
+            GLib.source_remove(self._timer)
+            self._timer = None
+
+    # The executor handle's calls, for the build's cancel, drop and halt.
+    def stop(self, grace):
+        self._end(results.CANCELLED, "stopped while waiting for %s" % self._waiting())
+
+    def kill(self):
+        self._cancel()
+
+    def halt(self, grace):
+        self._cancel()

@@ -29,14 +29,19 @@ def new_record(req, builder, number, worker, plan, now):
     req = redact.record(req)   # a request from an older release may hold the real URL
     # A request from an older scheduler may carry its changes whole.
     req = changes.bound_request(req)
-    return {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
-            "worker": worker, "state": "running", "result": None, "reason": "",
-            "started": now, "finished": None, "repository": req.get("repository", ""),
-            "branch": req.get("branch", ""), "revision": req.get("revision", ""),
-            "steps": [{"name": s.name, "description": s.description, "command": s.command,
-                       "state": "pending", "result": None, "started": None, "finished": None,
-                       "log": None, "exit_status": None, "summary": "", "timed_out": False}
-                      for s in plan]}
+    out = {"builder": builder, "number": number, "request_id": req.get("id"), "request": req,
+           "worker": worker, "state": "running", "result": None, "reason": "",
+           "started": now, "finished": None, "repository": req.get("repository", ""),
+           "branch": req.get("branch", ""), "revision": req.get("revision", ""),
+           "steps": [{"name": s.name, "description": s.description, "command": s.command,
+                      "state": "pending", "result": None, "started": None, "finished": None,
+                      "log": None, "exit_status": None, "summary": "", "timed_out": False}
+                     for s in plan]}
+    up = req.get("upstream")
+    if isinstance(up, dict) and isinstance(up.get("builder"), str) and isinstance(up.get("number"), int):
+        # The build that started this one (After=, Trigger=), for the pages.
+        out["upstream"] = {"builder": up["builder"], "number": up["number"]}
+    return out
 
 
 def step_ended(code, cancelled=None, timed_out=None):

@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import credentials as credentialsmod, redact, unitprops
+from . import credentials as credentialsmod, redact, results, unitprops
 # The syntax and the value converters are unitfile.py's; they are named
 # here too, since callers know them as config.parse_timespan & co.
 from .unitfile import (  # noqa: F401
@@ -74,6 +74,8 @@ class Step:
     always_run: bool = False
     credentials: list = field(default_factory=list)
     unit: list = field(default_factory=list)      # [(Directive, value)] of unitprops, in file order
+    trigger: list = field(default_factory=list)   # builders this step queues builds of (no Command=)
+    wait: bool = False                            # Wait=yes: the step waits for their results
 
 
 @dataclass
@@ -97,6 +99,8 @@ class Builder:
     collapse: bool = False                        # CollapseRequests=: one build for a branch's waiting requests
     max_builds: int = 0                           # at most this many at once on all workers; 0: no limit
     locks: list = field(default_factory=list)     # [(NAME, slots)] held by each build (locks.py)
+    after: list = field(default_factory=list)     # After=: builders whose finished builds start one of this
+    after_results: list = field(default_factory=lambda: ["success", "warnings"])
 
     def wants_branch(self, branch):
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
@@ -121,6 +125,10 @@ class Config:
     sandbox_idle: float = 60.0
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
+
+    def downstream(self, builder):
+        """The builders whose After= names BUILDER."""
+        return [b for b in self.builders.values() if builder in b.after]
 
     def polled_repositories(self):
         """{normalized repository: (interval, [branch globs])} of the
@@ -239,10 +247,16 @@ def _assign(obj, attr, kind, value, key):
         getattr(obj, attr).append((key, unitprops.check(key, value)))
     elif kind in _CONVERT:
         setattr(obj, attr, _CONVERT[kind](value))
-    elif kind in ("list", "credentials"):
+    elif kind in ("list", "credentials", "builders", "results"):
         for name in value.split() if kind == "credentials" else ():
             if credentialsmod.name_problem(name):
                 raise ValueError(credentialsmod.name_problem(name))
+        for name in value.split() if kind == "builders" else ():
+            if not NAME_RE.fullmatch(name):
+                raise ValueError("%r is not a builder's name" % name)
+        for name in value.split() if kind == "results" else ():
+            if name not in results.RESULTS:
+                raise ValueError("%r is not a result (%s)" % (name, " ".join(results.RESULTS)))
         # Accumulates; an empty assignment resets.  The default (e.g. "*")
         # is replaced by the first explicit assignment.
         explicit = "_set_" + attr
@@ -307,6 +321,8 @@ BUILDER_KEYS = {
     "CollapseRequests": ("collapse", "bool"),
     "MaxBuilds": ("max_builds", "count"),
     "Locks": ("locks", "locks"),
+    "After": ("after", "builders"),
+    "AfterResult": ("after_results", "results"),
 }
 
 STEP_KEYS = {
@@ -321,6 +337,8 @@ STEP_KEYS = {
     "WarnOnFailure": ("warn_on_failure", "bool"),
     "AlwaysRun": ("always_run", "bool"),
     "Credential": ("credentials", "credentials"),
+    "Trigger": ("trigger", "builders"),
+    "Wait": ("wait", "bool"),
 }
 
 # The systemd directives (unitprops.py) a builder gives its steps, in
@@ -374,8 +392,12 @@ def _read_steps(sections, b, setter, problems, warnings):
 def _check_builder(b, steps, problems):
     """What a builder needs once all its files are read."""
     for s, (f, line) in steps:
-        if not s.command:
-            problems.append(Problem(f, line, "Step " + s.name, "Command", "missing; every step needs a Command="))
+        if s.trigger and s.command:
+            problems.append(Problem(f, line, "Step " + s.name, "Trigger",
+                                    "a step either runs Command= or triggers builds (Trigger=), not both"))
+        elif not s.command and not s.trigger:
+            problems.append(Problem(f, line, "Step " + s.name, "Command", "missing; every step needs a Command= "
+                                    "(or Trigger=)"))
         # As in systemd: a time-out of 0 means no time-out.
         if s.timeout == 0:
             s.timeout = math.inf
@@ -440,6 +462,43 @@ def _load_builders(cfg, problems, warnings):
             warnings.append(Problem(p, 0, "", "", "not NAME.builder, ignored"))
 
 
+def _check_dependencies(cfg, problems):
+    """After= and Trigger= name configured builders, and make no cycle:
+    a build would start itself, for ever."""
+    edges = {}          # builder -> the builders a build of it leads to
+    for b in cfg.builders.values():
+        for u in b.after:
+            if u not in cfg.builders:
+                problems.append(Problem(b.path, 0, "Builder", "After", "no builder %r" % u))
+            else:
+                edges.setdefault(u, []).append(b.name)
+        for s in b.steps:
+            for t in s.trigger:
+                if t not in cfg.builders:
+                    problems.append(Problem(b.path, 0, "Step " + s.name, "Trigger", "no builder %r" % t))
+                else:
+                    edges.setdefault(b.name, []).append(t)
+    state, reported = {}, set()
+
+    def visit(n, path):
+        state[n] = "open"
+        for m in edges.get(n, ()):
+            if state.get(m) == "open":
+                cycle = path[path.index(m):] + [m]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    first = cfg.builders[cycle[0]]
+                    problems.append(Problem(first.path, 0, "Builder", "After", "builds start each other in a "
+                                            "cycle (After=, Trigger=): %s" % " -> ".join(cycle)))
+            elif m not in state:
+                visit(m, path + [m])
+        state[n] = "done"
+    for n in sorted(edges):
+        if n not in state:
+            visit(n, [n])
+
+
 def _check_locks(cfg, problems):
     """Every builder that names a lock gives it the same number of slots."""
     seen = {}
@@ -468,6 +527,7 @@ def load(directory):
     _load_global(cfg, problems, warnings)
     _load_builders(cfg, problems, warnings)
     _check_locks(cfg, problems)
+    _check_dependencies(cfg, problems)
     cfg.warnings = warnings
     if cfg.poll_timeout == 0:
         cfg.poll_timeout = math.inf      # as in systemd: 0 is no limit

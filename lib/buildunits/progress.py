@@ -26,7 +26,8 @@ from . import records
 
 NAME = "progress.jsonl"
 # The keys of a step a progress line may set, and those of the build.
-STEP_KEYS = ("state", "result", "started", "finished", "log", "exit_status", "summary", "timed_out", "usage")
+STEP_KEYS = ("state", "result", "started", "finished", "log", "exit_status", "summary", "timed_out", "usage",
+             "triggered")
 BUILD_KEYS = ("revision", "reason")
 
 

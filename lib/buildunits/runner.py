@@ -367,7 +367,10 @@ class Runner(daemon.Daemon):
             self._held = None
 
     def signal_BuildFinished(self, builder, number, result):
-        """A build ended somewhere: its locks are free."""
+        """A build ended somewhere: its locks are free, and the build here
+        may be waiting for it (Trigger= with Wait=yes)."""
+        if self._run is not None:
+            self._run.build_finished(builder, number)
         if self._waiting:
             self.wake()
 

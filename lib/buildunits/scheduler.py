@@ -74,7 +74,7 @@ class Scheduler(daemon.Daemon):
     role = "Scheduler"
     program = "buildunits-scheduler"
     watch_queues = ("changes",)
-    subscriptions = (("Poller", "ChangeQueued"),)
+    subscriptions = (("Poller", "ChangeQueued"), ("Runner", "BuildFinished"))
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -86,6 +86,8 @@ class Scheduler(daemon.Daemon):
         self._added = {}           # builder -> (ids, revisions) consumed in this pass
         self._unfolded = set()     # builders whose memory is newer than their file
         self._journal_lines = 0
+        self._finished = set()     # (builder, number) said finished, to look at for After=
+        self._after_scan = True    # read the upstreams' recent builds (start, rescan)
 
     def memory(self, builder):
         m = self._memory.get(builder)
@@ -169,6 +171,9 @@ class Scheduler(daemon.Daemon):
             ids = [c["id"] for c in changes if isinstance(c.get("id"), str)]
             if isinstance(req.get("force"), str):
                 ids.append(req["force"])
+            up = req.get("upstream")
+            if isinstance(up, dict) and isinstance(up.get("key"), str):
+                ids.append(up["key"])
             branch = req.get("branch") if isinstance(req.get("branch"), str) else ""
             revs = [(branch, c["revision"]) for c in changes if isinstance(c.get("revision"), str)]
             new = [i for i in ids if not m.has_id(i)]
@@ -178,6 +183,7 @@ class Scheduler(daemon.Daemon):
         for b in sorted(touched):
             log.info("%s: recovered consumed changes from queued requests and recent builds" % b)
         self._unfolded |= touched
+        self._after_first_look()
         self._fold()
 
     # ------------------------------------------------------------- sweep
@@ -196,6 +202,7 @@ class Scheduler(daemon.Daemon):
 
     def _rescan(self):
         self.sweep()
+        self._after_scan = True
         return super()._rescan()
 
     # -------------------------------------------------------------- work
@@ -206,6 +213,7 @@ class Scheduler(daemon.Daemon):
             self._flush_memory()
 
     def _work(self):
+        self._after()
         now = time.time()
         pending = {}          # (builder, branch) -> [change records], arrival order
         ids = self.spool.pending("changes")
@@ -343,6 +351,77 @@ class Scheduler(daemon.Daemon):
             self._consume(b.name, [fid])
             self._requested += 1
         self._done(fid)
+
+    # ------------------------------------------------------------ After=
+    # A build of D is requested when a build of U, which D names in After=,
+    # has finished with a result of D's AfterResult=: on the same branch
+    # and revision, with U's properties, and "upstream" saying which build.
+    # The truth is U's build records; BuildFinished signals say which to
+    # read now, and each rescan reads U's recent builds (the signal may be
+    # lost).  Each U #N is consumed by D under the key "after:U#N", in D's
+    # memory as changes are, and the key is in the request: a crash after
+    # the request's delivery and before the journal line is recovered
+    # from the request (startup), so no build of U starts D twice.  The
+    # first time D names U, U's builds already finished are consumed
+    # without requests, as the poller's first poll records the heads.
+
+    def signal_BuildFinished(self, builder, number, result):
+        if self.cfg.downstream(builder):
+            self._finished.add((builder, number))
+            self.wake()
+
+    def _after_first_look(self):
+        for d in self.cfg.builders.values():
+            m = self.memory(d.name)
+            for u in d.after:
+                if m.has_id("after-start:" + u) or u not in self.cfg.builders:
+                    continue
+                keys = ["after:%s#%d" % (u, n) for n in self.state.recent_numbers(u, RECOVERY_BUILDS)]
+                self._consume(d.name, keys + ["after-start:" + u])
+                log.info("%s: After=%s: its builds from now on start builds of %s" % (d.name, u, d.name),
+                         builder=d.name)
+
+    def _after(self):
+        if self._after_scan or not self.events:
+            self._after_scan = False
+            for u in {u for d in self.cfg.builders.values() for u in d.after}:
+                for n in self.state.recent_numbers(u, RECOVERY_BUILDS):
+                    self._finished.add((u, n))
+        self._after_first_look()
+        todo, self._finished = sorted(self._finished), set()
+        for u, n in todo:
+            downstream = [d for d in self.cfg.downstream(u) if not self.memory(d.name).has_id("after:%s#%d" % (u, n))]
+            if not downstream:
+                continue
+            try:
+                rec = self.state.read_build(u, n)
+            except (records.RecordError, OSError):
+                continue
+            if not rec or rec.get("state") != "finished":
+                continue
+            for d in downstream:
+                self._after_one(d, u, n, rec)
+
+    def _after_one(self, d, u, n, rec):
+        key = "after:%s#%d" % (u, n)
+        result = rec.get("result")
+        if result not in d.after_results:
+            log.info("%s: not built after %s #%d, which ended %s (AfterResult=%s)"
+                     % (d.name, u, n, result, " ".join(d.after_results)), builder=d.name)
+            self._consume(d.name, [key])
+            return
+        req = rec.get("request") if isinstance(rec.get("request"), dict) else {}
+        props = req.get("properties") if isinstance(req.get("properties"), dict) else {}
+        rev = rec.get("revision") if git.valid_revision(rec.get("revision") or "") else ""
+        fields = {"builder": d.name, "repository": redact.url(d.repository), "branch": rec.get("branch") or "",
+                  "revision": rev, "changes": req.get("changes") if isinstance(req.get("changes"), list) else [],
+                  "reason": "after %s #%d (%s)" % (u, n, result), "properties": dict(props),
+                  "upstream": {"builder": u, "number": n, "result": result, "key": key}}
+        rid = self.spool.deliver("requests", "request", fields)   # commit point
+        self.bus.emit("BuildRequested", rid, d.name, fields["branch"], fields["revision"])
+        log.info("%s: build requested after %s #%d (%s)" % (d.name, u, n, result), builder=d.name, request=rid)
+        self._consume(d.name, [key])
+        self._requested += 1
 
     def status_text(self):
         waiting = sum(self._waiting.values())

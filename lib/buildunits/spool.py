@@ -404,6 +404,14 @@ class Spool:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def queued(self, queue, rid):
+        """Whether RID (an id) is in QUEUE/new/ now."""
+        return valid_id(rid) and os.path.exists(self.path(queue, "new", rid))
+
+    def was_cancelled(self, rid):
+        """Whether the request RID was cancelled while queued."""
+        return valid_id(rid) and os.path.exists(self.path("requests", "cancelled", rid))
+
     def all_claimed(self):
         """{worker: [ids]} for every claimant."""
         out = {}

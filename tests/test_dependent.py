@@ -1,0 +1,114 @@
+"""Dependent and triggered builds through the real daemons (plain
+processes, a private bus, real git): After= with AfterResult=, and a
+Trigger= step with and without Wait=yes.  What a user checks: which
+builds ran, on which revision, with which properties, and that each
+names its upstream."""
+
+import os
+
+import pytest
+
+from harness import wait_for
+from buildunits import config
+
+REPO_BUILDER = """
+[Builder]
+Repository={repo}
+PollIntervalSec=0
+{extra}
+[Step s]
+Command={command}
+"""
+
+
+def builder(daemons, name, repo, command="true", extra=""):
+    daemons.write_builder(name, REPO_BUILDER.format(repo=repo.bare, extra=extra, command=command))
+
+
+def start(daemons, runners=("w1",)):
+    daemons.start("scheduler")
+    for w in runners:
+        daemons.start("runner", w)
+
+
+def test_after_builds_the_downstream_on_the_upstreams_revision_when_it_succeeds(daemons, git_repo):
+    sha = git_repo.commit({"f": "1"}, "one")
+    builder(daemons, "up", git_repo, command="test -z \"$FAIL\"")
+    builder(daemons, "down", git_repo, extra="After=up\n")
+    builder(daemons, "strict", git_repo, extra="After=up\nAfterResult=failure\n")
+    start(daemons)
+    assert daemons.cli("force", "up", "--revision", sha, "--reason", "go").returncode == 0
+    assert daemons.wait_build_finished("up", 1)["result"] == "success"
+    d = daemons.wait_build_finished("down", 1)
+    assert d["result"] == "success" and d["revision"] == sha
+    assert d["upstream"] == {"builder": "up", "number": 1}
+    assert d["request"]["reason"] == "after up #1 (success)"
+    # AfterResult=failure: not after a success.
+    assert daemons.builds("strict") == []
+    assert "not built after up #1, which ended success" in daemons.log("scheduler")
+    # A restart does not start it again (the key is consumed).
+    daemons.restart("scheduler")
+    daemons.cli("force", "up", "--revision", sha)
+    daemons.wait_build_finished("up", 2)
+    daemons.wait_build_finished("down", 2)
+    assert daemons.builds("down") == [1, 2]
+
+
+def test_a_trigger_step_queues_builds_and_with_wait_takes_the_worst(daemons, git_repo):
+    sha = git_repo.commit({"f": "1"}, "one")
+    builder(daemons, "ok", git_repo)
+    builder(daemons, "bad", git_repo, command="exit 1")
+    daemons.write_builder("deploy", """
+[Builder]
+Repository={repo}
+PollIntervalSec=0
+
+[Step fire]
+Trigger=ok
+
+[Step gate]
+Trigger=ok bad
+Wait=yes
+HaltOnFailure=yes
+
+[Step after]
+Command=echo never
+""".format(repo=git_repo.bare))
+    start(daemons, runners=("w1", "w2"))
+    assert daemons.cli("force", "deploy", "--revision", sha).returncode == 0
+    b = daemons.wait_build_finished("deploy", 1, timeout=90)
+    steps = {s["name"]: s for s in b["steps"]}
+    assert steps["fire"]["result"] == "success" and [t["builder"] for t in steps["fire"]["triggered"]] == ["ok"]
+    gate = steps["gate"]
+    assert gate["result"] == "failure", gate
+    assert sorted((t["builder"], t["result"]) for t in gate["triggered"]) == [("bad", "failure"), ("ok", "success")]
+    assert steps["after"]["result"] == "skipped" and b["result"] == "failure"
+    for t in gate["triggered"]:
+        down = daemons.read_build(t["builder"], t["number"])
+        assert down["upstream"] == {"builder": "deploy", "number": 1}
+        assert down["revision"] == sha and down["request_id"] == t["request"]
+    assert sorted(daemons.builds("ok")) == [1, 2]
+
+
+def test_a_cycle_is_an_error_naming_the_builders(tmp_path):
+    d = tmp_path / "etc"
+    (d / "builders").mkdir(parents=True)
+    (d / "builders" / "a.builder").write_text("[Builder]\n[Step s]\nCommand=true\n")
+    (d / "builders" / "b.builder").write_text("[Builder]\nAfter=a\n[Step s]\nCommand=true\n")
+    (d / "builders" / "c.builder").write_text("[Builder]\nAfter=a\n[Step t]\nTrigger=a\n")
+    (d / "builders" / "x.builder").write_text("[Builder]\nAfter=nobody\n[Step s]\nCommand=true\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(d))
+    text = "\n".join(map(str, e.value.problems))
+    assert "builds start each other in a cycle (After=, Trigger=): a -> c -> a" in text, text
+    assert "a -> b" not in text
+    assert "x.builder" in text and "After=: no builder 'nobody'" in text
+
+
+def test_a_step_with_trigger_and_command_is_an_error(tmp_path):
+    d = tmp_path / "etc"
+    (d / "builders").mkdir(parents=True)
+    (d / "builders" / "a.builder").write_text("[Builder]\n[Step s]\nCommand=true\nTrigger=a2\n")
+    (d / "builders" / "a2.builder").write_text("[Builder]\n[Step s]\nCommand=true\n")
+    with pytest.raises(config.ConfigError, match="either runs Command= or triggers builds"):
+        config.load(str(d))
