@@ -3,11 +3,11 @@ set of checks and messages.
 
 change() makes the fields of a change record as `buildunits sendchange`
 and buildunits-webhook both queue it (the poller has its own, from its
-reading of git).  Force, rebuild and cancel are used by the scheduler's D-Bus methods
-Force, Rebuild and Cancel (the D-Bus policy says who may) and by
-`buildunits force`, `rebuild` and `cancel` when no scheduler is on the bus
-(the spool's permissions say who may), so both refuse the same things
-with the same words.  Each function checks, then commits one spool
+reading of git).  Force, rebuild and cancel are used by the scheduler's
+D-Bus methods Force, Rebuild and Cancel (the D-Bus policy says who may)
+and by `buildunits force`, `rebuild` and `cancel` when no scheduler is on
+the bus (the spool's permissions say who may), so both refuse the same
+things with the same words.  Each function checks, then commits one spool
 record (the commit point) and returns what to tell the caller; a refusal
 is a Refused whose text says why.
 """
@@ -70,6 +70,8 @@ def rebuild(spool, state, cfg, builder, number, reason, user):
         notes.append("%s #%d recorded no revision; the newest commit of %s is built"
                      % (b.name, number, branch or "its branch"))
     # Its properties and changes were accepted once: carried as they are.
+    # The commit point, as for force(): before it nothing is queued; after
+    # it the scheduler makes the request, once (the force id is consumed).
     fid = spool.deliver("changes", "force", {
         "builder": b.name, "branch": branch, "revision": revision, "reason": reason or "",
         "properties": props, "user": user, "rebuild_of": number,
