@@ -27,21 +27,23 @@ DESCRIPTION
                  NAME is [A-Za-z_][A-Za-z0-9_]{0,63}, a VALUE any text
                  without NUL of at most 4096 bytes, and a build has at
                  most 64 properties of 16384 bytes together (otherwise
-                 exit status 2, or 1 from the scheduler).
+                 exit status 2).
     rebuild      queue build NUMBER of BUILDER again: the same revision
                  (the one it checked out), branch, changes and
                  properties, as a forced build whose record and page say
-                 "rebuild of #NUMBER".  A NUMBER that holds no build is
-                 an error naming it.
+                 "rebuild of #NUMBER" (and --reason, if given).  A NUMBER
+                 that holds no build is an error naming it (exit status
+                 1).
     cancel       cancel the running build BUILDER #NUMBER, or a queued
                  request (its id is in `buildunits status`).
                  force, rebuild and cancel ask the scheduler over D-Bus when
                  it is on the bus (the D-Bus policy says who may), and
                  otherwise write to the spool (its permissions say who may).
                  Without the bus, force and rebuild check BUILDER against
-                 the configuration on disk; if that has problems it warns and still queues the
-                 force (the daemons run the last configuration they
-                 accepted, and the scheduler checks the builder again).
+                 the configuration on disk; if that has problems they warn
+                 and still queue the force (the daemons run the last
+                 configuration they accepted, and the scheduler checks the
+                 builder again).
     sendchange   hand one commit in directly, as a git post-receive hook
                  does (share/examples/post-receive).  With a local
                  repository, the author, message, date and files missing
