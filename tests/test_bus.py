@@ -50,7 +50,7 @@ def test_different_workers_never_share_a_bus_name():
 def test_introspection_is_valid_xml_naming_each_signal_and_method_with_typed_args():
     expected = {
         "Poller": ({"ChangeQueued"}, set()),
-        "Scheduler": ({"BuildRequested", "CancelRequested"}, {"Force", "Cancel", "Status"}),
+        "Scheduler": ({"BuildRequested", "CancelRequested"}, {"Force", "Rebuild", "Cancel", "Status"}),
         "Runner": ({"BuildStarted", "StepStarted", "StepFinished", "BuildFinished"}, {"Status"}),
         "HTMLGen": ({"SiteUpdated"}, set()),
     }
@@ -69,6 +69,9 @@ def test_introspection_is_valid_xml_naming_each_signal_and_method_with_typed_arg
     force = ET.fromstring(busmod.introspection_xml("Scheduler")).find(".//method[@name='Force']")
     assert [(a.get("type"), a.get("direction")) for a in force.findall("arg")] == \
         [("s", "in")] * 4 + [("a{ss}", "in"), ("s", "out")]
+    rebuild = ET.fromstring(busmod.introspection_xml("Scheduler")).find(".//method[@name='Rebuild']")
+    assert [(a.get("name"), a.get("type"), a.get("direction")) for a in rebuild.findall("arg")] == \
+        [("builder", "s", "in"), ("number", "u", "in"), ("reason", "s", "in"), ("id", "s", "out")]
     # Only Status is open to anyone, and every role that has methods has it.
     assert busmod.READ_ONLY_METHODS == ("Status",)
 

@@ -1,4 +1,4 @@
-"""`buildunits` commands in process: checkconfig, force, cancel,
+"""`buildunits` commands in process: checkconfig, force, rebuild, cancel,
 sendchange, status.  The bus is replaced by a stand-in (bus.call): either
 nobody is on it (the spool fallback) or a scheduler that is handed the
 call, made of the real Scheduler's D-Bus methods, so both paths are seen
@@ -114,10 +114,37 @@ def test_force_of_an_unknown_builder_is_refused_the_same_way(run, dirs, via):
 @pytest.mark.parametrize("args,message", [
     (["--revision", "HEAD"], "--revision must be a full commit id"),
     (["--property", "color"], "--property wants NAME=VALUE, not 'color'"),
+    (["--property", "9lives=x"], "--property: property name '9lives' is not [A-Za-z_][A-Za-z0-9_]{0,63}"),
+    (["--property", "a-b=x"], "property name 'a-b' is not"),
+    (["--property", "a" * 65 + "=x"], "property name '%s' is not" % ("a" * 65)),
+    (["--property", "big=" + "x" * 4097], "the value of property big is 4097 bytes long, more than 4096"),
+    (["--property", "bad=\udcff"], "the value of property bad is not valid UTF-8"),
+    (sum((["--property", "p%d=%s" % (i, "x" * 4000)] for i in range(5)), []),
+     "the properties are 20010 bytes together, more than 16384"),
+    (sum((["--property", "p%d=" % i] for i in range(65)), []), "65 properties, more than 64"),
 ])
 def test_force_usage_errors_exit_2(run, dirs, via, args, message):
     r = run("force", "hello", *args)
     assert r.code == 2 and message in r.err and forces(dirs) == []
+
+
+def test_force_takes_any_text_as_a_property_value(run, dirs, via):
+    hostile = {"cmd": "$(touch /tmp/pwned)", "semi": "; rm -rf /", "tick": "`id`", "nl": "a\nb\n",
+               "quote": "'\"", "empty": "", "_x9": "\u00e9t\u00e9", "A" * 64: "max"}
+    r = run("force", "hello", *sum((["--property", "%s=%s" % kv] for kv in hostile.items()), []))
+    assert r.code == 0, r.err
+    [rec] = forces(dirs)
+    assert rec["properties"] == hostile
+
+
+def test_the_force_method_refuses_bad_properties_with_the_same_words(dirs):
+    s = scheduler.Scheduler(dirs, config.load(dirs.config), NoBus(), _Notifier())
+    s.spool.ensure()
+    with pytest.raises(busmod.MethodError, match=r"property name 'x y' is not \[A-Za-z_\]"):
+        s.methods()["Force"]("hello", "", "", "", {"x y": "1"}, "root")
+    with pytest.raises(busmod.MethodError, match="the value of property k holds a NUL character"):
+        s.methods()["Force"]("hello", "", "", "", {"k": "a\0b"}, "root")
+    assert forces(dirs) == []
 
 
 def test_force_of_a_branch_outside_branches_notes_it(run, dirs):
@@ -177,6 +204,82 @@ def test_cancel_of_a_queued_request(run, dirs, via):
     assert r.code == 0 and "request %s cancelled" % rid in r.out and sp.cancelled() == [rid]
     r = run("cancel", "--request", rid)
     assert r.code == 1 and "request %s is not queued (already running, finished or unknown)" % rid in r.err
+
+
+# -------------------------------------------------------------- rebuild
+OLD_CHANGE = {"id": "c1", "revision": REV, "branch": "main", "repository": "/srv/git/hello.git",
+              "author": "A <a@example.invalid>", "message": "m", "files": ["f"], "when": 1.0, "queued": 2.0,
+              "source": "poller"}
+
+
+def _finished(dirs, request, revision=REV, branch="main"):
+    st = State(dirs.state)
+    n = st.allocate_number("hello")
+    st.write_build({"builder": "hello", "number": n, "state": "finished", "result": "failure", "steps": [],
+                    "worker": "w1", "branch": branch, "revision": revision, "request": request})
+    return n
+
+
+def test_rebuild_queues_what_the_build_built(run, dirs, via):
+    Spool(dirs.spool).ensure()
+    n = _finished(dirs, {"builder": "hello", "branch": "main", "revision": REV, "changes": [OLD_CHANGE],
+                         "properties": {"color": "blue"}, "reason": "change aaaaaaaaaaaa on main"})
+    r = run("rebuild", "hello", str(n), "--reason", "flaky")
+    assert r.code == 0 and r.out.startswith("rebuild of hello #%d queued (" % n), r.err
+    [rec] = forces(dirs)
+    assert rec["format"] == "force" and rec["builder"] == "hello" and rec["rebuild_of"] == n
+    assert (rec["branch"], rec["revision"], rec["properties"]) == ("main", REV, {"color": "blue"})
+    assert rec["changes"] == [OLD_CHANGE] and rec["reason"] == "flaky"
+    # The scheduler makes it a request that says what it rebuilds.
+    s = scheduler.Scheduler(dirs, config.load(dirs.config), NoBus(), _Notifier())
+    s.state.ensure()
+    s.work()
+    sp = Spool(dirs.spool)
+    [req] = [sp.read("requests", rid) for rid in sp.pending("requests")]
+    assert (req["rebuild_of"], req["revision"], req["branch"], req["properties"]) == (n, REV, "main", {"color": "blue"})
+    assert req["changes"] == [OLD_CHANGE] and req["changes_omitted"] == 0
+    assert req["reason"].startswith("rebuild of #%d by " % n) and req["reason"].endswith(": flaky")
+
+
+def test_rebuild_of_a_forced_tip_builds_the_revision_it_checked_out(run, dirs, via):
+    Spool(dirs.spool).ensure()
+    # Forced without a revision: the request has none, the record the one checked out.
+    n = _finished(dirs, {"builder": "hello", "branch": "main", "revision": "", "changes": [], "properties": {}})
+    assert run("rebuild", "hello", str(n)).code == 0
+    [rec] = forces(dirs)
+    assert rec["revision"] == REV and rec["changes"] == [] and rec["properties"] == {}
+
+
+def test_rebuild_of_a_build_that_recorded_no_revision_notes_it(run, dirs):
+    Spool(dirs.spool).ensure()
+    n = _finished(dirs, {"branch": "main", "revision": ""}, revision="")
+    r = run("rebuild", "hello", str(n))
+    assert r.code == 0 and "note: hello #%d recorded no revision; the newest commit of main is built" % n in r.err
+
+
+def test_rebuild_of_an_old_record_without_properties_or_changes(run, dirs, via):
+    Spool(dirs.spool).ensure()
+    n = _finished(dirs, None)   # no request at all in the record
+    assert run("rebuild", "hello", str(n)).code == 0
+    [rec] = forces(dirs)
+    assert (rec["revision"], rec["branch"], rec["changes"], rec["properties"]) == (REV, "main", [], {})
+
+
+@pytest.mark.parametrize("builder,number,message", [
+    ("hello", "7", "hello #7 does not exist"),
+    ("nosuch", "1", "no builder 'nosuch' (builders: hello)"),
+])
+def test_rebuild_refusals_name_what_is_missing(run, dirs, via, builder, number, message):
+    Spool(dirs.spool).ensure()
+    _finished(dirs, {})
+    r = run("rebuild", builder, number)
+    assert r.code == 1 and message in r.err and forces(dirs) == []
+
+
+@pytest.mark.parametrize("number", ["0", "4294967296", "-3"])
+def test_rebuild_of_a_number_out_of_range_is_a_usage_error(run, dirs, number):
+    r = run("rebuild", "hello", number)
+    assert r.code == 2 and "rebuild hello: %s is not a build number (1 to 4294967295)" % number in r.err
 
 
 # ------------------------------------------------------ sendchange, status

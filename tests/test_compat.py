@@ -62,7 +62,12 @@ def test_old_state_is_read_rendered_and_built_on(corpus, daemons, git_repo):
     assert p.returncode == 0, p.stdout
     for n, b in old.items():
         page = os.path.join(daemons.site_dir, "builders", "hello", str(n), "index.html")
-        assert b["result"] in open(page, encoding="utf-8").read()
+        text = open(page, encoding="utf-8").read()
+        assert b["result"] in text and "rebuild of" not in text
+        # Keys added since are there, saying what an old record means.
+        with open(os.path.join(daemons.site_dir, "api", "builders", "hello", "builds", "%d.json" % n)) as f:
+            doc = json.load(f)
+        assert "rebuild_of" not in b["request"] and doc["rebuild_of"] is None and doc["properties"] == {}
 
     # Building goes on: the queued force becomes the next number.
     daemons.start("scheduler")

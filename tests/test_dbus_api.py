@@ -1,9 +1,15 @@
-"""The D-Bus API: force, cancel and status over a private system bus, the
-spool fallback without a bus, and signals checked against their sender."""
+"""The D-Bus API: force, rebuild, cancel and status over a private system
+bus, the spool fallback without a bus, who may call what (the project's
+policy), and signals checked against their sender."""
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
+import tempfile
+
+import pytest
 
 from gi.repository import GLib
 
@@ -119,7 +125,7 @@ def test_status_method_and_introspection(daemons):
                         "org.buildunits.Scheduler", "/org/buildunits/Scheduler"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.returncode == 0, p.stderr
-    for member in (".Force", ".Cancel", ".Status", ".BuildRequested", ".CancelRequested"):
+    for member in (".Force", ".Rebuild", ".Cancel", ".Status", ".BuildRequested", ".CancelRequested"):
         assert member in p.stdout
     p = subprocess.run(["busctl", "--address=" + daemons.bus.address, "call", "--json=short",
                         "org.buildunits.Scheduler", "/org/buildunits/Scheduler", "org.buildunits.Scheduler",
@@ -179,3 +185,69 @@ def test_force_over_the_bus_refuses_a_revision_that_is_not_a_commit_id(daemons):
     assert p.returncode == 0, p.stderr
     rid = wait_for(lambda: daemons.spool.pending("requests"), what="the request")[0]
     assert daemons.spool.read("requests", rid)["revision"] == "b" * 40
+
+
+def _busctl(address, *call, user=None):
+    """busctl call on the bus at ADDRESS, as USER (a pwd entry) if given."""
+    def become():
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    return subprocess.run(["busctl", "--address=" + address, "call", "--json=short", "--",
+                           "org.buildunits.Scheduler", "/org/buildunits/Scheduler", "org.buildunits.Scheduler"]
+                          + list(call), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=become if user else None)
+
+
+def test_rebuild_over_the_bus(daemons, monitor):
+    daemons.write_builder("solo", "[Step hi]\nCommand=echo $BUILDUNITS_PROPERTY_who\n")
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+    daemons.cli("force", "solo", "--property", "who=ann", check=True)
+    assert daemons.wait_build_finished("solo", 1)["result"] == "success"
+    p = _busctl(daemons.bus.address, "Rebuild", "sus", "solo", "1", "again")
+    assert p.returncode == 0, p.stderr
+    fid = json.loads(p.stdout)["data"][0]
+    b = daemons.wait_build_finished("solo", 2)
+    assert b["request"]["force"] == fid and b["request"]["rebuild_of"] == 1
+    assert b["request"]["reason"] == "rebuild of #1 by root: again" and b["request"]["properties"] == {"who": "ann"}
+    assert "ann" in daemons.step_log("solo", 2, "hi")
+    monitor.wait_for_signal("BuildRequested", args=lambda a: a[1] == "solo" and a[0] == b["request_id"])
+    # A number that holds no build: the error names it, and nothing is queued.
+    p = _busctl(daemons.bus.address, "Rebuild", "sus", "solo", "9", "")
+    assert p.returncode != 0 and "solo #9 does not exist" in p.stderr
+    out = daemons.cli("rebuild", "solo", "9")
+    assert out.returncode == 1 and "rebuild refused: solo #9 does not exist" in out.stderr
+    assert daemons.spool.pending("changes") == [] and daemons.spool.pending("requests") == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="calls the bus as another user, which needs root")
+def test_rebuild_needs_what_force_needs(tmp_path):
+    """Under the project's policy, a user who is neither root nor in
+    buildunits-admin may call Status, and neither Force nor Rebuild."""
+    # The socket in a directory the other user can reach (tmp_path is root's alone).
+    sockdir = tempfile.mkdtemp(prefix="bu-", dir="/tmp")
+    os.chmod(sockdir, 0o755)
+    bus = harness.PrivateBus(tmp_path / "dbus", sockdir=sockdir)
+    assert bus.uses_project_policy
+    d = None
+    try:
+        bus.start()
+        d = harness.Daemons(tmp_path, bus=bus)
+        d.write_builder("solo", "[Step hi]\nCommand=echo hi\n")
+        d.start("scheduler")
+        nobody = pwd.getpwnam("nobody")
+        for call in (["Force", "ssssa{ss}", "solo", "", "", "", "0"], ["Rebuild", "sus", "solo", "1", ""]):
+            p = _busctl(bus.address, *call, user=nobody)
+            assert p.returncode != 0 and "Access denied" in p.stderr, (call, p.stderr)
+        p = _busctl(bus.address, "Status", user=nobody)
+        assert p.returncode == 0, p.stderr
+        assert d.spool.pending("changes") == [] and d.spool.pending("requests") == []
+        # Root may, and is told what is wrong with the call.
+        p = _busctl(bus.address, "Rebuild", "sus", "solo", "1", "")
+        assert p.returncode != 0 and "solo #1 does not exist" in p.stderr
+    finally:
+        if d is not None:
+            d.close()
+        bus.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)

@@ -15,6 +15,9 @@ def test_demo_builds_pass_and_fail_and_writes_the_site(tmp_path):
                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert p.returncode == 0, p.stdout
     assert "build hello #1: success" in p.stdout and "build hello #2: failure" in p.stdout
+    assert "build hello #3: success (forced, properties {'release': '1.0'})" in p.stdout
     assert "file://%s/site/index.html" % out in p.stdout
     index = (out / "site" / "index.html").read_text()
     assert "builders/hello/2/index.html" in index
+    page3 = (out / "site" / "builders" / "hello" / "3" / "index.html").read_text()
+    assert "release" in page3 and "1.0" in page3

@@ -204,6 +204,32 @@ def test_a_force_record_becomes_a_request(tmp_path, logged):
         [("main", rev(7), "forced by someone: no reason given")]
 
 
+def test_a_rebuild_record_becomes_a_request_saying_what_it_rebuilds(tmp_path, logged):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    many = [{"id": "c%d" % i, "revision": rev(i), "branch": "main", "message": "m" * 20000} for i in range(25)]
+    s.spool.deliver("changes", "force", {"builder": "hello", "branch": "main", "revision": rev(24), "user": "ann",
+                                         "reason": "", "properties": {"k": "v"}, "rebuild_of": 3,
+                                         "changes": many + ["not a change"]})
+    s.work()
+    [r] = requests(s)
+    assert (r["rebuild_of"], r["revision"], r["properties"], r["reason"]) == (3, rev(24), {"k": "v"},
+                                                                              "rebuild of #3 by ann")
+    # Bounded as any request's changes are, whoever wrote the record.
+    assert [c["id"] for c in r["changes"]] == ["c%d" % i for i in range(25)] and r["changes_omitted"] == 5
+    assert len(r["changes"][-1]["message"]) < 17000
+    assert "hello: forced build requested (rebuild of #3 by ann)" in logged()
+
+
+@pytest.mark.parametrize("bad", [True, "3", 0, 2 ** 32, None])
+def test_a_force_whose_rebuild_of_is_not_a_build_number_is_a_plain_force(tmp_path, bad):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    s.spool.deliver("changes", "force", {"builder": "hello", "branch": "main", "revision": rev(1),
+                                         "rebuild_of": bad, "changes": [{"id": "c", "revision": rev(1)}]})
+    s.work()
+    [r] = requests(s)
+    assert "rebuild_of" not in r and r["changes"] == [] and r["reason"].startswith("forced by ")
+
+
 def test_a_force_of_an_unknown_builder_goes_to_corrupt(tmp_path):
     s = make_scheduler(tmp_path, {"hello": builder()})
     fid = s.spool.deliver("changes", "force", {"builder": "nobody"})

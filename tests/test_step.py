@@ -41,6 +41,21 @@ def test_environment():
     assert step.working_directory(step.plan(b, {})[1], "/w/hello") == "/w/hello"
 
 
+def test_the_build_properties_are_in_the_environment_and_nothing_else_of_them():
+    b = builder()
+    b.environment["BUILDUNITS_PROPERTY_color"] = "from Environment="
+    st = step.plan(b, {})[0]
+    rec = dict(REC, request={"properties": {"color": "blue", "nl": "a\nb", "a-b": "c", "n": 1, "z": "a\0b"}})
+    env = step.environment({"PATH": "/bin"}, b, st, rec, "/w/hello", "w1")
+    props = {k: v for k, v in env.items() if k.startswith("BUILDUNITS_PROPERTY_")}
+    # A name that cannot be a variable's, or a value that is not text an
+    # environment can hold (a record written by hand), is left out.
+    assert props == {"BUILDUNITS_PROPERTY_color": "blue", "BUILDUNITS_PROPERTY_nl": "a\nb"}
+    for old in (REC, dict(REC, request=None), dict(REC, request={"properties": ["x"]})):
+        env = step.environment({}, builder(), st, old, "/w/hello", "w1")
+        assert not [k for k in env if k.startswith("BUILDUNITS_PROPERTY_")]
+
+
 def spin(seconds, until):
     ctx = GLib.MainContext.default()
     deadline = time.monotonic() + seconds

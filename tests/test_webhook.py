@@ -539,6 +539,8 @@ def test_the_scheduler_makes_a_request_of_each_commit_and_drops_a_push_delivered
     assert [(r["builder"], r["branch"], r["revision"]) for r in reqs] == [
         ("hello", "main", "a10867b14bb761a232cd80139fbd4c0d33264240"),
         ("hello", "main", "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c")]
+    # The forge and the delivery are the builds' properties (BUILDUNITS_PROPERTY_forge, _delivery).
+    assert [r["properties"] for r in reqs] == [{"forge": "github", "delivery": "first"}] * 2
     assert post(hook.port, "/github", GOOD, github_headers(GOOD, "again"))[0] == 202
     s.work()
     assert len(sp.pending("requests")) == 2 and sp.pending("changes") == []

@@ -1,13 +1,14 @@
 """buildunits: the operator's command.
 
 NAME
-    buildunits - check the configuration, force builds, hand in changes,
-    show status, check the spool and state
+    buildunits - check the configuration, force and rebuild builds, hand
+    in changes, show status, check the spool and state
 
 SYNOPSIS
     buildunits [DIRECTORY OPTIONS] checkconfig
     buildunits [DIRECTORY OPTIONS] force BUILDER [--branch B] [--revision R] [--reason TEXT]
                                                  [--property NAME=VALUE]...
+    buildunits [DIRECTORY OPTIONS] rebuild BUILDER NUMBER [--reason TEXT]
     buildunits [DIRECTORY OPTIONS] cancel BUILDER NUMBER | cancel --request ID
     buildunits [DIRECTORY OPTIONS] sendchange --repository R --branch B --revision SHA
                                               [--author A] [--message M] [--file F]... [--when EPOCH]
@@ -20,15 +21,29 @@ DESCRIPTION
                  warnings (unknown keys and sections) after them.
     force        queue a build of BUILDER now (the scheduler turns it into
                  a request; without --revision the branch's tip is built).
+                 Each --property NAME=VALUE is a property of the build,
+                 in the environment of each of its steps as
+                 BUILDUNITS_PROPERTY_NAME (see buildunits.builder(5)); a
+                 NAME is [A-Za-z_][A-Za-z0-9_]{0,63}, a VALUE any text
+                 without NUL of at most 4096 bytes, and a build has at
+                 most 64 properties of 16384 bytes together (otherwise
+                 exit status 2).
+    rebuild      queue build NUMBER of BUILDER again: the same revision
+                 (the one it checked out), branch, changes and
+                 properties, as a forced build whose record and page say
+                 "rebuild of #NUMBER" (and --reason, if given).  A NUMBER
+                 that holds no build is an error naming it (exit status
+                 1).
     cancel       cancel the running build BUILDER #NUMBER, or a queued
                  request (its id is in `buildunits status`).
-                 force and cancel ask the scheduler over D-Bus when it is on
-                 the bus (the D-Bus policy says who may), and otherwise write
-                 to the spool (its permissions say who may).  Without the
-                 bus, force checks BUILDER against the configuration on
-                 disk; if that has problems it warns and still queues the
-                 force (the daemons run the last configuration they
-                 accepted, and the scheduler checks the builder again).
+                 force, rebuild and cancel ask the scheduler over D-Bus when
+                 it is on the bus (the D-Bus policy says who may), and
+                 otherwise write to the spool (its permissions say who may).
+                 Without the bus, force and rebuild check BUILDER against
+                 the configuration on disk; if that has problems they warn
+                 and still queue the force (the daemons run the last
+                 configuration they accepted, and the scheduler checks the
+                 builder again).
     sendchange   hand one commit in directly, as a git post-receive hook
                  does (share/examples/post-receive).  With a local
                  repository, the author, message, date and files missing
@@ -77,7 +92,7 @@ import re
 import sys
 import time
 
-from . import __version__, config, control, fsck, git, paths, redact
+from . import __version__, config, control, fsck, git, paths, properties as propsmod, redact
 from .status import gather_status
 from .spool import Spool
 from .state import State
@@ -114,7 +129,7 @@ def cmd_checkconfig(dirs, args):
 # ------------------------------------------------------------------ force
 def _bus():
     # GLib and pydbus cost more to import than the rest of the CLI together;
-    # only force and cancel talk to the bus.
+    # only force, rebuild and cancel talk to the bus.
     from . import bus
     return bus
 
@@ -131,6 +146,10 @@ def cmd_force(dirs, args):
             _err("--property wants NAME=VALUE, not %r" % p)
             return 2
         props[k] = v
+    problems = propsmod.check(props)
+    if problems:
+        _err("--property: %s" % "; ".join(problems))
+        return 2
     busmod = _bus()
     try:
         fid = busmod.call("Scheduler", "Force", args.builder, args.branch, args.revision, args.reason, props)
@@ -168,6 +187,35 @@ def _config_for_force(dirs):
                                                           "" if len(e.problems) == 1 else "s"),
               file=sys.stderr)
         return e.partial
+
+
+def cmd_rebuild(dirs, args):
+    if not 1 <= args.number < 2 ** 32:
+        _err("rebuild %s: %d is not a build number (1 to %d)" % (args.builder, args.number, 2 ** 32 - 1))
+        return 2
+    busmod = _bus()
+    try:
+        fid = busmod.call("Scheduler", "Rebuild", args.builder, args.number, args.reason)
+        print("rebuild of %s #%d queued (%s)" % (args.builder, args.number, fid))
+        return 0
+    except busmod.Refused as e:
+        _err("rebuild refused: %s" % e)
+        return 1
+    except busmod.Unreachable:
+        pass   # no scheduler on the bus: hand it in through the spool
+    sp = Spool(dirs.spool)
+    sp.ensure()
+    try:
+        fid, notes = control.rebuild(sp, State(dirs.state), _config_for_force(dirs), args.builder, args.number,
+                                     args.reason, _user())
+    except control.Refused as e:
+        _err(str(e))
+        return 1
+    for n in notes:
+        print("note: %s" % n, file=sys.stderr)
+    print("rebuild of %s #%d queued (%s; the scheduler is not on the bus: it takes it from the spool)"
+          % (args.builder, args.number, fid))
+    return 0
 
 
 def cmd_cancel(dirs, args):
@@ -345,6 +393,10 @@ def parser():
     f.add_argument("--revision", default="")
     f.add_argument("--reason", default="")
     f.add_argument("--property", action="append", default=[], metavar="NAME=VALUE")
+    r = sub.add_parser("rebuild", help="queue an earlier build again")
+    r.add_argument("builder")
+    r.add_argument("number", type=int)
+    r.add_argument("--reason", default="")
     c = sub.add_parser("cancel", help="cancel a running build or a queued request")
     c.add_argument("builder", nargs="?")
     c.add_argument("number", nargs="?", type=int)
@@ -365,7 +417,7 @@ def parser():
     return p
 
 
-COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "cancel": cmd_cancel,
+COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "rebuild": cmd_rebuild, "cancel": cmd_cancel,
             "sendchange": cmd_sendchange,
             "status": cmd_status, "fsck": cmd_fsck}
 
@@ -377,7 +429,7 @@ def main(argv):
         return COMMANDS[args.command](dirs, args)
     except OSError as e:
         # os.write and os.fsync errors carry no file name: name the place.
-        where = e.filename or (dirs.spool if args.command in ("force", "sendchange", "cancel") else dirs.state)
+        where = e.filename or (dirs.spool if args.command in ("force", "rebuild", "sendchange", "cancel") else dirs.state)
         _err("cannot store in %s: %s" % (where, e.strerror or e))
         return 1
     except KeyboardInterrupt:

@@ -1,11 +1,12 @@
-"""Forcing and cancelling builds, and handing in changes: one set of
-checks and messages.
+"""Forcing, rebuilding and cancelling builds, and handing in changes: one
+set of checks and messages.
 
 change() makes the fields of a change record as `buildunits sendchange`
 and buildunits-webhook both queue it (the poller has its own, from its
-reading of git).  Force and cancel are used by the scheduler's D-Bus methods Force and Cancel (the D-Bus policy
-says who may) and by `buildunits force` and `cancel` when no scheduler is
-on the bus (the spool's permissions say who may), so both refuse the same
+reading of git).  Force, rebuild and cancel are used by the scheduler's
+D-Bus methods Force, Rebuild and Cancel (the D-Bus policy says who may)
+and by `buildunits force`, `rebuild` and `cancel` when no scheduler is on
+the bus (the spool's permissions say who may), so both refuse the same
 things with the same words.  Each function checks, then commits one spool
 record (the commit point) and returns what to tell the caller; a refusal
 is a Refused whose text says why.
@@ -13,7 +14,7 @@ is a Refused whose text says why.
 
 import time
 
-from . import config, git, records, redact
+from . import config, git, properties as propsmod, records, redact
 
 
 class Refused(Exception):
@@ -28,6 +29,9 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user):
         raise Refused("no builder %r (builders: %s)" % (builder, ", ".join(sorted(cfg.builders)) or "none"))
     if revision and not git.valid_revision(revision):
         raise Refused("revision %r is not %s" % (revision, git.REVISION_RULE))
+    problems = propsmod.check(properties)
+    if problems:
+        raise Refused("; ".join(problems))
     notes = []
     if branch and b.repository and not b.wants_branch(branch):
         notes.append("branch %s is not in %s's Branches= (%s); building it anyway"
@@ -35,6 +39,43 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user):
     fid = spool.deliver("changes", "force", {
         "builder": b.name, "branch": branch or "", "revision": revision or "", "reason": reason or "",
         "properties": dict(properties), "user": user})
+    return fid, notes
+
+
+def rebuild(spool, state, cfg, builder, number, reason, user):
+    """Queue a force record for BUILDER that builds again what build
+    NUMBER built: its revision (the one checked out), branch, changes and
+    properties, with rebuild_of: NUMBER (the scheduler makes it a request
+    saying so).  Returns (force id, [notes for the user])."""
+    b = cfg.builders.get(builder)
+    if b is None:
+        raise Refused("no builder %r (builders: %s)" % (builder, ", ".join(sorted(cfg.builders)) or "none"))
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number < 2 ** 32:
+        raise Refused("build number %r is not a whole number from 1 to %d" % (number, 2 ** 32 - 1))
+    try:
+        rec = state.read_build(b.name, number)
+    except (records.RecordError, OSError) as e:
+        raise Refused("cannot read %s #%d: %s" % (b.name, number, e))
+    if rec is None:
+        raise Refused("%s #%d does not exist" % (b.name, number))
+    req = rec.get("request") if isinstance(rec.get("request"), dict) else {}
+    # The revision checked out (a forced build of a branch tip records it
+    # once its checkout ran), else the one asked for.
+    revision = next((r for r in (rec.get("revision"), req.get("revision")) if git.valid_revision(r)), "")
+    branch = next((br for br in (rec.get("branch"), req.get("branch")) if isinstance(br, str) and br), "")
+    changes = req.get("changes") if isinstance(req.get("changes"), list) else []
+    props = req.get("properties") if isinstance(req.get("properties"), dict) else {}
+    notes = []
+    if not revision:
+        notes.append("%s #%d recorded no revision; the newest commit of %s is built"
+                     % (b.name, number, branch or "its branch"))
+    # Its properties and changes were accepted once: carried as they are.
+    # The commit point, as for force(): before it nothing is queued; after
+    # it the scheduler makes the request, once (the force id is consumed).
+    fid = spool.deliver("changes", "force", {
+        "builder": b.name, "branch": branch, "revision": revision, "reason": reason or "",
+        "properties": props, "user": user, "rebuild_of": number,
+        "changes": [c for c in changes if isinstance(c, dict)]})
     return fid, notes
 
 

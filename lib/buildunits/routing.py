@@ -105,4 +105,18 @@ def request_fields(builder, branch, changes):
     carried, omitted = changes_mod.bound_changes(changes)
     return {"builder": builder.name, "repository": redact.url(builder.repository), "branch": branch,
             "revision": changes[-1]["revision"], "reason": reason(branch, changes), "changes": carried,
-            "changes_omitted": omitted, "force": None, "properties": {}}
+            "changes_omitted": omitted, "force": None, "properties": change_properties(changes[-1])}
+
+
+def change_properties(change):
+    """The properties of a build of CHANGE: a change from a forge's push
+    hook (buildunits-webhook) has the forge and the delivery it came in.
+
+    >>> change_properties({"source": "webhook", "delivery": "github:72d3162e"})
+    {'forge': 'github', 'delivery': '72d3162e'}
+    >>> change_properties({"source": "poller"})
+    {}
+    """
+    delivery = change.get("delivery") if change.get("source") == "webhook" else None
+    forge, colon, rest = delivery.partition(":") if isinstance(delivery, str) else ("", "", "")
+    return {"forge": forge, "delivery": rest} if colon else {}

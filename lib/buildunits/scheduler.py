@@ -6,14 +6,18 @@ NAME
 DESCRIPTION
     Reads the scheduler's inbox, SPOOL/changes/new: change records (from
     the poller or `buildunits sendchange`) and force records (from
-    `buildunits force`).  A change goes to every builder whose Repository=
-    is the change's repository and whose Branches= matches its branch.
+    `buildunits force` and `rebuild`).  A change goes to every builder
+    whose Repository= is the change's repository and whose Branches=
+    matches its branch.
 
     TreeStableSec=0: each change becomes one build request at once.
     Otherwise changes on one branch wait until none has arrived for
     TreeStableSec (measured from the time each was queued, so the window
     survives a restart), then all of them become one request for the newest
-    revision.  A forced build becomes a request at once.
+    revision.  A forced build becomes a request at once; a rebuild is a
+    forced build of what an earlier build built, with its changes and
+    properties, and the request says which build it rebuilds
+    (rebuild_of).
 
     A revision already requested for a builder and branch is not requested
     again: the poller re-sends after a crash, and a hook and the poller may
@@ -345,6 +349,7 @@ class Scheduler(daemon.Daemon):
             p = rec.get("priority")
             if isinstance(p, int) and not isinstance(p, bool) and abs(p) <= spoolmod.MAX_PRIORITY:
                 fields["priority"] = p        # the forced build's own, in the request's id too
+            fields.update(rebuild_fields(rec))
             rid = self.spool.deliver("requests", "request", fields)   # commit point
             self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
             log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
@@ -430,7 +435,8 @@ class Scheduler(daemon.Daemon):
 
     # ------------------------------------------------------------ D-Bus
     def methods(self):
-        return {"Force": self._m_force, "Cancel": self._m_cancel, "Status": self._m_status}
+        return {"Force": self._m_force, "Rebuild": self._m_rebuild, "Cancel": self._m_cancel,
+                "Status": self._m_status}
 
     def _m_force(self, builder, branch, revision, reason, properties, caller):
         """Queue a forced build: the same force record `buildunits force`
@@ -442,6 +448,19 @@ class Scheduler(daemon.Daemon):
         for n in notes:
             log.info("%s: %s" % (builder, n), builder=builder)
         log.info("%s: forced build queued by %s over D-Bus" % (builder, caller), builder=builder)
+        self.wake()
+        return fid
+
+    def _m_rebuild(self, builder, number, reason, caller):
+        """Queue build NUMBER of BUILDER again: a force record, as
+        `buildunits rebuild` writes it (control.py)."""
+        try:
+            fid, notes = control.rebuild(self.spool, self.state, self.cfg, builder, number, reason, caller)
+        except control.Refused as e:
+            raise busmod.MethodError(str(e))
+        for n in notes:
+            log.info("%s: %s" % (builder, n), builder=builder)
+        log.info("%s: rebuild of #%d queued by %s over D-Bus" % (builder, number, caller), builder=builder)
         self.wake()
         return fid
 
@@ -467,6 +486,21 @@ class Scheduler(daemon.Daemon):
         s["scheduler"] = {"requested": self._requested,
                           "waiting": {"%s %s" % k: v for k, v in self._waiting.items()}}
         return json.dumps(s, sort_keys=True)
+
+
+def rebuild_fields(rec):
+    """What a request made of force record REC adds when REC is a rebuild
+    (control.rebuild): the build it rebuilds, that build's changes
+    (bounded again: the record may have been written by hand), and a
+    reason saying so.  {} for a plain force."""
+    number = rec.get("rebuild_of")
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number < 2 ** 32:
+        return {}
+    found = rec.get("changes") if isinstance(rec.get("changes"), list) else []
+    carried, omitted = changes_mod.bound_changes([c for c in found if isinstance(c, dict)])
+    why = rec.get("reason") if isinstance(rec.get("reason"), str) else ""
+    return {"rebuild_of": number, "changes": carried, "changes_omitted": omitted,
+            "reason": "rebuild of #%d by %s%s" % (number, rec.get("user") or "someone", ": " + why if why else "")}
 
 
 def default_branch(builder):

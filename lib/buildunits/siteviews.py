@@ -65,6 +65,8 @@ def build_view(rec):
     state = text(rec.get("state")) or "running"
     current = [s["name"] for s in steps if s["state"] == "running"]
     force = request.get("force")
+    rebuilt = request.get("rebuild_of")
+    rebuilt = rebuilt if _is_int(rebuilt) and rebuilt >= 1 else None
     return {
         "builder": text(builder), "number": number, "state": state, "result": _result(rec.get("result")),
         "status": status(state, rec.get("result")),
@@ -81,6 +83,9 @@ def build_view(rec):
         "repository": redact.url(text(rec.get("repository") or request.get("repository"))),
         "properties": _pairs(request.get("properties")), "force": _pairs(force),
         "force_id": text(force) if isinstance(force, str) else None,
+        # The build this one rebuilds (`buildunits rebuild`), of the same builder.
+        "rebuild_of": rebuilt,
+        "rebuild_of_html": "builders/%s/%d/index.html" % (q, rebuilt) if rebuilt else None,
     }
 
 
@@ -164,7 +169,8 @@ def build_json(view):
     doc["changes"] = [{k: ch[k] for k in BUILD_CHANGE_KEYS} for ch in view["changes"]]
     doc["steps"] = [{k: s[k] for k in BUILD_STEP_KEYS} for s in view["steps"]]
     force = view["force_id"] if view["force_id"] is not None else dict(view["force"]) or None
-    doc.update(repository=view["repository"], properties=dict(view["properties"]), force=force)
+    doc.update(repository=view["repository"], properties=dict(view["properties"]), force=force,
+               rebuild_of=view["rebuild_of"])
     return doc
 
 

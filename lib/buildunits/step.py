@@ -10,7 +10,7 @@ values in its output (mask.py).  A step's environment is the runner's,
 less what systemd gave the runner alone (the notify socket, the
 watchdog, socket activation, the journal stream, its own credentials),
 plus the builder's and the step's Environment= and the BUILDUNITS_*
-variables.  Its systemd directives (unit()) are the builder's, then its
+variables, the build's properties among them (properties.py).  Its systemd directives (unit()) are the builder's, then its
 own.
 
 The watch (Watch) holds a running step to TimeoutSec= and
@@ -28,7 +28,7 @@ import math
 import os
 import time
 
-from . import checkout, daemon, paths
+from . import checkout, daemon, paths, properties
 
 CHECKOUT_IDLE_SEC = 20 * 60.0
 _SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
@@ -80,6 +80,8 @@ def environment(base, builder, st, rec, workdir, worker):
                 # The real URL, from the configuration: the record holds it masked.
                 "BUILDUNITS_REPOSITORY": builder.repository or rec.get("repository") or "",
                 "BUILDUNITS_WORKDIR": workdir, "BUILDUNITS_WORKER": worker, "BUILDUNITS_STEP": st.name})
+    req = rec.get("request")
+    env.update(properties.environment(req.get("properties") if isinstance(req, dict) else None))
     return env
 
 

@@ -37,7 +37,11 @@ DESCRIPTION
     X-Forgejo-Delivery), X-Gitlab-Event-UUID, X-Buildunits-Delivery.  A
     delivery id already taken is a replay and queues nothing.  The ids
     are kept in STATE/webhook/deliveries.jsonl, the newest KEEP_DELIVERIES
-    of them.
+    of them.  A build of a pushed commit has the properties forge
+    (github, gitea, gitlab or generic) and delivery (the forge's id), in
+    its steps' environment as BUILDUNITS_PROPERTY_forge and
+    BUILDUNITS_PROPERTY_delivery (those of the newest commit when changes
+    were collapsed).
 
     The event is X-GitHub-Event, X-Gitea-Event (X-Forgejo-Event) or
     X-Gitlab-Event: only a push ("push", "Push Hook") queues changes; a

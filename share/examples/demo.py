@@ -11,7 +11,9 @@
                        and the journal lines of the two builds, and halts
                        the container.  Needs root (containers).
     demo.py --local    the four daemons as plain processes from bin/, with a
-                       private D-Bus bus, everything under demo-output/.
+                       private D-Bus bus, everything under demo-output/;
+                       after the two commits, the passing revision is
+                       forced again with a property (build #3).
 
 BUILDUNITS_DEMO_OUT moves demo-output/ elsewhere.
 """
@@ -205,8 +207,20 @@ def main():
                              "# greet politely\n", "hello: a comment on politeness")
         b2 = commit_and_wait(r, state, 2, "a change that breaks the test", "w",
                              '#!/bin/sh\necho "Goodbye, world!"\n', "hello: say goodbye instead")
-        wait_for(lambda: site_shows(_read(os.path.join(site, "api", "builders.json")), "hello", 2), 30,
-                 what="the site to show build hello #2 (see %s/htmlgen.log)" % OUT)
+        # An operator builds the good revision again, with a property (in
+        # every step's environment as BUILDUNITS_PROPERTY_release, and on
+        # the build's page).
+        force = [PY, os.path.join(ROOT, "bin", "buildunits")] + dirs + [
+            "force", "hello", "--revision", b1["revision"], "--reason", "the last good one",
+            "--property", "release=1.0"]
+        say("$ buildunits force hello --revision %s --reason 'the last good one' --property release=1.0"
+            % b1["revision"][:12])
+        subprocess.run(force, env=env, check=True, stdout=subprocess.DEVNULL)
+        b3 = wait_for(lambda: finished_build(state, "hello", 3), TIMEOUT,
+                      what="build hello #3 to finish (see %s/*.log)" % OUT)
+        say("build hello #3: %s (forced, properties %s)" % (b3["result"], b3["request"]["properties"]))
+        wait_for(lambda: site_shows(_read(os.path.join(site, "api", "builders.json")), "hello", 3), 30,
+                 what="the site to show build hello #3 (see %s/htmlgen.log)" % OUT)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -230,7 +244,7 @@ def main():
                         print("  " + line.rstrip())
     print()
     say("done in %.1fs; the waterfall: file://%s/index.html" % (time.monotonic() - start, site))
-    return 0 if (b1["result"], b2["result"]) == ("success", "failure") else 1
+    return 0 if (b1["result"], b2["result"], b3["result"]) == ("success", "failure", "success") else 1
 
 
 def commit_and_wait(repo, state, number, what, mode, text, message):
