@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import credentials as credentialsmod, redact, unitprops
+from . import credentials as credentialsmod, redact, unitprops, vcs
 # The syntax and the value converters are unitfile.py's; they are named
 # here too, since callers know them as config.parse_timespan & co.
 from .unitfile import (  # noqa: F401
@@ -83,6 +83,7 @@ class Builder:
     description: str = ""
     group: str = ""                               # "" : in no group (sitegroups.py)
     repository: str = ""
+    vcs: str = ""                                 # Type=; "" : worked out from Repository= (vcs.kind)
     branches: list = field(default_factory=lambda: ["*"])
     poll_interval: float = 60.0
     tree_stable: float = 0.0
@@ -97,6 +98,15 @@ class Builder:
     collapse: bool = False                        # CollapseRequests=: one build for a branch's waiting requests
     max_builds: int = 0                           # at most this many at once on all workers; 0: no limit
     locks: list = field(default_factory=list)     # [(NAME, slots)] held by each build (locks.py)
+
+    @property
+    def kind(self):
+        """git, hg or svn: Type=, or what Repository= is (vcs.kind)."""
+        if self._kind is None or self._kind[0] != (self.repository, self.vcs):
+            self._kind = ((self.repository, self.vcs), vcs.kind(self.repository, self.vcs))
+        return self._kind[1]
+
+    _kind = None
 
     def wants_branch(self, branch):
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
@@ -121,6 +131,7 @@ class Config:
     sandbox_idle: float = 60.0
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
+    _kinds: dict = field(default=None, repr=False, compare=False)
 
     def polled_repositories(self):
         """{normalized repository: (interval, [branch globs])} of the
@@ -140,6 +151,14 @@ class Config:
                 repos[r] = (interval, globs + b.branches)
             self._polled = repos
         return self._polled
+
+    def repository_kind(self, repository):
+        """git, hg or svn: the kind of REPOSITORY (normalized), as its
+        builders say (load() refuses builders that disagree)."""
+        if self._kinds is None:
+            self._kinds = {normalize_repository(b.repository): b.kind
+                           for b in self.builders.values() if b.repository}
+        return self._kinds.get(repository, vcs.DEFAULT)
 
     def builders_for(self, repository):
         """Builders polling REPOSITORY (already normalized).  Records hold
@@ -191,6 +210,12 @@ def _group(text):
     return text
 
 
+def _vcs(text):
+    if text not in vcs.KINDS:
+        raise ValueError("not one of %s: %r" % ("|".join(vcs.KINDS), text))
+    return text
+
+
 def _executor(text):
     if text not in EXECUTORS:
         raise ValueError("not one of %s: %r" % ("|".join(EXECUTORS), text))
@@ -230,7 +255,7 @@ def lock_spec(text):
 
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
             "priority": _priority,
-            "executor": _executor, "group": _group, "path": _absolute_path}
+            "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path}
 
 
 def _assign(obj, attr, kind, value, key):
@@ -295,6 +320,7 @@ BUILDER_KEYS = {
     "Description": ("description", "str"),
     "WaterfallGroup": ("group", "group"),
     "Repository": ("repository", "str"),
+    "Type": ("vcs", "vcs"),
     "Branches": ("branches", "list"),
     "PollIntervalSec": ("poll_interval", "span"),
     "TreeStableSec": ("tree_stable", "span"),
@@ -456,6 +482,23 @@ def _check_locks(cfg, problems):
         b.locks = sorted(dict(b.locks).items())
 
 
+def _check_kinds(cfg, problems):
+    """Builders naming one repository must agree on its kind: it is polled
+    once, by one system's commands."""
+    seen = {}
+    for b in sorted(cfg.builders.values(), key=lambda b: b.name):
+        if not b.repository:
+            if b.vcs:
+                problems.append(Problem(b.path, 0, "Builder", "Type", "set without a Repository="))
+            continue
+        r = normalize_repository(b.repository)
+        if r in seen and seen[r].kind != b.kind:
+            problems.append(Problem(b.path, 0, "Builder", "Type", "%s is %s here but %s in builder %s; "
+                                    "builders naming one repository must agree (set Type=)"
+                                    % (redact.url(r), b.kind, seen[r].kind, seen[r].name)))
+        seen.setdefault(r, b)
+
+
 def load(directory):
     """Load the configuration in DIRECTORY.  Raises ConfigError.
 
@@ -468,6 +511,7 @@ def load(directory):
     _load_global(cfg, problems, warnings)
     _load_builders(cfg, problems, warnings)
     _check_locks(cfg, problems)
+    _check_kinds(cfg, problems)
     cfg.warnings = warnings
     if cfg.poll_timeout == 0:
         cfg.poll_timeout = math.inf      # as in systemd: 0 is no limit
