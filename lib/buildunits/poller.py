@@ -82,8 +82,11 @@ import time
 
 from gi.repository import GLib
 
-from . import daemon, git, gitjob, log, records
+from . import daemon, git, gitjob, hg, log, records, svn
 from . import redact
+
+# The readings of each kind of repository (vcs.py), all of git.py's shape.
+READERS = {"git": git, "hg": hg, "svn": svn}
 
 MAX_COMMITS = 200   # per branch and poll; older ones are logged as skipped
 SKIPPED_KEPT = 20   # unparseable commits remembered per repository (state "skipped")
@@ -234,20 +237,23 @@ class Poller(daemon.Daemon):
         of its last clean poll has moved nowhere: no git at all."""
         globs = self.repositories().get(repo, (None, []))[1]
         self._polls += 1
-        fingerprint = git.refs_fingerprint(repo) if git.is_local(repo) else None
+        reader = READERS[self.cfg.repository_kind(repo)]
+        fingerprint = git.refs_fingerprint(repo) if reader is git and git.is_local(repo) else None
         if fingerprint is not None and self._fingerprints.get(repo) == fingerprint:
             return
         self._fingerprints.pop(repo, None)
         # Taken before git reads the heads: a push in between changes it
         # again, so the next poll asks git again.
-        if (yield from self._poll_heads(repo, globs)) and fingerprint is not None:
+        if (yield from self._poll_heads(repo, globs, reader)) and fingerprint is not None:
             self._fingerprints[repo] = fingerprint
 
-    def _poll_heads(self, repo, globs):
+    def _poll_heads(self, repo, globs, reader=git):
         """Reading: queue REPO's new commits on the branches GLOBS match,
-        record its heads; True if the poll went through without a problem."""
+        record its heads; True if the poll went through without a problem.
+        READER is the module reading REPO's kind (READERS)."""
+        mirror = self.state.mirror_path(repo, reader.MIRROR_SUFFIX)
         try:
-            heads = yield from git.heads_steps(repo)
+            heads = yield from reader.heads_steps(repo, mirror)
         except git.GitError as e:
             self._problem(repo, str(e))
             return False
@@ -273,9 +279,9 @@ class Poller(daemon.Daemon):
             return True
         skipped = []
         try:
-            src = yield from git.source_steps(repo, self.state.mirror_path(repo), sorted(moved))
+            src = yield from reader.source_steps(repo, mirror, sorted(moved))
             for br, sha in sorted(moved.items()):
-                skipped += yield from self._queue_branch(repo, src, br, old_refs.get(br), sha)
+                skipped += yield from self._queue_branch(repo, src, br, old_refs.get(br), sha, reader)
         except git.GitError as e:
             self._problem(repo, str(e))
             return False
@@ -300,11 +306,11 @@ class Poller(daemon.Daemon):
         self.state.write_poller(repo, refs, prev)
         self._errors.pop(repo, None)
 
-    def _queue_branch(self, repo, src, br, old, sha):
+    def _queue_branch(self, repo, src, br, old, sha, reader=git):
         """Reading: queue the commits of branch BR from OLD (None: a new
         branch) to SHA; return the commits skipped because they cannot be
         parsed."""
-        if old is not None and not (yield from git.has_commit_steps(src, old)):
+        if old is not None and not (yield from reader.has_commit_steps(src, old, br)):
             # A force-push dropped it (and gc pruned it), or the state
             # holds something that is no commit id: old..new means
             # nothing, so do as for a new branch.
@@ -312,7 +318,7 @@ class Poller(daemon.Daemon):
                         % (redact.url(repo), br, str(old)[:40]), repository=redact.url(repo), branch=br)
             old = None
         unparseable, skipped = [], []
-        found = yield from git.commits_steps(src, old, sha, MAX_COMMITS + 1, unparseable)
+        found = yield from reader.commits_steps(src, old, sha, MAX_COMMITS + 1, unparseable, branch=br)
         if len(found) > MAX_COMMITS:
             log.warning("%s %s: %d+ new commits; queueing the newest %d"
                         % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
