@@ -46,23 +46,22 @@ class HgRepo:
         changeset), commit with MESSAGE (str or bytes: read from a file,
         so it may hold NUL) as AUTHOR (str or bytes), with HGENCODING
         ENCODING if given; return the new changeset's node."""
-        if branch and self.hg("branch") != branch:
-            self.hg("branch", "-f", "--", branch)
+        if branch:
+            self.hg("branch", "-q", "-f", "--", branch)
         for path, content in files.items():
             full = os.path.join(self.path, path)
             if content is None:
-                self.hg("rm", "-q", "-f", "--", path)
+                os.remove(full)
                 continue
             os.makedirs(os.path.dirname(full), exist_ok=True)
             with open(full, "wb") as f:
                 f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            self.hg("add", "-q", "--", path)
         msg = os.path.join(os.path.dirname(self.path), ".hg-message")
         with open(msg, "wb") as f:
             f.write(message.encode("utf-8") if isinstance(message, str) else message)
         user = author.encode("utf-8") if isinstance(author, str) else author
         env = {"HGENCODING": encoding} if encoding else None
-        subprocess.run(["hg", "commit", "-q", "-l", msg, "-u", user], cwd=self.path,
+        subprocess.run(["hg", "commit", "-q", "--addremove", "-l", msg, "-u", user], cwd=self.path,
                        env=hg_env(env), check=True)
         return self.head()
 
