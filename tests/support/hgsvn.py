@@ -88,6 +88,7 @@ class SvnRepo:
         self.url = "file://" + urllib.parse.quote(self.path)
         self.config_dir = self.path + ".svnconfig"
         self.work = self.path + ".work"
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         _run(["svnadmin", "create", self.path])
         if layout:
             self.svn("mkdir", "-q", "-m", "layout", "--", self.url + "/trunk", self.url + "/branches",
