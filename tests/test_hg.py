@@ -262,3 +262,18 @@ def test_a_changeset_is_built_by_the_real_daemons(daemons, tmp_path):
     b2 = daemons.wait_build_finished("hello", 2)
     assert b2["result"] == "success" and b2["revision"] == s and b2["branch"] == "stable"
     assert "stable\nrev %s on stable" % s in daemons.step_log("hello", 2, "show")
+
+
+def test_type_must_be_a_known_system_and_builders_of_one_repository_must_agree(tmp_path, repo):
+    d = tmp_path / "cfg"
+    (d / "builders").mkdir(parents=True)
+    (d / "builders" / "a.builder").write_text("[Builder]\nRepository=%s\nType=cvs\n[Step s]\nCommand=true\n" % repo.url)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(d))
+    assert "a.builder:3: [Builder] Type=: not one of git|hg|svn: 'cvs'" in str(e.value)
+    (d / "builders" / "a.builder").write_text("[Builder]\nRepository=%s\n[Step s]\nCommand=true\n" % repo.url)
+    (d / "builders" / "b.builder").write_text("[Builder]\nRepository=%s/\nType=git\n[Step s]\nCommand=true\n"
+                                               % repo.url)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(d))
+    assert "is git here but hg in builder a; builders naming one repository must agree" in str(e.value)
