@@ -110,9 +110,10 @@ def test_documented_defaults_are_the_code_defaults():
                 value = m.group(1)
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
-                            "credentials": str.split, "group": str, "priority": int}[kind](value)
+                            "credentials": str.split, "group": str, "priority": int, "vcs": str}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
-                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": []}[kind]
+                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": [],
+                            "vcs": ""}[kind]
             elif re.search(r"Default: no limit", text):
                 expected = 0
             else:

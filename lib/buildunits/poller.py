@@ -21,8 +21,14 @@ DESCRIPTION
     from the new head and not from the old one (at most MAX_COMMITS, the
     newest).
 
+    A repository is git's, Mercurial's or Subversion's (the builders'
+    Type=, vcs.py), and is read by git.py, hg.py or svn.py, whose
+    readings have one shape: what follows holds for the three, with hg's
+    named branches and svn's trunk and branches/NAME as branches (svn.py).
+
     Everything in a repository is what whoever can push chose, and is
-    parsed so that no content can change the structure (see git.py).  A
+    parsed so that no content can change the structure (see git.py,
+    hg.py, svn.py).  A
     commit that cannot be parsed (no author line, no date) is that
     commit's problem: it is logged, recorded in the state record's
     "skipped" list (shown by `buildunits status`) and left out; the
@@ -67,6 +73,8 @@ FILES
     STATE/poller/KEY.json     last seen heads per repository; its problem and
                               skipped commits, for `buildunits status`
     STATE/poller/KEY.git      bare mirror of a remote (non-path) repository
+    STATE/poller/KEY.hg       mirror of a remote Mercurial repository
+    STATE/poller/KEY.svn      svn's configuration directory (--config-dir)
 
 SIGNALS
     SIGHUP re-reads the configuration: repositories no builder names any
