@@ -277,3 +277,16 @@ def test_type_must_be_a_known_system_and_builders_of_one_repository_must_agree(t
     with pytest.raises(config.ConfigError) as e:
         config.load(str(d))
     assert "is git here but hg in builder a; builders naming one repository must agree" in str(e.value)
+
+
+def test_sendchange_from_a_changegroup_hook_reads_the_changeset(daemons, tmp_path):
+    repo = HgRepo(tmp_path / "repos" / "hello")
+    node = repo.commit({"a.c": "1"}, "from a hook", author="Ann <a@x>")
+    base = ["sendchange", "--repository", repo.url, "--branch", "default"]
+    for bad in ("tip", node[:12], "1"):
+        p = daemons.cli(*(base + ["--revision", bad]))
+        assert p.returncode == 2 and "a full changeset id" in p.stderr, p.stderr
+    daemons.cli(*(base + ["--revision", node]), check=True)
+    sp = daemons.spool
+    [c] = [sp.read("changes", cid) for cid in sp.pending("changes")]
+    assert (c["revision"], c["author"], c["message"], c["files"]) == (node, "Ann <a@x>", "from a hook", ["a.c"])

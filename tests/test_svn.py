@@ -235,3 +235,16 @@ def test_a_revision_is_built_by_the_real_daemons(daemons, tmp_path):
     b2 = daemons.wait_build_finished("hello", 2)
     assert b2["result"] == "success" and b2["revision"] == r2 and b2["branch"] == "branches/1.x"
     assert "1.x\nrev %s on branches/1.x" % r2 in daemons.step_log("hello", 2, "show")
+
+
+def test_sendchange_from_a_post_commit_hook_takes_a_revision_number(daemons, tmp_path):
+    repo = SvnRepo(tmp_path / "repos" / "hello")
+    rev = repo.commit({"a": "1"}, "from a hook")
+    base = ["sendchange", "--repository", repo.url, "--branch", "trunk"]
+    for bad in ("HEAD", "0", "a" * 40):
+        p = daemons.cli(*(base + ["--revision", bad]))
+        assert p.returncode == 2 and "a Subversion revision number" in p.stderr, p.stderr
+    daemons.cli(*(base + ["--revision", rev, "--author", "harness", "--message", "from a hook"]), check=True)
+    sp = daemons.spool
+    [c] = [sp.read("changes", cid) for cid in sp.pending("changes")]
+    assert (c["revision"], c["branch"], c["author"], c["message"]) == (rev, "trunk", "harness", "from a hook")
