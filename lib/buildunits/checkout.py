@@ -57,7 +57,8 @@ def _git_script(repository, branch, revision):
     and `--` after it)."""
     q = shlex.quote
     target = revision if revision else "FETCH_HEAD"
-    fetch_ref = revision if revision else "refs/heads/" + branch
+    # A forced build of a tag (its branch is refs/tags/NAME) fetches the tag.
+    fetch_ref = revision or (branch if branch.startswith("refs/tags/") else "refs/heads/" + branch)
     shown = re.sub(r"[\x00-\x1f\x7f]", "?", redact.url(repository))
     lines = [
         "# fetch from %s" % shown,
@@ -85,6 +86,10 @@ def _git_script(repository, branch, revision):
         % q(fetch_ref),
         "rev=$(git rev-parse --verify --quiet --end-of-options %s) || { echo %s >&2; exit 1; }"
         % (q(target + "^{commit}"), q("buildunits: no commit %s fetched" % target)),
+        # The tags, so that `git describe` works in a step: all of them,
+        # moved ones forced, deleted ones pruned (after $rev: FETCH_HEAD
+        # named it).
+        "masked git fetch --quiet --no-tags --prune --end-of-options buildunits '+refs/tags/*:refs/tags/*'",
         'git checkout --quiet --force --detach "$rev" --',
         "git clean --quiet -ffdx",
         "git log -1 --format='checked out %H%n%an: %s'",

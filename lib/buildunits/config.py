@@ -42,6 +42,7 @@ from .unitfile import (  # noqa: F401
 # \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_STEPS = ("checkout",)
+TAG_PREFIX = "refs/tags/"     # the branch of a change of a tag: refs/tags/NAME
 
 
 class ConfigError(Exception):
@@ -85,6 +86,7 @@ class Builder:
     repository: str = ""
     vcs: str = ""                                 # Type=; "" : worked out from Repository= (vcs.kind)
     branches: list = field(default_factory=lambda: ["*"])
+    tags: list = field(default_factory=list)      # Tags=: globs of git tags to build (none by default)
     poll_interval: float = 60.0
     tree_stable: float = 0.0
     workers: list = field(default_factory=lambda: ["*"])
@@ -109,6 +111,10 @@ class Builder:
     _kind = None
 
     def wants_branch(self, branch):
+        """True if BRANCH is one of Branches=, or (a change of a tag, whose
+        branch is "refs/tags/NAME") if NAME is one of Tags=."""
+        if branch.startswith(TAG_PREFIX):
+            return any(fnmatch.fnmatchcase(branch[len(TAG_PREFIX):], p) for p in self.tags)
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
 
     def runs_on(self, worker):
@@ -132,6 +138,7 @@ class Config:
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
     _kinds: dict = field(default=None, repr=False, compare=False)
+    _tags: dict = field(default=None, repr=False, compare=False)
 
     def polled_repositories(self):
         """{normalized repository: (interval, [branch globs])} of the
@@ -151,6 +158,16 @@ class Config:
                 repos[r] = (interval, globs + b.branches)
             self._polled = repos
         return self._polled
+
+    def polled_tags(self, repository):
+        """The Tags= globs of the builders of REPOSITORY (normalized)."""
+        if self._tags is None:
+            tags = {}
+            for b in self.builders.values():
+                if b.repository and b.tags:
+                    tags.setdefault(normalize_repository(b.repository), []).extend(b.tags)
+            self._tags = tags
+        return self._tags.get(repository, [])
 
     def repository_kind(self, repository):
         """git, hg or svn: the kind of REPOSITORY (normalized), as its
@@ -322,6 +339,7 @@ BUILDER_KEYS = {
     "Repository": ("repository", "str"),
     "Type": ("vcs", "vcs"),
     "Branches": ("branches", "list"),
+    "Tags": ("tags", "list"),
     "PollIntervalSec": ("poll_interval", "span"),
     "TreeStableSec": ("tree_stable", "span"),
     "Workers": ("workers", "list"),
@@ -491,6 +509,9 @@ def _check_kinds(cfg, problems):
             if b.vcs:
                 problems.append(Problem(b.path, 0, "Builder", "Type", "set without a Repository="))
             continue
+        if b.tags and b.kind != "git":
+            problems.append(Problem(b.path, 0, "Builder", "Tags", "is for git repositories; %s is %s"
+                                    % (redact.url(b.repository), b.kind)))
         r = normalize_repository(b.repository)
         if r in seen and seen[r].kind != b.kind:
             problems.append(Problem(b.path, 0, "Builder", "Type", "%s is %s here but %s in builder %s; "

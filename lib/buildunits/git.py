@@ -165,25 +165,44 @@ def heads(repository):
     return run(heads_steps(repository))
 
 
-def heads_steps(repository, mirror=None):
-    """Reading: {branch: revision} of REPOSITORY's branches.  A ref whose
-    object id is not a full hex id (a hostile server may send anything) is
-    left out.  (MIRROR is not used: git asks a remote with ls-remote; an
-    hg reading fetches into it first.)"""
+def heads_steps(repository, mirror=None, tags=False):
+    """Reading: {branch: revision} of REPOSITORY's branches, and with TAGS
+    its tags too, each as {"refs/tags/NAME": the commit it names} (an
+    annotated tag peeled to its commit).  A ref whose object id is not a
+    full hex id (a hostile server may send anything) is left out.  (MIRROR
+    is not used: git asks a remote with ls-remote; an hg reading fetches
+    into it first.)"""
+    prefixes = ["refs/heads/"] + (["refs/tags/"] if tags else [])
     if is_local(repository):
         if not os.path.isdir(repository):
             raise GitError("%s: no such repository" % repository)
+        # %(*objectname) is the commit an annotated tag names (empty for
+        # anything else): "ID PEELED REF", ref names hold no space.
         out = yield Command(["--git-dir=" + _git_dir(repository), "for-each-ref",
-                             "--format=%(objectname) %(refname)", "--end-of-options", "refs/heads/"])
-        sep = " "
+                             "--format=%(objectname) %(*objectname) %(refname)", "--end-of-options"] + prefixes)
+        rows = []
+        for line in out.decode("utf-8", "replace").splitlines():
+            sha, _, rest = line.partition(" ")
+            peeled, _, ref = rest.partition(" ")
+            rows.append((peeled or sha, ref))
     else:
-        out = yield Command(["ls-remote", "--heads", "--end-of-options", repository])
-        sep = "\t"
+        out = yield Command(["ls-remote", "--heads"] + (["--tags"] if tags else []) + ["--end-of-options", repository])
+        rows, peeled = [], {}
+        for line in out.decode("utf-8", "replace").splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref.endswith("^{}"):
+                peeled[ref[:-3]] = sha      # the commit an annotated tag names
+            else:
+                rows.append((sha, ref))
+        rows = [(peeled.get(ref, sha), ref) for sha, ref in rows]
     refs = {}
-    for line in out.decode("utf-8", "replace").splitlines():
-        sha, _, ref = line.partition(sep)
-        if ref.startswith("refs/heads/") and len(ref) > len("refs/heads/") and valid_id(sha):
+    for sha, ref in rows:
+        if not valid_id(sha):
+            continue
+        if ref.startswith("refs/heads/") and len(ref) > len("refs/heads/"):
             refs[ref[len("refs/heads/"):]] = sha
+        elif tags and ref.startswith("refs/tags/") and len(ref) > len("refs/tags/"):
+            refs[ref] = sha
     return refs
 
 
@@ -191,7 +210,7 @@ FINGERPRINT_MAX_ENTRIES = 10000   # files and directories under refs/heads/
 RACY_SEC = 2.0                    # a time this close to the reading's may hide a change
 
 
-def refs_fingerprint(repository):
+def refs_fingerprint(repository, tags=False):
     """A value that changes whenever a branch head of the local REPOSITORY
     does, read without running git (a few stat calls); None when it cannot
     be trusted, and git must be asked.
@@ -201,7 +220,8 @@ def refs_fingerprint(repository):
     file (NAME.lock) onto it, which gives the file a new inode and a new
     modification time and changes its directory's.  The fingerprint is the
     (name, inode, modification time, size) of packed-refs and of every file
-    and directory under refs/heads/, walked without following links.  It is
+    and directory under refs/heads/ (and refs/tags/ with TAGS), walked
+    without following links.  It is
     None when a file there could be a symbolic ref (its size is not that of
     an id and a newline: its target may move while it stays), when there
     are more than FINGERPRINT_MAX_ENTRIES, when the refs are kept in another
@@ -222,6 +242,11 @@ def refs_fingerprint(repository):
             entries = [("packed-refs", None, 0, 0)]
         if not _walk_refs(git_dir, "refs/heads", entries):
             return None
+        if tags and os.path.lexists(os.path.join(git_dir, "refs", "tags")):
+            if not _walk_refs(git_dir, "refs/tags", entries):
+                return None
+        elif tags:
+            entries.append(("refs/tags/", None, 0, 0))
     except OSError:
         return None
     if max(e[2] for e in entries) > now_ns - RACY_SEC * 1e9:
@@ -273,7 +298,9 @@ def source_steps(repository, mirror, branches):
     if not os.path.isdir(mirror):
         yield Command(["init", "--quiet", "--bare", "--end-of-options", mirror])
     # Each refspec starts with "+", so no branch name can make it an option.
-    specs = ["+refs/heads/%s:refs/heads/%s" % (b, b) for b in branches]
+    # A tag is named by its whole ref (heads_steps).
+    refs = [b if b.startswith("refs/tags/") else "refs/heads/" + b for b in branches]
+    specs = ["+%s:%s" % (r, r) for r in refs]
     yield Command(["--git-dir=" + mirror, "fetch", "--quiet", "--no-tags", "--end-of-options", repository] + specs)
     return mirror
 

@@ -92,6 +92,7 @@ from gi.repository import GLib
 
 from . import daemon, git, gitjob, hg, log, records, svn
 from . import redact
+from .config import TAG_PREFIX
 
 # The readings of each kind of repository (vcs.py), all of git.py's shape.
 READERS = {"git": git, "hg": hg, "svn": svn}
@@ -246,26 +247,30 @@ class Poller(daemon.Daemon):
         globs = self.repositories().get(repo, (None, []))[1]
         self._polls += 1
         reader = READERS[self.cfg.repository_kind(repo)]
-        fingerprint = git.refs_fingerprint(repo) if reader is git and git.is_local(repo) else None
+        tags = self.cfg.polled_tags(repo) if reader is git else []
+        fingerprint = git.refs_fingerprint(repo, bool(tags)) if reader is git and git.is_local(repo) else None
         if fingerprint is not None and self._fingerprints.get(repo) == fingerprint:
             return
         self._fingerprints.pop(repo, None)
         # Taken before git reads the heads: a push in between changes it
         # again, so the next poll asks git again.
-        if (yield from self._poll_heads(repo, globs, reader)) and fingerprint is not None:
+        if (yield from self._poll_heads(repo, globs, reader, tags)) and fingerprint is not None:
             self._fingerprints[repo] = fingerprint
 
-    def _poll_heads(self, repo, globs, reader=git):
+    def _poll_heads(self, repo, globs, reader=git, tags=()):
         """Reading: queue REPO's new commits on the branches GLOBS match,
-        record its heads; True if the poll went through without a problem.
-        READER is the module reading REPO's kind (READERS)."""
+        and the commits of the tags TAGS match (git: a tag is the branch
+        "refs/tags/NAME" of its heads), record its heads; True if the
+        poll went through without a problem.  READER is the module
+        reading REPO's kind (READERS)."""
         mirror = self.state.mirror_path(repo, reader.MIRROR_SUFFIX)
         try:
-            heads = yield from reader.heads_steps(repo, mirror)
+            heads = yield from (reader.heads_steps(repo, mirror, tags=True) if tags
+                                else reader.heads_steps(repo, mirror))
         except git.GitError as e:
             self._problem(repo, str(e))
             return False
-        wanted = {br: sha for br, sha in heads.items() if any(fnmatch.fnmatchcase(br, g) for g in globs)}
+        wanted = {br: sha for br, sha in heads.items() if _wanted(br, globs, tags)}
         try:
             prev = self.state.read_poller(repo)
         except records.RecordError as e:
@@ -275,15 +280,29 @@ class Poller(daemon.Daemon):
         if prev is None or "polled" not in prev:
             # (A record without "polled" holds only the problem of a
             # repository never polled yet: see _record_problem.)
-            self.state.write_poller(repo, wanted, {"polled": time.time()})
+            self.state.write_poller(repo, wanted, dict({"polled": time.time()}, **({"tags": True} if tags else {})))
             log.info("%s: first poll: recorded %d branch head%s; commits from now on will be built"
                      % (redact.url(repo), len(wanted), "" if len(wanted) == 1 else "s"))
             self._errors.pop(repo, None)
             return True
         old_refs = prev.get("refs") if isinstance(prev.get("refs"), dict) else {}
         moved = {br: sha for br, sha in wanted.items() if old_refs.get(br) != sha}
+        marked = False
+        if tags and prev.get("tags") is not True:
+            # Tags= is new to this repository: its tags are recorded as a
+            # first poll records heads, and not built (a storm of old
+            # releases otherwise); tags made from now on are.
+            first = {br: sha for br, sha in moved.items() if br.startswith(TAG_PREFIX)}
+            old_refs = dict(old_refs, **first)
+            moved = {br: sha for br, sha in moved.items() if br not in first}
+            prev["tags"] = marked = True
+            log.info("%s: first poll of its tags: recorded %d tag%s; tags from now on will be built"
+                     % (redact.url(repo), len(first), "" if len(first) == 1 else "s"))
+        elif not tags and "tags" in prev:
+            del prev["tags"]
+            marked = True
         if not moved:
-            self._clear_problem(repo, prev, {br: sha for br, sha in old_refs.items() if br in heads})
+            self._clear_problem(repo, prev, {br: sha for br, sha in old_refs.items() if br in heads}, marked)
             return True
         skipped = []
         try:
@@ -318,6 +337,8 @@ class Poller(daemon.Daemon):
         """Reading: queue the commits of branch BR from OLD (None: a new
         branch) to SHA; return the commits skipped because they cannot be
         parsed."""
+        if br.startswith(TAG_PREFIX):
+            old = None      # a new or moved tag: its commit, not the history between
         if old is not None and not (yield from reader.has_commit_steps(src, old, br)):
             # A force-push dropped it (and gc pruned it), or the state
             # holds something that is no commit id: old..new means
@@ -342,6 +363,8 @@ class Poller(daemon.Daemon):
     def queue_change(self, repo, branch, c):
         repo = redact.url(repo)   # what records, the journal and the bus show
         fields = {"source": "poller", "repository": repo, "branch": branch}
+        if branch.startswith(TAG_PREFIX):
+            fields["tag"] = branch[len(TAG_PREFIX):]
         fields.update(c)
         cid = self.spool.deliver("changes", "change", fields)
         self._queued += 1
@@ -379,15 +402,24 @@ class Poller(daemon.Daemon):
             log.error("%s: cannot record the problem in %s: %s"
                       % (redact.url(repo), self.state.poller_path(repo), e.strerror or e))
 
-    def _clear_problem(self, repo, prev, refs):
+    def _clear_problem(self, repo, prev, refs, changed=False):
         """A good poll that queued nothing: forget the problem, if any, and
         the branches deleted since (REFS are the heads still there): a
         branch pushed again later is then a new branch, built from its tip,
-        not from the head it had before it was deleted."""
+        not from the head it had before it was deleted.  CHANGED: PREV
+        has changed otherwise (its "tags"), and is written anyway."""
         self._errors.pop(repo, None)
-        if "problem" in prev or refs != prev.get("refs"):
+        if changed or "problem" in prev or refs != prev.get("refs"):
             prev.pop("problem", None)
             self.state.write_poller(repo, refs, prev)
+
+
+def _wanted(ref, globs, tags):
+    """True if the head REF is polled: a branch Branches= GLOBS match, or a
+    tag ("refs/tags/NAME") Tags= TAGS match."""
+    if ref.startswith(TAG_PREFIX):
+        return any(fnmatch.fnmatchcase(ref[len(TAG_PREFIX):], g) for g in tags)
+    return any(fnmatch.fnmatchcase(ref, g) for g in globs)
 
 
 def main(argv):
