@@ -290,3 +290,26 @@ def test_sendchange_from_a_changegroup_hook_reads_the_changeset(daemons, tmp_pat
     sp = daemons.spool
     [c] = [sp.read("changes", cid) for cid in sp.pending("changes")]
     assert (c["revision"], c["author"], c["message"], c["files"]) == (node, "Ann <a@x>", "from a hook", ["a.c"])
+
+
+def test_a_pull_left_unfinished_in_the_mirror_is_rolled_back_first(tmp_path, repo):
+    """A pull killed at its deadline leaves hg's journal in the mirror."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as out:
+        server = subprocess.Popen(["hg", "serve", "-R", repo.path, "-a", "127.0.0.1", "-p", "0"], stdout=out,
+                                  stderr=subprocess.STDOUT, env=dict(os.environ, HGRCPATH=""))
+    try:
+        wait_for(lambda: "bound to 127.0.0.1:" in log_path.read_text(), what="hg serve listening")
+        port = log_path.read_text().split("bound to 127.0.0.1:", 1)[1].split(")", 1)[0]
+        p = make_poller(tmp_path, "http://127.0.0.1:%s" % port)
+        p.poll(p.key)
+        mirror = p.state.mirror_path(p.key, ".hg")
+        with open(os.path.join(mirror, ".hg", "store", "journal"), "wb") as f:
+            f.write(b"")     # what an interrupted transaction leaves
+        n = repo.commit({"r": "1"}, "after the interrupted pull")
+        p.poll(p.key)
+        assert [c["revision"] for c in take(p)] == [n]
+        assert "problem" not in p.state.read_poller(p.key)
+    finally:
+        server.terminate()
+        server.wait()

@@ -83,6 +83,10 @@ def _pull(repository, mirror):
         return repository
     if not os.path.isdir(os.path.join(mirror, ".hg")):
         yield _hg(["init", "--", mirror])
+    elif os.path.exists(os.path.join(mirror, ".hg", "store", "journal")):
+        # A pull ended by the poll's deadline (or a crash) left its
+        # transaction; hg refuses to pull again until it is rolled back.
+        yield _hg(["-R", mirror, "recover", "--quiet"])
     yield _hg(["-R", mirror, "pull", "--quiet", "--", repository])
     return mirror
 
