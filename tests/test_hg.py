@@ -15,7 +15,7 @@ import pytest
 from support import inprocess
 from support.hgsvn import HgRepo
 from support.inprocess import RecordingNotifier
-from buildunits import checkout, config, hg, paths, poller, vcs
+from buildunits import checkout, config, git, hg, paths, poller, vcs
 from buildunits.bus import NoBus
 from harness import wait_for
 
@@ -313,3 +313,21 @@ def test_a_pull_left_unfinished_in_the_mirror_is_rolled_back_first(tmp_path, rep
     finally:
         server.terminate()
         server.wait()
+
+
+def test_an_unchanged_local_repository_is_polled_without_hg(tmp_path, repo, monkeypatch):
+    p = make_poller(tmp_path, repo.url)
+    store = os.path.join(repo.path, ".hg", "store")
+    for n in os.listdir(store):
+        st = os.lstat(os.path.join(store, n))
+        os.utime(os.path.join(store, n), (st.st_atime - 3600, st.st_mtime - 3600), follow_symlinks=False)
+    runs = []
+    real = git._run
+    monkeypatch.setattr(git, "_run", lambda args, input=None, program="git", env=None:
+                        runs.append((program, args[2])) or real(args, input, program, env))
+    p.poll(p.key)
+    p.poll(p.key)
+    assert runs == [("hg", "branches")]                # the second poll ran no hg
+    n = repo.commit({"a": "2"}, "seen")                # appends to the changelog: new size and time
+    p.poll(p.key)
+    assert [c["revision"] for c in take(p)] == [n]

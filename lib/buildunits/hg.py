@@ -33,6 +33,7 @@ command line has `--` before a URL or path taken from data.
 
 import json
 import os
+import time
 
 from . import git, vcs
 
@@ -59,6 +60,40 @@ def is_local(repository):
 
 def valid_revision(rev):
     return vcs.valid_revision(rev, "hg")
+
+
+_FINGERPRINT_FILES = ("00changelog.i", "00changelog.d", "obsstore")
+
+
+def fingerprint(repository):
+    """A value that changes whenever a branch head of the local REPOSITORY
+    may have, read without running hg (a few stat calls: hg costs a
+    third of a second to start); None when it cannot be trusted.
+
+    Every changeset, a branch's closing one too, is appended to the
+    changelog (.hg/store/00changelog.i, its data in 00changelog.d when
+    large), `hg strip` truncates it, and obsolete markers, which hide
+    changesets, go to .hg/store/obsstore: their (inode, modification
+    time, size) are the fingerprint.  None for a shared repository (its
+    store is elsewhere: .hg/sharedpath) or when a time is within
+    git.RACY_SEC of now (see git.refs_fingerprint)."""
+    store = os.path.join(repository, ".hg", "store")
+    now_ns = time.time_ns()
+    entries = []
+    try:
+        if os.path.lexists(os.path.join(repository, ".hg", "sharedpath")):
+            return None
+        for name in _FINGERPRINT_FILES:
+            try:
+                st = os.lstat(os.path.join(store, name))
+                entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                entries.append((name, None, 0, 0))
+    except OSError:
+        return None
+    if max(e[2] for e in entries) > now_ns - git.RACY_SEC * 1e9 or entries[0][1] is None:
+        return None
+    return tuple(entries)
 
 
 def heads_steps(repository, mirror):

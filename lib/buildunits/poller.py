@@ -58,8 +58,8 @@ DESCRIPTION
     worked out when the configuration is loaded, and again at each
     reload.  A local repository is read in place; between two polls it
     costs a few stat calls (git.refs_fingerprint: the files git keeps the
-    branch heads in, their inodes and times), and git only when one of
-    them changed.  A rescan ([Daemons] RescanIntervalSec=), a reload and
+    branch heads in, their inodes and times; hg.fingerprint: its
+    changelog's), and git (or hg) only when one of them changed.  A rescan ([Daemons] RescanIntervalSec=), a reload and
     the start ask git of every repository.
 
     Crash safety: the last seen heads (state poller/KEY.json) are written
@@ -115,7 +115,7 @@ class Poller(daemon.Daemon):
         self._skipped = 0        # unparseable commits left out since start
         self._running = {}       # repository -> its poll under way (gitjob.Job)
         self._waiting = {}       # repositories due, in the order they came due, waiting for a slot
-        self._fingerprints = {}  # local repository -> git.refs_fingerprint() at its last clean poll
+        self._fingerprints = {}  # local repository -> its fingerprint (git.py, hg.py) at its last clean poll
         self._starting = False
         self._status_source = None
         self._shown = None       # what the last STATUS= said, but for the counts of polls
@@ -248,7 +248,11 @@ class Poller(daemon.Daemon):
         self._polls += 1
         reader = READERS[self.cfg.repository_kind(repo)]
         tags = self.cfg.polled_tags(repo) if reader is git else []
-        fingerprint = git.refs_fingerprint(repo, bool(tags)) if reader is git and git.is_local(repo) else None
+        fingerprint = None
+        if reader is git and git.is_local(repo):
+            fingerprint = git.refs_fingerprint(repo, bool(tags))
+        elif reader is hg and hg.is_local(repo):
+            fingerprint = hg.fingerprint(repo)
         if fingerprint is not None and self._fingerprints.get(repo) == fingerprint:
             return
         self._fingerprints.pop(repo, None)
