@@ -219,6 +219,7 @@ Command=cat version; echo "rev $BUILDUNITS_REVISION on $BUILDUNITS_BRANCH"
 def test_a_revision_is_built_by_the_real_daemons(daemons, tmp_path):
     repo = SvnRepo(tmp_path / "repos" / "hello")
     repo.commit({"version": "v0\n"}, "initial")
+    repo.branch("1.x")      # before the first poll: a branch made later would have its copy built
     daemons.write_builder("hello", HELLO.format(repo=repo.url))
     for name in ("poller", "scheduler"):
         daemons.start(name)
@@ -230,7 +231,6 @@ def test_a_revision_is_built_by_the_real_daemons(daemons, tmp_path):
     assert [s["name"] for s in b1["steps"]] == ["checkout", "show"]
     assert b1["request"]["changes"][0]["message"] == "version one"
     assert "v1\nrev %s on trunk" % r1 in daemons.step_log("hello", 1, "show")
-    repo.branch("1.x")
     r2 = repo.commit({"version": "1.x\n"}, "on 1.x", branch="branches/1.x")
     b2 = daemons.wait_build_finished("hello", 2)
     assert b2["result"] == "success" and b2["revision"] == r2 and b2["branch"] == "branches/1.x"
