@@ -13,7 +13,7 @@ is a Refused whose text says why.
 
 import time
 
-from . import config, git, records, redact, vcs
+from . import config, git, hg, records, redact, vcs
 
 
 class Refused(Exception):
@@ -48,7 +48,7 @@ def change(source, repository, branch, revision, author=None, message=None, file
     REPOSITORY, queued by SOURCE ("sendchange", "webhook"): the repository
     normalized (config.normalize_repository) and masked (redact.url), the
     branch without refs/heads/.  When the repository is local, an author,
-    message, file list or time left out (None) is read from git (a
+    message, file list or time left out (None) is read from git (or hg; a
     git.GitError if it cannot be); otherwise it is empty, and the time is
     now.  Committed with Spool.deliver() or, a push at once,
     deliver_many()."""
@@ -61,14 +61,25 @@ def change(source, repository, branch, revision, author=None, message=None, file
     fields = {"source": source, "repository": redact.url(repo), "branch": branch, "revision": revision,
               "author": author, "message": message, "files": list(files) if files is not None else None,
               "when": when}
-    if kind == "git" and git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
-        c = git.commit(git.git_dir_for(repo), revision)
+    if kind in ("git", "hg") and git.is_local(repo) and any(
+            fields[k] is None for k in ("author", "message", "files", "when")):
+        c = _hg_changeset(repo, revision) if kind == "hg" else git.commit(git.git_dir_for(repo), revision)
         for k in ("author", "message", "files", "when"):
             if fields[k] is None:
                 fields[k] = c[k]
         fields["revision"] = c["revision"]
     return {k: (v if v is not None else ([] if k == "files" else "" if k != "when" else time.time()))
             for k, v in fields.items()}
+
+
+def _hg_changeset(repo, node):
+    """The details of changeset NODE of the local hg repository REPO (a
+    git.GitError if it has none)."""
+    skipped = []
+    found = git.run(hg.commits_steps(repo, None, node, 1, skipped))
+    if not found:
+        raise git.GitError("cannot parse changeset %s: %s" % (node, skipped[0][1] if skipped else "not found"))
+    return found[0]
 
 
 def cancel_request(spool, request):
