@@ -304,8 +304,7 @@ def test_spool_records_with_a_bad_revision_are_not_built(daemons, git_repo):
     assert reasons == sorted([
         "change record whose revision %r is not a full commit id (40 or 64 lowercase hex digits)" % evil,
         "forced build whose revision 'HEAD' is not empty or a full commit id (40 or 64 lowercase hex digits)",
-        "request whose revision %r is not empty or a full commit id (40 or 64 lowercase hex digits) "
-        "or a Subversion revision number" % evil])
+        "request whose revision %r is not empty or a full commit id (40 or 64 lowercase hex digits)" % evil])
     assert daemons.builds("p") == [] and not os.path.exists(os.path.join(daemons.tmp_path, "pwned"))
     assert idle(daemons)
 

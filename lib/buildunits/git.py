@@ -74,7 +74,9 @@ def valid_revision(rev):
     return vcs.valid_revision(rev)
 
 
-REVISION_RULE = vcs.REVISION_RULE
+# git's rule, in the words of messages about git revisions (the runner's
+# kind-blind check says it too: what it refuses is no revision at all).
+REVISION_RULE = vcs.REVISION_RULES["git"]
 
 # git check-ref-format's rules for a branch name (refs/heads/NAME), which
 # git applies to every ref it creates: no control character, space or
