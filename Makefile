@@ -29,7 +29,7 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
 	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
-	strace systemd chromium
+	mercurial subversion strace systemd chromium
 
 .PHONY: all deps check test demo demo-local bench bench-boundary bench-scale torture install man units clean
 

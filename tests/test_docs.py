@@ -110,10 +110,11 @@ def test_documented_defaults_are_the_code_defaults():
                 value = m.group(1)
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
-                            "credentials": str.split, "group": str, "priority": int, "results": str.split}[kind](value)
+                            "credentials": str.split, "group": str, "priority": int, "results": str.split,
+                            "vcs": str}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
                 expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": [],
-                            "builders": []}[kind]
+                            "builders": [], "vcs": ""}[kind]
             elif re.search(r"Default: no limit", text):
                 expected = 0
             else:

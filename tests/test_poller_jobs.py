@@ -215,7 +215,7 @@ def test_an_unchanged_local_repository_is_polled_without_git(tmp_path, monkeypat
     _age_refs(r.bare)
     runs = []
     real = git._run
-    monkeypatch.setattr(git, "_run", lambda args, input=None: runs.append(args[1]) or real(args, input))
+    monkeypatch.setattr(git, "_run", lambda args, input=None, *more: runs.append(args[1]) or real(args, input, *more))
     p.poll(r.bare)
     p.poll(r.bare)
     assert runs == ["for-each-ref"]                 # the second poll read no git

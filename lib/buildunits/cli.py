@@ -76,7 +76,12 @@ REVISIONS
     SHA-256 repository).  force --revision refuses anything else (exit
     status 2).  sendchange takes 4 to 64 hex digits in either case: an
     abbreviated id is resolved to the full one in a local repository, and
-    refused for a remote one (exit status 2).
+    refused for a remote one (exit status 2).  Of a Mercurial repository
+    (Type=hg) a revision is a full changeset id (40 lowercase hex digits,
+    $HG_NODE in a changegroup hook), of a Subversion one (Type=svn) a
+    revision number ($REV in a post-commit hook); sendchange reads the
+    details of a local hg changeset with hg, and takes an svn revision's
+    from its options.
 
 EXIT STATUS
     0 success; 1 a problem was found (checkconfig, fsck) or the command
@@ -92,7 +97,7 @@ import re
 import sys
 import time
 
-from . import __version__, config, control, fsck, git, paths, properties as propsmod, redact
+from . import __version__, config, control, fsck, git, paths, properties as propsmod, redact, vcs
 from .status import gather_status
 from .spool import Spool
 from .state import State
@@ -256,11 +261,17 @@ def _user():
 # ------------------------------------------------------------- sendchange
 def cmd_sendchange(dirs, args):
     repo = config.normalize_repository(args.repository)
-    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", args.revision):
+    kind = vcs.kind(args.repository)
+    if kind != "git":
+        # hg and svn: the full revision, as the hook has it ($HG_NODE, $REV).
+        if not vcs.valid_revision(args.revision, kind):
+            _err("--revision must be %s, not %r" % (vcs.revision_rule(kind), args.revision))
+            return 2
+    elif not re.fullmatch(r"[0-9a-fA-F]{4,64}", args.revision):
         _err("--revision must be a commit id (hex), not %r" % args.revision)
         return 2
     revision = args.revision.lower()
-    if not git.valid_revision(revision):
+    if kind == "git" and not git.valid_id(revision):
         # An abbreviated id: the full one is what is built and recorded.
         if not git.is_local(repo):
             _err("--revision %s is abbreviated; with a remote repository give %s" % (args.revision, git.REVISION_RULE))

@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import credentials as credentialsmod, redact, results, unitprops
+from . import credentials as credentialsmod, redact, results, unitprops, vcs
 # The syntax and the value converters are unitfile.py's; they are named
 # here too, since callers know them as config.parse_timespan & co.
 from .unitfile import (  # noqa: F401
@@ -42,6 +42,7 @@ from .unitfile import (  # noqa: F401
 # \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_STEPS = ("checkout",)
+TAG_PREFIX = "refs/tags/"     # the branch of a change of a tag: refs/tags/NAME
 
 
 class ConfigError(Exception):
@@ -85,7 +86,9 @@ class Builder:
     description: str = ""
     group: str = ""                               # "" : in no group (sitegroups.py)
     repository: str = ""
+    vcs: str = ""                                 # Type=; "" : worked out from Repository= (vcs.kind)
     branches: list = field(default_factory=lambda: ["*"])
+    tags: list = field(default_factory=list)      # Tags=: globs of git tags to build (none by default)
     poll_interval: float = 60.0
     tree_stable: float = 0.0
     workers: list = field(default_factory=lambda: ["*"])
@@ -102,7 +105,20 @@ class Builder:
     after: list = field(default_factory=list)     # After=: builders whose finished builds start one of this
     after_results: list = field(default_factory=lambda: ["success", "warnings"])
 
+    @property
+    def kind(self):
+        """git, hg or svn: Type=, or what Repository= is (vcs.kind)."""
+        if self._kind is None or self._kind[0] != (self.repository, self.vcs):
+            self._kind = ((self.repository, self.vcs), vcs.kind(self.repository, self.vcs))
+        return self._kind[1]
+
+    _kind = None
+
     def wants_branch(self, branch):
+        """True if BRANCH is one of Branches=, or (a change of a tag, whose
+        branch is "refs/tags/NAME") if NAME is one of Tags=."""
+        if branch.startswith(TAG_PREFIX):
+            return any(fnmatch.fnmatchcase(branch[len(TAG_PREFIX):], p) for p in self.tags)
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
 
     def runs_on(self, worker):
@@ -125,6 +141,8 @@ class Config:
     sandbox_idle: float = 60.0
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
+    _kinds: dict = field(default=None, repr=False, compare=False)
+    _tags: dict = field(default=None, repr=False, compare=False)
 
     def downstream(self, builder):
         """The builders whose After= names BUILDER."""
@@ -148,6 +166,24 @@ class Config:
                 repos[r] = (interval, globs + b.branches)
             self._polled = repos
         return self._polled
+
+    def polled_tags(self, repository):
+        """The Tags= globs of the builders of REPOSITORY (normalized)."""
+        if self._tags is None:
+            tags = {}
+            for b in self.builders.values():
+                if b.repository and b.tags:
+                    tags.setdefault(normalize_repository(b.repository), []).extend(b.tags)
+            self._tags = tags
+        return self._tags.get(repository, [])
+
+    def repository_kind(self, repository):
+        """git, hg or svn: the kind of REPOSITORY (normalized), as its
+        builders say (load() refuses builders that disagree)."""
+        if self._kinds is None:
+            self._kinds = {normalize_repository(b.repository): b.kind
+                           for b in self.builders.values() if b.repository}
+        return self._kinds.get(repository, vcs.DEFAULT)
 
     def builders_for(self, repository):
         """Builders polling REPOSITORY (already normalized).  Records hold
@@ -199,6 +235,12 @@ def _group(text):
     return text
 
 
+def _vcs(text):
+    if text not in vcs.KINDS:
+        raise ValueError("not one of %s: %r" % ("|".join(vcs.KINDS), text))
+    return text
+
+
 def _executor(text):
     if text not in EXECUTORS:
         raise ValueError("not one of %s: %r" % ("|".join(EXECUTORS), text))
@@ -238,7 +280,7 @@ def lock_spec(text):
 
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
             "priority": _priority,
-            "executor": _executor, "group": _group, "path": _absolute_path}
+            "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path}
 
 
 def _assign(obj, attr, kind, value, key):
@@ -309,7 +351,9 @@ BUILDER_KEYS = {
     "Description": ("description", "str"),
     "WaterfallGroup": ("group", "group"),
     "Repository": ("repository", "str"),
+    "Type": ("vcs", "vcs"),
     "Branches": ("branches", "list"),
+    "Tags": ("tags", "list"),
     "PollIntervalSec": ("poll_interval", "span"),
     "TreeStableSec": ("tree_stable", "span"),
     "Workers": ("workers", "list"),
@@ -515,6 +559,26 @@ def _check_locks(cfg, problems):
         b.locks = sorted(dict(b.locks).items())
 
 
+def _check_kinds(cfg, problems):
+    """Builders naming one repository must agree on its kind: it is polled
+    once, by one system's commands."""
+    seen = {}
+    for b in sorted(cfg.builders.values(), key=lambda b: b.name):
+        if not b.repository:
+            if b.vcs:
+                problems.append(Problem(b.path, 0, "Builder", "Type", "set without a Repository="))
+            continue
+        if b.tags and b.kind != "git":
+            problems.append(Problem(b.path, 0, "Builder", "Tags", "is for git repositories; %s is %s"
+                                    % (redact.url(b.repository), b.kind)))
+        r = normalize_repository(b.repository)
+        if r in seen and seen[r].kind != b.kind:
+            problems.append(Problem(b.path, 0, "Builder", "Type", "%s is %s here but %s in builder %s; "
+                                    "builders naming one repository must agree (set Type=)"
+                                    % (redact.url(r), b.kind, seen[r].kind, seen[r].name)))
+        seen.setdefault(r, b)
+
+
 def load(directory):
     """Load the configuration in DIRECTORY.  Raises ConfigError.
 
@@ -528,6 +592,7 @@ def load(directory):
     _load_builders(cfg, problems, warnings)
     _check_locks(cfg, problems)
     _check_dependencies(cfg, problems)
+    _check_kinds(cfg, problems)
     cfg.warnings = warnings
     if cfg.poll_timeout == 0:
         cfg.poll_timeout = math.inf      # as in systemd: 0 is no limit

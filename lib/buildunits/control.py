@@ -14,7 +14,7 @@ is a Refused whose text says why.
 
 import time
 
-from . import config, git, properties as propsmod, records, redact
+from . import config, git, hg, properties as propsmod, records, redact, vcs
 
 
 class Refused(Exception):
@@ -27,8 +27,11 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user):
     b = cfg.builders.get(builder)
     if b is None:
         raise Refused("no builder %r (builders: %s)" % (builder, ", ".join(sorted(cfg.builders)) or "none"))
-    if revision and not git.valid_revision(revision):
-        raise Refused("revision %r is not %s" % (revision, git.REVISION_RULE))
+    kind = b.kind if b.repository else None
+    if revision and not vcs.valid_revision(revision, kind):
+        raise Refused("revision %r is not %s" % (revision, vcs.revision_rule(kind)))
+    if branch and kind and vcs.branch_problem(kind, branch):
+        raise Refused(vcs.branch_problem(kind, branch))
     problems = propsmod.check(properties)
     if problems:
         raise Refused("; ".join(problems))
@@ -81,30 +84,43 @@ def rebuild(spool, state, cfg, builder, number, reason, user):
 
 def change(source, repository, branch, revision, author=None, message=None, files=None, when=None):
     """The fields of a change record (records.FORMATS "change") of
-    REVISION, a full commit id (git.valid_revision), on BRANCH of
+    REVISION, a full revision of the repository's kind (vcs.kind,
+    vcs.valid_revision), on BRANCH of
     REPOSITORY, queued by SOURCE ("sendchange", "webhook"): the repository
     normalized (config.normalize_repository) and masked (redact.url), the
     branch without refs/heads/.  When the repository is local, an author,
-    message, file list or time left out (None) is read from git (a
+    message, file list or time left out (None) is read from git (or hg; a
     git.GitError if it cannot be); otherwise it is empty, and the time is
     now.  Committed with Spool.deliver() or, a push at once,
     deliver_many()."""
-    if not git.valid_revision(revision):
-        raise ValueError("revision %r is not %s" % (revision, git.REVISION_RULE))
+    kind = vcs.kind(repository)
+    if not vcs.valid_revision(revision, kind):
+        raise ValueError("revision %r is not %s" % (revision, vcs.revision_rule(kind)))
     repo = config.normalize_repository(repository)
     if branch.startswith("refs/heads/"):
         branch = branch[len("refs/heads/"):]
     fields = {"source": source, "repository": redact.url(repo), "branch": branch, "revision": revision,
               "author": author, "message": message, "files": list(files) if files is not None else None,
               "when": when}
-    if git.is_local(repo) and any(fields[k] is None for k in ("author", "message", "files", "when")):
-        c = git.commit(git.git_dir_for(repo), revision)
+    if kind in ("git", "hg") and git.is_local(repo) and any(
+            fields[k] is None for k in ("author", "message", "files", "when")):
+        c = _hg_changeset(repo, revision) if kind == "hg" else git.commit(git.git_dir_for(repo), revision)
         for k in ("author", "message", "files", "when"):
             if fields[k] is None:
                 fields[k] = c[k]
         fields["revision"] = c["revision"]
     return {k: (v if v is not None else ([] if k == "files" else "" if k != "when" else time.time()))
             for k, v in fields.items()}
+
+
+def _hg_changeset(repo, node):
+    """The details of changeset NODE of the local hg repository REPO (a
+    git.GitError if it has none)."""
+    skipped = []
+    found = git.run(hg.commits_steps(repo, None, node, 1, skipped))
+    if not found:
+        raise git.GitError("cannot parse changeset %s: %s" % (node, skipped[0][1] if skipped else "not found"))
+    return found[0]
 
 
 def cancel_request(spool, request):

@@ -21,7 +21,8 @@ out and reported (the caller's SKIPPED list), never raised: it is that
 commit's problem, not the repository's.
 
 A revision is a full object id: 40 lowercase hex digits (SHA-1), or 64
-(SHA-256 repositories).  valid_revision() is the one check, applied where
+(SHA-256 repositories): valid_id().  valid_revision() is the one check,
+kind-blind (it also takes hg's and svn's, see vcs.py), applied where
 a revision enters (the poller, `buildunits sendchange` and `force`, the
 scheduler's D-Bus Force, the spool records read by the scheduler and the
 runner).  Every git command line puts `--end-of-options` before the
@@ -45,6 +46,7 @@ import stat
 import subprocess
 import time
 
+from . import vcs
 from .config import normalize_repository
 
 GIT_TIMEOUT_SEC = 300
@@ -58,12 +60,23 @@ class GitError(Exception):
     pass
 
 
-def valid_revision(rev):
+def valid_id(rev):
     """True if REV is a full object id: 40 or 64 lowercase hex digits."""
     return isinstance(rev, str) and _REVISION_RE.fullmatch(rev) is not None
 
 
-REVISION_RULE = "a full commit id (40 or 64 lowercase hex digits)"
+def valid_revision(rev):
+    """True if REV may be the revision of a change, a request or a build:
+    a full object id, or a revision of hg or svn (vcs.valid_revision).
+    This is the kind-blind check where a revision enters; git's own
+    readings take only valid_id(), and the checkout step refuses a
+    revision its repository's kind cannot have."""
+    return vcs.valid_revision(rev)
+
+
+# git's rule, in the words of messages about git revisions (the runner's
+# kind-blind check says it too: what it refuses is no revision at all).
+REVISION_RULE = vcs.REVISION_RULES["git"]
 
 # git check-ref-format's rules for a branch name (refs/heads/NAME), which
 # git applies to every ref it creates: no control character, space or
@@ -87,14 +100,18 @@ BRANCH_RULE = "a branch name git accepts (git check-ref-format), at most %d char
 
 
 class Command:
-    """One git command a reading needs: ARGS (after "git") and INPUT, the
-    bytes for its standard input (None: /dev/null)."""
+    """One command a reading needs: ARGS (after PROGRAM, "git" unless a
+    reading of another version control system says otherwise: hg.py,
+    svn.py), INPUT, the bytes for its standard input (None: /dev/null),
+    and ENV, its whole environment (None: environment())."""
 
-    __slots__ = ("args", "input")
+    __slots__ = ("args", "input", "program", "env")
 
-    def __init__(self, args, input=None):
+    def __init__(self, args, input=None, program="git", env=None):
         self.args = list(args)
         self.input = input
+        self.program = program
+        self.env = env
 
 
 def environment():
@@ -104,24 +121,24 @@ def environment():
     return env
 
 
-def failure(args, returncode, stderr):
-    """The GitError of the git command ARGS that exited with RETURNCODE:
+def failure(args, returncode, stderr, program="git"):
+    """The GitError of the command PROGRAM ARGS that exited with RETURNCODE:
     the last line of its STDERR (bytes)."""
     msg = stderr.decode("utf-8", "replace").strip().splitlines()
-    return GitError("git %s: %s" % (args[0], msg[-1] if msg else "exit status %d" % returncode))
+    return GitError("%s %s: %s" % (program, args[0], msg[-1] if msg else "exit status %d" % returncode))
 
 
-def _run(args, input=None):
+def _run(args, input=None, program="git", env=None):
     try:
-        p = subprocess.run(["git"] + args, env=environment(),
+        p = subprocess.run([program] + args, env=environment() if env is None else env,
                            stdin=subprocess.DEVNULL if input is None else None, input=input,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=GIT_TIMEOUT_SEC)
     except subprocess.TimeoutExpired:
-        raise GitError("git %s: no answer in %ds" % (args[0], GIT_TIMEOUT_SEC))
+        raise GitError("%s %s: no answer in %ds" % (program, args[0], GIT_TIMEOUT_SEC))
     except OSError as e:
-        raise GitError("cannot run git: %s" % e.strerror)
+        raise GitError("cannot run %s: %s" % (program, e.strerror))
     if p.returncode != 0:
-        raise failure(args, p.returncode, p.stderr)
+        raise failure(args, p.returncode, p.stderr, program)
     return p.stdout
 
 
@@ -136,7 +153,7 @@ def run(steps):
         except StopIteration as stop:
             return stop.value
         try:
-            value, error = _run(cmd.args, cmd.input), None
+            value, error = _run(cmd.args, cmd.input, cmd.program, cmd.env), None
         except GitError as e:
             value, error = None, e
 
@@ -150,24 +167,44 @@ def heads(repository):
     return run(heads_steps(repository))
 
 
-def heads_steps(repository):
-    """Reading: {branch: revision} of REPOSITORY's branches.  A ref whose
-    object id is not a full hex id (a hostile server may send anything) is
-    left out."""
+def heads_steps(repository, mirror=None, tags=False):
+    """Reading: {branch: revision} of REPOSITORY's branches, and with TAGS
+    its tags too, each as {"refs/tags/NAME": the commit it names} (an
+    annotated tag peeled to its commit).  A ref whose object id is not a
+    full hex id (a hostile server may send anything) is left out.  (MIRROR
+    is not used: git asks a remote with ls-remote; an hg reading fetches
+    into it first.)"""
+    prefixes = ["refs/heads/"] + (["refs/tags/"] if tags else [])
     if is_local(repository):
         if not os.path.isdir(repository):
             raise GitError("%s: no such repository" % repository)
+        # %(*objectname) is the commit an annotated tag names (empty for
+        # anything else): "ID PEELED REF", ref names hold no space.
         out = yield Command(["--git-dir=" + _git_dir(repository), "for-each-ref",
-                             "--format=%(objectname) %(refname)", "--end-of-options", "refs/heads/"])
-        sep = " "
+                             "--format=%(objectname) %(*objectname) %(refname)", "--end-of-options"] + prefixes)
+        rows = []
+        for line in out.decode("utf-8", "replace").splitlines():
+            sha, _, rest = line.partition(" ")
+            peeled, _, ref = rest.partition(" ")
+            rows.append((peeled or sha, ref))
     else:
-        out = yield Command(["ls-remote", "--heads", "--end-of-options", repository])
-        sep = "\t"
+        out = yield Command(["ls-remote", "--heads"] + (["--tags"] if tags else []) + ["--end-of-options", repository])
+        rows, peeled = [], {}
+        for line in out.decode("utf-8", "replace").splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref.endswith("^{}"):
+                peeled[ref[:-3]] = sha      # the commit an annotated tag names
+            else:
+                rows.append((sha, ref))
+        rows = [(peeled.get(ref, sha), ref) for sha, ref in rows]
     refs = {}
-    for line in out.decode("utf-8", "replace").splitlines():
-        sha, _, ref = line.partition(sep)
-        if ref.startswith("refs/heads/") and len(ref) > len("refs/heads/") and valid_revision(sha):
+    for sha, ref in rows:
+        if not valid_id(sha):
+            continue
+        if ref.startswith("refs/heads/") and len(ref) > len("refs/heads/"):
             refs[ref[len("refs/heads/"):]] = sha
+        elif tags and ref.startswith("refs/tags/") and len(ref) > len("refs/tags/"):
+            refs[ref] = sha
     return refs
 
 
@@ -175,7 +212,7 @@ FINGERPRINT_MAX_ENTRIES = 10000   # files and directories under refs/heads/
 RACY_SEC = 2.0                    # a time this close to the reading's may hide a change
 
 
-def refs_fingerprint(repository):
+def refs_fingerprint(repository, tags=False):
     """A value that changes whenever a branch head of the local REPOSITORY
     does, read without running git (a few stat calls); None when it cannot
     be trusted, and git must be asked.
@@ -185,7 +222,8 @@ def refs_fingerprint(repository):
     file (NAME.lock) onto it, which gives the file a new inode and a new
     modification time and changes its directory's.  The fingerprint is the
     (name, inode, modification time, size) of packed-refs and of every file
-    and directory under refs/heads/, walked without following links.  It is
+    and directory under refs/heads/ (and refs/tags/ with TAGS), walked
+    without following links.  It is
     None when a file there could be a symbolic ref (its size is not that of
     an id and a newline: its target may move while it stays), when there
     are more than FINGERPRINT_MAX_ENTRIES, when the refs are kept in another
@@ -206,6 +244,11 @@ def refs_fingerprint(repository):
             entries = [("packed-refs", None, 0, 0)]
         if not _walk_refs(git_dir, "refs/heads", entries):
             return None
+        if tags and os.path.lexists(os.path.join(git_dir, "refs", "tags")):
+            if not _walk_refs(git_dir, "refs/tags", entries):
+                return None
+        elif tags:
+            entries.append(("refs/tags/", None, 0, 0))
     except OSError:
         return None
     if max(e[2] for e in entries) > now_ns - RACY_SEC * 1e9:
@@ -257,7 +300,9 @@ def source_steps(repository, mirror, branches):
     if not os.path.isdir(mirror):
         yield Command(["init", "--quiet", "--bare", "--end-of-options", mirror])
     # Each refspec starts with "+", so no branch name can make it an option.
-    specs = ["+refs/heads/%s:refs/heads/%s" % (b, b) for b in branches]
+    # A tag is named by its whole ref (heads_steps).
+    refs = [b if b.startswith("refs/tags/") else "refs/heads/" + b for b in branches]
+    specs = ["+%s:%s" % (r, r) for r in refs]
     yield Command(["--git-dir=" + mirror, "fetch", "--quiet", "--no-tags", "--end-of-options", repository] + specs)
     return mirror
 
@@ -267,22 +312,24 @@ def commits(git_dir, old, new, limit, skipped=None):
     return run(commits_steps(git_dir, old, new, limit, skipped))
 
 
-def commits_steps(git_dir, old, new, limit, skipped=None):
+def commits_steps(git_dir, old, new, limit, skipped=None, branch=None):
     """Reading: the commits in NEW not in OLD (all of NEW's if OLD is None: then only
     NEW itself), oldest first, at most LIMIT (the newest ones).
 
     Each is {"revision", "author", "when", "message", "files"}.  A commit
     that cannot be parsed is left out, and (revision, reason) appended to
     SKIPPED (a list) when one is given.  OLD and NEW must be full ids
-    (valid_revision); OLD must exist (see has_commit)."""
+    (valid_id); OLD must exist (see has_commit).  BRANCH is not used
+    (a git id names a commit whatever its branch): hg.py and svn.py
+    readings take the same arguments."""
     for rev in (old, new) if old is not None else (new,):
-        if not valid_revision(rev):
+        if not valid_id(rev):
             raise GitError("not a full commit id: %r" % (rev,))
     revs = [new] if old is None else [new, "^" + old]
     out = yield Command(["--git-dir=" + git_dir, "rev-list", "-n", "1" if old is None else "%d" % limit,
                          "--end-of-options"] + revs)
     ids = out.decode("ascii", "replace").split()
-    bad = [i for i in ids if not valid_revision(i)]
+    bad = [i for i in ids if not valid_id(i)]
     if bad:
         raise GitError("rev-list: unexpected output %r" % bad[0][:80])
     if not ids:
@@ -308,11 +355,14 @@ def has_commit(git_dir, rev):
     return run(has_commit_steps(git_dir, rev))
 
 
-def has_commit_steps(git_dir, rev):
+MIRROR_SUFFIX = ".git"      # the poller's mirror of a remote: poller/KEY.git
+
+
+def has_commit_steps(git_dir, rev, branch=None):
     """Reading: True if the commit REV (a full id) is in GIT_DIR: a
     force-push followed by `git gc --prune=now` removes a branch's old
     head."""
-    if not valid_revision(rev):
+    if not valid_id(rev):
         return False
     try:
         yield Command(["--git-dir=" + git_dir, "rev-parse", "--verify", "--quiet", "--end-of-options",
@@ -328,7 +378,7 @@ def resolve(git_dir, rev):
         raise GitError("not a commit id: %r" % (rev,))
     out = _run(["--git-dir=" + git_dir, "rev-parse", "--verify", "--end-of-options", rev + "^{commit}"])
     full = out.decode("ascii", "replace").strip()
-    if not valid_revision(full):
+    if not valid_id(full):
         raise GitError("rev-parse: unexpected output %r" % full[:80])
     return full
 
@@ -408,7 +458,7 @@ def _files(git_dir, ids):
             i += 1 + n
             continue
         sha = f.decode("ascii", "replace")
-        if not valid_revision(sha):
+        if not valid_id(sha):
             raise GitError("diff-tree: unexpected output %r" % f[:80])
         current = result.setdefault(sha, [])
         i += 1

@@ -1,6 +1,7 @@
 """A git reading (git.py) driven from the GLib main loop, with a deadline.
 
-A reading is a generator of git commands (git.Command).  Job runs each
+A reading is a generator of git commands (git.Command; hg.py and svn.py
+make readings of the same kind, whose commands run hg or svn).  Job runs each
 one as a child process and resumes the reading with its output when it
 ends, so the loop goes on serving timers, signals and other jobs while
 git works: a remote that never answers holds up only its own job.
@@ -72,21 +73,22 @@ class Job:
                 self.child = Child(cmd, self._deadline - time.monotonic(), self._child_done)
                 return
             except OSError as e:
-                error = git.GitError("cannot run git: %s" % (e.strerror or e))
+                error = git.GitError("cannot run %s: %s" % (cmd.program, e.strerror or e))
 
     def _late(self, cmd):
         if time.monotonic() < self._deadline:
             return None
-        return git.GitError("git %s: no answer in %s" % (command_name(cmd.args), format_timespan(self._timeout)))
+        return git.GitError("%s %s: no answer in %s" % (cmd.program, command_name(cmd.args),
+                                                        format_timespan(self._timeout)))
 
     def _child_done(self, child):
         if self.done:
             return
         if child.expired:
-            self._advance(None, git.GitError("git %s: no answer in %s" % (
-                command_name(child.args), format_timespan(self._timeout))))
+            self._advance(None, git.GitError("%s %s: no answer in %s" % (
+                child.program, command_name(child.args), format_timespan(self._timeout))))
         elif child.status != 0:
-            self._advance(None, git.failure(child.args, child.status, child.stderr))
+            self._advance(None, git.failure(child.args, child.status, child.stderr, child.program))
         else:
             self._advance(child.stdout, None)
 
@@ -119,6 +121,7 @@ class Child:
 
     def __init__(self, cmd, timeout, on_exit):
         self.args = cmd.args
+        self.program = cmd.program
         self._on_exit = on_exit
         self._out, self._err = [], bytearray()
         self.status = self.stdout = self.stderr = None
@@ -137,13 +140,14 @@ class Child:
         if cmd.input is None:
             stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         else:
-            stdin = os.memfd_create("git-input", os.MFD_CLOEXEC)
+            stdin = os.memfd_create("%s-input" % cmd.program, os.MFD_CLOEXEC)
             os.write(stdin, cmd.input)      # a memory file: never blocks, never short
             os.lseek(stdin, 0, os.SEEK_SET)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            self.pid = os.posix_spawnp("git", ["git"] + cmd.args, git.environment(), setpgroup=0, file_actions=[
+            self.pid = os.posix_spawnp(cmd.program, [cmd.program] + cmd.args,
+                                       git.environment() if cmd.env is None else cmd.env, setpgroup=0, file_actions=[
                 (os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)])
         except OSError:
             os.close(out_r)

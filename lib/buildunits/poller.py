@@ -21,8 +21,14 @@ DESCRIPTION
     from the new head and not from the old one (at most MAX_COMMITS, the
     newest).
 
+    A repository is git's, Mercurial's or Subversion's (the builders'
+    Type=, vcs.py), and is read by git.py, hg.py or svn.py, whose
+    readings have one shape: what follows holds for the three, with hg's
+    named branches and svn's trunk and branches/NAME as branches (svn.py).
+
     Everything in a repository is what whoever can push chose, and is
-    parsed so that no content can change the structure (see git.py).  A
+    parsed so that no content can change the structure (see git.py,
+    hg.py, svn.py).  A
     commit that cannot be parsed (no author line, no date) is that
     commit's problem: it is logged, recorded in the state record's
     "skipped" list (shown by `buildunits status`) and left out; the
@@ -52,8 +58,8 @@ DESCRIPTION
     worked out when the configuration is loaded, and again at each
     reload.  A local repository is read in place; between two polls it
     costs a few stat calls (git.refs_fingerprint: the files git keeps the
-    branch heads in, their inodes and times), and git only when one of
-    them changed.  A rescan ([Daemons] RescanIntervalSec=), a reload and
+    branch heads in, their inodes and times; hg.fingerprint: its
+    changelog's), and git (or hg) only when one of them changed.  A rescan ([Daemons] RescanIntervalSec=), a reload and
     the start ask git of every repository.
 
     Crash safety: the last seen heads (state poller/KEY.json) are written
@@ -67,6 +73,8 @@ FILES
     STATE/poller/KEY.json     last seen heads per repository; its problem and
                               skipped commits, for `buildunits status`
     STATE/poller/KEY.git      bare mirror of a remote (non-path) repository
+    STATE/poller/KEY.hg       mirror of a remote Mercurial repository
+    STATE/poller/KEY.svn      svn's configuration directory (--config-dir)
 
 SIGNALS
     SIGHUP re-reads the configuration: repositories no builder names any
@@ -82,8 +90,12 @@ import time
 
 from gi.repository import GLib
 
-from . import daemon, git, gitjob, log, records
+from . import daemon, git, gitjob, hg, log, records, svn
 from . import redact
+from .config import TAG_PREFIX
+
+# The readings of each kind of repository (vcs.py), all of git.py's shape.
+READERS = {"git": git, "hg": hg, "svn": svn}
 
 MAX_COMMITS = 200   # per branch and poll; older ones are logged as skipped
 SKIPPED_KEPT = 20   # unparseable commits remembered per repository (state "skipped")
@@ -103,7 +115,7 @@ class Poller(daemon.Daemon):
         self._skipped = 0        # unparseable commits left out since start
         self._running = {}       # repository -> its poll under way (gitjob.Job)
         self._waiting = {}       # repositories due, in the order they came due, waiting for a slot
-        self._fingerprints = {}  # local repository -> git.refs_fingerprint() at its last clean poll
+        self._fingerprints = {}  # local repository -> its fingerprint (git.py, hg.py) at its last clean poll
         self._starting = False
         self._status_source = None
         self._shown = None       # what the last STATUS= said, but for the counts of polls
@@ -234,24 +246,35 @@ class Poller(daemon.Daemon):
         of its last clean poll has moved nowhere: no git at all."""
         globs = self.repositories().get(repo, (None, []))[1]
         self._polls += 1
-        fingerprint = git.refs_fingerprint(repo) if git.is_local(repo) else None
+        reader = READERS[self.cfg.repository_kind(repo)]
+        tags = self.cfg.polled_tags(repo) if reader is git else []
+        fingerprint = None
+        if reader is git and git.is_local(repo):
+            fingerprint = git.refs_fingerprint(repo, bool(tags))
+        elif reader is hg and hg.is_local(repo):
+            fingerprint = hg.fingerprint(repo)
         if fingerprint is not None and self._fingerprints.get(repo) == fingerprint:
             return
         self._fingerprints.pop(repo, None)
         # Taken before git reads the heads: a push in between changes it
         # again, so the next poll asks git again.
-        if (yield from self._poll_heads(repo, globs)) and fingerprint is not None:
+        if (yield from self._poll_heads(repo, globs, reader, tags)) and fingerprint is not None:
             self._fingerprints[repo] = fingerprint
 
-    def _poll_heads(self, repo, globs):
+    def _poll_heads(self, repo, globs, reader=git, tags=()):
         """Reading: queue REPO's new commits on the branches GLOBS match,
-        record its heads; True if the poll went through without a problem."""
+        and the commits of the tags TAGS match (git: a tag is the branch
+        "refs/tags/NAME" of its heads), record its heads; True if the
+        poll went through without a problem.  READER is the module
+        reading REPO's kind (READERS)."""
+        mirror = self.state.mirror_path(repo, reader.MIRROR_SUFFIX)
         try:
-            heads = yield from git.heads_steps(repo)
+            heads = yield from (reader.heads_steps(repo, mirror, tags=True) if tags
+                                else reader.heads_steps(repo, mirror))
         except git.GitError as e:
             self._problem(repo, str(e))
             return False
-        wanted = {br: sha for br, sha in heads.items() if any(fnmatch.fnmatchcase(br, g) for g in globs)}
+        wanted = {br: sha for br, sha in heads.items() if _wanted(br, globs, tags)}
         try:
             prev = self.state.read_poller(repo)
         except records.RecordError as e:
@@ -261,21 +284,35 @@ class Poller(daemon.Daemon):
         if prev is None or "polled" not in prev:
             # (A record without "polled" holds only the problem of a
             # repository never polled yet: see _record_problem.)
-            self.state.write_poller(repo, wanted, {"polled": time.time()})
+            self.state.write_poller(repo, wanted, dict({"polled": time.time()}, **({"tags": True} if tags else {})))
             log.info("%s: first poll: recorded %d branch head%s; commits from now on will be built"
                      % (redact.url(repo), len(wanted), "" if len(wanted) == 1 else "s"))
             self._errors.pop(repo, None)
             return True
         old_refs = prev.get("refs") if isinstance(prev.get("refs"), dict) else {}
         moved = {br: sha for br, sha in wanted.items() if old_refs.get(br) != sha}
+        marked = False
+        if tags and prev.get("tags") is not True:
+            # Tags= is new to this repository: its tags are recorded as a
+            # first poll records heads, and not built (a storm of old
+            # releases otherwise); tags made from now on are.
+            first = {br: sha for br, sha in moved.items() if br.startswith(TAG_PREFIX)}
+            old_refs = dict(old_refs, **first)
+            moved = {br: sha for br, sha in moved.items() if br not in first}
+            prev["tags"] = marked = True
+            log.info("%s: first poll of its tags: recorded %d tag%s; tags from now on will be built"
+                     % (redact.url(repo), len(first), "" if len(first) == 1 else "s"))
+        elif not tags and "tags" in prev:
+            del prev["tags"]
+            marked = True
         if not moved:
-            self._clear_problem(repo, prev, {br: sha for br, sha in old_refs.items() if br in heads})
+            self._clear_problem(repo, prev, {br: sha for br, sha in old_refs.items() if br in heads}, marked)
             return True
         skipped = []
         try:
-            src = yield from git.source_steps(repo, self.state.mirror_path(repo), sorted(moved))
+            src = yield from reader.source_steps(repo, mirror, sorted(moved))
             for br, sha in sorted(moved.items()):
-                skipped += yield from self._queue_branch(repo, src, br, old_refs.get(br), sha)
+                skipped += yield from self._queue_branch(repo, src, br, old_refs.get(br), sha, reader)
         except git.GitError as e:
             self._problem(repo, str(e))
             return False
@@ -300,11 +337,13 @@ class Poller(daemon.Daemon):
         self.state.write_poller(repo, refs, prev)
         self._errors.pop(repo, None)
 
-    def _queue_branch(self, repo, src, br, old, sha):
+    def _queue_branch(self, repo, src, br, old, sha, reader=git):
         """Reading: queue the commits of branch BR from OLD (None: a new
         branch) to SHA; return the commits skipped because they cannot be
         parsed."""
-        if old is not None and not (yield from git.has_commit_steps(src, old)):
+        if br.startswith(TAG_PREFIX):
+            old = None      # a new or moved tag: its commit, not the history between
+        if old is not None and not (yield from reader.has_commit_steps(src, old, br)):
             # A force-push dropped it (and gc pruned it), or the state
             # holds something that is no commit id: old..new means
             # nothing, so do as for a new branch.
@@ -312,7 +351,7 @@ class Poller(daemon.Daemon):
                         % (redact.url(repo), br, str(old)[:40]), repository=redact.url(repo), branch=br)
             old = None
         unparseable, skipped = [], []
-        found = yield from git.commits_steps(src, old, sha, MAX_COMMITS + 1, unparseable)
+        found = yield from reader.commits_steps(src, old, sha, MAX_COMMITS + 1, unparseable, branch=br)
         if len(found) > MAX_COMMITS:
             log.warning("%s %s: %d+ new commits; queueing the newest %d"
                         % (redact.url(repo), br, MAX_COMMITS, MAX_COMMITS))
@@ -328,6 +367,8 @@ class Poller(daemon.Daemon):
     def queue_change(self, repo, branch, c):
         repo = redact.url(repo)   # what records, the journal and the bus show
         fields = {"source": "poller", "repository": repo, "branch": branch}
+        if branch.startswith(TAG_PREFIX):
+            fields["tag"] = branch[len(TAG_PREFIX):]
         fields.update(c)
         cid = self.spool.deliver("changes", "change", fields)
         self._queued += 1
@@ -365,15 +406,24 @@ class Poller(daemon.Daemon):
             log.error("%s: cannot record the problem in %s: %s"
                       % (redact.url(repo), self.state.poller_path(repo), e.strerror or e))
 
-    def _clear_problem(self, repo, prev, refs):
+    def _clear_problem(self, repo, prev, refs, changed=False):
         """A good poll that queued nothing: forget the problem, if any, and
         the branches deleted since (REFS are the heads still there): a
         branch pushed again later is then a new branch, built from its tip,
-        not from the head it had before it was deleted."""
+        not from the head it had before it was deleted.  CHANGED: PREV
+        has changed otherwise (its "tags"), and is written anyway."""
         self._errors.pop(repo, None)
-        if "problem" in prev or refs != prev.get("refs"):
+        if changed or "problem" in prev or refs != prev.get("refs"):
             prev.pop("problem", None)
             self.state.write_poller(repo, refs, prev)
+
+
+def _wanted(ref, globs, tags):
+    """True if the head REF is polled: a branch Branches= GLOBS match, or a
+    tag ("refs/tags/NAME") Tags= TAGS match."""
+    if ref.startswith(TAG_PREFIX):
+        return any(fnmatch.fnmatchcase(ref[len(TAG_PREFIX):], g) for g in tags)
+    return any(fnmatch.fnmatchcase(ref, g) for g in globs)
 
 
 def main(argv):

@@ -66,8 +66,8 @@ import time
 
 from gi.repository import GLib
 
-from . import bus as busmod, changes as changes_mod, config, control, daemon, git, log, records
-from . import consumed, redact, routing, spool as spoolmod
+from . import bus as busmod, changes as changes_mod, config, control, daemon, log, records
+from . import consumed, redact, routing, spool as spoolmod, vcs
 
 KEEP = consumed.KEEP    # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -251,9 +251,14 @@ class Scheduler(daemon.Daemon):
                 break
         if why is None and rec["id"] != cid:
             why = "change record whose id %r is not its file name" % rec["id"]
-        if why is None and not git.valid_revision(rec["revision"]):
-            # It would become a request, and the runner's git command line.
-            why = "change record whose revision %r is not %s" % (rec["revision"], git.REVISION_RULE)
+        if why is None:
+            # It would become a request, and the checkout step's command
+            # line: checked by the kind of the repository's builders (all
+            # of one kind: config.load), any kind's if none is named.
+            kinds = {b.kind for b in self.cfg.builders_for(config.normalize_repository(rec["repository"]))}
+            kind = kinds.pop() if len(kinds) == 1 else None
+            if not vcs.valid_revision(rec["revision"], kind):
+                why = "change record whose revision %r is not %s" % (rec["revision"], vcs.revision_rule(kind))
         q = rec.get("queued")
         if why is None and (not isinstance(q, (int, float)) or isinstance(q, bool)):
             why = "change record without a valid queued time"
@@ -333,8 +338,9 @@ class Scheduler(daemon.Daemon):
         why = None
         if b is None:
             why = "forced build of unknown builder %r" % (name,)
-        elif rev not in (None, "") and not git.valid_revision(rev):
-            why = "forced build whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
+        elif rev not in (None, "") and not vcs.valid_revision(rev, b.kind if b.repository else None):
+            why = "forced build whose revision %r is not empty or %s" % (
+                rev, vcs.revision_rule(b.kind if b.repository else None))
         if why:
             self.spool.reject("changes", fid, why)
             self._cache.pop(fid, None)
@@ -508,7 +514,7 @@ def default_branch(builder):
     for g in builder.branches:
         if not any(ch in g for ch in "*?["):
             return g
-    return "main"
+    return vcs.DEFAULT_BRANCH[builder.kind]
 
 
 def main(argv):

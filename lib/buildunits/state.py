@@ -363,9 +363,10 @@ class State:
         digest = hashlib.sha256(repository.encode("utf-8")).hexdigest()[:12]
         return self.path("poller", "%s-%s.json" % (key.strip("._") or "repo", digest))
 
-    def mirror_path(self, repository):
-        """The bare mirror of REPOSITORY (poller/KEY.git, beside its record)."""
-        return self.poller_path(repository)[:-len(".json")] + ".git"
+    def mirror_path(self, repository, suffix=".git"):
+        """The bare mirror of REPOSITORY (poller/KEY.git, beside its record;
+        poller/KEY.hg for Mercurial, poller/KEY.svn for svn's configuration)."""
+        return self.poller_path(repository)[:-len(".json")] + suffix
 
     def poller_records(self):
         """[(path, record, or the RecordError that reading it raised)] of

@@ -61,7 +61,7 @@ def plan(builder, req):
     steps = []
     if builder.repository and builder.checkout:
         steps.append(Planned(1, "checkout", checkout.checkout_script(
-            builder.repository, req.get("branch") or "main", req.get("revision") or ""),
+            builder.repository, req.get("branch") or "", req.get("revision") or "", builder.kind),
             credentials=builder.credentials))
     for s in builder.steps:
         steps.append(Planned(len(steps) + 1, s.name, s.command, s,
