@@ -100,8 +100,8 @@ import secrets
 import time
 import traceback
 
-from . import buildrecord, daemon, executor as executormod, fsutil, git, locks as locksmod, log, queueindex
-from . import records, results
+from . import buildrecord, daemon, executor as executormod, fsutil, locks as locksmod, log, queueindex
+from . import records, results, vcs
 from . import spool as spoolmod
 from . import step as stepmod
 from .build import Build
@@ -115,8 +115,8 @@ def bad_request(req):
     """Why the request REQ must not be built, or None.  Its revision must be
     empty (build the branch's tip) or a full commit id."""
     rev = req.get("revision")
-    if rev not in (None, "") and not git.valid_revision(rev):
-        return "request whose revision %r is not empty or %s" % (rev, git.REVISION_RULE)
+    if rev not in (None, "") and not vcs.valid_revision(rev):
+        return "request whose revision %r is not empty or %s" % (rev, vcs.revision_rule(None))
     return None
 
 

@@ -423,7 +423,8 @@ class Scheduler(daemon.Daemon):
             return
         req = rec.get("request") if isinstance(rec.get("request"), dict) else {}
         props = req.get("properties") if isinstance(req.get("properties"), dict) else {}
-        rev = rec.get("revision") if git.valid_revision(rec.get("revision") or "") else ""
+        kind = d.kind if d.repository else None
+        rev = rec.get("revision") if vcs.valid_revision(rec.get("revision") or "", kind) else ""
         fields = {"builder": d.name, "repository": redact.url(d.repository), "branch": rec.get("branch") or "",
                   "revision": rev, "changes": req.get("changes") if isinstance(req.get("changes"), list) else [],
                   "reason": "after %s #%d (%s)" % (u, n, result), "properties": dict(props),
