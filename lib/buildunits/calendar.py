@@ -45,7 +45,6 @@ expression never elapses again (next_after() returns None).
 '*-*-* *:*:00/5'
 """
 
-import calendar as _cal
 import datetime
 import functools
 import math
@@ -231,7 +230,7 @@ class Spec:
             first_month = y == y0
             for mo in _values(self.month, mo0 if first_month else 1, 12):
                 first_day = first_month and mo == mo0
-                last = _cal.monthrange(y, mo)[1]
+                last = _month_length(y, mo)
                 for d in self._days(y, mo, last, d0 if first_day else 1):
                     if self.weekdays is not None and datetime.date(y, mo, d).weekday() not in self.weekdays:
                         continue
@@ -255,6 +254,13 @@ class Spec:
             else:
                 chain.append((last - start + 1, -1, repeat))
         return _values(tuple(chain), lo, last)
+
+
+def _month_length(y, mo):
+    return 29 if mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else _DAYS_IN_MONTH[mo - 1]
+
+
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def _matches(chain, v):
