@@ -58,12 +58,13 @@ SIGNALS
 """
 
 import json
+import os
 import time
 
 from gi.repository import GLib
 
 from . import bus as busmod, changes as changes_mod, config, control, daemon, git, log, records
-from . import consumed, redact, routing, spool as spoolmod
+from . import consumed, periodic, redact, routing, spool as spoolmod
 
 KEEP = consumed.KEEP    # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -86,6 +87,7 @@ class Scheduler(daemon.Daemon):
         self._added = {}           # builder -> (ids, revisions) consumed in this pass
         self._unfolded = set()     # builders whose memory is newer than their file
         self._journal_lines = 0
+        self._calendar = None      # periodic.PlainTimers, when the OnCalendar= timers are ours
 
     def memory(self, builder):
         m = self._memory.get(builder)
@@ -179,6 +181,33 @@ class Scheduler(daemon.Daemon):
             log.info("%s: recovered consumed changes from queued requests and recent builds" % b)
         self._unfolded |= touched
         self._fold()
+        self._start_timers()
+
+    # ------------------------------------------- OnCalendar= (periodic.py)
+    def _start_timers(self):
+        """The builders' OnCalendar= timers: systemd's under systemd (the
+        generator's units; only a missing one is said), ours otherwise."""
+        if periodic.under_systemd():
+            for b in self.cfg.builders.values():
+                unit = periodic.timer_unit(b.name)
+                if b.on_calendar and not os.path.exists(os.path.join(periodic.GENERATOR_DIR, unit)):
+                    log.warning("%s: OnCalendar= has no timer unit %s yet; run `systemctl daemon-reload`"
+                                % (b.name, unit), builder=b.name)
+            return
+        if self._calendar is None:
+            self._calendar = periodic.PlainTimers(
+                self.state, clock=time.time, arm=daemon.Timer, spawn=self._spawn_timer,
+                log=lambda level, text: getattr(log, level)(text))
+        self._calendar.update(self.cfg)
+
+    def _spawn_timer(self, builder, done):
+        def watch(pid, ended):
+            GLib.child_watch_add(GLib.PRIORITY_DEFAULT, pid,
+                                 lambda _pid, status: (ended(os.waitstatus_to_exitcode(status)), self.wake()))
+        periodic.spawn_elapse(self.dirs, builder, done, watch)
+
+    def on_config(self, old, new):
+        self._start_timers()
 
     # ------------------------------------------------------------- sweep
     def sweep(self):
@@ -196,6 +225,8 @@ class Scheduler(daemon.Daemon):
 
     def _rescan(self):
         self.sweep()
+        if self._calendar is not None:
+            self._calendar.check()     # the wall clock may have been set since it was armed
         return super()._rescan()
 
     # -------------------------------------------------------------- work
@@ -332,7 +363,7 @@ class Scheduler(daemon.Daemon):
             branch = rec.get("branch") or default_branch(b)
             fields = {"builder": b.name, "repository": redact.url(b.repository), "branch": branch,
                       "revision": rec.get("revision") or "", "changes": [], "force": fid,
-                      "reason": "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given"),
+                      "reason": _force_reason(rec),
                       "properties": rec.get("properties") if isinstance(rec.get("properties"), dict) else {}}
             rid = self.spool.deliver("requests", "request", fields)   # commit point
             self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
@@ -385,6 +416,14 @@ class Scheduler(daemon.Daemon):
         s["scheduler"] = {"requested": self._requested,
                           "waiting": {"%s %s" % k: v for k, v in self._waiting.items()}}
         return json.dumps(s, sort_keys=True)
+
+
+def _force_reason(rec):
+    """A force record's reason for its request: a timer's as it is
+    ("timer OnCalendar=...", periodic.py), an operator's with who forced."""
+    if rec.get("source") == periodic.SOURCE and isinstance(rec.get("reason"), str) and rec["reason"]:
+        return rec["reason"]
+    return "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given")
 
 
 def default_branch(builder):
