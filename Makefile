@@ -24,6 +24,7 @@ SHAREDIR = $(PREFIX)/share/buildunits
 MANDIR = $(PREFIX)/share/man
 DOCDIR = $(PREFIX)/share/doc/buildunits
 UNITDIR = $(PREFIX)/lib/systemd/system
+GENERATORDIR = $(PREFIX)/lib/systemd/system-generators
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
@@ -115,7 +116,8 @@ install: man units
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/buildunits $(DESTDIR)$(SHAREDIR)/templates \
 		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
 		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d \
+		$(DESTDIR)$(GENERATORDIR)
 	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
 	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
 	# Byte-compiled now: the daemons run with a read-only /usr (ProtectSystem=strict).
@@ -134,6 +136,8 @@ install: man units
 	for d in $(BUILDDIR)/units/*.d; do \
 		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
 	done
+	# The builders' OnCalendar= timers, made at boot and at daemon-reload.
+	install -m 0755 $(BUILDDIR)/units/buildunits-generator $(DESTDIR)$(GENERATORDIR)/
 	install -m 0644 units/sysusers.d/buildunits.conf $(DESTDIR)$(SYSUSERSDIR)/
 	install -m 0644 units/tmpfiles.d/buildunits.conf $(DESTDIR)$(TMPFILESDIR)/
 	# dbus-daemon reads policies from /usr/share (or /etc) whatever the PREFIX.
