@@ -33,7 +33,7 @@ LIB = os.path.join(ROOT, "lib", "buildunits")
 # (module, section, page): the Makefile's man target makes these.
 DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
                    ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
-                   ("webhook", "8", "buildunits-webhook"),
+                   ("webhook", "8", "buildunits-webhook"), ("periodic", "8", "buildunits-timer"),
                    ("cli", "1", "buildunits"), ("mask", "1", "buildunits-mask")]
 
 if os.path.join(ROOT, "lib") not in sys.path:
@@ -112,7 +112,7 @@ def test_documented_defaults_are_the_code_defaults():
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
                             "credentials": str.split, "group": str}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
-                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": []}[kind]
+                expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "calendar": []}[kind]
             else:
                 continue  # a required key such as Command=
             assert actual == expected, "%s %s=: documented default %r, code has %r" % (

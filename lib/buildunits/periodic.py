@@ -1,43 +1,67 @@
-"""Periodic and nightly builds: what a builder's OnCalendar= timer does.
+"""buildunits-timer: periodic and nightly builds, a builder's OnCalendar= timer.
 
-A builder with OnCalendar= (calendar.py) is built when its timer elapses.
-The elapse itself is always the same command, `buildunits timer BUILDER`
-(elapse()): for each branch the timer builds, it commits a force record
-to the scheduler's inbox, exactly as `buildunits force` does without a
-bus (control.force), with the reason "timer OnCalendar=EXPR"; with
-OnlyIfChanged=yes it first skips each branch whose head is unchanged.
-Who runs that command when is one of two things:
+NAME
+    buildunits-timer - periodic and nightly builds: a builder's
+    OnCalendar= timer, its units and its generator
 
-- under systemd, a timer unit per builder, buildunits-timer-BUILDER.timer
-  (BUILDER escaped as systemd-escape does), written by
-  buildunits-generator (generate()) from the builders in
-  /etc/buildunits/builders at boot and at every `systemctl
-  daemon-reload`, with the builder's OnCalendar= and Persistent= as its
-  own; it starts buildunits-timer@BUILDER.service, a oneshot of the
-  installed template unit, as the buildunits user with the daemons'
-  hardening.  `systemctl list-timers` shows them; systemd keeps the
-  persistent stamps (/var/lib/systemd/timers/).
-- otherwise (plain processes: the tests, `make demo-local`),
-  buildunits-scheduler itself (PlainTimers): it computes each next
-  elapse with calendar.py and runs the same command as a child when it
-  comes.  Persistent=yes keeps the last elapse in STATE/timers/B.json
-  (buildunits-state(5), "timer"), and a timer that elapsed while the
-  scheduler was not running elapses once, at its start, as systemd's do.
+SYNOPSIS
+    buildunits-timer-BUILDER.timer
+    buildunits-timer@BUILDER.service
+    PREFIX/lib/systemd/system-generators/buildunits-generator NORMAL-DIR [EARLY-DIR LATE-DIR]
+    buildunits timer BUILDER
 
-The scheduler knows it is under systemd by $INVOCATION_ID (set by systemd
-for every service it starts) with /run/systemd/system present; it then
-runs no timer itself and warns of a builder with OnCalendar= whose unit
-the generator has not written yet (daemon-reload was not run).
+DESCRIPTION
+    A builder with OnCalendar= (buildunits.builder(5); the expressions of
+    systemd.time(7)) is built when its timer elapses.  The elapse is
+    always the same command, `buildunits timer BUILDER`: for each branch
+    the timer builds, it commits a force record to the scheduler's inbox,
+    exactly as `buildunits force` does without the bus, with the reason
+    "timer OnCalendar=EXPR"; with OnlyIfChanged=yes it first skips each
+    branch whose head is unchanged.  Who runs that command when is one of
+    two things.
 
-Which branches a timer builds, and what "changed" means: one build per
-entry of Branches= that is a plain name (no *, ? or [), or, when every
-entry is a glob, of the builder's default branch (as `buildunits force`);
-a builder without Repository= gets one build.  With OnlyIfChanged=yes a
-branch is built only when its head (read from the repository, as the
-poller does) differs from the revision of the builder's last build of
-that branch and of every build of it still queued (a request, or a force
-record not yet taken).  A head that cannot be read is built anyway, with
-the error in the journal: better a build too many than a nightly lost.
+    Under systemd: a timer unit per builder,
+    buildunits-timer-BUILDER.timer (BUILDER escaped as systemd-escape
+    does), written by buildunits-generator from the builders of
+    /etc/buildunits/builders at boot and at every `systemctl
+    daemon-reload` (edit a builder, then reload, as for fstab), with the
+    builder's OnCalendar= and Persistent= as its own and AccuracySec=1s.
+    It is wanted by buildunits.target and part of it (stopped with it), and
+    starts buildunits-timer@BUILDER.service, a oneshot of the installed
+    template unit, which runs the command as the buildunits user with the
+    daemons' hardening.  `systemctl list-timers` shows the timers, and
+    systemd keeps the persistent ones' stamps in /var/lib/systemd/timers/.
+    A builder with problems gets no timer; each problem goes to the
+    kernel log (the journal).
+
+    Without systemd (plain processes: the tests, `make demo-local`):
+    buildunits-scheduler runs the timers itself.  It computes each next
+    elapse with the same rules (calendar.py, checked against
+    `systemd-analyze calendar`) and runs the same command as its child
+    when it comes.  With Persistent=yes it keeps the last elapse in
+    STATE/timers/BUILDER.json, and a timer that elapsed while the
+    scheduler was not running elapses once, at its start, as systemd's
+    do.  The scheduler knows it runs under systemd by $INVOCATION_ID (set
+    for every service systemd starts) with /run/systemd/system present;
+    it then runs no timer and warns of a builder whose timer unit the
+    generator has not written yet.
+
+BRANCHES
+    A timer builds each entry of Branches= that is a plain name (no *, ?
+    or [), or, when every entry is a glob, the builder's default branch
+    (as `buildunits force`); a builder without Repository= gets one build.
+    With OnlyIfChanged=yes a branch is built only when its head, read from
+    the repository as the poller reads it, differs from the revision of
+    the builder's last build of that branch and of every build of it still
+    queued (a request, or a force record not yet taken); a branch the
+    repository does not have is not built.  A head that cannot be read is
+    built anyway, with the error in the journal: better a build too many
+    than a nightly lost.
+
+FILES
+    STATE/timers/BUILDER.json    the last elapse of a persistent timer, without systemd
+    /run/systemd/generator/      where the generator writes the timers
+    /var/lib/systemd/timers/     systemd's stamps of the persistent timers
 """
 
 import os
@@ -182,7 +206,7 @@ def generate(cfg):
                  "# edit the builder and run `systemctl daemon-reload`.",
                  "[Unit]",
                  "Description=buildunits timer of builder %s" % b.name,
-                 "Documentation=man:buildunits.builder(5)",
+                 "Documentation=man:buildunits-timer(8) man:buildunits.builder(5)",
                  "SourcePath=%s" % _unit_value(b.path),
                  "PartOf=buildunits.target",
                  "",

@@ -19,6 +19,14 @@ DESCRIPTION
     again: the poller re-sends after a crash, and a hook and the poller may
     both report one commit.
 
+    A builder with OnCalendar= is also built when its timer elapses.
+    Under systemd the timers are systemd's (buildunits-timer(8)); started
+    by hand or by anything else, the scheduler computes each elapse itself
+    and runs `buildunits timer BUILDER` as its child when it comes, which
+    queues a force record it then takes as any other.  With Persistent=yes
+    it keeps the last elapse in STATE/timers/BUILDER.json and, at its
+    start, makes once an elapse missed while it was not running.
+
     Pending changes are not copied anywhere: they stay in the spool until
     every builder they match has a request for them, so the spool stays
     the only durable copy.  The scheduler's own state is a bounded memory
@@ -51,6 +59,7 @@ FILES
     SPOOL/requests/new/ID     the requests it queues
     STATE/scheduler/B.json    consumed ids and revisions per builder
     STATE/scheduler/consumed.jsonl   what was consumed since they were written
+    STATE/timers/B.json       a persistent timer's last elapse (without systemd)
 
 SIGNALS
     SIGHUP re-reads the configuration; SIGTERM stops (nothing is held in
