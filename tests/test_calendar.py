@@ -209,3 +209,76 @@ def test_the_local_zone_is_read_from_tz(monkeypatch):
             calendar.parse("09:00").next_after(0)
     finally:
         calendar.local_zone.cache_clear()
+
+
+# ------------------------------------------- random expressions, both ways
+def _random_expressions(seed, n):
+    """N expressions of weekdays, dates and times, with every kind of
+    component, from a fixed seed (the same ones every run)."""
+    import random
+    rnd = random.Random(seed)
+    days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+    def comp(lo, hi):
+        r, a = rnd.random(), rnd.randint(lo, hi)
+        if r < .25:
+            return "*"
+        if r < .5:
+            return str(a)
+        if r < .65:
+            return "%d..%d" % (a, rnd.randint(lo, hi))
+        if r < .8:
+            return "%d/%d" % (a, rnd.randint(1, hi - lo + 2))
+        if r < .9:
+            return "%d..%d/%d" % (a, rnd.randint(lo, hi), rnd.randint(1, 5))
+        return ",".join(str(rnd.randint(lo, hi)) for _ in range(3))
+    out = []
+    for _ in range(n):
+        parts = []
+        if rnd.random() < .3:
+            a, b = sorted(rnd.sample(range(7), 2))
+            parts.append(rnd.choice(["%s..%s" % (days[a], days[b]), "%s,%s" % (days[a], days[b]), days[a]]))
+        if rnd.random() < .7:
+            parts.append("%s-%s%s%s" % (rnd.choice(["*", "2026", "2027..2030"]), comp(1, 12),
+                                        "~" if rnd.random() < .15 else "-", comp(1, 31)))
+        parts.append("%s:%s:%s" % (comp(0, 23), comp(0, 59), comp(0, 59)))
+        out.append((" ".join(parts), rnd.choice(["UTC", "Europe/Berlin", "America/New_York"]),
+                    int(epoch("2026-01-01 00:00:00")) + rnd.randint(0, 3 * 365 * 86400)))
+    return out
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="no systemd-analyze with --base-time here")
+@pytest.mark.parametrize("expr,tz,base", _random_expressions(7, 60))
+def test_systemd_analyze_agrees_on_random_expressions_or_both_refuse(expr, tz, base):
+    try:
+        mine = ours(expr, base, 5, tz)
+    except calendar.CalendarError:
+        mine = "refused"
+    r = subprocess.run([ANALYZE, "calendar", "--base-time=@%d" % base, "--iterations=5", "--", expr],
+                       capture_output=True, text=True, env=dict(os.environ, TZ=":" + tz, LC_ALL="C"))
+    theirs = systemds(expr, base, 5, tz) if r.returncode == 0 else "refused"
+    assert mine == theirs
+
+
+def test_any_text_is_an_expression_or_a_calendar_error():
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    alphabet = st.sampled_from(list("0123456789*-~:/,. ") + ["..", "Mon", "fri", "UTC", "daily", "Europe/Berlin",
+                                                             "x", "\n", "%"])
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(parts=st.lists(alphabet, max_size=14))
+    def check(parts):
+        text = "".join(parts)
+        try:
+            spec = calendar.parse(text)
+        except calendar.CalendarError:
+            return
+        t = spec.next_after(T_ANY, zone=datetime.timezone.utc)
+        assert t is None or t > T_ANY
+        # The normalized form is an expression with the same elapses.
+        again = calendar.parse(spec.normalized())
+        assert again.next_after(T_ANY, zone=datetime.timezone.utc) == t
+    check()
+
+
+T_ANY = 1780000000.0

@@ -108,14 +108,15 @@ def cmd_checkconfig(dirs, args):
         return 1
     for w in cfg.warnings:
         print("warning: %s" % w, file=sys.stderr)
+    bad_timers = 0
     for b in cfg.builders.values():
         print("%s: %s%s; %d step%s" % (b.name, redact.url(b.repository) or "no repository",
                                       (" [%s]" % " ".join(b.branches)) if b.repository else "",
                                       len(b.steps), "" if len(b.steps) == 1 else "s"))
-        if b.on_calendar:
-            problem = _timer_line(b)
-            if problem:
-                return 1
+        if b.on_calendar and _timer_line(b):
+            bad_timers += 1
+    if bad_timers:
+        return 1
     print("%s: configuration OK, %d builder%s" % (dirs.config, len(cfg.builders),
                                                   "" if len(cfg.builders) == 1 else "s"))
     return 0
