@@ -21,7 +21,7 @@ import pytest
 
 import harness
 from support.wait import wait_for
-from buildunits import calendar, config, periodic, records, spool as spoolmod, state as statemod
+from buildunits import config, periodic, spool as spoolmod, state as statemod
 
 T0 = datetime.datetime(2026, 6, 10, 12, 0, 0, tzinfo=datetime.timezone.utc).timestamp()   # a Wednesday
 
