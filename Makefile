@@ -24,6 +24,7 @@ SHAREDIR = $(PREFIX)/share/buildunits
 MANDIR = $(PREFIX)/share/man
 DOCDIR = $(PREFIX)/share/doc/buildunits
 UNITDIR = $(PREFIX)/lib/systemd/system
+GENERATORDIR = $(PREFIX)/lib/systemd/system-generators
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
@@ -89,7 +90,8 @@ demo-local: deps
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
 DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook
-SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits.builder(5) buildunits-state(5)
+SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits-timer(8) buildunits.builder(5) \
+	buildunits-state(5)
 
 man:
 	mkdir -p $(BUILDDIR)/man/man1 $(BUILDDIR)/man/man5 $(BUILDDIR)/man/man8
@@ -100,6 +102,9 @@ man:
 		$(PYTHON) docs/mkman.py --docstring 8 lib/buildunits/$$d.py --see-also "$(SEE_ALSO)" \
 			> $(BUILDDIR)/man/man8/buildunits-$$d.8 || exit 1; \
 	done
+	# The timers' units and generator: periodic.py's docstring.
+	$(PYTHON) docs/mkman.py --docstring 8 lib/buildunits/periodic.py \
+		--see-also "$(SEE_ALSO) systemd.timer(5) systemd.time(7)" > $(BUILDDIR)/man/man8/buildunits-timer.8
 	$(PYTHON) docs/mkman.py --docstring 1 lib/buildunits/cli.py --see-also "$(SEE_ALSO)" \
 		> $(BUILDDIR)/man/man1/buildunits.1
 	$(PYTHON) docs/mkman.py --docstring 1 lib/buildunits/mask.py \
@@ -115,7 +120,8 @@ install: man units
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/buildunits $(DESTDIR)$(SHAREDIR)/templates \
 		$(DESTDIR)$(SHAREDIR)/examples $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
 		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)/usr/share/dbus-1/system.d \
+		$(DESTDIR)$(GENERATORDIR)
 	install -m 0755 bin/* $(DESTDIR)$(BINDIR)/
 	install -m 0644 lib/buildunits/*.py $(DESTDIR)$(LIBDIR)/buildunits/
 	# Byte-compiled now: the daemons run with a read-only /usr (ProtectSystem=strict).
@@ -134,6 +140,8 @@ install: man units
 	for d in $(BUILDDIR)/units/*.d; do \
 		install -d $(DESTDIR)$(UNITDIR)/$${d##*/} && install -m 0644 $$d/*.conf $(DESTDIR)$(UNITDIR)/$${d##*/}/ || exit 1; \
 	done
+	# The builders' OnCalendar= timers, made at boot and at daemon-reload.
+	install -m 0755 $(BUILDDIR)/units/buildunits-generator $(DESTDIR)$(GENERATORDIR)/
 	install -m 0644 units/sysusers.d/buildunits.conf $(DESTDIR)$(SYSUSERSDIR)/
 	install -m 0644 units/tmpfiles.d/buildunits.conf $(DESTDIR)$(TMPFILESDIR)/
 	# dbus-daemon reads policies from /usr/share (or /etc) whatever the PREFIX.

@@ -33,7 +33,7 @@ LIB = os.path.join(ROOT, "lib", "buildunits")
 # (module, section, page): the Makefile's man target makes these.
 DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
                    ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
-                   ("webhook", "8", "buildunits-webhook"),
+                   ("webhook", "8", "buildunits-webhook"), ("periodic", "8", "buildunits-timer"),
                    ("cli", "1", "buildunits"), ("mask", "1", "buildunits-mask")]
 
 if os.path.join(ROOT, "lib") not in sys.path:
@@ -114,7 +114,7 @@ def test_documented_defaults_are_the_code_defaults():
                             "vcs": str}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
                 expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": [],
-                            "builders": [], "vcs": ""}[kind]
+                            "builders": [], "vcs": "", "calendar": []}[kind]
             elif re.search(r"Default: no limit", text):
                 expected = 0
             else:

@@ -18,7 +18,7 @@ ROOT = harness.REPO_ROOT
 DAEMON_UNITS = ["buildunits-poller.service", "buildunits-scheduler.service", "buildunits-htmlgen.service",
                 "buildunits-runner@.service"]
 UNITS = DAEMON_UNITS + ["buildunits-launcher.service", "buildunits-launcher.socket", "buildunits-webhook.service",
-                        "buildunits-webhook.socket", "buildunits.target"]
+                        "buildunits-webhook.socket", "buildunits.target", "buildunits-timer@.service"]
 # Exposure targets from `systemd-analyze security` (0 = safe, 10 = exposed).
 TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0,
            "buildunits-htmlgen.service": 2.0,
@@ -27,6 +27,8 @@ TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0
            "buildunits-launcher.service": 2.0,
            # Socket-activated; a network of its own (the socket comes from systemd).
            "buildunits-webhook.service": 2.0,
+           # A builder's OnCalendar= timer's oneshot: the poller's network, for OnlyIfChanged=.
+           "buildunits-timer@.service": 2.0,
            # Build steps run in units of their own; docs/design.md says what
            # is relaxed and why (3.1 while it ran them itself).
            "buildunits-runner@.service": 2.5}

@@ -5,7 +5,8 @@ drop-in directories (units/NAME.d/*.conf) beside them, with the shared
 hardening (units/hardening.conf) as NAME.service.d/10-hardening.conf of
 every service, so OUTDIR is a unit directory as it will be installed
 (`systemd-analyze verify` reads the drop-ins from beside the unit it
-checks).
+checks); and buildunits-generator, the systemd generator of the builders'
+timers, which `make install` puts in system-generators/.
 
     mkunits.py BINDIR OUTDIR
 """
@@ -15,6 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARDENING = "hardening.conf"
+GENERATOR = "buildunits-generator"
 
 
 def render(text, bindir):
@@ -42,6 +44,12 @@ def main(argv):
                 os.makedirs(dropins, exist_ok=True)
                 with open(os.path.join(HERE, HARDENING)) as f:
                     write(os.path.join(dropins, "10-hardening.conf"), render(f.read(), bindir))
+        elif name == GENERATOR + ".in":
+            # Not a unit: installed in system-generators/ (Makefile).
+            path = os.path.join(out, GENERATOR)
+            with open(src) as f:
+                write(path, render(f.read(), bindir))
+            os.chmod(path, 0o755)
         elif name.endswith((".service.d", ".target.d")) and os.path.isdir(src):
             os.makedirs(os.path.join(out, name), exist_ok=True)
             for conf in sorted(os.listdir(src)):

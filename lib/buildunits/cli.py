@@ -14,6 +14,7 @@ SYNOPSIS
                                               [--author A] [--message M] [--file F]... [--when EPOCH]
     buildunits [DIRECTORY OPTIONS] status [--json]
     buildunits [DIRECTORY OPTIONS] fsck [--repair] [--deep]
+    buildunits [DIRECTORY OPTIONS] timer BUILDER
 
 DESCRIPTION
     checkconfig  parse the configuration without side effects; problems
@@ -70,6 +71,15 @@ DESCRIPTION
                  after a disk error or a restore from backup: a torn or
                  unreadable old build.json, or one recorded as running
                  with no progress file, is found only with --deep.
+    timer        what BUILDER's OnCalendar= timer does when it elapses:
+                 queue a build of each branch it builds through the spool
+                 (as force does without the bus), with the reason "timer
+                 OnCalendar=...", skipping with OnlyIfChanged=yes a branch
+                 whose head is built or queued already
+                 (buildunits.builder(5)).  systemd's timer units run it
+                 (buildunits-timer@BUILDER.service), and so does the
+                 scheduler without systemd; run by hand, it tries the
+                 timer now.
 
 REVISIONS
     A revision is a full commit id: 40 lowercase hex digits (64 in a
@@ -122,12 +132,44 @@ def cmd_checkconfig(dirs, args):
         return 1
     for w in cfg.warnings:
         print("warning: %s" % w, file=sys.stderr)
+    bad_timers = 0
     for b in cfg.builders.values():
         print("%s: %s%s; %d step%s" % (b.name, redact.url(b.repository) or "no repository",
                                       (" [%s]" % " ".join(b.branches)) if b.repository else "",
                                       len(b.steps), "" if len(b.steps) == 1 else "s"))
+        if b.on_calendar and _timer_line(b):
+            bad_timers += 1
+    if bad_timers:
+        return 1
     print("%s: configuration OK, %d builder%s" % (dirs.config, len(cfg.builders),
                                                   "" if len(cfg.builders) == 1 else "s"))
+    return 0
+
+
+def _timer_line(b):
+    """Print B's timer and its next elapse; True (and the error) if it
+    cannot be computed (a local time zone that cannot be read)."""
+    from . import calendar, periodic
+    try:
+        print("%s: %s" % (b.name, periodic.describe(b)))
+    except calendar.CalendarError as e:
+        print("%s: [Builder] OnCalendar=: %s" % (b.path, e), file=sys.stderr)
+        return True
+    return False
+
+
+# ------------------------------------------------------------------ timer
+def cmd_timer(dirs, args):
+    from . import periodic
+    sp = Spool(dirs.spool)
+    sp.ensure()
+    try:
+        lines = periodic.elapse(sp, State(dirs.state), _config_for_force(dirs), args.builder)
+    except control.Refused as e:
+        _err(str(e))
+        return 1
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -425,12 +467,14 @@ def parser():
     k = sub.add_parser("fsck", help="check the spool and state")
     k.add_argument("--repair", action="store_true")
     k.add_argument("--deep", action="store_true", help="read every build record, not only the newest")
+    t = sub.add_parser("timer", help="do what a builder's OnCalendar= timer does when it elapses")
+    t.add_argument("builder")
     return p
 
 
 COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "rebuild": cmd_rebuild, "cancel": cmd_cancel,
             "sendchange": cmd_sendchange,
-            "status": cmd_status, "fsck": cmd_fsck}
+            "status": cmd_status, "fsck": cmd_fsck, "timer": cmd_timer}
 
 
 def main(argv):
@@ -440,7 +484,8 @@ def main(argv):
         return COMMANDS[args.command](dirs, args)
     except OSError as e:
         # os.write and os.fsync errors carry no file name: name the place.
-        where = e.filename or (dirs.spool if args.command in ("force", "rebuild", "sendchange", "cancel") else dirs.state)
+        where = e.filename or (dirs.spool if args.command in ("force", "rebuild", "sendchange", "cancel", "timer")
+                               else dirs.state)
         _err("cannot store in %s: %s" % (where, e.strerror or e))
         return 1
     except KeyboardInterrupt:

@@ -13,8 +13,8 @@ a trailing backslash continues a line, booleans are
 yes/no/true/false/on/off/1/0, durations are time spans ("90s", "10min",
 "1h 30min", a bare number is seconds, "infinity").  This module is the
 schema: which sections and keys there are, and what they become.  List settings (Branches=, Workers=, Environment=,
-Credential=) accumulate
-over repeated assignments, and an empty assignment resets them.  A
+Credential=, OnCalendar=)
+accumulate over repeated assignments, and an empty assignment resets them.  A
 [Builder] or [Step] section may also hold the systemd directives of
 unitprops.KEYS (MemoryMax=, LimitNOFILE=, PrivateNetwork=, ...), kept
 checked and in file order as the `unit` pairs of the Builder or Step; one
@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import credentials as credentialsmod, redact, results, unitprops, vcs
+from . import calendar as calendarmod, credentials as credentialsmod, redact, results, unitprops, vcs
 # The syntax and the value converters are unitfile.py's; they are named
 # here too, since callers know them as config.parse_timespan & co.
 from .unitfile import (  # noqa: F401
@@ -104,6 +104,9 @@ class Builder:
     locks: list = field(default_factory=list)     # [(NAME, slots)] held by each build (locks.py)
     after: list = field(default_factory=list)     # After=: builders whose finished builds start one of this
     after_results: list = field(default_factory=lambda: ["success", "warnings"])
+    on_calendar: list = field(default_factory=list)   # OnCalendar= expressions (calendar.py), as written
+    persistent: bool = False                      # Persistent=: build an elapse missed while down
+    only_if_changed: bool = False                 # OnlyIfChanged=: a timer skips an unchanged branch
 
     @property
     def kind(self):
@@ -287,6 +290,10 @@ def _assign(obj, attr, kind, value, key):
     """Set OBJ.ATTR from the text VALUE of one assignment of KEY; ValueError if bad."""
     if kind == "unit":
         getattr(obj, attr).append((key, unitprops.check(key, value)))
+    elif kind == "calendar":
+        # As systemd's OnCalendar=: one expression a line (it has spaces),
+        # accumulating; an empty assignment resets.
+        setattr(obj, attr, getattr(obj, attr) + [calendarmod.check(value.strip())] if value.strip() else [])
     elif kind in _CONVERT:
         setattr(obj, attr, _CONVERT[kind](value))
     elif kind in ("list", "credentials", "builders", "results"):
@@ -367,6 +374,9 @@ BUILDER_KEYS = {
     "Locks": ("locks", "locks"),
     "After": ("after", "builders"),
     "AfterResult": ("after_results", "results"),
+    "OnCalendar": ("on_calendar", "calendar"),
+    "Persistent": ("persistent", "bool"),
+    "OnlyIfChanged": ("only_if_changed", "bool"),
 }
 
 STEP_KEYS = {

@@ -21,9 +21,11 @@ class Refused(Exception):
     """A force or cancel that is not done; str() says why."""
 
 
-def force(spool, cfg, builder, branch, revision, reason, properties, user):
+def force(spool, cfg, builder, branch, revision, reason, properties, user, source=None):
     """Queue a force record for BUILDER (the scheduler makes it a request).
-    Returns (force id, [notes for the user])."""
+    SOURCE "timer": queued by the builder's OnCalendar= timer (periodic.py),
+    whose REASON the request takes as it is.  Returns (force id, [notes
+    for the user])."""
     b = cfg.builders.get(builder)
     if b is None:
         raise Refused("no builder %r (builders: %s)" % (builder, ", ".join(sorted(cfg.builders)) or "none"))
@@ -39,9 +41,11 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user):
     if branch and b.repository and not b.wants_branch(branch):
         notes.append("branch %s is not in %s's Branches= (%s); building it anyway"
                      % (branch, b.name, " ".join(b.branches)))
-    fid = spool.deliver("changes", "force", {
-        "builder": b.name, "branch": branch or "", "revision": revision or "", "reason": reason or "",
-        "properties": dict(properties), "user": user})
+    fields = {"builder": b.name, "branch": branch or "", "revision": revision or "", "reason": reason or "",
+              "properties": dict(properties), "user": user}
+    if source:
+        fields["source"] = source
+    fid = spool.deliver("changes", "force", fields)
     return fid, notes
 
 

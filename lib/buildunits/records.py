@@ -46,6 +46,7 @@ FORMATS = {
     "consumed": 1,      # state scheduler/consumed.jsonl: the scheduler's journal of what was consumed
     "worker": 1,        # state workers/WORKER.json: what a runner holds
     "counter": 1,       # state builds/BUILDER/next.json: next build number hint
+    "timer": 1,         # state timers/BUILDER.json: the last elapse of a builder's OnCalendar= (no systemd)
     "deliveries": 1,    # state webhook/deliveries.jsonl: the webhook deliveries taken (first line)
     "lock-holder": 1,   # state locks/KIND/NAME.K: who holds a build lock's slot (the flock is the truth)
 }

@@ -23,6 +23,14 @@ DESCRIPTION
     again: the poller re-sends after a crash, and a hook and the poller may
     both report one commit.
 
+    A builder with OnCalendar= is also built when its timer elapses.
+    Under systemd the timers are systemd's (buildunits-timer(8)); started
+    by hand or by anything else, the scheduler computes each elapse itself
+    and runs `buildunits timer BUILDER` as its child when it comes, which
+    queues a force record it then takes as any other.  With Persistent=yes
+    it keeps the last elapse in STATE/timers/BUILDER.json and, at its
+    start, makes once an elapse missed while it was not running.
+
     Pending changes are not copied anywhere: they stay in the spool until
     every builder they match has a request for them, so the spool stays
     the only durable copy.  The scheduler's own state is a bounded memory
@@ -55,6 +63,7 @@ FILES
     SPOOL/requests/new/ID     the requests it queues
     STATE/scheduler/B.json    consumed ids and revisions per builder
     STATE/scheduler/consumed.jsonl   what was consumed since they were written
+    STATE/timers/B.json       a persistent timer's last elapse (without systemd)
 
 SIGNALS
     SIGHUP re-reads the configuration; SIGTERM stops (nothing is held in
@@ -62,12 +71,13 @@ SIGNALS
 """
 
 import json
+import os
 import time
 
 from gi.repository import GLib
 
 from . import bus as busmod, changes as changes_mod, config, control, daemon, log, records
-from . import consumed, redact, routing, spool as spoolmod, vcs
+from . import consumed, periodic, redact, routing, spool as spoolmod, vcs
 
 KEEP = consumed.KEEP    # consumed ids / revisions remembered per builder
 RECOVERY_BUILDS = 20    # recent builds per builder read at startup
@@ -92,6 +102,7 @@ class Scheduler(daemon.Daemon):
         self._journal_lines = 0
         self._finished = set()     # (builder, number) said finished, to look at for After=
         self._after_scan = True    # read the upstreams' recent builds (start, rescan)
+        self._calendar = None      # periodic.PlainTimers, when the OnCalendar= timers are ours
 
     def memory(self, builder):
         m = self._memory.get(builder)
@@ -189,6 +200,33 @@ class Scheduler(daemon.Daemon):
         self._unfolded |= touched
         self._after_first_look()
         self._fold()
+        self._start_timers()
+
+    # ------------------------------------------- OnCalendar= (periodic.py)
+    def _start_timers(self):
+        """The builders' OnCalendar= timers: systemd's under systemd (the
+        generator's units; only a missing one is said), ours otherwise."""
+        if periodic.under_systemd():
+            for b in self.cfg.builders.values():
+                unit = periodic.timer_unit(b.name)
+                if b.on_calendar and not os.path.exists(os.path.join(periodic.GENERATOR_DIR, unit)):
+                    log.warning("%s: OnCalendar= has no timer unit %s yet; run `systemctl daemon-reload`"
+                                % (b.name, unit), builder=b.name)
+            return
+        if self._calendar is None:
+            self._calendar = periodic.PlainTimers(
+                self.state, clock=time.time, arm=daemon.Timer, spawn=self._spawn_timer,
+                log=lambda level, text: getattr(log, level)(text))
+        self._calendar.update(self.cfg)
+
+    def _spawn_timer(self, builder, done):
+        def watch(pid, ended):
+            GLib.child_watch_add(GLib.PRIORITY_DEFAULT, pid,
+                                 lambda _pid, status: (ended(os.waitstatus_to_exitcode(status)), self.wake()))
+        periodic.spawn_elapse(self.dirs, builder, done, watch)
+
+    def on_config(self, old, new):
+        self._start_timers()
 
     # ------------------------------------------------------------- sweep
     def sweep(self):
@@ -207,6 +245,8 @@ class Scheduler(daemon.Daemon):
     def _rescan(self):
         self.sweep()
         self._after_scan = True
+        if self._calendar is not None:
+            self._calendar.check()     # the wall clock may have been set since it was armed
         return super()._rescan()
 
     # -------------------------------------------------------------- work
@@ -350,7 +390,7 @@ class Scheduler(daemon.Daemon):
             branch = rec.get("branch") or default_branch(b)
             fields = {"builder": b.name, "repository": redact.url(b.repository), "branch": branch,
                       "revision": rec.get("revision") or "", "changes": [], "force": fid,
-                      "reason": "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given"),
+                      "reason": _force_reason(rec),
                       "properties": rec.get("properties") if isinstance(rec.get("properties"), dict) else {}}
             p = rec.get("priority")
             if isinstance(p, int) and not isinstance(p, bool) and abs(p) <= spoolmod.MAX_PRIORITY:
@@ -508,6 +548,14 @@ def rebuild_fields(rec):
     why = rec.get("reason") if isinstance(rec.get("reason"), str) else ""
     return {"rebuild_of": number, "changes": carried, "changes_omitted": omitted,
             "reason": "rebuild of #%d by %s%s" % (number, rec.get("user") or "someone", ": " + why if why else "")}
+
+
+def _force_reason(rec):
+    """A force record's reason for its request: a timer's as it is
+    ("timer OnCalendar=...", periodic.py), an operator's with who forced."""
+    if rec.get("source") == periodic.SOURCE and isinstance(rec.get("reason"), str) and rec["reason"]:
+        return rec["reason"]
+    return "forced by %s: %s" % (rec.get("user") or "someone", rec.get("reason") or "no reason given")
 
 
 def default_branch(builder):

@@ -48,6 +48,8 @@ LAYOUT = (
     ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\"); consumed.jsonl: "
                   "what was consumed since they were written (\"consumed\")", True),
     ("workers", "WORKER.json: the build a runner holds (\"worker\")", True),
+    ("timers", "BUILDER.json: when the scheduler's own OnCalendar= timer of a Persistent=yes builder last "
+               "elapsed (\"timer\"; only without systemd, whose timers keep theirs)", True),
     ("webhook", "deliveries.jsonl: the forges' deliveries buildunits-webhook took, newest last "
                 "(\"deliveries\")", True),
     ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
@@ -55,7 +57,7 @@ LAYOUT = (
     ("corrupt", "DIR.NAME, DIR.NAME.reason: a record that could not be read, and why (quarantine)", True),
 )
 # The directories whose records are quarantined when they cannot be read.
-QUARANTINED = ("poller", "scheduler", "workers", "webhook")
+QUARANTINED = ("poller", "scheduler", "workers", "webhook", "timers")
 
 
 class State:
@@ -459,6 +461,23 @@ class State:
             os.unlink(self.journal_path())
         except FileNotFoundError:
             pass
+
+    # -------------------------------------------------------------- timers
+    def timer_path(self, builder):
+        return self.path("timers", builder + ".json")
+
+    def read_timer(self, builder):
+        """The "timer" record of BUILDER (periodic.py), or None."""
+        try:
+            return records.read(self.timer_path(builder), "timer")
+        except FileNotFoundError:
+            return None
+
+    def write_timer(self, builder, fields):
+        """Replace BUILDER's timer record: written whole and renamed into
+        place (fsutil.write_atomic; the rename is the commit point), so a
+        crash leaves the old record or the new one, never a torn one."""
+        records.write(self.timer_path(builder), "timer", fields)
 
     # ------------------------------------------------------------- webhook
     def deliveries_path(self):

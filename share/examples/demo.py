@@ -9,7 +9,9 @@
                        and a failing commit, waits for both builds, copies
                        the site out to demo-output/site, prints its address
                        and the journal lines of the two builds, and halts
-                       the container.  Needs root (containers).
+                       the container.  The builder also has a nightly
+                       timer (OnCalendar=, a drop-in), which it shows in
+                       `systemctl list-timers`.  Needs root (containers).
     demo.py --local    the four daemons as plain processes from bin/, with a
                        private D-Bus bus, everything under demo-output/;
                        after the two commits, the passing revision is
@@ -99,8 +101,14 @@ def container_demo():
         with open(os.path.join(ROOT, "share", "examples", "hello.builder")) as f:
             c.write_file("/etc/buildunits/builders/hello.builder", f.read().replace("@REPOSITORY@", "/srv/git/hello.git"))
         c.write_file("/etc/buildunits/buildunits.conf", "[Site]\nTitle=buildunits demo\n")
-        say("systemctl enable --now buildunits.target buildunits-runner@1 buildunits-runner@2")
-        sh("systemctl enable -q --now buildunits.target buildunits-runner@1 buildunits-runner@2")
+        # A nightly build too, if anything was pushed since the last build: a
+        # real timer, which the generator writes at daemon-reload.
+        c.write_file("/etc/buildunits/builders/hello.builder.d/50-nightly.conf",
+                     "[Builder]\nOnCalendar=*-*-* 02:00:00\nPersistent=yes\nOnlyIfChanged=yes\n")
+        say("systemctl daemon-reload; systemctl enable --now buildunits.target buildunits-runner@1 "
+            "buildunits-runner@2")
+        sh("systemctl daemon-reload && "
+           "systemctl enable -q --now buildunits.target buildunits-runner@1 buildunits-runner@2")
         wait_for(lambda: sh("ls /var/lib/buildunits/poller/*.json", check=False).returncode == 0, 60,
                  what="the poller's first poll", interval=0.1)
         results = []
@@ -139,6 +147,9 @@ def container_demo():
         # The operator's view: queue, running builds, last results, and each
         # polled repository (one that cannot be polled says why).
         status += "\n$ buildunits status\n" + sh("buildunits status", check=False).stdout
+        # The nightly timer of hello (OnCalendar= in its drop-in).
+        status += ("\n$ systemctl list-timers 'buildunits-timer-*'\n"
+                   + sh("systemctl list-timers --no-pager 'buildunits-timer-*'", check=False).stdout)
         # The steps ran in the builder's sandbox, a transient unit started by
         # the launcher, which says which step it ran when.
         status += ("\n$ journalctl -o cat -u 'buildunits-build-hello-*'\n"

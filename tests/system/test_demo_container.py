@@ -19,6 +19,9 @@ def test_make_demo_in_a_container(image, tmp_path):
     assert "buildunits-runner[" in p.stdout and "hello #2: build finished: failure" in p.stdout
     assert "file://%s/site/index.html" % out in p.stdout
     assert "$ buildunits status" in p.stdout and "/srv/git/hello.git  polled " in p.stdout
+    # The nightly timer of the demo's builder, a real systemd timer.
+    assert re.search(r"\n\w{3} \d{4}-\d\d-\d\d 02:00:00 \w+ .* buildunits-timer-hello\.timer +"
+                     r"buildunits-timer@hello\.service\n", p.stdout), p.stdout
     # The steps ran in the builder's sandbox, a transient unit, which says
     # which step it ran when.
     assert re.search(r"Started buildunits-build-hello-sandbox-\d+\.service - buildunits hello sandbox on \d+\.",
