@@ -50,7 +50,7 @@ def test_different_workers_never_share_a_bus_name():
 def test_introspection_is_valid_xml_naming_each_signal_and_method_with_typed_args():
     expected = {
         "Poller": ({"ChangeQueued"}, set()),
-        "Scheduler": ({"BuildRequested", "CancelRequested"}, {"Force", "Rebuild", "Cancel", "Status"}),
+        "Scheduler": ({"BuildRequested", "CancelRequested"}, {"Force", "ForcePriority", "Rebuild", "Cancel", "Status"}),
         "Runner": ({"BuildStarted", "StepStarted", "StepFinished", "BuildFinished"}, {"Status"}),
         "HTMLGen": ({"SiteUpdated"}, set()),
     }

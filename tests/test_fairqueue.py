@@ -247,3 +247,28 @@ def test_the_holder_is_what_the_file_says_only_while_the_flock_is_held(make):
     assert locks.holders(r.state.root)[("named", "prod")][0]["number"] == 7
     held.release()
     assert locks.holders(r.state.root) == {}
+
+
+@pytest.mark.parametrize("via", ["spool", "bus"])
+def test_force_priority_reaches_the_request_and_goes_first(make, monkeypatch, via):
+    from buildunits import bus as busmod, scheduler
+    from support.inprocess import RecordingNotifier as N
+    d = make.dirs
+    s = scheduler.Scheduler(d, config.load(d.config), NoBus(), N())
+    s.spool.ensure()
+    s.state.ensure()
+    s.wake = lambda *a: None
+
+    def call(role, method, *args, **kw):
+        if via == "spool":
+            raise busmod.Unreachable("no bus")
+        return s.methods()[method](*args, "root")
+    monkeypatch.setattr(busmod, "call", call)
+    base = ["--config-dir", d.config, "--spool-dir", d.spool, "--state-dir", d.state]
+    assert cli.main(base + ["force", "low"]) == 0
+    assert cli.main(base + ["force", "low", "--priority", "900", "--reason", "urgent"]) == 0
+    assert cli.main(base + ["force", "low", "--priority", "5000"]) == 2
+    s.work()
+    r = make()
+    run_one(r)
+    assert r.started[0][2]["reason"].endswith("urgent") and r.started[0][2]["priority"] == 900

@@ -64,6 +64,8 @@ _METHODS = {
     "Scheduler": {
         "Force": ([("builder", "s"), ("branch", "s"), ("revision", "s"), ("reason", "s"),
                    ("properties", "a{ss}")], [("id", "s")]),
+        "ForcePriority": ([("builder", "s"), ("branch", "s"), ("revision", "s"), ("reason", "s"),
+                           ("properties", "a{ss}"), ("priority", "i")], [("id", "s")]),
         "Rebuild": ([("builder", "s"), ("number", "u"), ("reason", "s")], [("id", "s")]),
         "Cancel": ([("builder", "s"), ("number", "u"), ("request", "s")], [("message", "s")]),
         "Status": ([], [("json", "s")]),

@@ -28,7 +28,9 @@ DESCRIPTION
                  NAME is [A-Za-z_][A-Za-z0-9_]{0,63}, a VALUE any text
                  without NUL of at most 4096 bytes, and a build has at
                  most 64 properties of 16384 bytes together (otherwise
-                 exit status 2).
+                 exit status 2).  --priority N gives the build its own
+                 priority, -1000 to 1000, instead of the builder's
+                 Priority= (a higher one starts first).
     rebuild      queue build NUMBER of BUILDER again: the same revision
                  (the one it checked out), branch, changes and
                  properties, as a forced build whose record and page say
@@ -197,9 +199,16 @@ def cmd_force(dirs, args):
     if problems:
         _err("--property: %s" % "; ".join(problems))
         return 2
+    if args.priority is not None and not -1000 <= args.priority <= 1000:
+        _err("--priority must be a whole number from -1000 to 1000, not %d" % args.priority)
+        return 2
     busmod = _bus()
     try:
-        fid = busmod.call("Scheduler", "Force", args.builder, args.branch, args.revision, args.reason, props)
+        if args.priority is None:
+            fid = busmod.call("Scheduler", "Force", args.builder, args.branch, args.revision, args.reason, props)
+        else:
+            fid = busmod.call("Scheduler", "ForcePriority", args.builder, args.branch, args.revision, args.reason,
+                              props, args.priority)
         print("forced build of %s queued (%s)" % (args.builder, fid))
         return 0
     except busmod.Refused as e:
@@ -211,7 +220,7 @@ def cmd_force(dirs, args):
     sp.ensure()
     try:
         fid, notes = control.force(sp, _config_for_force(dirs), args.builder, args.branch, args.revision,
-                                   args.reason, props, _user())
+                                   args.reason, props, _user(), priority=args.priority)
     except control.Refused as e:
         _err(str(e))
         return 1
@@ -446,6 +455,8 @@ def parser():
     f.add_argument("--revision", default="")
     f.add_argument("--reason", default="")
     f.add_argument("--property", action="append", default=[], metavar="NAME=VALUE")
+    f.add_argument("--priority", type=int, metavar="N",
+                   help="this build's priority, -1000 to 1000, instead of the builder's Priority=")
     r = sub.add_parser("rebuild", help="queue an earlier build again")
     r.add_argument("builder")
     r.add_argument("number", type=int)

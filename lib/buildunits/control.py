@@ -15,17 +15,19 @@ is a Refused whose text says why.
 import time
 
 from . import config, git, hg, properties as propsmod, records, redact, vcs
+from . import spool as spoolmod
 
 
 class Refused(Exception):
     """A force or cancel that is not done; str() says why."""
 
 
-def force(spool, cfg, builder, branch, revision, reason, properties, user, source=None):
+def force(spool, cfg, builder, branch, revision, reason, properties, user, source=None, priority=None):
     """Queue a force record for BUILDER (the scheduler makes it a request).
     SOURCE "timer": queued by the builder's OnCalendar= timer (periodic.py),
-    whose REASON the request takes as it is.  Returns (force id, [notes
-    for the user])."""
+    whose REASON the request takes as it is.  PRIORITY: the build's own,
+    instead of the builder's Priority=.  Returns (force id, [notes for
+    the user])."""
     b = cfg.builders.get(builder)
     if b is None:
         raise Refused("no builder %r (builders: %s)" % (builder, ", ".join(sorted(cfg.builders)) or "none"))
@@ -37,6 +39,10 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user, sourc
     problems = propsmod.check(properties)
     if problems:
         raise Refused("; ".join(problems))
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)
+                                 or abs(priority) > spoolmod.MAX_PRIORITY):
+        raise Refused("priority %r is not a whole number from -%d to %d"
+                      % (priority, spoolmod.MAX_PRIORITY, spoolmod.MAX_PRIORITY))
     notes = []
     if branch and b.repository and not b.wants_branch(branch):
         notes.append("branch %s is not in %s's Branches= (%s); building it anyway"
@@ -45,6 +51,8 @@ def force(spool, cfg, builder, branch, revision, reason, properties, user, sourc
               "properties": dict(properties), "user": user}
     if source:
         fields["source"] = source
+    if priority is not None:
+        fields["priority"] = priority
     fid = spool.deliver("changes", "force", fields)
     return fid, notes
 

@@ -482,14 +482,19 @@ class Scheduler(daemon.Daemon):
 
     # ------------------------------------------------------------ D-Bus
     def methods(self):
-        return {"Force": self._m_force, "Rebuild": self._m_rebuild, "Cancel": self._m_cancel,
-                "Status": self._m_status}
+        return {"Force": self._m_force, "ForcePriority": self._m_force_priority, "Rebuild": self._m_rebuild,
+                "Cancel": self._m_cancel, "Status": self._m_status}
 
-    def _m_force(self, builder, branch, revision, reason, properties, caller):
+    def _m_force_priority(self, builder, branch, revision, reason, properties, priority, caller):
+        """Force with the build's own PRIORITY (Priority= of its builder otherwise)."""
+        return self._m_force(builder, branch, revision, reason, properties, caller, priority=priority)
+
+    def _m_force(self, builder, branch, revision, reason, properties, caller, priority=None):
         """Queue a forced build: the same force record `buildunits force`
         writes, so one code path turns it into a request (control.py)."""
         try:
-            fid, notes = control.force(self.spool, self.cfg, builder, branch, revision, reason, properties, caller)
+            fid, notes = control.force(self.spool, self.cfg, builder, branch, revision, reason, properties, caller,
+                                       priority=priority)
         except control.Refused as e:
             raise busmod.MethodError(str(e))
         for n in notes:

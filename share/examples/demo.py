@@ -11,7 +11,12 @@
                        and the journal lines of the two builds, and halts
                        the container.  The builder also has a nightly
                        timer (OnCalendar=, a drop-in), which it shows in
-                       `systemctl list-timers`.  Needs root (containers).
+                       `systemctl list-timers`; a dependent builder,
+                       package (After=hello), builds after the passing
+                       build; and a second repository, not polled, is
+                       pushed to and announced to buildunits-webhook
+                       (socket-activated, HMAC-signed, as a forge's hook
+                       would), which builds it (site #1).  Needs root.
     demo.py --local    the four daemons as plain processes from bin/, with a
                        private D-Bus bus, everything under demo-output/;
                        after the two commits, the passing revision is
@@ -100,7 +105,20 @@ def container_demo():
            user="buildunits")
         with open(os.path.join(ROOT, "share", "examples", "hello.builder")) as f:
             c.write_file("/etc/buildunits/builders/hello.builder", f.read().replace("@REPOSITORY@", "/srv/git/hello.git"))
+        with open(os.path.join(ROOT, "share", "examples", "package.builder")) as f:
+            c.write_file("/etc/buildunits/builders/package.builder", f.read())
         c.write_file("/etc/buildunits/buildunits.conf", "[Site]\nTitle=buildunits demo\n")
+        # The site repository: its pushes are announced by a hook, not polled.
+        sh("git init -q --bare -b main /srv/git/site.git && mkdir -p %s-site && cd %s-site && git init -q -b main . && "
+           "git config user.name 'Demo Developer' && git config user.email dev@example.org && "
+           "echo '<h1>hello</h1>' > index.html && git add index.html && git commit -q -m 'site: a page' && "
+           "git push -q /srv/git/site.git main" % (wc, wc), user="buildunits")
+        with open(os.path.join(ROOT, "share", "examples", "site.builder")) as f:
+            c.write_file("/etc/buildunits/builders/site.builder", f.read().replace("@REPOSITORY@", "/srv/git/site.git"))
+        # The generic hook's secret, a credential only root can read.
+        sh("install -d -m 0700 /etc/buildunits/credentials && "
+           "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > /etc/buildunits/credentials/webhook-generic && "
+           "chmod 0600 /etc/buildunits/credentials/webhook-generic")
         # A nightly build too, if anything was pushed since the last build: a
         # real timer, which the generator writes at daemon-reload.
         c.write_file("/etc/buildunits/builders/hello.builder.d/50-nightly.conf",
@@ -108,7 +126,8 @@ def container_demo():
         say("systemctl daemon-reload; systemctl enable --now buildunits.target buildunits-runner@1 "
             "buildunits-runner@2")
         sh("systemctl daemon-reload && "
-           "systemctl enable -q --now buildunits.target buildunits-runner@1 buildunits-runner@2")
+           "systemctl enable -q --now buildunits.target buildunits-runner@1 buildunits-runner@2 "
+           "buildunits-webhook.socket")
         wait_for(lambda: sh("ls /var/lib/buildunits/poller/*.json", check=False).returncode == 0, 60,
                  what="the poller's first poll", interval=0.1)
         results = []
@@ -132,6 +151,15 @@ def container_demo():
             b = wait_for(finished, TIMEOUT, what="build hello #%d" % number, interval=0.1)
             say("build hello #%d: %s" % (number, b["result"]))
             results.append(b["result"])
+        b = wait_for(lambda: finished_in(sh, "package", 1), TIMEOUT, what="build package #1", interval=0.1)
+        say("build package #%d: %s (%s)" % (1, b["result"], b["request"]["reason"]))
+        say("a push to /srv/git/site.git, announced to the webhook receiver (POST /generic, signed)")
+        answer = sh(WEBHOOK_PUSH % wc, check=False)
+        say("the webhook answered: %s" % answer.stdout.strip().splitlines()[0] if answer.stdout.strip()
+            else "the webhook did not answer: %s" % answer.stderr.strip())
+        b = wait_for(lambda: finished_in(sh, "site", 1), TIMEOUT, what="build site #1", interval=0.1)
+        say("build site #1: %s (%s)" % (b["result"], b["request"]["changes"][0]["source"]))
+        webhook_ok = b["result"] == "success"
         wait_for(lambda: site_shows(sh("cat /var/lib/buildunits/site/api/builders.json", check=False).stdout,
                                     "hello", 2), 30, what="the site to show build 2", interval=0.1)
         sh("cp -r /var/lib/buildunits/site /out/site")
@@ -163,7 +191,33 @@ def container_demo():
     print(status.rstrip())
     print()
     say("done in %.1fs; the waterfall: file://%s/site/index.html" % (time.monotonic() - start, OUT))
-    return 0 if results == ["success", "failure"] else 1
+    return 0 if results == ["success", "failure"] and webhook_ok else 1
+
+
+def finished_in(sh, builder, number):
+    """The record of BUILDER #NUMBER in the container if it is finished."""
+    p = sh("cat /var/lib/buildunits/builds/%s/%d/build.json" % (builder, number), check=False)
+    try:
+        rec = json.loads(p.stdout) if p.returncode == 0 else None
+    except ValueError:
+        return None
+    return rec if rec and rec.get("state") == "finished" else None
+
+
+# A commit to the site repository, then its push announced as a forge's
+# hook would: the generic form, signed with HMAC-SHA256 of the secret.
+WEBHOOK_PUSH = r"""cd %s-site && echo '<p>more</p>' >> index.html && git commit -q -am 'site: more' &&
+git push -q /srv/git/site.git main && rev=$(git rev-parse HEAD) && python3 - "$rev" <<'PY'
+import hashlib, hmac, http.client, json, sys
+secret = open("/etc/buildunits/credentials/webhook-generic", "rb").read().strip()
+body = json.dumps({"repository": "/srv/git/site.git", "branch": "main",
+                   "commits": [{"revision": sys.argv[1]}]}).encode()
+c = http.client.HTTPConnection("127.0.0.1", 8011, timeout=30)
+c.request("POST", "/generic", body, {"Content-Type": "application/json", "X-Buildunits-Delivery": "demo-1",
+          "X-Buildunits-Signature": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()})
+r = c.getresponse()
+print(r.status, r.reason, r.read().decode().strip())
+PY"""
 
 
 def main():

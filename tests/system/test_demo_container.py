@@ -16,6 +16,10 @@ def test_make_demo_in_a_container(image, tmp_path):
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert p.returncode == 0, p.stdout
     assert "build hello #1: success" in p.stdout and "build hello #2: failure" in p.stdout
+    # The dependent builder built after the passing build only; the hook-only
+    # repository was built from the webhook's change.
+    assert "build package #1: success (after hello #1 (success))" in p.stdout, p.stdout
+    assert "the webhook answered: 202" in p.stdout and "build site #1: success (webhook)" in p.stdout, p.stdout
     assert "buildunits-runner[" in p.stdout and "hello #2: build finished: failure" in p.stdout
     assert "file://%s/site/index.html" % out in p.stdout
     assert "$ buildunits status" in p.stdout and "/srv/git/hello.git  polled " in p.stdout
