@@ -109,10 +109,11 @@ def container_demo():
             c.write_file("/etc/buildunits/builders/package.builder", f.read())
         c.write_file("/etc/buildunits/buildunits.conf", "[Site]\nTitle=buildunits demo\n")
         # The site repository: its pushes are announced by a hook, not polled.
-        sh("git init -q --bare -b main /srv/git/site.git && mkdir -p %s-site && cd %s-site && git init -q -b main . && "
+        sh("install -d -o buildunits -g buildunits %s-site" % wc)
+        sh("git init -q --bare -b main /srv/git/site.git && cd %s-site && git init -q -b main . && "
            "git config user.name 'Demo Developer' && git config user.email dev@example.org && "
            "echo '<h1>hello</h1>' > index.html && git add index.html && git commit -q -m 'site: a page' && "
-           "git push -q /srv/git/site.git main" % (wc, wc), user="buildunits")
+           "git push -q /srv/git/site.git main" % wc, user="buildunits")
         with open(os.path.join(ROOT, "share", "examples", "site.builder")) as f:
             c.write_file("/etc/buildunits/builders/site.builder", f.read().replace("@REPOSITORY@", "/srv/git/site.git"))
         # The generic hook's secret, a credential only root can read.
@@ -154,7 +155,9 @@ def container_demo():
         b = wait_for(lambda: finished_in(sh, "package", 1), TIMEOUT, what="build package #1", interval=0.1)
         say("build package #%d: %s (%s)" % (1, b["result"], b["request"]["reason"]))
         say("a push to /srv/git/site.git, announced to the webhook receiver (POST /generic, signed)")
-        answer = sh(WEBHOOK_PUSH % wc, check=False)
+        rev = sh("cd %s-site && echo '<p>more</p>' >> index.html && git commit -q -am 'site: more' && "
+                 "git push -q /srv/git/site.git main && git rev-parse HEAD" % wc, user="buildunits").stdout.strip()
+        answer = sh(WEBHOOK_POST % rev, check=False)
         say("the webhook answered: %s" % answer.stdout.strip().splitlines()[0] if answer.stdout.strip()
             else "the webhook did not answer: %s" % answer.stderr.strip())
         b = wait_for(lambda: finished_in(sh, "site", 1), TIMEOUT, what="build site #1", interval=0.1)
@@ -204,10 +207,10 @@ def finished_in(sh, builder, number):
     return rec if rec and rec.get("state") == "finished" else None
 
 
-# A commit to the site repository, then its push announced as a forge's
-# hook would: the generic form, signed with HMAC-SHA256 of the secret.
-WEBHOOK_PUSH = r"""cd %s-site && echo '<p>more</p>' >> index.html && git commit -q -am 'site: more' &&
-git push -q /srv/git/site.git main && rev=$(git rev-parse HEAD) && python3 - "$rev" <<'PY'
+# A push to the site repository announced as a forge's hook would: the
+# generic form, signed with HMAC-SHA256 of the secret (as root, who may
+# read it).
+WEBHOOK_POST = r"""python3 - %s <<'PY'
 import hashlib, hmac, http.client, json, sys
 secret = open("/etc/buildunits/credentials/webhook-generic", "rb").read().strip()
 body = json.dumps({"repository": "/srv/git/site.git", "branch": "main",
