@@ -47,6 +47,7 @@ class Build:
         self._watch = None         # its time limits (step.Watch)
         self._timed_out = None
         self._logfd = None
+        self._artifacts = None     # artifacts.Collector, once a step has Artifacts=
 
     def run(self):
         self._next(0)
@@ -228,6 +229,29 @@ class Build:
         self.runner.bus.emit("StepFinished", rec["builder"], rec["number"], st.name, result)
         self._next(i + 1)
 
+    # ---------------------------------------------------------- artifacts
+    def _collector(self):
+        if self._artifacts is None:
+            from .artifacts import Collector
+            rec = self.rec
+            self._artifacts = Collector(self.workdir, os.path.join(
+                self.runner.state.build_dir(rec["builder"], rec["number"]), "artifacts"),
+                self.builder.max_artifact_size)
+        return self._artifacts
+
+    def finish_artifacts(self):
+        """The builder's Artifacts=, after the last step, and what was kept
+        and refused into the record, which is about to be final."""
+        if self.builder.artifacts and not self.cancelled:
+            for line in self._collector().collect(self.builder.artifacts, ""):
+                log.info("%s #%d: %s" % (self.rec["builder"], self.rec["number"], line.strip()),
+                         builder=self.rec["builder"], build=self.rec["number"])
+        if self._artifacts is not None:
+            if self._artifacts.kept:
+                self.rec["artifacts"] = list(self._artifacts.kept)
+            if self._artifacts.refused:
+                self.rec["artifacts_refused"] = list(self._artifacts.refused)
+
     def _step_exception(self, i, why):
         rec, name = self.rec, self.steps[i].name
         buildrecord.step_exception(rec["steps"][i], why, time.time())
@@ -276,6 +300,10 @@ class Build:
 
     def _step_exited(self, code, i):
         usage = getattr(self._handle, "usage", None)    # the executor's measures (executor.py)
+        st = self.steps[i]
+        if st.spec is not None and st.spec.artifacts and not self.runner.stopping:
+            # Nothing of the step runs now: what it left is what it made.
+            self._note("".join(self._collector().collect(st.spec.artifacts, st.name)))
         self._release()
         rec, st = self.rec, self.steps[i]
         srec = rec["steps"][i]

@@ -76,6 +76,7 @@ class Step:
     credentials: list = field(default_factory=list)
     unit: list = field(default_factory=list)      # [(Directive, value)] of unitprops, in file order
     trigger: list = field(default_factory=list)   # builders this step queues builds of (no Command=)
+    artifacts: list = field(default_factory=list)  # patterns of files kept after the step (artifacts.py)
     wait: bool = False                            # Wait=yes: the step waits for their results
 
 
@@ -104,6 +105,8 @@ class Builder:
     locks: list = field(default_factory=list)     # [(NAME, slots)] held by each build (locks.py)
     after: list = field(default_factory=list)     # After=: builders whose finished builds start one of this
     after_results: list = field(default_factory=lambda: ["success", "warnings"])
+    artifacts: list = field(default_factory=list)  # patterns of files kept after the last step
+    max_artifact_size: int = 1 << 30               # bytes of artifacts a build may keep
     on_calendar: list = field(default_factory=list)   # OnCalendar= expressions (calendar.py), as written
     persistent: bool = False                      # Persistent=: build an elapse missed while down
     only_if_changed: bool = False                 # OnlyIfChanged=: a timer skips an unchanged branch
@@ -256,6 +259,13 @@ def _absolute_path(text):
     return os.path.normpath(text)
 
 
+def _size(text):
+    """A size in bytes: N, or N with K, M, G, T (powers of 1024), or infinity."""
+    if text == "infinity":
+        return math.inf
+    return unitprops.parse_size(text)
+
+
 def _priority(text):
     """A Priority= value: a whole number from -1000 to 1000."""
     if not re.fullmatch(r"[-+]?[0-9]{1,4}", text) or abs(int(text)) > 1000:
@@ -282,7 +292,7 @@ def lock_spec(text):
 
 
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
-            "priority": _priority,
+            "priority": _priority, "size": _size,
             "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path}
 
 
@@ -296,7 +306,11 @@ def _assign(obj, attr, kind, value, key):
         setattr(obj, attr, getattr(obj, attr) + [calendarmod.check(value.strip())] if value.strip() else [])
     elif kind in _CONVERT:
         setattr(obj, attr, _CONVERT[kind](value))
-    elif kind in ("list", "credentials", "builders", "results"):
+    elif kind in ("list", "credentials", "builders", "results", "artifacts"):
+        from .artifacts import pattern_problem
+        for pat in value.split() if kind == "artifacts" else ():
+            if pattern_problem(pat):
+                raise ValueError(pattern_problem(pat))
         for name in value.split() if kind == "credentials" else ():
             if credentialsmod.name_problem(name):
                 raise ValueError(credentialsmod.name_problem(name))
@@ -373,6 +387,8 @@ BUILDER_KEYS = {
     "MaxBuilds": ("max_builds", "count"),
     "Locks": ("locks", "locks"),
     "After": ("after", "builders"),
+    "Artifacts": ("artifacts", "artifacts"),
+    "MaxArtifactSize": ("max_artifact_size", "size"),
     "AfterResult": ("after_results", "results"),
     "OnCalendar": ("on_calendar", "calendar"),
     "Persistent": ("persistent", "bool"),
@@ -392,6 +408,7 @@ STEP_KEYS = {
     "AlwaysRun": ("always_run", "bool"),
     "Credential": ("credentials", "credentials"),
     "Trigger": ("trigger", "builders"),
+    "Artifacts": ("artifacts", "artifacts"),
     "Wait": ("wait", "bool"),
 }
 

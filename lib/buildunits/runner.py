@@ -552,6 +552,7 @@ class Runner(daemon.Daemon):
 
     def _finish(self):
         rec = self.build
+        self._run.finish_artifacts()
         buildrecord.finished(rec, self._run.contrib, self._run.cancelled, time.time())
         self.state.write_build(rec)            # commit point of the result
         # The clean-up below cannot change the result (a crash before it
