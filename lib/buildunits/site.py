@@ -119,6 +119,7 @@ class Site:
         self._badges = set()     # builders whose last result changed
         self._dirty_pages = set()  # (B, history page) to render again
         self._dirty_wf = set()   # sealed waterfall pages to render again
+        self._touched = set()    # builders whose numbers, builds or seal changed in this pass
         self._index_text = None  # INDEX's text as this process last wrote it
         self._shown = None       # (builders, older waterfall pages, queue) the heads show
         self._provisional = False  # the heads of a site whose full rendering is under way
@@ -199,11 +200,23 @@ class Site:
                 forced.add((builder, number))
                 hints[builder] = max(hints.get(builder, 0), number)
         todo = set(forced)
+        # A pass named by hints looks at the counters of the builders they
+        # name only (at 1000 builders, a stat each would be most of what a
+        # finished build costs); one without (a signal, the queue, the
+        # timers), and every full one, at all of them, so a lost hint is
+        # found by the next such pass, or the rescan at the latest.
+        every = full or not hints
         for name in names:
-            b = self._builder(name)
-            for n in self.source.catch_up(b, hints.get(name, 0), full):
-                todo.add((name, n))
-            todo.update((name, n) for n in b.unfinal)
+            b = self._b.get(name)
+            if b is None or every or name in hints:
+                b = self._builder(name)
+                new = self.source.catch_up(b, hints.get(name, 0), full)
+                if new:
+                    self._touched.add(name)
+                    todo.update((name, n) for n in new)
+            if b.unfinal:
+                self._touched.add(name)
+                todo.update((name, n) for n in b.unfinal)
         for name, n in sorted(todo):
             self._visit(self._b[name], n, force=force and (name, n) in forced)
         self._finish()
@@ -309,7 +322,7 @@ class Site:
         """The end of every pass: pages that became full, sealing, the
         pages a changed build is on, the heads, then INDEX."""
         if not self._provisional:
-            for b in self._b.values():
+            for b in self._touched_builders():
                 self._complete_pages(b, b.known // HISTORY_PAGE)
             self._seal()
         for name, page in sorted(self._dirty_pages):
@@ -326,7 +339,7 @@ class Site:
                 if not o["waiting"]:
                     del self._wf_open[page]
         self._heads()
-        for b in self._b.values():
+        for b in self._touched_builders():
             self._prune(b)
         self._save_index()
         self._all = False
@@ -335,6 +348,15 @@ class Site:
         self._badges.clear()
         self._dirty_pages.clear()
         self._dirty_wf.clear()
+        self._touched.clear()
+
+    def _touched_builders(self):
+        """The builders a pass may have to complete a page of or prune the
+        cards of: all in a full pass, else those it changed (the others'
+        pages and cards are as the last pass left them)."""
+        if self._all:
+            return list(self._b.values())
+        return [self._b[name] for name in sorted(self._touched | self._dirty) if name in self._b]
 
     def _heads(self):
         """The head pages, if anything they show changed: a build, the
@@ -494,6 +516,7 @@ class Site:
             self._wf_pages += 1
             for name, number in marks.items():
                 self._b[name].sealed = number
+                self._touched.add(name)
             self.pages.waterfall_page(self.cfg, self._b, self._wf_pages, self._wf_pages, members)
             if running:
                 self._wf_open[self._wf_pages] = {

@@ -61,12 +61,12 @@ class SiteFiles:
         context.setdefault("zone", time.strftime("%z"))
         self.write(self.path(rel), templates.render(template, **context))
 
-    def write_json(self, rel, doc, builds=None):
+    def write_json(self, rel, doc, builds=None, key="builds"):
         """DOC as JSON, ASCII so that lone surrogates from records stay
-        representable; BUILDS (texts of JSON objects) as its last key."""
+        representable; BUILDS (texts of JSON objects) as its last key, KEY."""
         text = json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
         if builds is not None:
-            text = '%s,"builds":[%s]}' % (text[:-1], ",".join(builds))
+            text = '%s,"%s":[%s]}' % (text[:-1], key, ",".join(builds))
         self.write(self.path(rel), text + "\n")
 
     def write_pieces(self, path, pieces):
