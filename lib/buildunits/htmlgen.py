@@ -104,7 +104,17 @@ class HTMLGen(daemon.Daemon):
         self.fills = 0           # fills finished
 
     def startup(self):
+        self._children_leave_the_lock()
         self._sweep_site()
+
+    def _children_leave_the_lock(self):
+        """The fill and the workers of a full rendering (sitefill) close
+        the instance lock: one that outlived this process for a moment
+        must not keep the next start out."""
+        sock = getattr(self, "_lock_sock", None)
+        sitefill.close_in_child[:] = [fd for fd in (getattr(self, "_lock_fd", None),
+                                                    sock.fileno() if sock is not None else None)
+                                      if fd is not None]
 
     def _sweep_site(self):
         """Remove the temporary files (fsutil.tmp_name) that writers of the
@@ -172,6 +182,7 @@ class HTMLGen(daemon.Daemon):
             return False
         from .site import Site
         dirs, cfg, state, spool = self.dirs, self.cfg, self.state, self.spool
+        self._children_leave_the_lock()
 
         def fill(report):
             shown = [None]

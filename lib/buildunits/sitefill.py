@@ -8,8 +8,7 @@ many builds and INDEX.  htmlgen also runs the whole first rendering of a
 site it does not know in a child (Child), after serving the head pages,
 so that it is READY=1 in the time of a few pages (htmlgen.py).
 
-A child reports to its parent on a pipe, a line per report, each shorter
-than PIPE_BUF so that the lines of several writers never mix:
+A child reports to its parent on a pipe of its own, a line per report:
 
     +N            N more builds done
     [B, n]        B #n was not left final (running, or no record yet)
@@ -29,6 +28,9 @@ import sys
 import traceback
 
 TICK = 16                            # builds per "+N" report
+# Descriptors a child must not keep (the daemon's instance lock: a child
+# outliving its parent must not keep the next start out); htmlgen sets it.
+close_in_child = []
 
 
 def cpus():
@@ -48,6 +50,11 @@ def fork(fn):
         status = 1
         try:
             os.close(r)
+            for fd in close_in_child:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             out = os.fdopen(w, "w", encoding="ascii", buffering=1)
