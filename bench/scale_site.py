@@ -28,7 +28,9 @@ never judged):
   (update and follow_logs) after each; the bytes this process wrote
   (/proc/self/io wchar, less the log itself) over the log's size.
 
-PARTS=builders,history,copy picks the parts.  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
+PARTS=builders,history,copy picks the parts; HISTORIES=10000,100000 the
+history sizes; FULL=0 skips the full renders and FILL=0 the wait for the
+fill (a 100k history takes minutes each).  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
 goes to build/bench/scale_site.json.
 """
 
@@ -58,7 +60,11 @@ from support.inprocess import RecordingNotifier  # noqa: E402
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 BUILDERS = (10, 100) if QUICK else (10, 100, 1000)
 HISTORIES = (10_000,) if QUICK else (10_000, 100_000)
+if os.environ.get("HISTORIES"):
+    HISTORIES = tuple(int(x) for x in os.environ["HISTORIES"].split(","))
 ONE_PROCESS_MAX = 10_000             # the one-process full render is measured up to this size
+FULL = os.environ.get("FULL", "1") != "0"   # FULL=0: no full renders, the time to READY=1 only
+FILL = os.environ.get("FILL", "1") != "0"   # FILL=0: not waiting for the background fill
 PER_BUILDER = 3
 RUNS = 7
 LOG_MB = 100
@@ -141,34 +147,42 @@ def measure_history(size, work):
     st, sp = State(d.state), Spool(d.spool)
     sp.ensure()
     out = {}
-    if size <= ONE_PROCESS_MAX:
+    if not FULL:
+        pass
+    elif size <= ONE_PROCESS_MAX:
         t = time.perf_counter()
         site.Site(d.site, st, sp, cfg, workers=1).rebuild(force=True)
         out["full render, one process (s wall)"] = [time.perf_counter() - t]
         say("  %d builds: full render in one process %.1fs" % (size, out["full render, one process (s wall)"][0]))
         shutil.rmtree(d.site)
-    t, c = time.perf_counter(), _cpu_all()
-    site.Site(d.site, st, sp, cfg).rebuild(force=True)
-    full = time.perf_counter() - t
-    out["full render (s wall)"] = [full]
-    out["full render, CPU of every process (s)"] = [_cpu_all() - c]
-    out["full render: workers"] = [min(site.MAX_WORKERS, sitefill.cpus())]
-    say("  %d builds: full render %.1fs" % (size, full))
-    shutil.rmtree(d.site)
+    if FULL:
+        t, c = time.perf_counter(), _cpu_all()
+        site.Site(d.site, st, sp, cfg).rebuild(force=True)
+        full = time.perf_counter() - t
+        out["full render (s wall)"] = [full]
+        out["full render, CPU of every process (s)"] = [_cpu_all() - c]
+        out["full render: workers"] = [min(site.MAX_WORKERS, sitefill.cpus())]
+        say("  %d builds: full render %.1fs" % (size, full))
+        shutil.rmtree(d.site)
     h = htmlgen.HTMLGen(d, cfg, NoBus(), RecordingNotifier(), None)
     t = time.perf_counter()
     h.startup()
     h.work()
     ready = time.perf_counter() - t
-    ctx = GLib.MainContext.default()
-    while h.filling():
-        ctx.iteration(True)
-    h.work()     # the pass that takes up from the fill's INDEX
-    fill = time.perf_counter() - t
-    say("  %d builds: READY=1 after %.2fs, filled after %.1fs" % (size, ready, fill))
+    out["time to READY=1 (s wall)"] = [ready]
+    say("  %d builds: READY=1 after %.2fs" % (size, ready))
+    if FILL:
+        ctx = GLib.MainContext.default()
+        while h.filling():
+            ctx.iteration(True)
+        h.work()     # the pass that takes up from the fill's INDEX
+        fill = time.perf_counter() - t
+        say("  %d builds: filled after %.1fs" % (size, fill))
+        out["READY=1 then background fill done (s wall)"] = [fill]
+    else:
+        h.shutdown()
     shutil.rmtree(d.site)
     shutil.rmtree(d.state)
-    out.update({"time to READY=1 (s wall)": [ready], "READY=1 then background fill done (s wall)": [fill]})
     return out
 
 

@@ -12,7 +12,7 @@ import signal
 import pytest
 from gi.repository import GLib
 
-from buildunits import htmlgen, paths, site, sitepages
+from buildunits import htmlgen, paths, site, sitefiles, sitepages
 from buildunits.bus import NoBus
 from buildunits.spool import Spool
 from buildunits.state import State
@@ -151,6 +151,10 @@ def test_worker_processes_render_the_site_one_process_renders(tmp_path):
     # Every finished build's pages were written by a worker, and are final;
     # the running one is not, and the next pass renders it again.
     assert got["builders/hello/1/.final"] == site.FINAL_MARK.encode()
+    # Each .final is a link to the site's one mark file: no inode of its own.
+    mark = os.stat(os.path.join(d.site, sitefiles.MARK_FILE))
+    finals = [os.stat(os.path.join(d.site, p)) for p in got if p.endswith("/.final")]
+    assert len(finals) > 250 and {(f.st_dev, f.st_ino) for f in finals} == {(mark.st_dev, mark.st_ino)}
     running = max(int(n) for n in os.listdir(os.path.join(d.state, "builds", "hello")) if n.isdigit())
     assert "builders/hello/%d/.final" % running not in got
     assert running in s._b["hello"].unfinal

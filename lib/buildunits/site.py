@@ -65,7 +65,7 @@ import contextlib
 import heapq
 import os
 
-from . import fsutil, sitefill, sitefiles, siteindex
+from . import fsutil, sitefill, sitefiles, siteindex  # noqa: F401 (fsutil: what the tests see write)
 from .siteindex import HISTORY_PAGE, INDEX
 from .sitelogs import LogPages
 from .sitepages import MAX_QUEUED_SHOWN, Pages
@@ -475,7 +475,7 @@ class Site:
         if pages or not running:
             self.pages.build(self.cfg, b, bdir, view)
         if not running:
-            fsutil.write_atomic(os.path.join(bdir, ".final"), FINAL_MARK, durable=False)
+            self.files.mark(os.path.join(bdir, ".final"), FINAL_MARK)
             self.logs.forget(bdir)
 
     def follow_logs(self):
