@@ -46,12 +46,16 @@ builds and the heads, and never lists or reads the history:
   far the waterfall and history pages go, the last finished build, and
   the numbers not final yet.  A new process reads it and the records of
   the builds its heads show; without it (or with another FINAL_MARK) it
-  renders everything again, skipping builds whose .final is current.
+  renders everything again, skipping builds whose .final is current, the
+  builds' pages by worker processes (_render_pool), or, heads first
+  (htmlgen), only the heads and their builds until a child wrote INDEX
+  (_provisional_load).
 
 A pass with nothing new writes nothing: the heads are rendered only when
 a build, the builders, the older waterfall pages or the queue they show
 changed, and INDEX only when its text did.  A builder's counter is looked
-at by one lstat and read when it changed (sitesource.catch_up).
+at by one lstat and read when it changed (sitesource.catch_up): by a pass
+named by hints, only the hinted builders' (_pass).
 
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
