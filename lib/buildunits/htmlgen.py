@@ -51,6 +51,7 @@ FILES
     SITE/index.html          the waterfall
     SITE/api/                the JSON files (docs/site.md)
     SITE/.buildunits-site.json  what it remembers between updates
+    SITE/.buildunits-final   what every build's .final mark is a hard link to
     SITE/**/.NAME.tmp-*      a page being written; swept at startup and daily
                              once older than fsutil.TMP_SWEEP_AGE_SEC
 
