@@ -9,26 +9,32 @@ never judged):
 
   builders 10 / 100 / 1000 (QUICK: 10 / 100), one repository, three
   finished builds each:
-    - one finished build: Site.update() after one more build of one builder;
+    - one finished build: Site.update() after one more build of one builder
+      (after gc.freeze(), as htmlgen does after a full pass);
     - a pass with nothing new: Site.update([]), and the files it wrote;
     - all head pages: Site.rebuild() on a site it knows (every head page).
   history 10k / 100k (QUICK: 10k) builds of four builders (site_bench's
   cached histories):
-    - full render: Site.rebuild(force=True), wall time (it may use
-      several processes);
+    - full render: Site.rebuild(force=True), wall time, with its worker
+      processes (one per CPU, sitefill.Pool), and the CPU time of all of
+      them; at 10k also in one process (workers=1), as before them;
     - time to READY=1: an HTMLGen on a site without INDEX, startup() and
-      its first work(), what runs before the daemon says READY=1; then
-      the background fill it goes on with (if it has one) until done.
+      its first work(), what runs before the daemon says READY=1 (the
+      head pages); then until its background fill is done and the pass
+      after it took up from its INDEX.
   site on another filesystem (a tmpfs mounted here: needs root, else
   skipped): a running step's log grows to 100 MB by 1 MB appends (lines
   of 1 MB, so that its log page, cut at 64 KB a line, stays small), a pass
   (update and follow_logs) after each; the bytes this process wrote
   (/proc/self/io wchar, less the log itself) over the log's size.
 
-PARTS=builders,history,copy picks the parts.  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
+PARTS=builders,history,copy picks the parts; HISTORIES=10000,100000 the
+history sizes; FULL=0 skips the full renders and FILL=0 the wait for the
+fill (a 100k history takes minutes each).  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
 goes to build/bench/scale_site.json.
 """
 
+import gc
 import os
 import shutil
 import statistics
@@ -43,7 +49,9 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import site_bench  # noqa: E402
-from buildunits import config, htmlgen, paths, site  # noqa: E402
+from gi.repository import GLib  # noqa: E402
+
+from buildunits import config, htmlgen, paths, site, sitefill  # noqa: E402
 from buildunits.bus import NoBus  # noqa: E402
 from buildunits.spool import Spool  # noqa: E402
 from buildunits.state import State  # noqa: E402
@@ -52,6 +60,11 @@ from support.inprocess import RecordingNotifier  # noqa: E402
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 BUILDERS = (10, 100) if QUICK else (10, 100, 1000)
 HISTORIES = (10_000,) if QUICK else (10_000, 100_000)
+if os.environ.get("HISTORIES"):
+    HISTORIES = tuple(int(x) for x in os.environ["HISTORIES"].split(","))
+ONE_PROCESS_MAX = 10_000             # the one-process full render is measured up to this size
+FULL = os.environ.get("FULL", "1") != "0"   # FULL=0: no full renders, the time to READY=1 only
+FILL = os.environ.get("FILL", "1") != "0"   # FILL=0: not waiting for the background fill
 PER_BUILDER = 3
 RUNS = 7
 LOG_MB = 100
@@ -108,6 +121,8 @@ def measure_builders(count, work):
     s = site.Site(os.path.join(work, "site-%d" % count), st, sp, cfg)
     s.rebuild(force=True)
     s.update([])
+    gc.collect()
+    gc.freeze()   # as htmlgen does after a full pass
     one, idle, idle_files, heads = [], [], [], []
     serial = count * PER_BUILDER
     for r in range(RUNS):
@@ -131,26 +146,50 @@ def measure_history(size, work):
     cfg = site_bench.load_config(d.config)
     st, sp = State(d.state), Spool(d.spool)
     sp.ensure()
-    t = time.perf_counter()
-    site.Site(d.site, st, sp, cfg).rebuild(force=True)
-    full = time.perf_counter() - t
-    say("  %d builds: full render %.1fs" % (size, full))
-    shutil.rmtree(d.site)
+    out = {}
+    if not FULL:
+        pass
+    elif size <= ONE_PROCESS_MAX:
+        t = time.perf_counter()
+        site.Site(d.site, st, sp, cfg, workers=1).rebuild(force=True)
+        out["full render, one process (s wall)"] = [time.perf_counter() - t]
+        say("  %d builds: full render in one process %.1fs" % (size, out["full render, one process (s wall)"][0]))
+        shutil.rmtree(d.site)
+    if FULL:
+        t, c = time.perf_counter(), _cpu_all()
+        site.Site(d.site, st, sp, cfg).rebuild(force=True)
+        full = time.perf_counter() - t
+        out["full render (s wall)"] = [full]
+        out["full render, CPU of every process (s)"] = [_cpu_all() - c]
+        out["full render: workers"] = [min(site.MAX_WORKERS, sitefill.cpus())]
+        say("  %d builds: full render %.1fs" % (size, full))
+        shutil.rmtree(d.site)
     h = htmlgen.HTMLGen(d, cfg, NoBus(), RecordingNotifier(), None)
     t = time.perf_counter()
     h.startup()
     h.work()
     ready = time.perf_counter() - t
-    fill = None
-    if hasattr(h, "fill_step"):
-        while h.fill_step():
-            pass
+    out["time to READY=1 (s wall)"] = [ready]
+    say("  %d builds: READY=1 after %.2fs" % (size, ready))
+    if FILL:
+        ctx = GLib.MainContext.default()
+        while h.filling():
+            ctx.iteration(True)
+        h.work()     # the pass that takes up from the fill's INDEX
         fill = time.perf_counter() - t
-    say("  %d builds: READY=1 after %.1fs, filled after %s" % (size, ready, fill))
+        say("  %d builds: filled after %.1fs" % (size, fill))
+        out["READY=1 then background fill done (s wall)"] = [fill]
+    else:
+        h.shutdown()
     shutil.rmtree(d.site)
     shutil.rmtree(d.state)
-    return {"full render (s wall)": [full], "time to READY=1 (s wall)": [ready],
-            "READY=1 then background fill done (s wall)": [fill] if fill is not None else []}
+    return out
+
+
+def _cpu_all():
+    """CPU seconds of this process and of its children waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def measure_copy(work):

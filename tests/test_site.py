@@ -14,7 +14,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from buildunits import config, records, site, siteindex, sitelogs, sitepages, siteviews, templates
+from buildunits import config, records, site, sitefiles, siteindex, sitelogs, sitepages, siteviews, templates
 from buildunits.spool import Spool
 from buildunits.state import State
 
@@ -715,6 +715,9 @@ def test_builders_json_is_the_last_public_file_of_every_pass(tmp_path, monkeypat
     real = site.fsutil.write_atomic
     monkeypatch.setattr(site.fsutil, "write_atomic",
                         lambda path, *a, **k: order.append(os.path.relpath(path, s.root)) or real(path, *a, **k))
+    real_mark = sitefiles.SiteFiles.mark      # a build's .final: a link to the site's mark file
+    monkeypatch.setattr(sitefiles.SiteFiles, "mark", lambda self, path, text: (
+        order.append(os.path.relpath(path, s.root)), real_mark(self, path, text))[1])
     n = make_build(st, "hello", running_step=("compile", "cc a.c\n"), started=T0 + 10**7)
     s.update([("hello", n)])
     finish(st, "hello", n, at=T0 + 10**7 + 60)
@@ -1147,6 +1150,34 @@ def test_a_new_final_mark_renders_old_pages_again(env, tmp_path, monkeypatch):
     assert os.stat(page).st_ino != ino
     with open(os.path.join(s.build_dir("hello", n), ".final")) as f:
         assert f.read() == site.FINAL_MARK
+
+
+def test_a_full_mark_file_is_replaced_and_its_links_keep_their_text(env, tmp_path, monkeypatch):
+    """Each .final is a hard link to the site's mark file; when the file
+    cannot take another link (EMLINK), a new one is made, and the .final
+    files linked to the old one still say what they said."""
+    import errno as errno_mod
+    st, sp, cfg, s = env
+    first = make_build(st, "hello")
+    s.update([("hello", first)])
+    mark = os.path.join(s.root, sitefiles.MARK_FILE)
+    old = os.stat(mark)
+    real_link = os.link
+
+    def link(src, dst, **kw):
+        if src == mark and os.stat(mark).st_ino == old.st_ino:
+            raise OSError(errno_mod.EMLINK, "Too many links")
+        return real_link(src, dst, **kw)
+    monkeypatch.setattr(os, "link", link)
+    second = make_build(st, "hello")
+    s.update([("hello", second)])
+    new = os.stat(mark)
+    assert new.st_ino != old.st_ino
+    a, b = (os.stat(os.path.join(s.build_dir("hello", n), ".final")) for n in (first, second))
+    assert (a.st_ino, b.st_ino) == (old.st_ino, new.st_ino)
+    for n in (first, second):
+        with open(os.path.join(s.build_dir("hello", n), ".final")) as f:
+            assert f.read() == site.FINAL_MARK
 
 
 def test_odd_names_are_quoted_in_links(env, tmp_path):

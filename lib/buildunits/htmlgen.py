@@ -24,6 +24,18 @@ DESCRIPTION
     SITE/.buildunits-site.json (a site without it is rendered whole once),
     and on the rescan timer it brings the head pages up to date.
 
+    A site it does not know (a first start, or its INDEX lost) with a long
+    history (HEADS_FIRST_MIN_BUILDS builds or more) it serves heads first: the head pages and the builds they show are written, then
+    READY=1, and a child process renders the whole site (in parallel, a
+    worker per CPU; sitefill.py), skipping the builds whose pages a
+    previous run finished; STATUS= and the journal say how far it is.
+    Meanwhile updates go on for the head pages, and the links from them to
+    older pages lead to pages being written.  Once the child wrote
+    SITE/.buildunits-site.json, htmlgen takes up from it.  A crash of
+    either, at any point, leaves no INDEX: the next start serves the heads
+    and fills in again what is missing.  A new configuration starts the
+    fill again.
+
     While a build runs, the log page of its running step follows the log:
     every LOG_FOLLOW_SEC the logs of the running steps are looked at (one
     lstat each) and the page of each that grew is written again; no other
@@ -39,6 +51,7 @@ FILES
     SITE/index.html          the waterfall
     SITE/api/                the JSON files (docs/site.md)
     SITE/.buildunits-site.json  what it remembers between updates
+    SITE/.buildunits-final   what every build's .final mark is a hard link to
     SITE/**/.NAME.tmp-*      a page being written; swept at startup and daily
                              once older than fsutil.TMP_SWEEP_AGE_SEC
 
@@ -47,12 +60,15 @@ SIGNALS
     waterfall; SIGTERM stops.
 """
 
+import gc
+import os
+import signal
 import sys
 import time
 
 from gi.repository import GLib
 
-from . import config, daemon, fsutil, log
+from . import config, daemon, fsutil, log, sitefill
 from .spool import Spool
 from .state import State
 
@@ -61,6 +77,10 @@ LOG_FOLLOW_SEC = 2      # how often a running step's log page is brought up to d
 # crashed htmlgen left (each older than fsutil.TMP_SWEEP_AGE_SEC): a walk of
 # the whole site, so not at every rescan.
 SITE_SWEEP_INTERVAL_SEC = 86400
+# A site without INDEX whose history is this long or longer is served
+# heads first, and rendered whole in the background (DESCRIPTION); a
+# shorter one is rendered whole before READY=1 (a few seconds at most).
+HEADS_FIRST_MIN_BUILDS = 500
 
 
 class HTMLGen(daemon.Daemon):
@@ -80,9 +100,22 @@ class HTMLGen(daemon.Daemon):
         self._follow_source = None
         self._follow_error = None
         self._swept = None
+        self._fill = None        # the child rendering the whole site: {"pid", "fd", "lines", ...}
+        self._fill_due = None    # GLib source that starts it
+        self.fills = 0           # fills finished
 
     def startup(self):
+        self._children_leave_the_lock()
         self._sweep_site()
+
+    def _children_leave_the_lock(self):
+        """The fill and the workers of a full rendering (sitefill) close
+        the instance lock: one that outlived this process for a moment
+        must not keep the next start out."""
+        sock = getattr(self, "_lock_sock", None)
+        sitefill.close_in_child[:] = [fd for fd in (getattr(self, "_lock_fd", None),
+                                                    sock.fileno() if sock is not None else None)
+                                      if fd is not None]
 
     def _sweep_site(self):
         """Remove the temporary files (fsutil.tmp_name) that writers of the
@@ -97,6 +130,7 @@ class HTMLGen(daemon.Daemon):
             from .site import Site
             self._site = Site(self.dirs.site, self.state, self.spool, self.cfg)
             self._site.source.fed = self.events
+            self._site.heads_first = HEADS_FIRST_MIN_BUILDS
         return self._site
 
     def spool_event(self, path, present):
@@ -118,12 +152,18 @@ class HTMLGen(daemon.Daemon):
     def on_config(self, old, new):
         self._site = None
         self._full = True
+        self._stop_fill()   # it renders with the old configuration; the next pass starts another
 
     def work(self):
         touched = self.spool.take_hints()
         if self._full:
             self._full = False
             self.site().rebuild(progress=lambda done, total: self.keepalive())
+            # What a full pass leaves in memory (the cards, the pieces of
+            # pages, the templates) lives long: out of the collector's
+            # sight, a pass at 1000 builders costs a quarter less.
+            gc.collect()
+            gc.freeze()
         else:
             self.site().update(touched)
         self._renders += 1
@@ -131,6 +171,106 @@ class HTMLGen(daemon.Daemon):
             self.bus.emit("SiteUpdated", b, n)
         if self._follow_source is None and self.site().follow_logs() is not None:
             self._follow_source = GLib.timeout_add_seconds(LOG_FOLLOW_SEC, self._follow)
+        if self.site().needs_fill and self._fill is None and self._fill_due is None:
+            # From the main loop, so after READY=1 on a first start.
+            self._fill_due = GLib.idle_add(self._start_fill)
+
+    # ------------------------------------------------- the background fill
+    def _start_fill(self):
+        """Fork the child that renders the whole site (see DESCRIPTION)."""
+        self._fill_due = None
+        if self.stopping or self._fill is not None or not self.site().needs_fill:
+            return False
+        from .site import Site
+        dirs, cfg, state, spool = self.dirs, self.cfg, self.state, self.spool
+        self._children_leave_the_lock()
+
+        def fill(report):
+            shown = [None]
+
+            def progress(done, total):
+                if total and done * 100 // total != shown[0]:
+                    shown[0] = done * 100 // total
+                    report("= %d %d" % (done, total))
+            Site(dirs.site, state, spool, cfg).rebuild(progress=progress)
+        pid, fd = sitefill.fork(fill)
+        os.set_blocking(fd, False)
+        f = self._fill = {"pid": pid, "fd": fd, "lines": sitefill.Lines(), "started": time.monotonic(),
+                          "logged": -1}
+        f["io"] = GLib.io_add_watch(fd, GLib.PRIORITY_DEFAULT, GLib.IO_IN | GLib.IO_HUP | GLib.IO_ERR,
+                                    self._fill_report)
+        f["watch"] = GLib.child_watch_add(GLib.PRIORITY_DEFAULT, pid, self._fill_done)
+        log.notice("site %s: no index to take up from; rendering it whole in the background (process %d)"
+                   % (self.dirs.site, pid))
+        self.notifier.status(self.status_text())
+        return False
+
+    def _fill_report(self, fd, _cond):
+        f = self._fill
+        if f is None or f["fd"] != fd:
+            return False
+        more = f["lines"].feed(fd)
+        at = f["lines"].at
+        if at is not None:
+            tenth = at[0] * 10 // max(1, at[1])
+            if tenth != f["logged"]:
+                f["logged"] = tenth
+                log.info("site: filled in %d of %d builds" % at)
+            self.notifier.status(self.status_text())
+        if not more:
+            f["io"] = None
+        return more
+
+    def _fill_done(self, pid, status):
+        f = self._fill
+        if f is None or f["pid"] != pid:
+            return
+        self._fill = None
+        if f["io"] is not None:
+            GLib.source_remove(f["io"])
+            f["lines"].feed(f["fd"])
+        os.close(f["fd"])
+        if status == 0:
+            self.fills += 1
+            at = f["lines"].at
+            log.notice("site %s rendered whole in %.1fs (%d builds); taking up from its index"
+                       % (self.dirs.site, time.monotonic() - f["started"], at[1] - 1 if at else 0))
+            self._full = True
+            self.wake()
+        else:
+            # Its builds with a .final are done; the next one renders the rest.
+            log.error("site: the process rendering it whole failed (%s); trying again"
+                      % sitefill.describe_status(status))
+            self.retry_later()
+        self.notifier.status(self.status_text())
+
+    def _stop_fill(self):
+        if self._fill_due is not None:
+            GLib.source_remove(self._fill_due)
+            self._fill_due = None
+        f, self._fill = self._fill, None
+        if f is None:
+            return
+        for source in (f["io"], f["watch"]):
+            if source is not None:
+                GLib.source_remove(source)
+        try:
+            os.kill(f["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(f["pid"], 0)   # its workers stop by themselves (sitefill)
+        except ChildProcessError:
+            pass
+        os.close(f["fd"])
+
+    def filling(self):
+        """True while the site is being rendered whole in the background."""
+        return self._fill is not None or self._fill_due is not None
+
+    def shutdown(self):
+        self._stop_fill()
+        return True
 
     def _follow(self):
         """The log-follow timer: on while a build runs (see DESCRIPTION)."""
@@ -158,7 +298,11 @@ class HTMLGen(daemon.Daemon):
         return super()._rescan()
 
     def status_text(self):
-        return "site %s; %d updates" % (self.dirs.site, self._renders)
+        text = "site %s; %d updates" % (self.dirs.site, self._renders)
+        if self.filling():
+            at = self._fill["lines"].at if self._fill else None
+            text += "; filling in the site's history" + (": %d of %d builds" % at if at else "")
+        return text
 
 
 def _extra(parser):

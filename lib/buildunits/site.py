@@ -46,12 +46,16 @@ builds and the heads, and never lists or reads the history:
   far the waterfall and history pages go, the last finished build, and
   the numbers not final yet.  A new process reads it and the records of
   the builds its heads show; without it (or with another FINAL_MARK) it
-  renders everything again, skipping builds whose .final is current.
+  renders everything again, skipping builds whose .final is current, the
+  builds' pages by worker processes (_render_pool), or, heads first
+  (htmlgen), only the heads and their builds until a child wrote INDEX
+  (_provisional_load).
 
 A pass with nothing new writes nothing: the heads are rendered only when
 a build, the builders, the older waterfall pages or the queue they show
 changed, and INDEX only when its text did.  A builder's counter is looked
-at by one lstat and read when it changed (sitesource.catch_up).
+at by one lstat and read when it changed (sitesource.catch_up): by a pass
+named by hints, only the hinted builders' (_pass).
 
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
@@ -65,22 +69,24 @@ import contextlib
 import heapq
 import os
 
-from . import fsutil, sitefiles, siteindex
+from . import fsutil, sitefill, sitefiles, siteindex  # noqa: F401 (fsutil: what the tests see write)
 from .siteindex import HISTORY_PAGE, INDEX
 from .sitelogs import LogPages
 from .sitepages import MAX_QUEUED_SHOWN, Pages
 from .sitesource import Source
-from .siteviews import build_view, card
+from .siteviews import build_view, card, card_order
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
 GAP_PATIENCE = 10                    # later numbers taken before a number without a record is a gap
+PARALLEL_MIN_BUILDS = 400            # a full rendering of fewer builds stays in one process
+MAX_WORKERS = 8
 _UNREAD = object()
 
 
 class Site:
     """The files under SITE_DIR, rendered from STATE, SPOOL and CFG."""
 
-    def __init__(self, site_dir, state, spool, cfg):
+    def __init__(self, site_dir, state, spool, cfg, workers=None):
         self.root = site_dir
         self.state = state
         self.spool = spool
@@ -91,6 +97,16 @@ class Site:
         self.files = sitefiles.SiteFiles(site_dir)
         self.logs = LogPages(self.files, state)
         self.pages = Pages(self.files)
+        # Worker processes of a full rendering (sitefill.Pool); None: one
+        # per CPU when there are PARALLEL_MIN_BUILDS builds or more.
+        self.workers = workers
+        # Heads first (a number of builds, or None): a site without a
+        # usable INDEX whose history holds at least that many builds gets
+        # only its head pages (and the builds they show), and keeps
+        # needs_fill set until the full rendering, done elsewhere
+        # (htmlgen's fill), wrote INDEX (_provisional_load).
+        self.heads_first = None
+        self.needs_fill = False
         self._reset()
 
     def _reset(self):
@@ -107,8 +123,10 @@ class Site:
         self._badges = set()     # builders whose last result changed
         self._dirty_pages = set()  # (B, history page) to render again
         self._dirty_wf = set()   # sealed waterfall pages to render again
+        self._touched = set()    # builders whose numbers, builds or seal changed in this pass
         self._index_text = None  # INDEX's text as this process last wrote it
         self._shown = None       # (builders, older waterfall pages, queue) the heads show
+        self._provisional = False  # the heads of a site whose full rendering is under way
 
     # ------------------------------------------------------------------ API
     def update(self, touched, force=False):
@@ -121,7 +139,9 @@ class Site:
             self._loaded = False  # another process (buildunits-htmlgen --rebuild) wrote the site
         with self._forget_on_failure():
             if not self._loaded and not self._load():
-                return self._generate(None, force=False)
+                if not self._heads_first():
+                    return self._generate(None, force=False)
+                self._provisional_load()
             self._pass(touched, force)
         return self.files.count
 
@@ -138,7 +158,9 @@ class Site:
         self.source.rescan()
         with self._forget_on_failure():
             if force or not (self._loaded or self._load()):
-                return self._generate(progress, force)
+                if force or not self._heads_first():
+                    return self._generate(progress, force)
+                self._provisional_load()
             self._all = True
             self._pass([], False)
         if progress:
@@ -155,6 +177,18 @@ class Site:
             self._loaded = False
             raise
 
+    def _heads_first(self):
+        """Whether to take up a site without INDEX heads first: its history
+        is as long as self.heads_first builds or longer (the counters say)."""
+        if self.heads_first is None:
+            return False
+        total = 0
+        for name in self.source.builder_names(self.cfg.builders):
+            total += max(0, (self.state.read_counter(name) or 1) - 1)
+            if total >= self.heads_first:
+                return True
+        return False
+
     def build_dir(self, builder, number):
         return os.path.join(self.root, "builders", builder, str(number))
 
@@ -170,18 +204,33 @@ class Site:
                 forced.add((builder, number))
                 hints[builder] = max(hints.get(builder, 0), number)
         todo = set(forced)
+        # A pass named by hints looks at the counters of the builders they
+        # name only (at 1000 builders, a stat each would be most of what a
+        # finished build costs); one without (a signal, the queue, the
+        # timers), and every full one, at all of them, so a lost hint is
+        # found by the next such pass, or the rescan at the latest.
+        every = full or not hints
         for name in names:
-            b = self._builder(name)
-            for n in self.source.catch_up(b, hints.get(name, 0), full):
-                todo.add((name, n))
-            todo.update((name, n) for n in b.unfinal)
+            b = self._b.get(name)
+            if b is None or every or name in hints:
+                b = self._builder(name)
+                new = self.source.catch_up(b, hints.get(name, 0), full)
+                if new:
+                    self._touched.add(name)
+                    todo.update((name, n) for n in new)
+            if b.unfinal:
+                self._touched.add(name)
+                todo.update((name, n) for n in b.unfinal)
         for name, n in sorted(todo):
             self._visit(self._b[name], n, force=force and (name, n) in forced)
         self._finish()
 
     def _generate(self, progress, force):
         """Render the whole site from state, reading every record once, in
-        the order the builds started (a merge of the builders' histories)."""
+        the order the builds started (a merge of the builders' histories).
+        The builds' own pages, most of the work, are rendered by worker
+        processes when they are many (_render_pool); this process makes
+        the cards, the pages of many builds and INDEX meanwhile."""
         self._reset()
         self._loaded = True
         names = self._names = self.source.builder_names(self.cfg.builders)
@@ -195,22 +244,41 @@ class Site:
             b.unfinal.update(n for n in range(max(1, b.known - GAP_PATIENCE + 1), b.known + 1)
                              if n not in have)
         total = sum(len(n) for n in numbers.values()) + 1
-        streams = [self.source.stream(name, nums) for name, nums in numbers.items()]
-        done = 0
-        for _, name, n, rec, stamp in heapq.merge(*streams, key=lambda item: item[:3]):
-            b = self._b[name]
-            self._visit(b, n, force=force, rec=rec, stamp=stamp, by_file=not force)
-            if n % HISTORY_PAGE == 0 or n == b.known:
-                self._complete_pages(b, n // HISTORY_PAGE)
-            done += 1
-            if done % 16 == 0:
-                self._seal()
-                self._prune(b)
-            if progress:
-                progress(done, total)
+        pool = self._render_pool(numbers, force, total - 1)
+        try:
+            streams = [self.source.stream(name, nums) for name, nums in numbers.items()]
+            done = 0
+            for _, name, n, rec, stamp in heapq.merge(*streams, key=lambda item: item[:3]):
+                b = self._b[name]
+                self._visit(b, n, force=force, rec=rec, stamp=stamp, by_file=not force, render=pool is None)
+                if n % HISTORY_PAGE == 0 or n == b.known:
+                    self._complete_pages(b, n // HISTORY_PAGE)
+                done += 1
+                if done % 16 == 0:
+                    self._seal()
+                    self._prune(b)
+                    if pool is not None:
+                        pool.poll()
+                if progress:
+                    progress(done if pool is None else min(done, pool.done), total)
+            if pool is not None:
+                # INDEX, the commit point of the whole rendering, is written
+                # (by _finish) only once every worker has done its share.
+                pool.wait(progress, total)
+        except BaseException:
+            if pool is not None:
+                pool.kill()
+            raise
         for name in names:
             b = self._b[name]
             b.unfinal = {n for n in b.unfinal if n > b.known - GAP_PATIENCE or n in b.recs}
+        if pool is not None:
+            # A build a worker saw running, or without a record, which this
+            # process saw finished: the next pass renders it again.
+            for name, n in pool.lines.unfinal:
+                b = self._b.get(name)
+                if b is not None and 0 < n <= b.known and self.state.build_stamp(name, n) is not None:
+                    b.unfinal.add(n)
         self._all = True
         self._finish()
         self.pages.remove_stale_waterfall_pages(self._wf_pages)
@@ -218,12 +286,49 @@ class Site:
             progress(total, total)
         return self.files.count
 
+    def _render_pool(self, numbers, force, builds):
+        """Worker processes rendering the pages of the builds in NUMBERS
+        ({builder: [n]}), build n of every builder by worker n % count;
+        None if this process is to render them (few builds, one CPU).
+
+        A worker renders a build as _visit would: unless FORCE, only if its
+        .final is not current; it reports each build it leaves without
+        .final.  Crash safety is the single process's: .final follows a
+        build's pages, INDEX follows every worker's end (_generate), so a
+        crash of any of them leaves builds with their pages and .final or
+        without .final, and no new INDEX: the next start renders again
+        the builds without .final, and every page of many builds."""
+        count = self.workers
+        if count is None:
+            count = min(MAX_WORKERS, sitefill.cpus()) if builds >= PARALLEL_MIN_BUILDS else 1
+        if count <= 1:
+            return None
+
+        def share(k, count, tick, unfinal):
+            for name, nums in numbers.items():
+                b = siteindex.Builder(name)
+                for n in nums:
+                    if n % count != k:
+                        continue
+                    if force or not self._is_final_file(b, n):
+                        rec = self.source.read(name, n) if self.state.build_stamp(name, n) else None
+                        if rec is None:
+                            unfinal(name, n)
+                        else:
+                            view = build_view(rec)
+                            self._render_build(b, n, view, pages=True, force=force)
+                            if view["state"] != "finished":
+                                unfinal(name, n)
+                    tick()
+        return sitefill.Pool(count, share)
+
     def _finish(self):
         """The end of every pass: pages that became full, sealing, the
         pages a changed build is on, the heads, then INDEX."""
-        for b in self._b.values():
-            self._complete_pages(b, b.known // HISTORY_PAGE)
-        self._seal()
+        if not self._provisional:
+            for b in self._touched_builders():
+                self._complete_pages(b, b.known // HISTORY_PAGE)
+            self._seal()
         for name, page in sorted(self._dirty_pages):
             b = self._b[name]
             if page <= b.pages:
@@ -238,7 +343,7 @@ class Site:
                 if not o["waiting"]:
                     del self._wf_open[page]
         self._heads()
-        for b in self._b.values():
+        for b in self._touched_builders():
             self._prune(b)
         self._save_index()
         self._all = False
@@ -247,6 +352,15 @@ class Site:
         self._badges.clear()
         self._dirty_pages.clear()
         self._dirty_wf.clear()
+        self._touched.clear()
+
+    def _touched_builders(self):
+        """The builders a pass may have to complete a page of or prune the
+        cards of: all in a full pass, else those it changed (the others'
+        pages and cards are as the last pass left them)."""
+        if self._all:
+            return list(self._b.values())
+        return [self._b[name] for name in sorted(self._touched | self._dirty) if name in self._b]
 
     def _heads(self):
         """The head pages, if anything they show changed: a build, the
@@ -285,13 +399,14 @@ class Site:
             return False
 
     # ------------------------------------------------------------ one build
-    def _visit(self, b, n, force=False, rec=_UNREAD, stamp=None, by_file=False):
+    def _visit(self, b, n, force=False, rec=_UNREAD, stamp=None, by_file=False, render=True):
         """Bring B #N's pages and card up to date.  By_file: whether its
-        pages are final is read from .final (a site not known yet)."""
+        pages are final is read from .final (a site not known yet).  Not
+        RENDER: only its card (worker processes write its pages)."""
         if n > b.known:
             return
         if by_file:
-            final = self._is_final_file(b, n)
+            final = self._is_final_file(b, n) if render else False
         else:
             final = n not in b.unfinal
             if final and not force:
@@ -310,7 +425,7 @@ class Site:
         view = build_view(rec)   # the one reshaping of the record; the card is made of it
         c = b.cards[n] = card(view) if changed else b.cards[n]
         b.stamps[n] = stamp
-        if force or not final:
+        if render and (force or not final):
             self._render_build(b, n, view, pages=changed, force=force)
         self._remember(b, n, c, rec)
         if changed and (force or not final):
@@ -364,7 +479,7 @@ class Site:
         if pages or not running:
             self.pages.build(self.cfg, b, bdir, view)
         if not running:
-            fsutil.write_atomic(os.path.join(bdir, ".final"), FINAL_MARK, durable=False)
+            self.files.mark(os.path.join(bdir, ".final"), FINAL_MARK)
             self.logs.forget(bdir)
 
     def follow_logs(self):
@@ -405,6 +520,7 @@ class Site:
             self._wf_pages += 1
             for name, number in marks.items():
                 self._b[name].sealed = number
+                self._touched.add(name)
             self.pages.waterfall_page(self.cfg, self._b, self._wf_pages, self._wf_pages, members)
             if running:
                 self._wf_open[self._wf_pages] = {
@@ -422,6 +538,7 @@ class Site:
         self._reset()
         self._b, self._wf_pages, self._wf_open = loaded
         self._loaded = True
+        self.needs_fill = False
         self._all = True
         # The cards the head pages show; running builds are visited by the pass.
         for b in self._b.values():
@@ -430,7 +547,51 @@ class Site:
                     self._card_for(b, n)
         return True
 
+    def _provisional_load(self):
+        """Heads first (htmlgen's first start, or a lost INDEX): take up a
+        site without a usable INDEX from the newest builds only, so that
+        its head pages come in the time of a few pages, not of the whole
+        history.  For each builder, the builds its first page shows are
+        read and rendered (those whose .final is not current); the
+        waterfall's first page shows the newest 2*WaterfallDepth- 1
+        builds of these.  Until the full rendering, run elsewhere (the
+        fill), writes INDEX, passes go on so, but for what needs the
+        whole history: no older waterfall or history page is written
+        (the heads link to none of the waterfall's, and each builder's
+        page to the history page below it, which the fill writes), and
+        no INDEX, which would say the history is rendered.
+
+        Crash safety: this writes nothing the fill does not write again
+        but the builds' pages, each followed by its .final as in any
+        pass; a crash at any point leaves no INDEX, so the next start
+        does this again and starts the fill again, which renders only
+        the builds without a current .final."""
+        self._reset()
+        self._loaded = True
+        self._provisional = True
+        self.needs_fill = True
+        # The INDEX found unusable (or None): the fill's INDEX is a change.
+        self._index_stamp = sitefiles.stamp(os.path.join(self.root, INDEX))
+        names = self._names = self.source.builder_names(self.cfg.builders)
+        window = []
+        for name in names:
+            b = self._builder(name)
+            self.source.catch_up(b)
+            b.unfinal.clear()
+            for n in range(b.head_floor() + 1, b.known + 1):
+                self._visit(b, n, by_file=True)
+                c = b.cards.get(n)
+                if c is not None:
+                    window.append(c)
+        size = max(1, int(self.cfg.waterfall_depth))
+        window.sort(key=card_order, reverse=True)
+        for c in window[2 * size - 1:]:
+            b = self._b[c["builder"]]
+            b.sealed = max(b.sealed, c["number"])
+
     def _save_index(self):
+        if self._provisional:
+            return   # INDEX is the full rendering's to write (_provisional_load)
         self.files.mkdir(self.root)
         path = os.path.join(self.root, INDEX)
         # Written only when it changed: a pass with nothing new writes nothing.

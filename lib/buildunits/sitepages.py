@@ -10,6 +10,15 @@ engine (site.py) says which pages a pass needs, in which order.
 A finished build looks the same on every page that shows it, so its
 waterfall cell, history row, console box, feed entry and JSON summary are
 rendered once and kept (fragment()) until the engine forgets its card.
+So is a builder's part of the pages with a line or a column per builder
+(builders.html, the console, the waterfall and a group's page, and
+api/builders.json): its column (siteviews.column) is made again only
+when a build of it or what it shows changed, and each part of a page
+made of it is rendered once per column and spliced (_part), the page
+reading byte for byte as if its template had rendered it whole.  A row
+of the console or the waterfall is its cells joined, an empty one a
+constant: what a pass costs does not grow with the builders but by a
+join of their parts.
 
 The site's layout, with relative links only, so it reads the same through
 any web server, from file://, or copied elsewhere (B is a builder, N a
@@ -36,9 +45,12 @@ build number; docs/site.md has the same table for readers):
 
 import heapq
 import json
+import operator
 import os
 import time
 import uuid
+
+import markupsafe
 
 from . import fsutil, sitegroups, siteviews, templates
 from .siteindex import HISTORY_PAGE
@@ -57,7 +69,8 @@ BADGE_COLOURS = {
     "skipped": ("#4aa3a3", "#000"), "running": ("#e6d800", "#000"),
 }
 BADGE_OTHER = ("#9e9e9e", "#000")
-_EMPTY_CELL = {"boxes": (), "more": 0}
+CONSOLE_EMPTY = "<td>\n</td>\n"      # consolecell.html of a cell without builds
+WATERFALL_EMPTY = "<td></td>\n"       # a waterfall cell without a build
 
 
 class Pages:
@@ -71,6 +84,17 @@ class Pages:
         self._pieces = {}        # (B, n) -> {(template, root): a finished build's piece of a page}
         self._group_seen = {}    # group -> what its page showed: (columns, pager)
         self._badge_words = {}   # builder -> the word its badge shows
+        self._cols = {}          # builder -> (key, column, {(template, root): part}): _column
+        self._parts = {}         # id(column) -> (column, its parts): this pass's columns
+        self._group_parts = {}   # group -> (its column, its parts)
+        self._cells = {}         # (boxes, more) -> consolecell.html: last pass's and this one's
+        self._joined = {}        # (template, root) -> (columns, their parts joined)
+        self._row_cells = {}     # (root, columns, cells) -> a row's cells joined: last pass's and this one's
+        self._row_cells_old = {}
+        self._group_cells = {}   # (cards, href, root) -> groupcell.html: last pass's and this one's
+        self._group_cells_old = {}
+        self._plan = None        # (names, cfg, sitegroups.plan of them)
+        self._group_cols = {}    # group -> (member columns, sitegroups.group_column of them)
 
     def forget_build(self, name, n):
         self._pieces.pop((name, n), None)
@@ -124,6 +148,7 @@ class Pages:
                          title="%s: older builds, page %d" % (cfg.title, page), root="../",
                          refresh=0, head=False, columns=columns, group="",
                          rows=self._rows(cards, _slots(layout), columns, "../"),
+                         **self._wf_cells(columns, "../", False, False),
                          pager={"newer": newer, "older": older, "pages": []},
                          any_queued=False, max_queued=MAX_QUEUED_SHOWN)
 
@@ -148,16 +173,25 @@ class Pages:
         to write.  api/builders.json comes last."""
         every = changed is None
         dirty, finished, badges = changed or (set(), set(), set())
-        columns = [_column(cfg, b, queued.get(b.name, (0, []))) for b in bs]
+        if every:
+            self._cols, self._group_parts = {}, {}
+        self._parts = {}
+        # What this pass's rows use is kept for the next, and no more.
+        self._row_cells_old, self._row_cells = self._row_cells, {}
+        self._group_cells_old, self._group_cells = self._group_cells, {}
+        columns = [self._column(cfg, b, queued.get(b.name, (0, [])), every or b.name in dirty) for b in bs]
         common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
         self._waterfall_head(cfg, bs, wf_pages, columns, common, None if every else dirty)
         self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
-                         columns=columns, **common)
+                         columns=columns, rows=self._join("builderrow.html", columns, ""), **common)
         if every or dirty:
             self._write_page(cfg, "console.html", "console.html", title="%s: console" % cfg.title,
-                             columns=columns, rows=self._console_rows(bs), **common)
+                             columns=columns, head=self._join("consolehead.html", columns, ""),
+                             rows=self._console_rows(bs), **common)
         if every or finished:
-            cards = [c for b in bs for c in b.cards.values()]
+            cards = heapq.nlargest(FEED_ENTRIES, (c for b in bs for c in b.cards.values()
+                                                  if c["state"] == "finished" and c["finished"] is not None),
+                                   key=_feed_order)
             self._feed(cfg, "atom.xml", "", "index.html", cfg.title, cards, "")
         for b, column in zip(bs, columns):
             if every or b.name in dirty:
@@ -172,7 +206,77 @@ class Pages:
                     self._badge_words[b.name] = word
         # Last, so a reader that sees a build here finds every page of the
         # pass that put it there: the build's own, the heads, feeds, badges.
-        self._write_json("api/builders.json", siteviews.builders_doc(cfg.title, columns, time.time()))
+        doc = siteviews.builders_doc(cfg.title, [], time.time())
+        del doc["builders"]   # the last key: the builders' parts, spliced
+        self.files.write_json("api/builders.json", doc, [self._part("json", c, "") for c in columns],
+                              key="builders")
+
+    # ------------------------------------------------- a builder's parts
+    def _column(self, cfg, b, queued, changed):
+        """B's column (siteviews.column), that of the last pass unless B's
+        builds CHANGED or what else it shows did; then the parts of pages
+        made of it are kept too (_part).  QUEUED: (count, [requests])."""
+        builder = cfg.builders.get(b.name)
+        count, reqs = queued
+        key = (b.known, None if b.last is None else tuple(b.last.values()), count,
+               tuple(r.get("id") for r in reqs), builder)
+        kept = self._cols.get(b.name)
+        if kept is not None and not changed and kept[0] == key:
+            col, parts = kept[1], kept[2]
+        else:
+            col, parts = siteviews.column(b, builder, queued), {}
+            self._cols[b.name] = (key, col, parts)
+        self._parts[id(col)] = (col, parts)
+        return col
+
+    def _part(self, template, c, root):
+        """TEMPLATE (a part of a page: templates.part, or "json": c's entry
+        in api/builders.json) of column C, rendered once per column: a
+        builder's as long as _column keeps it, a group's as long as it
+        reads the same."""
+        entry = self._parts.get(id(c))
+        if entry is None or entry[0] is not c:
+            if c["kind"] != "group":
+                return _make_part(template, c, root)   # an older page's: written once
+            entry = self._group_parts.get(c["name"])
+            if entry is None or entry[0] != c:
+                entry = self._group_parts[c["name"]] = (c, {})
+        parts = entry[1]
+        piece = parts.get((template, root))
+        if piece is None:
+            piece = parts[(template, root)] = _make_part(template, c, root)
+        return piece
+
+    def _join(self, template, columns, root):
+        """The parts of COLUMNS joined, those of the last page of TEMPLATE
+        again but for the columns that are not the same objects."""
+        kept = self._joined.get((template, root))
+        if kept is not None and len(kept[0]) == len(columns):
+            parts = kept[1]
+            changed = [i for i, same in enumerate(map(operator.is_, columns, kept[0])) if not same]
+            if not changed:
+                return kept[2]
+            parts = list(parts)
+            for i in changed:
+                parts[i] = self._part(template, columns[i], root)
+        else:
+            parts = [self._part(template, c, root) for c in columns]
+        joined = markupsafe.Markup("".join(parts))
+        self._joined[(template, root)] = (list(columns), parts, joined)
+        return joined
+
+    def _layout(self, cfg, names):
+        """sitegroups.plan of NAMES, made again when they or CFG changed."""
+        names = tuple(names)
+        if self._plan is None or self._plan[1] is not cfg or self._plan[0] != names:
+            self._plan = (names, cfg, sitegroups.plan(list(names), _group_of(cfg)))
+        return self._plan[2]
+
+    def _group_column(self, name, columns):
+        kept = self._group_cols.get(name)
+        if kept is None or kept[0] != columns:
+            kept = self._group_cols[name] = (columns, sitegroups.group_column(name, columns))
+        return kept[1]
 
     def _waterfall_head(self, cfg, bs, wf_pages, columns, common, dirty):
         """index.html, and the groups' pages (sitegroups) whose builders
@@ -183,19 +287,20 @@ class Pages:
         if wf_pages > 5:
             pages.append(("page 1 (oldest)", "waterfall/1.html"))
         pager = {"newer": "", "older": older, "pages": pages}
-        layout = sitegroups.plan([b.name for b in bs], _group_of(cfg))
+        layout = self._layout(cfg, [b.name for b in bs])
         wf_columns = columns
         by_name = {b.name: (b, col) for b, col in zip(bs, columns)}
         if layout is not None:
             wf_columns = [by_name[names[0]][1] if kind == "builder"
-                          else sitegroups.group_column(name, [by_name[n][1] for n in names])
+                          else self._group_column(name, [by_name[n][1] for n in names])
                           for kind, name, names in layout]
         else:
             layout = [("builder", b.name, [b.name]) for b in bs]
+        any_queued = any(c["queued_count"] for c in wf_columns)
         self._write_page(cfg, "index.html", "waterfall.html", title=cfg.title, head=True, group="",
                          columns=wf_columns, rows=self._rows(heads, _slots(layout), wf_columns, ""),
-                         pager=pager, any_queued=any(c["queued_count"] for c in wf_columns),
-                         max_queued=MAX_QUEUED_SHOWN, **common)
+                         pager=pager, any_queued=any_queued, max_queued=MAX_QUEUED_SHOWN,
+                         **self._wf_cells(wf_columns, "", True, any_queued), **common)
         groups = {name: [by_name[n] for n in names] for kind, name, names in layout if kind == "group"}
         for name, members in groups.items():
             self._group_page(cfg, name, members, dict(pager, pages=[]), dirty)
@@ -214,13 +319,14 @@ class Pages:
         layout = [("builder", b.name, [b.name]) for b, _col in members]
         # The group's newest builds of those in memory (each builder's first
         # page's worth), sealed or not: its share of index.html may be none.
-        heads = sorted((c for b, _col in members for c in b.cards.values()), key=card_order,
-                       reverse=True)[:2 * max(1, int(cfg.waterfall_depth))]
+        heads = heapq.nlargest(2 * max(1, int(cfg.waterfall_depth)),
+                               (c for b, _col in members for c in b.cards.values()), key=card_order)
+        any_queued = any(c["queued_count"] for c in columns)
         self._write_page(cfg, sitegroups.page_path(name), "waterfall.html", root="../", refresh=REFRESH_SEC,
                          feed="atom.xml", title="%s: %s" % (cfg.title, text(name)), head=True, group=text(name),
                          columns=columns, rows=self._rows(heads, _slots(layout), columns, "../"),
-                         pager=pager, any_queued=any(c["queued_count"] for c in columns),
-                         max_queued=MAX_QUEUED_SHOWN)
+                         pager=pager, any_queued=any_queued, max_queued=MAX_QUEUED_SHOWN,
+                         **self._wf_cells(columns, "../", True, any_queued))
 
     def _remove_stale_group_pages(self, groups):
         """After a full rendering: the pages of groups no builder is in now."""
@@ -269,54 +375,91 @@ class Pages:
             if not (row and c["revision"] and row["revision"] == c["revision"]
                     and c["builder"] not in row["builders"]):
                 row = {"revision": c["revision"], "started": card_time(c) or None, "builders": set(),
-                       "changes": self.fragment("changes.html", c, root), "cells": [None] * len(columns), "day": ""}
+                       "changes": self.fragment("changes.html", c, root), "cells": {}, "day": ""}
                 rows.append(row)
             row["builders"].add(c["builder"])
-            row["cells"][col] = (row["cells"][col] or []) + [c]
+            row["cells"].setdefault(col, []).append(c)
         for row in rows:
-            row["cells"] = [self._cell(cell, column, root) for cell, column in zip(row["cells"], columns)]
+            cells = tuple((col, self._cell(cards, columns[col], root)) for col, cards in row["cells"].items())
+            row["cells"] = self._join_cells((root, len(columns), cells), len(columns), WATERFALL_EMPTY,
+                                            '<td class="build">%s</td>\n')
             day = time.strftime("%Y-%m-%d", time.localtime(row["started"])) if row["started"] else ""
             row["day"] = day if day != last_day else ""
             last_day = day
         return rows
 
     def _cell(self, cards, column, root):
-        if not cards:
-            return None
         if column["kind"] != "group":
             return self.fragment("cell.html", cards[0], root)
-        return templates.fragment("groupcell.html", v=sitegroups.cell_view(cards), href=column["html"], root=root)
+        # What cell_view reads of each card, which a finished build keeps.
+        key = (tuple((c["builder"], c["number"], c["status"], c["html"]) for c in cards), column["html"], root)
+        cell = self._group_cells.get(key) or self._group_cells_old.get(key)
+        if cell is None:
+            cell = templates.fragment("groupcell.html", v=sitegroups.cell_view(cards), href=column["html"],
+                                      root=root)
+        self._group_cells[key] = cell
+        return cell
+
+    def _join_cells(self, key, count, empty, form):
+        """A row's COUNT cells joined: EMPTY each but those KEY[-1] names,
+        ((index, markup), ...), each in FORM; kept while rows reuse it."""
+        joined = self._row_cells.get(key) or self._row_cells_old.get(key)
+        if joined is None:
+            # Most columns have no build in a row: a constant each, joined.
+            tds = [empty] * count
+            for i, cell in key[-1]:
+                tds[i] = form % cell
+            joined = markupsafe.Markup("".join(tds))
+        self._row_cells[key] = joined
+        return joined
 
     def _console_rows(self, bs):
         """Console rows: a revision each, newest first, from the cards in
         memory.  Only the CONSOLE_ROWS newest get cells: a row has a cell
         per builder, so making them all would cost rows x builders."""
         index = {b.name: i for i, b in enumerate(bs)}
-        groups = {}
+        groups, first = {}, {}
         for b in bs:
             for c in b.cards.values():
                 key = c["revision"] or (c["builder"], c["number"])
-                groups.setdefault(key, []).append(c)
-        newest = heapq.nlargest(CONSOLE_ROWS, groups.values(), key=lambda cards: card_order(min(cards, key=card_order)))
+                order = card_order(c)
+                cards = groups.get(key)
+                if cards is None:
+                    groups[key] = [c]
+                    first[key] = order
+                else:
+                    cards.append(c)
+                    if order < first[key]:
+                        first[key] = order
+        newest = [groups[key] for key in heapq.nlargest(CONSOLE_ROWS, groups, key=first.__getitem__)]
         rows = []
+        old, self._cells = self._cells, {}   # the cells of this pass are kept for the next
         for cards in newest:
             cards.sort(key=card_order, reverse=True)
             lead = next((c for c in cards if c["changes"]), cards[-1])
             mine = {}
             for c in cards:
                 mine.setdefault(index[c["builder"]], []).append(c)
-            cells = [_EMPTY_CELL] * len(bs)   # most builders did not build this revision
-            for i, cell in mine.items():
-                cells[i] = {"boxes": [self.fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]],
-                            "more": max(0, len(cell) - CONSOLE_CELL)}
+            cells = []
+            for i, cell in sorted(mine.items()):
+                key = (tuple(self.fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]),
+                       max(0, len(cell) - CONSOLE_CELL))
+                td = old.get(key) or self._cells.get(key)
+                if td is None:
+                    td = templates.part("consolecell.html", cell={"boxes": key[0], "more": key[1]})
+                self._cells[key] = td
+                cells.append((i, td))
+            # Most builders did not build this revision: an empty cell each.
             rows.append({"started": min(card_time(c) for c in cards) or None, "branch": lead["branch"],
-                         "changes": self.fragment("changes.html", lead, ""), "cells": cells})
+                         "changes": self.fragment("changes.html", lead, ""),
+                         "cells": self._join_cells(("console", len(bs), tuple(cells)), len(bs), CONSOLE_EMPTY,
+                                                   "%s")})
         return rows
 
     # ---------------------------------------------------- feeds, badges
     def _feed(self, cfg, rel, root, alternate, title, cards, builder):
         entries = sorted((c for c in cards if c["state"] == "finished" and c["finished"] is not None),
-                         key=lambda c: (c["finished"], c["builder"], c["number"]), reverse=True)
+                         key=_feed_order, reverse=True)
         updated = entries[0]["finished"] if entries else 0.0
         entries = [self.fragment("entry.xml", c, root) for c in entries[:FEED_ENTRIES]]
         xml = templates.render("atom.xml", title=text(title), root=root, self_path=rel, alternate=alternate,
@@ -344,6 +487,13 @@ class Pages:
             piece = pieces[(template, root)] = _make_piece(template, c, root)
         return piece
 
+    def _wf_cells(self, columns, root, head, any_queued):
+        """The columns' parts of a waterfall page (waterfall.html)."""
+        none = markupsafe.Markup("")
+        return {"head_cells": self._join("wfhead.html", columns, root),
+                "last_cells": self._join("wflast.html", columns, root) if head else none,
+                "queued_cells": self._join("wfqueued.html", columns, root) if head and any_queued else none}
+
     def _write_page(self, cfg, rel, template, **context):
         context.setdefault("site_title", cfg.title)
         self.files.write_page(rel, template, **context)
@@ -356,6 +506,16 @@ class Pages:
 
 def _column(cfg, b, queued):
     return siteviews.column(b, cfg.builders.get(b.name), queued)
+
+
+def _feed_order(c):
+    return (c["finished"], c["builder"], c["number"])
+
+
+def _make_part(template, c, root):
+    if template == "json":
+        return json.dumps(siteviews.builder_json(c), ensure_ascii=True, separators=(",", ":"))
+    return templates.part(template, c=c, root=root, max_queued=MAX_QUEUED_SHOWN)
 
 
 def _group_of(cfg):

@@ -87,6 +87,13 @@ def fragment(name, **context):
     return markupsafe.Markup(environment().get_template(name).render(**context).strip())
 
 
+def part(name, **context):
+    """NAME rendered with CONTEXT as markup, as it is (not stripped): a
+    part of a page (a column's cell, a row) rendered once and spliced
+    into the page, which then reads as if it had rendered it itself."""
+    return markupsafe.Markup(environment().get_template(name).render(**context))
+
+
 def generate(name, **context):
     """The page NAME rendered with CONTEXT, as an iterator of str pieces.
 
