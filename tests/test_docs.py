@@ -111,7 +111,8 @@ def test_documented_defaults_are_the_code_defaults():
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
                             "credentials": str.split, "group": str, "priority": int, "results": str.split,
-                            "vcs": str, "size": config._size}[kind](value)
+                            "vcs": str, "size": config._size, "keep": config._keep_count,
+                            "days": config._days}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
                 expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": [],
                             "builders": [], "vcs": "", "calendar": [], "artifacts": []}[kind]

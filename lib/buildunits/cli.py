@@ -15,6 +15,8 @@ SYNOPSIS
     buildunits [DIRECTORY OPTIONS] status [--json]
     buildunits [DIRECTORY OPTIONS] fsck [--repair] [--deep]
     buildunits [DIRECTORY OPTIONS] timer BUILDER
+    buildunits [DIRECTORY OPTIONS] janitor [--dry-run] [--measure]
+    buildunits [DIRECTORY OPTIONS] keep BUILDER NUMBER [--reason TEXT] | keep --unkeep BUILDER NUMBER
 
 DESCRIPTION
     checkconfig  parse the configuration without side effects; problems
@@ -82,6 +84,27 @@ DESCRIPTION
                  (buildunits-timer@BUILDER.service), and so does the
                  scheduler without systemd; run by hand, it tries the
                  timer now.
+
+    janitor      apply the retention keys (KeepBuilds=, KeepDays=,
+                 KeepLogDays=, KeepArtifactDays=; buildunits.builder(5),
+                 RETENTION): remove the builds, logs and artifacts they
+                 no longer keep, never a builder's newest build, a
+                 running or a pinned one; finish a removal a crash
+                 stopped; prune requests cancelled more than 7 days ago;
+                 measure what the history takes on disk (for status) and
+                 tell the site what went.  One line per thing done.  A
+                 build is removed whole or not at all: renamed to
+                 builds/BUILDER/.removing-NUMBER (the commit point), then
+                 deleted.  --dry-run says what it would remove and
+                 changes nothing; --measure measures the disk usage
+                 afresh (otherwise kept up to date from what each pass
+                 adds and removes).  buildunits-janitor.timer runs it
+                 daily.  Exit status 1 if another pass is running.
+    keep         pin build NUMBER of BUILDER: the janitor never removes
+                 it, nor its logs and artifacts; its page says "kept",
+                 by whom and when (a keep.json beside its record,
+                 buildunits-state(5)).  --unkeep unpins it.  A NUMBER
+                 that holds no build is an error (exit status 1).
 
 REVISIONS
     A revision is a full commit id: 40 lowercase hex digits (64 in a
@@ -173,6 +196,49 @@ def cmd_timer(dirs, args):
     for line in lines:
         print(line)
     return 0
+
+
+# ---------------------------------------------------------------- janitor
+def cmd_janitor(dirs, args):
+    from . import janitor
+    cfg = _config_for_force(dirs)
+    sp = Spool(dirs.spool)
+    try:
+        rep = janitor.run(State(dirs.state), sp, cfg, dry_run=args.dry_run, measure=args.measure,
+                          on_removed=janitor.site_hints(sp), say=print)
+    except janitor.Busy as e:
+        _err(str(e))
+        return 1
+    removed = sum(len(v) for v in rep.removed.values())
+    print("janitor: %s %d build%s, the logs of %d and the artifacts of %d%s; %d record%s read" % (
+        "would remove" if rep.dry_run else "removed", removed, "" if removed == 1 else "s",
+        sum(len(v) for v in rep.logs.values()), sum(len(v) for v in rep.artifacts.values()),
+        "" if rep.dry_run else " (%s freed)" % _bytes(rep.freed), rep.records_read,
+        "" if rep.records_read == 1 else "s"))
+    return 0
+
+
+def cmd_keep(dirs, args):
+    from . import janitor
+    if not 1 <= args.number < 2 ** 32:
+        _err("keep %s: %d is not a build number (1 to %d)" % (args.builder, args.number, 2 ** 32 - 1))
+        return 2
+    if not config.NAME_RE.fullmatch(args.builder):
+        _err("keep: %r is not a builder's name" % args.builder)
+        return 2
+    try:
+        print(janitor.keep(State(dirs.state), args.builder, args.number, _user(), args.reason, unkeep=args.unkeep))
+    except LookupError as e:
+        _err(str(e))
+        return 1
+    return 0
+
+
+def _bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else "%.1f %s" % (n, unit)
+        n /= 1024.0
 
 
 # ------------------------------------------------------------------ force
@@ -395,6 +461,15 @@ def cmd_status(dirs, args):
         last = b["last"]
         lasts = ("#%d %s (%s)" % (last["number"], last["result"], _ago(last["finished"]))) if last else "no builds yet"
         print("  %-20s %s%s" % (name, lasts, "" if b["configured"] else "  [not configured]"))
+    disk = s.get("disk")
+    if disk:
+        print("disk (measured by the janitor %s):" % _ago(disk["measured"]))
+        for name, u in sorted(disk["builders"].items()):
+            print("  %-20s %d build%s: state %s, logs %s, artifacts %s" % (
+                name, u["builds"], "" if u["builds"] == 1 else "s", _bytes(u["state_bytes"]), _bytes(u["logs_bytes"]),
+                _bytes(u["artifacts_bytes"])))
+    else:
+        print("disk: not measured yet (`buildunits janitor` measures it)")
     if s["repositories"]:
         print("repositories:")
     for r in s["repositories"]:
@@ -480,12 +555,20 @@ def parser():
     k.add_argument("--deep", action="store_true", help="read every build record, not only the newest")
     t = sub.add_parser("timer", help="do what a builder's OnCalendar= timer does when it elapses")
     t.add_argument("builder")
+    j = sub.add_parser("janitor", help="remove what the retention keys no longer keep")
+    j.add_argument("--dry-run", action="store_true", help="say what would be removed, change nothing")
+    j.add_argument("--measure", action="store_true", help="measure the disk usage afresh")
+    kp = sub.add_parser("keep", help="pin a build: the janitor never removes it")
+    kp.add_argument("builder")
+    kp.add_argument("number", type=int)
+    kp.add_argument("--unkeep", action="store_true", help="unpin it")
+    kp.add_argument("--reason", default="")
     return p
 
 
 COMMANDS = {"checkconfig": cmd_checkconfig, "force": cmd_force, "rebuild": cmd_rebuild, "cancel": cmd_cancel,
             "sendchange": cmd_sendchange,
-            "status": cmd_status, "fsck": cmd_fsck, "timer": cmd_timer}
+            "status": cmd_status, "fsck": cmd_fsck, "timer": cmd_timer, "janitor": cmd_janitor, "keep": cmd_keep}
 
 
 def main(argv):

@@ -110,6 +110,11 @@ class Builder:
     on_calendar: list = field(default_factory=list)   # OnCalendar= expressions (calendar.py), as written
     persistent: bool = False                      # Persistent=: build an elapse missed while down
     only_if_changed: bool = False                 # OnlyIfChanged=: a timer skips an unchanged branch
+    # Retention (janitor.py): math.inf keeps everything.
+    keep_builds: float = math.inf                 # KeepBuilds=: the newest this many builds
+    keep_days: float = math.inf                   # KeepDays=: builds started in the last this many days
+    keep_log_days: float = math.inf               # KeepLogDays=: their logs, this many days
+    keep_artifact_days: float = math.inf          # KeepArtifactDays=: their artifacts, this many days
 
     @property
     def kind(self):
@@ -145,6 +150,10 @@ class Config:
     max_parallel_polls: int = 4
     poll_timeout: float = 300.0
     sandbox_idle: float = 60.0
+    keep_builds: float = math.inf                 # [Defaults] of the retention keys (janitor.py)
+    keep_days: float = math.inf
+    keep_log_days: float = math.inf
+    keep_artifact_days: float = math.inf
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
     _kinds: dict = field(default=None, repr=False, compare=False)
@@ -291,8 +300,22 @@ def lock_spec(text):
     return name, int(n)
 
 
+def _keep_count(text):
+    """A KeepBuilds= value: a whole number, at least 1, or infinity ("" too)."""
+    if text in ("", "infinity"):
+        return math.inf
+    return _at_least_one(text)
+
+
+def _days(text):
+    """A Keep*Days= value: a whole number of days, or infinity ("" too)."""
+    if text in ("", "infinity"):
+        return math.inf
+    return _whole_number(text)
+
+
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
-            "priority": _priority, "size": _size,
+            "priority": _priority, "size": _size, "keep": _keep_count, "days": _days,
             "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path}
 
 
@@ -394,6 +417,14 @@ BUILDER_KEYS = {
     "Persistent": ("persistent", "bool"),
     "OnlyIfChanged": ("only_if_changed", "bool"),
 }
+# The retention keys (janitor.py), in [Builder] and in [Defaults].
+KEEP_KEYS = {
+    "KeepBuilds": ("keep_builds", "keep"),
+    "KeepDays": ("keep_days", "days"),
+    "KeepLogDays": ("keep_log_days", "days"),
+    "KeepArtifactDays": ("keep_artifact_days", "days"),
+}
+BUILDER_KEYS.update(KEEP_KEYS)
 
 STEP_KEYS = {
     "Command": ("command", "str"),
@@ -421,7 +452,8 @@ assert len(_BUILDER_SECTION) + len(_STEP_SECTION) == len(BUILDER_KEYS) + len(STE
 
 GLOBAL_KEYS = {
     "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int")},
-    "Defaults": {"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
+    "Defaults": dict({"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
+                     **KEEP_KEYS),
     "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor"),
                 "CredentialsDirectory": ("credentials_directory", "path"),
                 "MaxParallelPolls": ("max_parallel_polls", "count"), "PollTimeoutSec": ("poll_timeout", "span"),
@@ -489,7 +521,8 @@ def load_builder(path, cfg, problems, warnings):
         problems.append(Problem(path, 0, "", "", "builder name %r must be letters, digits, '.', '_' "
                                 "or '-', start with a letter or digit, at most 64 long" % name))
         return None
-    b = Builder(name=name, path=path, poll_interval=cfg.poll_interval, tree_stable=cfg.tree_stable)
+    b = Builder(name=name, path=path, poll_interval=cfg.poll_interval, tree_stable=cfg.tree_stable,
+                **{attr: getattr(cfg, attr) for attr, _kind in KEEP_KEYS.values()})
     sections, p = read_with_dropins(path)
     problems.extend(p)
     steps = _read_steps(sections, b, _Setter(problems, warnings), problems, warnings)

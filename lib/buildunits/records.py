@@ -48,6 +48,9 @@ FORMATS = {
     "counter": 1,       # state builds/BUILDER/next.json: next build number hint
     "timer": 1,         # state timers/BUILDER.json: the last elapse of a builder's OnCalendar= (no systemd)
     "deliveries": 1,    # state webhook/deliveries.jsonl: the webhook deliveries taken (first line)
+    "keep": 1,          # state builds/BUILDER/NUMBER/keep.json: a pinned build (janitor.py)
+    "pruned": 1,        # state builds/BUILDER/NUMBER/pruned.json: its logs or artifacts removed (janitor.py)
+    "retention": 1,     # state janitor/retention.json: what the janitor measured, how far it looked
     "lock-holder": 1,   # state locks/KIND/NAME.K: who holds a build lock's slot (the flock is the truth)
 }
 

@@ -19,6 +19,7 @@ read_build() applies.
 import hashlib
 import os
 import re
+import shutil
 import stat
 
 from . import consumed, fsutil, nofollow, numbers, progress, records, redact
@@ -27,6 +28,10 @@ from .numbers import MAX_BUILD_NUMBER, NumbersExhausted, parse_number, valid_num
 
 
 PROGRESS = progress.NAME
+KEEP = "keep.json"            # a pinned build's marker ("keep"): the janitor leaves it whole
+PRUNED = "pruned.json"        # what the janitor removed of a build that stays ("pruned")
+ARTIFACTS = "artifacts"       # artifacts.py's directory in a build's
+REMOVING = ".removing-"       # builds/B/.removing-N: a build being removed (janitor.py)
 
 
 class FinishedBuild(RuntimeError):
@@ -43,7 +48,9 @@ class FinishedBuild(RuntimeError):
 LAYOUT = (
     ("builds", "BUILDER/NUMBER/build.json: the build record (\"build\"); BUILDER/NUMBER/NN-STEP.log: "
                "each step's output, streamed; BUILDER/NUMBER/progress.jsonl: a running build's step "
-               "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\")", False),
+               "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\"); BUILDER/NUMBER/keep.json: a pinned build "
+               "(\"keep\"); BUILDER/NUMBER/pruned.json: its logs or artifacts removed (\"pruned\"); "
+               "BUILDER/.removing-NUMBER/: a build being removed", False),
     ("poller", "KEY.json: last seen refs of one repository (\"poller\"); KEY.git/: its bare mirror", True),
     ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\"); consumed.jsonl: "
                   "what was consumed since they were written (\"consumed\")", True),
@@ -52,12 +59,14 @@ LAYOUT = (
                "elapsed (\"timer\"; only without systemd, whose timers keep theirs)", True),
     ("webhook", "deliveries.jsonl: the forges' deliveries buildunits-webhook took, newest last "
                 "(\"deliveries\")", True),
+    ("janitor", "retention.json: what the last janitor pass measured, and how far it has looked, per "
+                "builder (\"retention\")", True),
     ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
     ("locks", "PROGRAM[@WORKER].lock: held by the running daemon (flock)", False),
     ("corrupt", "DIR.NAME, DIR.NAME.reason: a record that could not be read, and why (quarantine)", True),
 )
 # The directories whose records are quarantined when they cannot be read.
-QUARANTINED = ("poller", "scheduler", "workers", "webhook", "timers")
+QUARANTINED = ("poller", "scheduler", "workers", "webhook", "timers", "janitor")
 
 
 class State:
@@ -345,6 +354,165 @@ class State:
         raises FileExistsError, or NotLinked for a link on the way."""
         return self.open_file("builds", builder, str(number), name,
                               flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, mode=0o644)
+
+    # ------------------------------------------------------------ retention
+    # The janitor's verbs (janitor.py).  A build is removed whole or not at
+    # all: begin_removal() renames builds/B/N to builds/B/.removing-N in the
+    # same directory (atomic; fsync'd: the commit point, after which B #N is
+    # gone for every reader, since only canonical names are builds), and
+    # finish_removal() deletes that tree.  A crash between the two leaves
+    # the hidden directory, which removals_left() lists for the next pass.
+    def keep_path(self, builder, number):
+        return os.path.join(self.build_dir(builder, number), KEEP)
+
+    def is_kept(self, builder, number):
+        """True if B #N is pinned (an lstat: the marker is not read)."""
+        return os.path.lexists(self.keep_path(builder, number))
+
+    def read_keep(self, builder, number):
+        """The "keep" record of B #N, or None; never through a link."""
+        return self._read_record("keep", "builds", builder, str(number), KEEP)
+
+    def write_keep(self, builder, number, fields):
+        records.write(self.keep_path(builder, number), "keep", fields)
+
+    def remove_keep(self, builder, number):
+        """Unpin B #N; False if it was not pinned."""
+        try:
+            os.unlink(self.keep_path(builder, number))
+        except FileNotFoundError:
+            return False
+        fsutil.fsync_dir_after_commit(self.build_dir(builder, number))
+        return True
+
+    def read_pruned(self, builder, number):
+        """The "pruned" record of B #N (what the janitor removed of it), or
+        None; an unreadable one raises RecordError."""
+        return self._read_record("pruned", "builds", builder, str(number), PRUNED)
+
+    def write_pruned(self, builder, number, fields):
+        records.write(os.path.join(self.build_dir(builder, number), PRUNED), "pruned", fields)
+
+    def build_mtime(self, builder, number):
+        """The mtime of builds/B/N itself (when its number was taken, for a
+        directory that holds no record yet), or None."""
+        try:
+            return os.lstat(self.build_dir(builder, number)).st_mtime
+        except OSError:
+            return None
+
+    def begin_removal(self, builder, number):
+        """Rename builds/B/N out of the builds' names, durably: from here
+        B #N is gone (the commit point of its removal).  False if it was
+        not there (a link or a file is not a build either: left as is)."""
+        src = self.build_dir(builder, number)
+        try:
+            if not stat.S_ISDIR(os.lstat(src).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+        dest = os.path.join(self.builder_dir(builder), REMOVING + str(number))
+        if os.path.lexists(dest):      # never: numbers do not repeat; a stray copy goes first
+            self._delete_tree(dest)
+        os.rename(src, dest)
+        fsutil.fsync_dir(self.builder_dir(builder))
+        return True
+
+    def finish_removal(self, builder, number):
+        """Delete builds/B/.removing-N (after begin_removal, or left by a
+        crash); what it held, as usage() counts it."""
+        path = os.path.join(self.builder_dir(builder), REMOVING + str(number))
+        size = self._usage(path)
+        self._delete_tree(path)
+        return size
+
+    def removals_left(self, builder):
+        """The numbers of builds/B/.removing-N left by a crash, ascending."""
+        try:
+            names = os.listdir(self.builder_dir(builder))
+        except OSError:
+            return []
+        return sorted(n for n in (parse_number(x[len(REMOVING):]) for x in names if x.startswith(REMOVING))
+                      if n is not None)
+
+    def usage(self, builder, number):
+        """{"state", "logs", "artifacts"}: bytes (st_blocks, as du counts)
+        of the files of builds/B/N, by kind; no link followed."""
+        return self._usage(self.build_dir(builder, number))
+
+    @staticmethod
+    def _usage(top):
+        out = {"state": 0, "logs": 0, "artifacts": 0}
+        for path, _mode, depth in nofollow.walk(top, 64):
+            try:
+                size = os.lstat(path).st_blocks * 512
+            except OSError:
+                continue
+            name = os.path.relpath(path, top).split(os.sep)[0]
+            kind = "artifacts" if name == ARTIFACTS else "logs" if name.endswith(".log") else "state"
+            out[kind] += size
+        return out
+
+    def remove_logs(self, builder, number, names):
+        """Unlink the logs NAMES (from the record's steps) of B #N: only
+        plain file names ending in .log.  Bytes freed."""
+        freed = 0
+        for name in names:
+            if not isinstance(name, str) or "/" in name or not name.endswith(".log") or name.startswith("."):
+                continue
+            path = self.build_file(builder, number, name)
+            try:
+                freed += os.lstat(path).st_blocks * 512
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+        return freed
+
+    def has_artifacts(self, builder, number):
+        return os.path.lexists(os.path.join(self.build_dir(builder, number), ARTIFACTS))
+
+    def remove_artifacts(self, builder, number):
+        """Delete builds/B/N/artifacts/.  Bytes freed."""
+        path = os.path.join(self.build_dir(builder, number), ARTIFACTS)
+        freed = sum(self._usage(path).values())
+        self._delete_tree(path)
+        return freed
+
+    @staticmethod
+    def _delete_tree(path):
+        # rmtree follows no link (it removes the link) and, on Linux, walks
+        # by descriptors: a step's planted link cannot lead it elsewhere.
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def retention_path(self):
+        return self.path("janitor", "retention.json")
+
+    def read_retention(self):
+        """The janitor's "retention" record, or None (missing, or
+        quarantined when unreadable: a pass then measures afresh)."""
+        try:
+            return records.read(self.retention_path(), "retention")
+        except FileNotFoundError:
+            return None
+        except records.RecordError as e:
+            self.quarantine(e.path, e.reason)
+            return None
+
+    def peek_retention(self):
+        """As read_retention, for readers (status): never quarantines."""
+        try:
+            return records.read(self.retention_path(), "retention")
+        except (OSError, records.RecordError):
+            return None
+
+    def write_retention(self, fields):
+        records.write(self.retention_path(), "retention", fields)
 
     # ------------------------------------------------------------ no links
     def _open_dir(self, *parts):

@@ -64,7 +64,25 @@ def gather_status(dirs, cfg):
         out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
     out["repositories"] = _repositories(st, cfg)
     out["locks"] = _locks(dirs, cfg)
+    out["disk"] = _disk(st)
     return out
+
+
+def _disk(st):
+    """What the janitor last measured (janitor/retention.json): {measured,
+    builders: {B: {builds, state_bytes, logs_bytes, artifacts_bytes}}}, or
+    None.  Read, never measured here: a history of 100k builds would take
+    a walk of all of them."""
+    rec = st.peek_retention()
+    if not rec or _t(rec.get("measured")) is None or not isinstance(rec.get("builders"), dict):
+        return None
+    out = {}
+    for name, e in sorted(rec["builders"].items()):
+        if not isinstance(e, dict):
+            continue
+        out[name] = {k: e.get(k) if isinstance(e.get(k), int) and not isinstance(e.get(k), bool) else 0
+                     for k in ("builds", "state_bytes", "logs_bytes", "artifacts_bytes")}
+    return {"measured": rec["measured"], "builders": out}
 
 
 def _locks(dirs, cfg):
