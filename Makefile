@@ -132,7 +132,8 @@ install: man units
 	install -m 0644 $(BUILDDIR)/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 $(BUILDDIR)/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(BUILDDIR)/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
-	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.socket $(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
+	install -m 0644 $(BUILDDIR)/units/*.service $(BUILDDIR)/units/*.socket $(BUILDDIR)/units/*.timer \
+		$(BUILDDIR)/units/*.target $(DESTDIR)$(UNITDIR)/
 	# The shared hardening was once the prefix drop-in buildunits-.service.d/,
 	# which would reach the build steps' units: gone on upgrade.
 	rm -f $(DESTDIR)$(UNITDIR)/buildunits-.service.d/10-hardening.conf

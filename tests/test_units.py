@@ -18,7 +18,8 @@ ROOT = harness.REPO_ROOT
 DAEMON_UNITS = ["buildunits-poller.service", "buildunits-scheduler.service", "buildunits-htmlgen.service",
                 "buildunits-runner@.service"]
 UNITS = DAEMON_UNITS + ["buildunits-launcher.service", "buildunits-launcher.socket", "buildunits-webhook.service",
-                        "buildunits-webhook.socket", "buildunits.target", "buildunits-timer@.service"]
+                        "buildunits-webhook.socket", "buildunits.target", "buildunits-timer@.service",
+                        "buildunits-janitor.service", "buildunits-janitor.timer"]
 # Exposure targets from `systemd-analyze security` (0 = safe, 10 = exposed).
 TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0,
            "buildunits-htmlgen.service": 2.0,
@@ -29,6 +30,8 @@ TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0
            "buildunits-webhook.service": 2.0,
            # A builder's OnCalendar= timer's oneshot: the poller's network, for OnlyIfChanged=.
            "buildunits-timer@.service": 2.0,
+           # The retention pass: no network, no bus, files only.
+           "buildunits-janitor.service": 2.0,
            # Build steps run in units of their own; docs/design.md says what
            # is relaxed and why (3.1 while it ran them itself).
            "buildunits-runner@.service": 2.5}
@@ -148,6 +151,25 @@ def test_every_daemon_unit_has_the_required_settings(rendered):
             assert line in text, "%s lacks %s" % (unit, line)
         assert "@" not in re.sub(r"buildunits-runner@|%i|@system-service|@privileged|@resources|@chown", "", text), \
             "unsubstituted placeholder in %s" % unit
+
+
+def test_the_janitor_runs_daily_from_a_timer_the_target_wants(rendered):
+    """buildunits.target wants buildunits-janitor.timer (so list-timers
+    shows it once the target runs), a daily, persistent timer with a
+    little randomised delay, starting the oneshot as the buildunits user."""
+    units = rendered / "units"
+    target = (units / "buildunits.target").read_text()
+    assert re.search(r"^Wants=.*\bbuildunits-janitor\.timer\b", target, re.M), target
+    timer = (units / "buildunits-janitor.timer").read_text()
+    for line in ("OnCalendar=daily", "Persistent=yes", "PartOf=buildunits.target"):
+        assert re.search(r"^%s$" % re.escape(line), timer, re.M), timer
+    delay = re.search(r"^RandomizedDelaySec=(\S+)$", timer, re.M)
+    from buildunits import config
+    assert delay and 0 < config.parse_timespan(delay.group(1)) <= 3600, timer
+    service = (units / "buildunits-janitor.service").read_text()
+    for line in ("Type=oneshot", "User=buildunits", "StateDirectory=buildunits",
+                 "ExecStart=%s/bin/buildunits janitor" % ROOT):
+        assert re.search(r"^%s$" % re.escape(line), service, re.M), service
 
 
 def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Write the installable unit files: units/*.service.in, *.socket.in and *.target.in
+"""Write the installable unit files: units/*.service.in, *.socket.in, *.timer.in and *.target.in
 under their final names (without .in), with @BINDIR@ replaced, and the
 drop-in directories (units/NAME.d/*.conf) beside them, with the shared
 hardening (units/hardening.conf) as NAME.service.d/10-hardening.conf of
@@ -36,7 +36,7 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     for name in sorted(os.listdir(HERE)):
         src = os.path.join(HERE, name)
-        if name.endswith((".service.in", ".socket.in", ".target.in")):
+        if name.endswith((".service.in", ".socket.in", ".target.in", ".timer.in")):
             with open(src) as f:
                 write(os.path.join(out, name[:-len(".in")]), render(f.read(), bindir))
             if name.endswith(".service.in"):
