@@ -11,7 +11,8 @@
                        and the journal lines of the two builds, and halts
                        the container.  The builder also has a nightly
                        timer (OnCalendar=, a drop-in), which it shows in
-                       `systemctl list-timers`; a dependent builder,
+                       `systemctl list-timers` with the janitor's daily
+                       timer (retention); a dependent builder,
                        package (After=hello), builds after the passing
                        build; and a second repository, not polled, is
                        pushed to and announced to buildunits-webhook
@@ -178,9 +179,11 @@ def container_demo():
         # The operator's view: queue, running builds, last results, and each
         # polled repository (one that cannot be polled says why).
         status += "\n$ buildunits status\n" + sh("buildunits status", check=False).stdout
-        # The nightly timer of hello (OnCalendar= in its drop-in).
-        status += ("\n$ systemctl list-timers 'buildunits-timer-*'\n"
-                   + sh("systemctl list-timers --no-pager 'buildunits-timer-*'", check=False).stdout)
+        # The nightly timer of hello (OnCalendar= in its drop-in), and the
+        # janitor's daily one, which buildunits.target wants.
+        status += ("\n$ systemctl list-timers 'buildunits-timer-*' buildunits-janitor.timer\n"
+                   + sh("systemctl list-timers --no-pager 'buildunits-timer-*' buildunits-janitor.timer",
+                        check=False).stdout)
         # The steps ran in the builder's sandbox, a transient unit started by
         # the launcher, which says which step it ran when.
         status += ("\n$ journalctl -o cat -u 'buildunits-build-hello-*'\n"

@@ -26,6 +26,9 @@ def test_make_demo_in_a_container(image, tmp_path):
     # The nightly timer of the demo's builder, a real systemd timer.
     assert re.search(r"\n\w{3} \d{4}-\d\d-\d\d 02:00:00 \w+ .* buildunits-timer-hello\.timer +"
                      r"buildunits-timer@hello\.service\n", p.stdout), p.stdout
+    # The janitor's daily timer, which buildunits.target wants.
+    assert re.search(r"\n\w{3} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+ .* buildunits-janitor\.timer +"
+                     r"buildunits-janitor\.service\n", p.stdout), p.stdout
     # The steps ran in the builder's sandbox, a transient unit, which says
     # which step it ran when.
     assert re.search(r"Started buildunits-build-hello-sandbox-\d+\.service - buildunits hello sandbox on \d+\.",
