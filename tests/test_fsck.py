@@ -191,6 +191,14 @@ def test_builds_a_gap_is_noted_and_a_lost_running_build_finished(run, dirs):
     assert s.read_build("hello", n)["state"] == "finished" and s.read_build("hello", n)["result"] == "exception"
 
 
+def test_removals_a_build_half_removed_by_the_janitor_is_deleted(run, dirs):
+    first, second = build(dirs), build(dirs)
+    assert st(dirs).begin_removal("hello", first)       # a janitor killed after its rename
+    repaired(run, "hello #%d: half removed by the janitor (renamed out of the builds, not yet deleted); deleted "
+                  "by its next pass" % first)
+    assert sorted(os.listdir(st(dirs).builder_dir("hello"))) == [str(second), "next.json"]
+
+
 def test_counters_a_missing_hint_is_written(run, dirs):
     build(dirs)
     os.unlink(st(dirs).counter_path("hello"))

@@ -214,6 +214,15 @@ def _running(ctx, b, n, rec, worker, found):
               lambda: mark_lost(ctx.st, rec))
 
 
+def removals(ctx, found):
+    """builds/B/.removing-N: a build the janitor renamed out of the builds
+    (its commit point) and had not deleted yet; the next pass deletes it."""
+    for b in ctx.st.builders():
+        for n in ctx.st.removals_left(b):
+            found("%s #%d: half removed by the janitor (renamed out of the builds, not yet deleted); deleted by "
+                  "its next pass" % (b, n), lambda b=b, n=n: ctx.st.finish_removal(b, n))
+
+
 def counters(ctx, found):
     """builds/B/next.json: a hint past the highest build."""
     for b in ctx.st.builders():
@@ -253,7 +262,8 @@ def state_corrupt(ctx, found):
 
 
 CHECKS = (spool_dirs, spool_tmp, queued, claims, cancelled, cancels, spool_corrupt,
-          state_dirs, state_tmp, workers, odd_entries, builds, counters, pollers, schedulers, state_corrupt)
+          state_dirs, state_tmp, workers, odd_entries, builds, removals, counters, pollers, schedulers,
+          state_corrupt)
 
 
 def run(dirs, repair=False, checks=CHECKS, deep=False):

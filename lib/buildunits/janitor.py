@@ -299,15 +299,29 @@ class Janitor:
         key = kind + "_below"
         if math.isinf(days) or not b.numbers:
             b.entry.pop(key, None)      # a horizon set later starts from the oldest
+            b.entry.pop(kind + "_pinned", None)
             return set()
         cutoff = self.now - days * DAY
         below = b.entry.get(key, 0)
         changed = set()
+        # Pinned builds the horizon passed: looked at again once unpinned.
+        alive = set(b.numbers)
+        pinned = [n for n in b.entry.get(kind + "_pinned") or [] if isinstance(n, int) and n in alive]
+        for n in list(pinned):
+            if self.state.is_kept(b.name, n):
+                continue
+            what, rec = b.record(n)
+            t = b.started(n) if what == "finished" else None
+            if t is not None and t < cutoff and self._prune_one(b, n, rec, kind):
+                changed.add(n)
+            if what != "running":
+                pinned.remove(n)
         for n in b.numbers:
             if n < below:
                 continue
             if self.state.is_kept(b.name, n):
-                below = n + 1               # pinned: kept whole (see docs: not looked at again)
+                pinned.append(n)            # kept whole while pinned; looked at again after
+                below = n + 1
                 continue
             what, rec = b.record(n)
             if what == "running" or b.young_gap(n):
@@ -323,6 +337,7 @@ class Janitor:
             below = n + 1
         if not self.dry_run:
             b.entry[key] = below
+            b.entry[kind + "_pinned"] = sorted(set(pinned))
         return changed
 
     def _prune_one(self, b, n, rec, kind):
