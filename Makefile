@@ -7,7 +7,8 @@
 #   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary,
 #                 the webhook's latency and bench-scale
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
-#   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
+#   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories;
+#                        a janitor pass over 100k builds
 #   make torture  long fault-injection and fuzzing runs (N=kills)
 
 # Debian's Python, where python3-pydbus & co. live (a python3 earlier on
@@ -63,9 +64,10 @@ bench: deps
 
 # How one event's cost grows with builders, queue depth, repositories and
 # history: each bench/scale_*.py prints its table and writes
-# build/bench/scale_*.json.
+# build/bench/scale_*.json; bench/janitor_bench.py, a janitor pass over
+# 100k builds (build/bench/janitor.json).
 bench-scale: deps
-	for b in bench/scale_*.py; do QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
+	for b in bench/scale_*.py bench/janitor_bench.py; do QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
 
 # What the boundary costs: a no-op build with its steps as transient units
 # and as the runner's children, under systemd in a container.  Needs root;

@@ -314,10 +314,10 @@ def _under_strace(dirs, when):
 
 @pytest.mark.parametrize("when", [1, 3], ids=["before-deleting", "half-deleted"])
 def test_a_janitor_killed_after_the_rename_leaves_no_half_build(dirs, run, when):
-    """Killed between the rename (the commit point) and the end of the
-    deletion: build #1 is gone for every reader (not a build number any
-    more), its files are under the hidden name, fsck says so, and the
-    next pass finishes it before anything else."""
+    """Killed after the renames (the commit points, #1 and #2 in one batch)
+    and in the deletion of the first: both are gone for every reader (not
+    build numbers any more), their files under the hidden names (#2's
+    whole), fsck says so, and the next pass finishes them first."""
     if not harness.shutil.which("strace"):
         pytest.fail("strace is needed (make deps installs it)")
     builder(dirs, keys="KeepBuilds=2")
@@ -325,18 +325,18 @@ def test_a_janitor_killed_after_the_rename_leaves_no_half_build(dirs, run, when)
     p = _under_strace(dirs, when)
     assert p.returncode != 0, p.stdout
     st = State(dirs.state)
-    hidden = os.path.join(st.builder_dir("hello"), ".removing-1")
-    assert os.path.isdir(hidden), (p.stdout, os.listdir(st.builder_dir("hello")))
-    assert numbers(dirs) == [2, 3, 4]                   # #1 is gone, #2 whole
-    assert sorted(os.listdir(st.build_dir("hello", 2))) == ["01-s1.log", "02-s2.log", "artifacts", "build.json"]
+    assert numbers(dirs) == [3, 4]
+    assert sorted(os.listdir(st.builder_dir("hello"))) == [".removing-1", ".removing-2", "3", "4", "next.json"]
+    whole = sorted(os.listdir(os.path.join(st.builder_dir("hello"), ".removing-2")))
+    assert whole == ["01-s1.log", "02-s2.log", "artifacts", "build.json"]
     code, out = run("fsck")
-    assert code == 1 and ("would repair: hello #1: half removed by the janitor (renamed out of the builds, not yet "
-                          "deleted); deleted by its next pass") in out, out
+    for n in (1, 2):
+        assert code == 1 and ("would repair: hello #%d: half removed by the janitor (renamed out of the builds, "
+                              "not yet deleted); deleted by its next pass" % n) in out, out
     code, out = run("janitor")
-    assert out[0] == "hello #1: half removed by an earlier pass; removed", out
-    assert "hello #2: removed (KeepBuilds=2)" in out
-    assert not os.path.lexists(hidden) and numbers(dirs) == [3, 4]
+    assert out[:2] == ["hello #%d: half removed by an earlier pass; removed" % n for n in (1, 2)], out
     assert sorted(os.listdir(st.builder_dir("hello"))) == ["3", "4", "next.json"]
+    assert run("fsck")[0] == 0
 
 
 def test_a_hidden_directory_left_by_a_crash_is_finished(dirs, run):

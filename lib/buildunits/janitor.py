@@ -26,10 +26,12 @@ What it never removes, and why:
 - A build whose record cannot be read: history is kept as it is.
 
 A removal (state.py, begin_removal and finish_removal): builds/B/N is
-renamed to builds/B/.removing-N, fsync'd (THE COMMIT POINT: from here no
-reader sees B #N, since only canonical numbers are builds), then deleted.
-A crash before the rename leaves the build whole; after it, a hidden
-directory no page shows, which the next pass deletes first.
+renamed to builds/B/.removing-N (THE COMMIT POINT: from here no reader
+sees B #N, since only canonical numbers are builds), up to BATCH builds
+at a time, builds/B fsync'd once, and only then each hidden directory
+deleted.  A crash before the fsync leaves each build whole, under its
+name or the hidden one; after it, hidden directories no page shows,
+which the next pass deletes first.
 
 Logs and artifacts of builds that stay: finished build records never
 change, so what went is said by a marker beside the record, pruned.json
@@ -64,6 +66,9 @@ DAY = 86400.0
 # As fsutil.TMP_SWEEP_AGE_SEC, far past any writer's delay.
 GAP_AGE_SEC = fsutil.TMP_SWEEP_AGE_SEC
 KINDS = ("state", "logs", "artifacts")
+# Builds renamed out per fsync of their builder's directory (and per hold
+# of the lock `keep` takes): a removal's commit costs 1/BATCH of an fsync.
+BATCH = 64
 
 
 class Busy(Exception):
@@ -259,39 +264,50 @@ class Janitor:
                 if t is None or t >= cutoff:
                     break                           # the first young enough: the rest started later
                 doomed.append(n)
-        gone = set()
+        todo = []
         for n in doomed:
             if not b.removable(n):
                 if self.state.is_kept(b.name, n):
                     self.report.kept.setdefault(b.name, []).append(n)
                 continue
-            why = "KeepBuilds=%d" % pol.keep_builds if n <= b.numbers[max(0, counted - 1)] and counted \
+            why = "KeepBuilds=%d" % pol.keep_builds if counted and n <= b.numbers[counted - 1] \
                 else "KeepDays=%d" % pol.keep_days
             if self.dry_run:
                 self.report.removed.setdefault(b.name, []).append(n)
                 self.say("%s #%d: would be removed (%s)" % (b.name, n, why))
-                continue
-            if not self._commit_removal(b, n):
-                continue
-            usage = self.state.finish_removal(b.name, n)
-            b.subtract(n, usage)
-            self.report.freed += sum(usage.values())
-            self.report.removed.setdefault(b.name, []).append(n)
-            gone.add(n)
-            self.say("%s #%d: removed (%s)" % (b.name, n, why))
+            else:
+                todo.append((n, why))
+        gone = set()
+        for i in range(0, len(todo), BATCH):
+            batch = self._commit_removals(b, todo[i:i + BATCH])
+            for n, why in batch:
+                usage = self.state.finish_removal(b.name, n)
+                b.subtract(n, usage)
+                self.report.freed += sum(usage.values())
+                self.report.removed.setdefault(b.name, []).append(n)
+                gone.add(n)
+                self.say("%s #%d: removed (%s)" % (b.name, n, why))
         return gone
 
-    def _commit_removal(self, b, n):
-        """The rename of B #N out of the builds, unless it was pinned
-        meanwhile (checked under the lock `keep` takes)."""
+    def _commit_removals(self, b, batch):
+        """Rename each build of BATCH [(n, why)] out of the builds, unless it
+        was pinned meanwhile (looked at under the lock `keep` takes), then
+        fsync the builder's directory once: only then is any deleted.  A
+        crash before the fsync leaves each build whole, under its name or
+        the hidden one.  The ones renamed."""
+        done = []
         lock = self._lock(self.state.lock_path("retention"))
         try:
-            if self.state.is_kept(b.name, n):
-                self.report.kept.setdefault(b.name, []).append(n)
-                return False
-            return self.state.begin_removal(b.name, n)
+            for n, why in batch:
+                if self.state.is_kept(b.name, n):
+                    self.report.kept.setdefault(b.name, []).append(n)
+                elif self.state.begin_removal(b.name, n, durable=False):
+                    done.append((n, why))
         finally:
             os.close(lock)
+        if done:
+            self.state.sync_builder(b.name)
+        return done
 
     def _prune(self, b, kind, days):
         """Remove the logs (or artifacts) of the builds older than DAYS,

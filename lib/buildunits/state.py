@@ -401,10 +401,12 @@ class State:
         except OSError:
             return None
 
-    def begin_removal(self, builder, number):
-        """Rename builds/B/N out of the builds' names, durably: from here
-        B #N is gone (the commit point of its removal).  False if it was
-        not there (a link or a file is not a build either: left as is)."""
+    def begin_removal(self, builder, number, durable=True):
+        """Rename builds/B/N out of the builds' names: from here B #N is
+        gone for every reader (the commit point of its removal), and for
+        good once builds/B is fsync'd (here, or by the caller's
+        sync_builder() after a batch: DURABLE=False).  False if it was not
+        there (a link or a file is not a build either: left as is)."""
         src = self.build_dir(builder, number)
         try:
             if not stat.S_ISDIR(os.lstat(src).st_mode):
@@ -415,8 +417,13 @@ class State:
         if os.path.lexists(dest):      # never: numbers do not repeat; a stray copy goes first
             self._delete_tree(dest)
         os.rename(src, dest)
-        fsutil.fsync_dir(self.builder_dir(builder))
+        if durable:
+            self.sync_builder(builder)
         return True
+
+    def sync_builder(self, builder):
+        """fsync builds/B: the renames in it are durable."""
+        fsutil.fsync_dir(self.builder_dir(builder))
 
     def finish_removal(self, builder, number):
         """Delete builds/B/.removing-N (after begin_removal, or left by a
@@ -512,6 +519,7 @@ class State:
             return None
 
     def write_retention(self, fields):
+        fsutil.makedirs(self.path("janitor"))     # a state made before janitor/ was in LAYOUT
         records.write(self.retention_path(), "retention", fields)
 
     # ------------------------------------------------------------ no links
