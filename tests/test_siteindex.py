@@ -85,7 +85,7 @@ def test_index_round_trip(tmp_path):
                 last={"number": 118, "status": "failure", "finished": T0})
     wf_open = {3: {"members": [("hello", 101)], "waiting": {("hello", 101)}}}
     siteindex.save(path, {"hello": b}, 3, wf_open, "mark 1\n")
-    builders, wf_pages, got_open = siteindex.load(path, "mark 1\n")
+    builders, wf_pages, got_open, _seals = siteindex.load(path, "mark 1\n")
     assert wf_pages == 3 and got_open == wf_open
     assert builders["hello"].index_entry() == b.index_entry()
     with pytest.raises(ValueError):

@@ -40,7 +40,7 @@ def test_card_and_build_json_take_their_keys_from_the_one_view():
     c, doc = card(view), build_json(view)
     assert tuple(c) == siteviews.SUMMARY_KEYS
     assert list(doc) == ["format", "version", *siteviews.SUMMARY_KEYS, "repository", "properties", "force",
-                         "rebuild_of"]
+                         "rebuild_of", "kept", "logs_removed", "artifacts_removed"]
     for key in siteviews.SUMMARY_KEYS:
         if key not in ("changes", "steps"):
             assert c[key] == doc[key] == view[key], key

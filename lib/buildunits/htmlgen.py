@@ -158,7 +158,7 @@ class HTMLGen(daemon.Daemon):
         touched = self.spool.take_hints()
         if self._full:
             self._full = False
-            self.site().rebuild(progress=lambda done, total: self.keepalive())
+            self.site().rebuild(progress=lambda done, total: self.keepalive(), touched=touched)
             # What a full pass leaves in memory (the cards, the pieces of
             # pages, the templates) lives long: out of the collector's
             # sight, a pass at 1000 builders costs a quarter less.

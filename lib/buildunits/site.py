@@ -65,18 +65,22 @@ later numbers are taken; one that shows up after its waterfall page was
 sealed is on its builder's pages only.
 """
 
+import bisect
 import contextlib
 import heapq
 import os
+import time
 
-from . import fsutil, sitefill, sitefiles, siteindex  # noqa: F401 (fsutil: what the tests see write)
+from . import fsutil, sitefill, sitefiles, siteindex, templates  # noqa: F401 (fsutil: what the tests see write)
 from .siteindex import HISTORY_PAGE, INDEX
 from .sitelogs import LogPages
 from .sitepages import MAX_QUEUED_SHOWN, Pages
 from .sitesource import Source
-from .siteviews import build_view, card, card_order
+from .numbers import parse_number
+from .siteviews import build_view, card, card_order, removed_card
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
+MARKERS = ".markers"                 # beside .final: the janitor's markers the pages show (State.marker_stamp)
 GAP_PATIENCE = 10                    # later numbers taken before a number without a record is a gap
 PARALLEL_MIN_BUILDS = 400            # a full rendering of fewer builds stays in one process
 MAX_WORKERS = 8
@@ -115,6 +119,9 @@ class Site:
         self.files.forget_dirs()
         self._wf_pages = 0       # older waterfall pages 1.._wf_pages are written
         self._wf_open = {}       # page -> {"members": [(B, n)], "waiting": {(B, n)}}: not final yet
+        self._wf_seals = {}      # page -> {B: [first, last]}: the numbers of B it holds (removals)
+        self._seal_index = None  # {B: [(first, last, page)]} of _wf_seals, made when needed
+        self._dirty_sealed = set()  # sealed waterfall pages holding a build removed
         self.logs.forget_all()
         self.pages.forget()
         self._all = True         # render every head page in this pass
@@ -145,7 +152,7 @@ class Site:
             self._pass(touched, force)
         return self.files.count
 
-    def rebuild(self, progress=None, force=False):
+    def rebuild(self, progress=None, force=False, touched=()):
         """Bring everything up to date.  FORCE renders every page again from
         state, reading every record; otherwise a site this process (or its
         INDEX) knows only gets its head pages again, and one it does not
@@ -162,7 +169,7 @@ class Site:
                     return self._generate(progress, force)
                 self._provisional_load()
             self._all = True
-            self._pass([], False)
+            self._pass(list(touched), False)
         if progress:
             progress(1, 1)
         return self.files.count
@@ -222,7 +229,14 @@ class Site:
                 self._touched.add(name)
                 todo.update((name, n) for n in b.unfinal)
         for name, n in sorted(todo):
-            self._visit(self._b[name], n, force=force and (name, n) in forced)
+            b = self._b[name]
+            if (name, n) in forced and self._is_removed(b, n):
+                self._removed(b, n)
+            else:
+                # A hint of a build whose pages are final and whose markers
+                # (a pin, the logs removed) are not those they show: again.
+                again = (name, n) in forced and n not in b.unfinal and self._markers_changed(b, n)
+                self._visit(b, n, force=(force or again) and (name, n) in forced)
         self._finish()
 
     def _generate(self, progress, force):
@@ -240,6 +254,7 @@ class Site:
             b.known = nums[-1] if nums else 0
             self.source.catch_up(b)
             have = set(nums)
+            self._forget_removed(b, have)
             # Recent numbers without a directory: wait for them like gaps.
             b.unfinal.update(n for n in range(max(1, b.known - GAP_PATIENCE + 1), b.known + 1)
                              if n not in have)
@@ -334,6 +349,9 @@ class Site:
             if page <= b.pages:
                 b.unskip(page)  # a record that came late, alone on its page
                 self._render_history(b, page)
+        for page in sorted(self._dirty_sealed - set(self._wf_open)):
+            self.pages.waterfall_page(self.cfg, self._b, page, self._wf_pages, self._sealed_cards(page))
+        self._dirty_sealed.clear()
         for page in sorted(self._dirty_wf):
             if page in self._wf_open:
                 o = self._wf_open[page]
@@ -383,7 +401,10 @@ class Site:
         return b
 
     def _card_for(self, b, n):
-        """The card of B #N, read if it is not in memory; None for a gap."""
+        """The card of B #N, read if it is not in memory; None for a gap,
+        a removed card for a build the janitor removed."""
+        if b.is_removed(n):
+            return removed_card(b.name, n)
         c = b.cards.get(n)
         if c is None:
             rec = self.source.read(b.name, n)
@@ -411,7 +432,11 @@ class Site:
             final = n not in b.unfinal
             if final and not force:
                 return
+        marks = _UNREAD
         if rec is _UNREAD:
+            # The markers first: a pin made while the record is read is
+            # then rendered again at its hint (_markers_changed).
+            marks = self.state.marker_stamp(b.name, n)
             # build.json and a running build's progress file (state.py).
             stamp = self.state.build_stamp(b.name, n)
             if stamp is not None and not force and stamp == b.stamps.get(n) and n in b.recs:
@@ -426,7 +451,7 @@ class Site:
         c = b.cards[n] = card(view) if changed else b.cards[n]
         b.stamps[n] = stamp
         if render and (force or not final):
-            self._render_build(b, n, view, pages=changed, force=force)
+            self._render_build(b, n, view, pages=changed, force=force, marks=marks)
         self._remember(b, n, c, rec)
         if changed and (force or not final):
             self._changed(b, n, c["state"] == "finished")
@@ -460,6 +485,83 @@ class Site:
                 if finished:
                     o["waiting"].discard((b.name, n))
 
+    # ------------------------------------------------------------ removals
+    def _is_removed(self, b, n):
+        """True if B #N was taken and is no build any more: the janitor
+        renamed its directory away (janitor.py), and says so by a hint.  A
+        number taken has its directory from the mkdir that took it."""
+        return 0 < n <= b.known and not os.path.lexists(self.state.build_dir(b.name, n))
+
+    def _removed(self, b, n):
+        """B #N was removed: its pages go, and every page that listed it is
+        written again with "removed" in its place (its builder's history
+        page, the older waterfall page holding it) or without it (the
+        heads).  INDEX remembers it (Builder.removed), so a page written
+        later says "removed" too."""
+        b.add_removed(n)
+        b.cards.pop(n, None)
+        b.stamps.pop(n, None)
+        b.recs.pop(n, None)
+        b.unfinal.discard(n)
+        self.pages.forget_build(b.name, n)
+        self.files.remove(self.build_dir(b.name, n))
+        self.files.remove(self.files.path("api/builders/%s/builds/%d.json" % (b.q, n)))
+        self._dirty.add(b.name)
+        self._touched.add(b.name)
+        page = (n - 1) // HISTORY_PAGE + 1
+        if page <= b.pages:
+            self._dirty_pages.add((b.name, page))
+        for k, o in self._wf_open.items():
+            if (b.name, n) in o["members"]:
+                o["waiting"].discard((b.name, n))
+                self._dirty_wf.add(k)
+        k = self._sealed_page(b.name, n)
+        if k is not None:
+            self._dirty_sealed.add(k)
+        if b.last is not None and b.last["number"] == n:
+            b.last = None
+            self._badges.add(b.name)
+
+    def _forget_removed(self, b, have):
+        """A full rendering: the pages of B's builds the janitor removed
+        (a page here, no build in HAVE, the numbers in the state) go."""
+        try:
+            names = os.listdir(os.path.dirname(self.build_dir(b.name, 1)))
+        except OSError:
+            return
+        for name in names:
+            n = parse_number(name)
+            if n is not None and n <= b.known and n not in have:
+                b.add_removed(n)
+                self.files.remove(self.build_dir(b.name, n))
+                self.files.remove(self.files.path("api/builders/%s/builds/%d.json" % (b.q, n)))
+
+    def _sealed_page(self, name, n):
+        """The older waterfall page holding NAME #N, or None (not sealed, or
+        sealed by a release that did not keep seals: see siteindex)."""
+        if self._seal_index is None:
+            idx = {}
+            for k, marks in self._wf_seals.items():
+                for builder, (lo, hi) in marks.items():
+                    idx.setdefault(builder, []).append((lo, hi, k))
+            for v in idx.values():
+                v.sort()
+            self._seal_index = idx
+        ranges = self._seal_index.get(name, ())
+        i = bisect.bisect_right(ranges, (n, float("inf"), 0)) - 1
+        if i >= 0 and ranges[i][0] <= n <= ranges[i][1]:
+            return ranges[i][2]
+        return None
+
+    def _sealed_cards(self, page):
+        """The cards of the older waterfall page PAGE, from its seals."""
+        cards = []
+        for name, (lo, hi) in sorted(self._wf_seals.get(page, {}).items()):
+            b = self._b.get(name)
+            if b is not None:
+                cards += [self._card_for(b, n) for n in b.numbers(lo - 1, hi)]
+        return cards
+
     def _gap(self, b, n):
         """B #N has no readable record: wait for it, for a while."""
         if b.known - n >= GAP_PATIENCE:
@@ -467,20 +569,51 @@ class Site:
         else:
             b.unfinal.add(n)
 
-    def _render_build(self, b, n, view, pages, force):
+    def _markers_changed(self, b, n):
+        """True if the janitor's markers of B #N (keep.json, pruned.json)
+        are not those its pages were rendered with (MARKERS beside them)."""
+        try:
+            with open(os.path.join(self.build_dir(b.name, n), MARKERS), encoding="utf-8") as f:
+                shown = f.read()
+        except (OSError, ValueError):
+            shown = ""
+        marks = self.state.marker_stamp(b.name, n)
+        return shown != ("" if marks is None else repr(marks))
+
+    def _render_build(self, b, n, view, pages, force, marks=_UNREAD):
         """Write a build's log pages (those whose log or step changed) and,
         if PAGES, its page and JSON; then .final once it is finished."""
         bdir = self.build_dir(b.name, n)
         self.files.mkdir(bdir)
         running = view["state"] != "finished"
         for step in view["steps"]:
-            if step["log_page"]:
+            if step["log_removed"]:
+                self._log_removed(b, bdir, view, step)
+            elif step["log_page"]:
                 self.logs.render(bdir, view, step, self.cfg.title, force)
         if pages or not running:
             self.pages.build(self.cfg, b, bdir, view)
         if not running:
+            if marks is _UNREAD:
+                marks = self.state.marker_stamp(b.name, n)
+            if marks is None:
+                fsutil._unlink_quietly(os.path.join(bdir, MARKERS))
+            else:
+                self.files.write(os.path.join(bdir, MARKERS), repr(marks))
             self.files.mark(os.path.join(bdir, ".final"), FINAL_MARK)
             self.logs.forget(bdir)
+
+    def _log_removed(self, b, bdir, view, step):
+        """A log the janitor removed: its page says so (the pages of many
+        builds link to it), its raw file goes (a hard link to the log: the
+        disk is freed only then)."""
+        stem = step["log_page"][:-len(".html")]
+        self.files.remove(os.path.join(bdir, stem + ".txt"))
+        self.files.write(os.path.join(bdir, step["log_page"]), templates.render(
+            "logremoved.html", site_title=self.cfg.title, root="../../../", refresh=0, feed="",
+            generated=time.time(), zone=time.strftime("%z"), builder_html="builders/%s/index.html" % b.q,
+            build=view, step=step))
+        self.logs.forget(bdir)
 
     def follow_logs(self):
         """Write again the log pages of running steps whose log changed
@@ -518,6 +651,9 @@ class Site:
                 return
             marks, members, running = cut
             self._wf_pages += 1
+            self._wf_seals[self._wf_pages] = {name: [self._b[name].sealed + 1, number]
+                                              for name, number in marks.items()}
+            self._seal_index = None
             for name, number in marks.items():
                 self._b[name].sealed = number
                 self._touched.add(name)
@@ -536,7 +672,7 @@ class Site:
             self._reset()
             return False
         self._reset()
-        self._b, self._wf_pages, self._wf_open = loaded
+        self._b, self._wf_pages, self._wf_open, self._wf_seals = loaded
         self._loaded = True
         self.needs_fill = False
         self._all = True
@@ -595,7 +731,8 @@ class Site:
         self.files.mkdir(self.root)
         path = os.path.join(self.root, INDEX)
         # Written only when it changed: a pass with nothing new writes nothing.
-        text = siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK, self._index_text)
+        text = siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK, self._index_text,
+                              seals=self._wf_seals)
         if text != self._index_text:
             self._index_text = text
             self._index_stamp = sitefiles.stamp(path)

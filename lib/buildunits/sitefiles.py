@@ -47,6 +47,20 @@ class SiteFiles:
             os.makedirs(d, exist_ok=True)
             self._dirs.add(d)
 
+    def remove(self, path):
+        """Remove the file or directory tree PATH of the site (a removed
+        build's pages), following no link; counted if it was there."""
+        import shutil
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path)
+                self._dirs = {d for d in self._dirs if d != path and not d.startswith(path + os.sep)}
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            return
+        self.count += 1
+
     def write(self, path, data):
         self.mkdir(os.path.dirname(path))
         try:

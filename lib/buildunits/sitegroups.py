@@ -36,7 +36,8 @@ MAX_BAD = 5                          # bad builds or builders named in a group's
 DEFAULT_GROUP = "ungrouped"
 # Status words, worst first: what wants a look first.  A word no release
 # writes (a record's own text) counts as the worst: something is off.
-ORDER = ("exception", "failure", "retry", "cancelled", "warnings", "running", "pending", "success", "skipped")
+ORDER = ("exception", "failure", "retry", "cancelled", "warnings", "running", "pending", "success", "skipped",
+         "removed")                  # a build the janitor removed (siteviews.removed_card): never named
 _RANK = {w: i for i, w in enumerate(ORDER)}
 _FIRST_GOOD = _RANK["running"]       # words ranked below are "bad", named in a cell
 

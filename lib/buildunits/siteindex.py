@@ -9,11 +9,18 @@ site's top directory; private, not part of the API) keeps all of that but
 the cards, which a new process reads again from the records:
 
     {"format": "site-index", "version": 1, "mark": FINAL_MARK, "history_page": 50,
-     "waterfall": {"pages": K, "open": [{"page", "members": [[B, n]], "waiting": [[B, n]]}]},
+     "waterfall": {"pages": K, "open": [{"page", "members": [[B, n]], "waiting": [[B, n]]}],
+                   "seals": [[K, {B: [first, last]}]]},
      "builders": {B: {"known", "sealed", "pages", "skipped": [[first, last]],
-                      "unfinal": [n], "last": null or {"number", "status", "finished"}}}}
+                      "unfinal": [n], "last": null or {"number", "status", "finished"},
+                      "removed": [[first, last]]}}}
 
-Versions: 1 (buildunits 0.1): first version.  An INDEX of another
+Versions: 1 (buildunits 0.1): first version.  "seals" (what each older
+waterfall page holds: each builder's first and last numbers on it, so that a
+page holding a build the janitor removed can be written again) and
+"removed" (the numbers the janitor removed, as ranges) added in 0.2,
+still version 1: an INDEX without them has no seals (its older pages are
+written again only by a full rendering) and no removals.  An INDEX of another
 version, mark or history page size is not read: the site is then
 rendered whole again.
 
@@ -48,6 +55,7 @@ class Builder:
         self.cards = {}         # number -> card: the builds head pages show, and running ones
         self.stamps = {}        # number -> State.build_stamp its card was made from
         self.recs = {}          # number -> record of a running build
+        self.removed = []       # [first, last] ranges of numbers the janitor removed, ascending
         self.listed_for = None  # the counter value that made us list the directory
         self.counter_stamp = None  # State.counter_stamp when it was last read
         self._index_key = self._index_json = None  # index_text(), and what it was made of
@@ -117,14 +125,39 @@ class Builder:
             self.stamps.pop(n, None)
         return gone
 
+    def add_removed(self, n):
+        """Remember that the janitor removed #N (ranges, merged).
+
+        >>> b = Builder("x"); [b.add_removed(n) for n in (3, 1, 2, 7, 5, 6)] and b.removed
+        [[1, 3], [5, 7]]
+        """
+        if self.is_removed(n):
+            return
+        r = self.removed
+        r.append([n, n])
+        r.sort()
+        out = []
+        for lo, hi in r:
+            if out and lo <= out[-1][1] + 1:
+                out[-1][1] = max(out[-1][1], hi)
+            else:
+                out.append([lo, hi])
+        self.removed[:] = out
+
+    def is_removed(self, n):
+        return any(lo <= n <= hi for lo, hi in self.removed)
+
     def index_entry(self):
-        return {"known": self.known, "sealed": self.sealed, "pages": self.pages,
-                "skipped": self.skipped, "unfinal": sorted(self.unfinal), "last": self.last}
+        e = {"known": self.known, "sealed": self.sealed, "pages": self.pages,
+             "skipped": self.skipped, "unfinal": sorted(self.unfinal), "last": self.last}
+        if self.removed:
+            e["removed"] = self.removed
+        return e
 
     def index_text(self):
         """index_entry() as JSON, encoded again only when it changed."""
         key = (self.known, self.sealed, self.pages, repr(self.skipped), frozenset(self.unfinal),
-               None if self.last is None else tuple(self.last.values()))
+               None if self.last is None else tuple(self.last.values()), repr(self.removed))
         if self._index_key != key:
             self._index_key = key
             self._index_json = json.dumps(self.index_entry(), ensure_ascii=True)
@@ -153,7 +186,7 @@ def next_seal(builders, size):
 
 # -------------------------------------------------------------- INDEX
 def load(path, mark):
-    """({name: Builder}, waterfall pages, open waterfall pages) from the
+    """({name: Builder}, waterfall pages, open waterfall pages, seals) from the
     INDEX at PATH; ValueError (or OSError) if it is not one to take up
     from: of another version, MARK or page size, or damaged."""
     try:
@@ -164,6 +197,8 @@ def load(path, mark):
             raise ValueError("another site index")
         wf = idx["waterfall"]
         wf_pages, wf_open, builders = _count(wf["pages"]), {}, {}
+        seals = {_count(k): {str(name): [_count(lo), _count(hi)] for name, (lo, hi) in marks.items()}
+                 for k, marks in wf.get("seals", [])}
         for o in wf["open"]:
             members = [(str(m[0]), _count(m[1])) for m in o["members"]]
             wf_open[_count(o["page"])] = {
@@ -173,7 +208,7 @@ def load(path, mark):
                 builders[name] = _builder(name, e)
     except (KeyError, TypeError, IndexError, AttributeError) as e:
         raise ValueError("damaged site index: %r" % (e,)) from None
-    return builders, wf_pages, wf_open
+    return builders, wf_pages, wf_open, seals
 
 
 def _builder(name, e):
@@ -181,6 +216,7 @@ def _builder(name, e):
     b.known, b.sealed, b.pages = _count(e["known"]), _count(e["sealed"]), _count(e["pages"])
     b.unfinal = {_count(n) for n in e["unfinal"]}
     b.skipped = [[_count(lo), _count(hi)] for lo, hi in e["skipped"]]
+    b.removed = [[_count(lo), _count(hi)] for lo, hi in e.get("removed", [])]
     last = e["last"]
     if last is not None:
         b.last = {"number": _count(last["number"]), "status": text(last["status"]),
@@ -188,14 +224,15 @@ def _builder(name, e):
     return b
 
 
-def save(path, builders, wf_pages, wf_open, mark, previous=None):
+def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None):
     """Write INDEX at PATH (no fsync: a lost INDEX costs a full rendering)
     unless its text would be PREVIOUS; returns the text."""
     idx = {"format": "site-index", "version": INDEX_VERSION, "mark": mark,
            "history_page": HISTORY_PAGE,
            "waterfall": {"pages": wf_pages, "open": [
                {"page": k, "members": o["members"], "waiting": sorted(o["waiting"])}
-               for k, o in sorted(wf_open.items())]},
+               for k, o in sorted(wf_open.items())],
+               "seals": [[k, marks] for k, marks in sorted((seals or {}).items())]},
            "builders": {}}
     head = json.dumps(idx, ensure_ascii=True)
     # A builder's entry is encoded again only when it changed: a pass

@@ -98,7 +98,17 @@ class Source:
             return None
         if not isinstance(rec, dict):
             return None
-        return dict(rec, builder=builder, number=number)  # the directory names the build
+        rec = dict(rec, builder=builder, number=number)  # the directory names the build
+        # The janitor's markers beside the record (keep.json, pruned.json;
+        # buildunits-state(5)), for the build's page: never in a record.
+        for key, reader in (("_keep", self.state.read_keep), ("_pruned", self.state.read_pruned)):
+            try:
+                extra = reader(builder, number)
+            except (OSError, ValueError):
+                extra = None
+            if extra is not None:
+                rec[key] = extra
+        return rec
 
     def stream(self, name, numbers):
         """(start time, name, number, record or None, stamp) of each build

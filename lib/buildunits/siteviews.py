@@ -60,7 +60,9 @@ def build_view(rec):
     q = quote(builder, safe="")
     base = "builders/%s/%d/" % (q, number)
     request = _dict(rec.get("request"))
-    steps = [step_view(i, s, base) for i, s in enumerate(_list(rec.get("steps")), 1) if isinstance(s, dict)]
+    logs_gone = num(_dict(rec.get("_pruned")).get("logs_removed")) is not None
+    steps = [step_view(i, s, base, logs_gone) for i, s in enumerate(_list(rec.get("steps")), 1)
+             if isinstance(s, dict)]
     changes = [change_view(c) for c in _list(request.get("changes")) if isinstance(c, dict)]
     state = text(rec.get("state")) or "running"
     current = [s["name"] for s in steps if s["state"] == "running"]
@@ -86,13 +88,30 @@ def build_view(rec):
         # The build this one rebuilds (`buildunits rebuild`), of the same builder.
         "rebuild_of": rebuilt,
         "rebuild_of_html": "builders/%s/%d/index.html" % (q, rebuilt) if rebuilt else None,
+        # What the janitor's markers beside the record say (Source.read):
+        # pinned, by whom and when; when its logs and artifacts went.
+        "kept": _kept(rec.get("_keep")),
+        "logs_removed": num(_dict(rec.get("_pruned")).get("logs_removed")),
+        "artifacts_removed": num(_dict(rec.get("_pruned")).get("artifacts_removed")),
     }
 
 
-def step_view(index, step, base):
-    """Step number INDEX of a build whose pages are under BASE."""
+def _kept(keep):
+    """A keep.json record as the build page shows it, or None."""
+    keep = _dict(keep)
+    if not keep:
+        return None
+    return {"user": text(keep.get("user")), "when": num(keep.get("when")), "reason": text(keep.get("reason"))}
+
+
+def step_view(index, step, base, log_removed=False):
+    """Step number INDEX of a build whose pages are under BASE; LOG_REMOVED:
+    the janitor removed the build's logs (KeepLogDays=)."""
     state = text(step.get("state")) or "pending"
     stem = log_stem(step.get("log"))
+    # A removed log's page stays, saying so (the pages of many builds link
+    # to it and are written once); its raw file goes.
+    removed = bool(stem) and log_removed
     usage = usage_view(step.get("usage"))
     return {
         "index": index, "name": text(step.get("name")) or "step %d" % index,
@@ -104,9 +123,11 @@ def step_view(index, step, base):
         "exit_status": step.get("exit_status") if _is_int(step.get("exit_status")) else None,
         "usage": usage, "usage_shown": usage_shown(usage),
         # Paths from the site's top (the JSON files'), and file names.
-        "log": {"html": base + quote(stem) + ".html", "raw": base + quote(stem) + ".txt"} if stem else None,
-        "log_file": stem + ".log" if stem else "",
-        "log_page": stem + ".html" if stem else "", "log_raw": stem + ".txt" if stem else "",
+        "log": {"html": base + quote(stem) + ".html", "raw": None if removed else base + quote(stem) + ".txt"}
+        if stem else None,
+        "log_file": stem + ".log" if stem and not removed else "",
+        "log_page": stem + ".html" if stem else "", "log_raw": stem + ".txt" if stem and not removed else "",
+        "log_removed": removed,
     }
 
 
@@ -161,6 +182,20 @@ def card(view):
     return c
 
 
+def removed_card(builder, number):
+    """The summary of a build the janitor removed: what the pages that
+    listed it show in its place ("removed", linking nowhere).
+
+    >>> c = removed_card("hello", 3); c["status"], c["html"], c["steps"]
+    ('removed', '', [])
+    """
+    c = {k: None for k in SUMMARY_KEYS}
+    c.update(builder=text(builder), number=number, state="finished", status="removed", worker="", branch="",
+             revision="", request_reason="", reason="", current_step="", changes=[], changes_count=0, steps=[],
+             html="", json="")
+    return c
+
+
 def build_json(view):
     """api/builders/B/builds/N.json, from a build_view(): the summary with
     its changes and steps in full, and what the build page adds."""
@@ -170,7 +205,8 @@ def build_json(view):
     doc["steps"] = [{k: s[k] for k in BUILD_STEP_KEYS} for s in view["steps"]]
     force = view["force_id"] if view["force_id"] is not None else dict(view["force"]) or None
     doc.update(repository=view["repository"], properties=dict(view["properties"]), force=force,
-               rebuild_of=view["rebuild_of"])
+               rebuild_of=view["rebuild_of"], kept=view["kept"], logs_removed=view["logs_removed"],
+               artifacts_removed=view["artifacts_removed"])
     return doc
 
 

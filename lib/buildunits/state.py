@@ -393,6 +393,14 @@ class State:
     def write_pruned(self, builder, number, fields):
         records.write(os.path.join(self.build_dir(builder, number), PRUNED), "pruned", fields)
 
+    def marker_stamp(self, builder, number):
+        """What tells the janitor's markers of B #N (keep.json, pruned.json)
+        from others without reading them, or None when it has none: they
+        are replaced by rename (a new inode each time)."""
+        stamps = tuple(fsutil.stamp(os.path.join(self.build_dir(builder, number), name), follow_symlinks=False)
+                       for name in (KEEP, PRUNED))
+        return None if stamps == (None, None) else stamps
+
     def build_mtime(self, builder, number):
         """The mtime of builds/B/N itself (when its number was taken, for a
         directory that holds no record yet), or None."""
