@@ -611,6 +611,7 @@ class Site:
         self.files.remove(os.path.join(bdir, stem + ".txt"))
         self.files.write(os.path.join(bdir, step["log_page"]), templates.render(
             "logremoved.html", site_title=self.cfg.title, root="../../../", refresh=0, feed="",
+            title="%s #%d: %s (log removed)" % (view["builder"], view["number"], step["name"]),
             generated=time.time(), zone=time.strftime("%z"), builder_html="builders/%s/index.html" % b.q,
             build=view, step=step))
         self.logs.forget(bdir)
