@@ -329,6 +329,8 @@ def test_a_janitor_killed_after_the_rename_leaves_no_half_build(dirs, run, when)
     assert sorted(os.listdir(st.builder_dir("hello"))) == [".removing-1", ".removing-2", "3", "4", "next.json"]
     whole = sorted(os.listdir(os.path.join(st.builder_dir("hello"), ".removing-2")))
     assert whole == ["01-s1.log", "02-s2.log", "artifacts", "build.json"]
+    # The site was told before anything was deleted.
+    assert sorted(os.listdir(os.path.join(dirs.spool, "hints"))) == ["hello@1", "hello@2"]
     code, out = run("fsck")
     for n in (1, 2):
         assert code == 1 and ("would repair: hello #%d: half removed by the janitor (renamed out of the builds, "

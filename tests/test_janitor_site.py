@@ -40,7 +40,7 @@ def _janitor(st, sp, cfg, **keys):
         for k, v in keys.items():
             setattr(b, k, v)
     try:
-        return janitor.run(st, sp, cfg, on_removed=janitor.site_hints(sp))
+        return janitor.run(st, sp, cfg, site=janitor.SiteHints(sp))
     finally:
         for b in cfg.builders.values():
             for k in keys:

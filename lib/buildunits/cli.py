@@ -99,7 +99,10 @@ DESCRIPTION
                  changes nothing; --measure measures the disk usage
                  afresh (otherwise kept up to date from what each pass
                  adds and removes).  buildunits-janitor.timer runs it
-                 daily.  Exit status 1 if another pass is running.
+                 daily; by hand, run it as the buildunits user (sudo -u
+                 buildunits buildunits janitor, or systemctl start
+                 buildunits-janitor), whose files it replaces.  Exit
+                 status 1 if another pass is running.
     keep         pin build NUMBER of BUILDER: the janitor never removes
                  it, nor its logs and artifacts; its page says "kept",
                  by whom and when (a keep.json beside its record,
@@ -205,7 +208,7 @@ def cmd_janitor(dirs, args):
     sp = Spool(dirs.spool)
     try:
         rep = janitor.run(State(dirs.state), sp, cfg, dry_run=args.dry_run, measure=args.measure,
-                          on_removed=janitor.site_hints(sp), say=print)
+                          site=janitor.SiteHints(sp), say=print)
     except janitor.Busy as e:
         _err(str(e))
         return 1
@@ -231,6 +234,7 @@ def cmd_keep(dirs, args):
     except LookupError as e:
         _err(str(e))
         return 1
+    Spool(dirs.spool).hint(args.builder, args.number)     # its page says so (htmlgen)
     return 0
 
 

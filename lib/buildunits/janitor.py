@@ -191,15 +191,15 @@ class _Builder:
 
 class Janitor:
     """One pass over STATE and SPOOL with the configuration CFG at NOW.
-    ON_REMOVED(builder, numbers, changed) is told, after the commit
-    points, which builds went and which lost logs or artifacts (htmlgen's
-    hints); SAY(text) gets a line per thing done."""
+    SITE (a SiteHints, or None) is told each build that went or lost logs
+    or artifacts, after its commit point and before its files are
+    deleted; SAY(text) gets a line per thing done."""
 
-    def __init__(self, state, spool, cfg, now=None, dry_run=False, measure=False, on_removed=None, say=None):
+    def __init__(self, state, spool, cfg, now=None, dry_run=False, measure=False, site=None, say=None):
         self.state, self.spool, self.cfg = state, spool, cfg
         self.now = time.time() if now is None else now
         self.dry_run, self.measure = dry_run, measure
-        self.on_removed = on_removed
+        self.site = site if site is not None and not dry_run else _NoSite()
         self.say = say or (lambda text: None)
         self.report = Report(dry_run=dry_run)
 
@@ -229,8 +229,10 @@ class Janitor:
     def _builder(self, b):
         pol = policy(self.cfg, b.name)
         for n in self.state.removals_left(b.name):
-            # A pass stopped between a rename and its deletion: finish it.
+            # A pass stopped between a rename and its deletion: finish it
+            # (told again: the stopped pass may not have told the site).
             if not self.dry_run:
+                self.site.hint(b.name, n)
                 b.subtract(n, self.state.finish_removal(b.name, n))
             self.report.finished.setdefault(b.name, []).append(n)
             self.say("%s #%d: half removed by an earlier pass; removed" % (b.name, n))
@@ -241,8 +243,7 @@ class Janitor:
         changed |= self._prune(b, "logs", pol.keep_log_days)
         changed |= self._prune(b, "artifacts", pol.keep_artifact_days)
         self._measure(b)
-        if (gone or changed) and self.on_removed and not self.dry_run:
-            self.on_removed(b.name, sorted(gone), sorted(changed))
+        self.site.sync()
 
     def _remove(self, b, pol):
         """Remove what KeepBuilds= and KeepDays= no longer keep; the set of
@@ -307,6 +308,12 @@ class Janitor:
             os.close(lock)
         if done:
             self.state.sync_builder(b.name)
+            # The site is told now: before the files go, and durably, so
+            # that a crash after this leaves a hint or a hidden directory
+            # (whose removal the next pass tells again), never neither.
+            for n, _why in done:
+                self.site.hint(b.name, n)
+            self.site.sync()
         return done
 
     def _prune(self, b, kind, days):
@@ -379,6 +386,7 @@ class Janitor:
             marker = dict(marker, builder=b.name, number=n)
             marker[kind + "_removed"] = self.now
             self.state.write_pruned(b.name, n, marker)      # the commit point
+        self.site.hint(b.name, n)     # synced at the builder's end; lost, the page is stale, no more
         if kind == "logs":
             freed = self.state.remove_logs(b.name, n, present)
         else:
@@ -407,7 +415,9 @@ class Janitor:
     @staticmethod
     def _lock(path, blocking=True):
         fsutil.makedirs(os.path.dirname(path))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # Read-only: an flock needs no more, and a lock file made by root
+        # (`sudo buildunits keep`) is still one the buildunits user can lock.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -416,14 +426,32 @@ class Janitor:
         return fd
 
 
-def site_hints(spool):
-    """An ON_REMOVED that tells htmlgen through the spool's hints/: a hint
-    per build removed or changed (a hint is only a wake-up: the site's
-    rescan finds the same from the state)."""
-    def tell(builder, removed, changed):
-        for n in list(removed) + list(changed):
-            spool.hint(builder, n)
-    return tell
+class SiteHints:
+    """What the janitor tells htmlgen, through the spool's hints/: a hint
+    per build removed or changed, made durable by sync() (one fsync of
+    hints/ per batch): the site sees a removal by its hint, or by a full
+    rendering only (docs/site.md)."""
+
+    def __init__(self, spool):
+        self.spool = spool
+        self._new = False
+
+    def hint(self, builder, number):
+        self.spool.hint(builder, number)
+        self._new = True
+
+    def sync(self):
+        if self._new:
+            self.spool.sync_hints()
+            self._new = False
+
+
+class _NoSite:
+    def hint(self, builder, number):
+        pass
+
+    def sync(self):
+        pass
 
 
 def run(state, spool, cfg, **kw):

@@ -518,6 +518,14 @@ class Spool:
         except OSError:
             pass  # a hint; the rescan timer is the safety net
 
+    def sync_hints(self):
+        """Make the hints written so far durable (one fsync of hints/): for
+        the janitor, whose hints are the site's only word of a removal."""
+        try:
+            fsutil.fsync_dir(self.path("hints"))
+        except OSError:
+            pass
+
     def take_hints(self):
         """The (builder, number) hints waiting, removed as they are taken."""
         out = []
