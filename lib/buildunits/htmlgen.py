@@ -46,7 +46,8 @@ DESCRIPTION
     htmlgen notices and takes up from the result.
 
 FILES
-    SPOOL/hints/             wake-up hints from runners
+    SPOOL/hints/             wake-up hints from runners, and from the janitor
+                             (a build removed: its pages go, docs/site.md)
     STATE/builds/            what it renders
     SITE/index.html          the waterfall
     SITE/api/                the JSON files (docs/site.md)
