@@ -403,6 +403,16 @@ def test_bad_retention_values_name_the_file_and_line(dirs, run):
     assert "%s:4: [Builder] KeepLogDays=: not a whole number: '-1'" % path in out, out
 
 
+def test_a_broken_configuration_removes_nothing(dirs, run):
+    inprocess.write_builders(dirs, {"hello": "[Builder]\nKeepBuilds=100\nKeepDays=ten\n" + STEP})
+    with open(os.path.join(dirs.config, "buildunits.conf"), "w") as f:
+        f.write("[Defaults]\nKeepBuilds=1\n")
+    history(dirs, count=3)
+    code, out = run("janitor")
+    assert code == 1 and out[-1].endswith("(run `buildunits checkconfig`); nothing removed"), out
+    assert numbers(dirs) == [1, 2, 3]
+
+
 def test_an_empty_assignment_keeps_everything_again(dirs):
     from buildunits import config
     inprocess.write_builders(dirs, {"hello": "[Builder]\nKeepBuilds=5\nKeepBuilds=\nKeepDays=30\n" + STEP})

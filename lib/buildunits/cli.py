@@ -102,7 +102,10 @@ DESCRIPTION
                  daily; by hand, run it as the buildunits user (sudo -u
                  buildunits buildunits janitor, or systemctl start
                  buildunits-janitor), whose files it replaces.  Exit
-                 status 1 if another pass is running.
+                 status 1 if another pass is running, or the
+                 configuration has a problem (then nothing is removed:
+                 a builder's own keys could not be read).  A builder
+                 with history and no file any more follows [Defaults].
     keep         pin build NUMBER of BUILDER: the janitor never removes
                  it, nor its logs and artifacts; its page says "kept",
                  by whom and when (a keep.json beside its record,
@@ -204,7 +207,16 @@ def cmd_timer(dirs, args):
 # ---------------------------------------------------------------- janitor
 def cmd_janitor(dirs, args):
     from . import janitor
-    cfg = _config_for_force(dirs)
+    try:
+        cfg = config.load(dirs.config)
+    except config.ConfigError as e:
+        # Removing is for good: a builder whose file has a problem would
+        # be judged by [Defaults], not by its own keys.  Nothing is removed.
+        for p in e.problems:
+            print(str(p), file=sys.stderr)
+        _err("the configuration in %s has %d problem%s (run `buildunits checkconfig`); nothing removed"
+             % (dirs.config, len(e.problems), "" if len(e.problems) == 1 else "s"))
+        return 1
     sp = Spool(dirs.spool)
     try:
         rep = janitor.run(State(dirs.state), sp, cfg, dry_run=args.dry_run, measure=args.measure,
