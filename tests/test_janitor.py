@@ -352,6 +352,37 @@ def test_a_hidden_directory_left_by_a_crash_is_finished(dirs, run):
     assert sorted(os.listdir(st.builder_dir("hello"))) == ["1", "3", "next.json"]
 
 
+def _waiting_on(path):
+    """True if some process waits for an flock of PATH (/proc/locks: "->")."""
+    st = os.stat(path)
+    token = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    with open("/proc/locks") as f:
+        return any("->" in line and token in line.split() for line in f)
+
+
+def test_a_pin_made_while_the_janitor_is_deciding_is_seen(dirs, run):
+    """`keep` and the janitor's renames take the same lock: a pin written
+    while the janitor waits for it (having chosen the build already) is
+    seen under the lock, and the build stays."""
+    from support.wait import wait_for
+    builder(dirs, keys="KeepBuilds=1")
+    history(dirs, count=3)
+    st = State(dirs.state)
+    lock = janitor.Janitor._lock(st.lock_path("retention"))
+    try:
+        p = subprocess.Popen([harness.PYTHON, os.path.join(harness.BIN_DIR, "buildunits"), "--config-dir",
+                              dirs.config, "--spool-dir", dirs.spool, "--state-dir", dirs.state, "janitor"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: _waiting_on(st.lock_path("retention")), 30, what="the janitor to wait for the lock")
+        st.write_keep("hello", 1, {"builder": "hello", "number": 1, "user": "bob", "when": time.time(),
+                                   "reason": ""})
+    finally:
+        os.close(lock)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 0, out
+    assert numbers(dirs) == [1, 3] and "hello #2: removed (KeepBuilds=1)" in out, out
+
+
 # ------------------------------------------------------------- status
 def test_status_shows_the_disk_the_janitor_measured_with_its_age(dirs, run):
     builder(dirs, keys="KeepBuilds=3")
