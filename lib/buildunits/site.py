@@ -121,6 +121,7 @@ class Site:
         self._wf_open = {}       # page -> {"members": [(B, n)], "waiting": {(B, n)}}: not final yet
         self._wf_seals = {}      # page -> {B: [first, last]}: the numbers of B it holds (removals)
         self._seal_index = None  # {B: [(first, last, page)]} of _wf_seals, made when needed
+        self._seals_json = None  # (_wf_seals, its length, its JSON): INDEX's seals, encoded once
         self._dirty_sealed = set()  # sealed waterfall pages holding a build removed
         self.logs.forget_all()
         self.pages.forget()
@@ -732,8 +733,11 @@ class Site:
         self.files.mkdir(self.root)
         path = os.path.join(self.root, INDEX)
         # Written only when it changed: a pass with nothing new writes nothing.
+        if self._seals_json is None or self._seals_json[0] is not self._wf_seals \
+                or self._seals_json[1] != len(self._wf_seals):
+            self._seals_json = (self._wf_seals, len(self._wf_seals), siteindex.seals_text(self._wf_seals))
         text = siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK, self._index_text,
-                              seals=self._wf_seals)
+                              seals_json=self._seals_json[2])
         if text != self._index_text:
             self._index_text = text
             self._index_stamp = sitefiles.stamp(path)

@@ -224,7 +224,7 @@ def _builder(name, e):
     return b
 
 
-def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None):
+def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None, seals_json=None):
     """Write INDEX at PATH (no fsync: a lost INDEX costs a full rendering)
     unless its text would be PREVIOUS; returns the text."""
     idx = {"format": "site-index", "version": INDEX_VERSION, "mark": mark,
@@ -232,9 +232,10 @@ def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None):
            "waterfall": {"pages": wf_pages, "open": [
                {"page": k, "members": o["members"], "waiting": sorted(o["waiting"])}
                for k, o in sorted(wf_open.items())],
-               "seals": [[k, marks] for k, marks in sorted((seals or {}).items())]},
+               "seals": "\0seals"},
            "builders": {}}
-    head = json.dumps(idx, ensure_ascii=True)
+    head = json.dumps(idx, ensure_ascii=True).replace(
+        '"\\u0000seals"', seals_json if seals_json is not None else seals_text(seals or {}), 1)
     # A builder's entry is encoded again only when it changed: a pass
     # that changed nothing costs a comparison per builder.
     entries = ", ".join("%s: %s" % (json.dumps(name, ensure_ascii=True), b.index_text())
@@ -243,6 +244,13 @@ def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None):
     if text != previous:
         fsutil.write_atomic(path, text, durable=False)
     return text
+
+
+def seals_text(seals):
+    """SEALS ({page: {builder: [first, last]}}) as INDEX holds them, in JSON:
+    the caller keeps it until a page is sealed (they are as many as older
+    pages, and never change once made)."""
+    return json.dumps([[k, marks] for k, marks in sorted(seals.items())], ensure_ascii=True)
 
 
 def _count(v):
