@@ -92,7 +92,8 @@ demo-local: deps
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
 DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook
-SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits-timer(8) buildunits.builder(5) \
+SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits-timer(8) buildunits-janitor(8) \
+	buildunits.builder(5) \
 	buildunits-state(5)
 
 man:
@@ -104,6 +105,9 @@ man:
 		$(PYTHON) docs/mkman.py --docstring 8 lib/buildunits/$$d.py --see-also "$(SEE_ALSO)" \
 			> $(BUILDDIR)/man/man8/buildunits-$$d.8 || exit 1; \
 	done
+	# The janitor's units (retention): janitor.py's docstring.
+	$(PYTHON) docs/mkman.py --docstring 8 lib/buildunits/janitor.py \
+		--see-also "$(SEE_ALSO) systemd.timer(5)" > $(BUILDDIR)/man/man8/buildunits-janitor.8
 	# The timers' units and generator: periodic.py's docstring.
 	$(PYTHON) docs/mkman.py --docstring 8 lib/buildunits/periodic.py \
 		--see-also "$(SEE_ALSO) systemd.timer(5) systemd.time(7)" > $(BUILDDIR)/man/man8/buildunits-timer.8

@@ -34,6 +34,7 @@ LIB = os.path.join(ROOT, "lib", "buildunits")
 DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
                    ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
                    ("webhook", "8", "buildunits-webhook"), ("periodic", "8", "buildunits-timer"),
+                   ("janitor", "8", "buildunits-janitor"),
                    ("cli", "1", "buildunits"), ("mask", "1", "buildunits-mask")]
 
 if os.path.join(ROOT, "lib") not in sys.path:

@@ -1,55 +1,88 @@
-"""The janitor: the retention keys applied to the build history.
+"""buildunits-janitor: the retention keys applied to the build history.
 
-`buildunits janitor` (run daily by buildunits-janitor.timer) removes, per
-builder, what KeepBuilds=, KeepDays=, KeepLogDays= and KeepArtifactDays=
-(buildunits.builder(5), "RETENTION") no longer keep, prunes the spool's
-requests/cancelled/, measures what the history takes on disk, and tells
-the site what went.  One pass at a time (an flock on
-locks/buildunits-janitor.lock).
+NAME
+    buildunits-janitor - removes the builds, logs and artifacts the
+    retention keys no longer keep, daily
 
-What it never removes, and why:
+SYNOPSIS
+    buildunits-janitor.timer
+    buildunits-janitor.service
+    buildunits janitor [--dry-run] [--measure]
+    buildunits keep BUILDER NUMBER [--reason TEXT] | keep --unkeep BUILDER NUMBER
 
-- A builder's newest build directory.  numbers.allocate() starts from
-  next.json, or, when that hint is lost, from the highest build directory
-  + 1: were the newest removed with the hint, its number would be taken
-  again.  The newest directory is the builder's memory of its numbers, so
-  it stays whatever the keys say (KeepBuilds= is at least 1 for the same
-  reason).  Older ones can go: a number below the newest is never tried
-  again (allocate() only counts up from the hint or the newest).
-- A running build (its record says "running"), and a number without a
-  record younger than GAP_AGE_SEC: a runner between the mkdir that took
-  the number and its first record.
-- A pinned build (keep.json, `buildunits keep`), its logs and artifacts
-  neither.  `keep` and a removal are serialised by an flock
-  (locks/retention.lock) around "is it pinned? rename": a pin is either
-  seen, or made after the build is gone (and keep then says so).
-- A build whose record cannot be read: history is kept as it is.
+DESCRIPTION
+    `buildunits janitor`, run daily by buildunits-janitor.timer (which
+    buildunits.target wants: `systemctl list-timers` shows it), removes,
+    per builder, what KeepBuilds=, KeepDays=, KeepLogDays= and
+    KeepArtifactDays= (buildunits.builder(5), RETENTION) no longer keep,
+    prunes the spool's requests/cancelled/, measures what the history
+    takes on disk (for `buildunits status`), and tells buildunits-htmlgen
+    what went (a hint each, in the spool's hints/), which removes those
+    pages.  One pass at a time (an flock on locks/buildunits-janitor.lock).
 
-A removal (state.py, begin_removal and finish_removal): builds/B/N is
-renamed to builds/B/.removing-N (THE COMMIT POINT: from here no reader
-sees B #N, since only canonical numbers are builds), up to BATCH builds
-at a time, builds/B fsync'd once, and only then each hidden directory
-deleted.  A crash before the fsync leaves each build whole, under its
-name or the hidden one; after it, hidden directories no page shows,
-which the next pass deletes first.
+WHAT IT NEVER REMOVES
+    A builder's newest build directory: the next build number is taken
+    from next.json, or, when that hint is lost, past the highest build
+    directory there is; were the newest removed with the hint, its number
+    would be taken again.  So the newest stays whatever the keys say
+    (KeepBuilds= is at least 1 for the same reason).  Older ones can go:
+    a number below the newest is never tried again.
 
-Logs and artifacts of builds that stay: finished build records never
-change, so what went is said by a marker beside the record, pruned.json
-("pruned"), written (atomically, fsync'd) BEFORE the files are unlinked:
-the marker is the commit point.  A crash after it leaves some files of
-what the marker says is removed; the next pass, which looks again at
-that build (the retention record was not written), unlinks them.
+    A running build (its record says "running"), and a number without a
+    record younger than GAP_AGE_SEC (36 hours): a runner between the
+    mkdir that took the number and its first record.
 
-What it reads: the list of numbers (one listing per builder) for
-KeepBuilds=; for KeepDays= the records from the oldest upward, stopping
-at the first build young enough (builds are numbered in the order they
-start; pinned and running ones are stepped over); for the logs and
-artifacts, and for the disk usage, only the builds past how far the last
-pass got, kept per builder in janitor/retention.json ("retention"),
-written at the end of a pass.  A pass that removes nothing reads a
-record or two per builder.  The disk usage is kept up to date by adding
-the builds measured since and subtracting what is removed; `--measure`
-measures everything afresh.
+    A pinned build (keep.json, `buildunits keep`), its logs and artifacts
+    neither.  `keep` and the janitor's renames are serialised by an flock
+    (locks/retention.lock) around "is it pinned? rename": a pin is either
+    seen, or refused as made on a build already gone.
+
+    A build whose record cannot be read: history is kept as it is.
+
+CRASH SAFETY
+    A build is removed whole or not at all (state.py, begin_removal and
+    finish_removal): builds/B/N is renamed to builds/B/.removing-N (THE
+    COMMIT POINT: from here no reader sees B #N, since only canonical
+    numbers are builds), up to BATCH builds at a time, builds/B fsync'd
+    once, the site told (its hints fsync'd), and only then each hidden
+    directory deleted.  A crash before the fsync leaves each build whole,
+    under its name or the hidden one; after it, hidden directories no
+    page shows, which the next pass deletes (and tells the site of)
+    first.
+
+    Of builds that stay, the logs and artifacts: finished build records
+    never change, so what went is said by a marker beside the record,
+    pruned.json ("pruned"), written (atomically, fsync'd) before the
+    files are unlinked: the marker is the commit point.  A crash after it
+    leaves some files of what the marker says is removed; the next pass,
+    which looks again at that build (the retention record was not
+    written), unlinks them.
+
+WHAT IT READS
+    The list of numbers (one listing per builder) for KeepBuilds=; for
+    KeepDays= the records from the oldest upward, stopping at the first
+    build young enough (builds are numbered in the order they start;
+    pinned and running ones are stepped over); each build it removes,
+    once, to know it finished; for the logs, the artifacts and the disk
+    usage, only the builds past how far the last pass got, kept per
+    builder in janitor/retention.json ("retention"), written at the end
+    of a pass.  A pass that removes nothing reads a record or two per
+    builder.  The disk usage is kept up to date by adding the builds
+    measured since and subtracting what is removed; --measure measures
+    everything afresh.
+
+FILES
+    STATE/builds/BUILDER/.removing-NUMBER/   a build being removed
+    STATE/builds/BUILDER/NUMBER/keep.json    a pinned build ("keep")
+    STATE/builds/BUILDER/NUMBER/pruned.json  its logs or artifacts removed ("pruned")
+    STATE/janitor/retention.json             what the last pass measured, how far it looked
+    STATE/locks/buildunits-janitor.lock      held by the pass
+    STATE/locks/retention.lock               held around a pin and around a batch of renames
+    SPOOL/hints/BUILDER@NUMBER               a build removed or changed, for htmlgen
+
+EXIT STATUS
+    0 the pass is done; 1 another pass is running, or the configuration
+    has a problem (nothing is removed then).
 """
 
 import fcntl
