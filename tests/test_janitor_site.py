@@ -13,12 +13,10 @@ INDEX) and a full rendering, and for logs removed and a pinned build.
 
 import os
 
-import pytest
-
 from buildunits import janitor, site
 from buildunits.spool import Spool
 from buildunits.state import State
-from test_site import T0, Page, check_links, make_build, make_cfg, pages
+from test_site import T0, check_links, make_build, make_cfg, pages
 
 
 def _site(tmp_path, size=200, depth=5):

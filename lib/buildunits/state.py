@@ -48,8 +48,9 @@ class FinishedBuild(RuntimeError):
 LAYOUT = (
     ("builds", "BUILDER/NUMBER/build.json: the build record (\"build\"); BUILDER/NUMBER/NN-STEP.log: "
                "each step's output, streamed; BUILDER/NUMBER/progress.jsonl: a running build's step "
-               "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\"); BUILDER/NUMBER/keep.json: a pinned build "
-               "(\"keep\"); BUILDER/NUMBER/pruned.json: its logs or artifacts removed (\"pruned\"); "
+               "transitions (\"progress\"); BUILDER/next.json: the next number to try (\"counter\"); "
+               "BUILDER/NUMBER/keep.json: a pinned build (\"keep\"); BUILDER/NUMBER/pruned.json: its logs or "
+               "artifacts removed (\"pruned\"); "
                "BUILDER/.removing-NUMBER/: a build being removed", False),
     ("poller", "KEY.json: last seen refs of one repository (\"poller\"); KEY.git/: its bare mirror", True),
     ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\"); consumed.jsonl: "
