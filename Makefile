@@ -30,7 +30,7 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
 	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
-	mercurial subversion strace systemd chromium
+	mercurial subversion strace systemd chromium python3-aiosmtpd
 
 .PHONY: all deps check test demo demo-local bench bench-boundary bench-scale torture install man units clean
 
@@ -89,7 +89,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook
+DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook notifier
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits-timer(8) buildunits.builder(5) \
 	buildunits-state(5)
 

@@ -376,10 +376,16 @@ def _address_problem(text):
     return ""
 
 
+def _address(text):
+    if text and _address_problem(text):
+        raise ValueError(_address_problem(text))
+    return text
+
+
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
             "priority": _priority,
             "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path,
-            "forge": _forge, "url": _http_url, "credential": _credential, "port": _port}
+            "forge": _forge, "address": _address, "url": _http_url, "credential": _credential, "port": _port}
 
 
 def _assign(obj, attr, kind, value, key):
@@ -537,7 +543,7 @@ GLOBAL_KEYS = {
                 "MaxParallelPolls": ("max_parallel_polls", "count"), "PollTimeoutSec": ("poll_timeout", "span"),
                 "SandboxIdleSec": ("sandbox_idle", "span")},
     "Notify": dict(NOTIFY_RULE_KEYS, **{
-        "MailFrom": ("mail_from", "str"), "Sendmail": ("sendmail", "path"), "SMTPServer": ("smtp_server", "str"),
+        "MailFrom": ("mail_from", "address"), "Sendmail": ("sendmail", "path"), "SMTPServer": ("smtp_server", "str"),
         "SMTPPort": ("smtp_port", "port"), "SMTPStartTLS": ("smtp_starttls", "bool"),
         "SMTPUser": ("smtp_user", "str"), "SMTPCredential": ("smtp_credential", "credential"),
         "RetrySec": ("notify_retry", "span"), "RetryMaxSec": ("notify_retry_max", "span"),
