@@ -368,13 +368,17 @@ class Notifier(daemon.Daemon):
     def give_up(self, rid, msg, why):
         """Give MSG up: its build's mark first (STATE/notifier/B@N.json,
         the commit point), then the message is removed.  A crash between
-        the two tries the message again (and marks it again, once)."""
+        the two tries the message again (and marks it again: one entry
+        per destination)."""
         b, n = msg.get("builder"), msg.get("number")
         log.error("notifier: %s #%s: gave up on the %s to %s: %s" % (
             b, n, msg.get("channel"), notifyrules.clean(msg.get("destination")), notifyrules.clean(why, 500)))
         if isinstance(b, str) and isinstance(n, int):
             mark = self.state.read_undelivered(b, n) or {"builder": b, "number": n, "messages": []}
-            lost = [m for m in mark.get("messages") or [] if isinstance(m, dict) and m.get("id") != rid]
+            # One entry per destination: a message queued twice (a crash
+            # before the cursor moved) and given up twice is one loss.
+            lost = [m for m in mark.get("messages") or [] if isinstance(m, dict)
+                    and (m.get("channel"), m.get("destination")) != (msg.get("channel"), msg.get("destination"))]
             lost.append({"id": rid, "channel": msg.get("channel"), "destination": msg.get("destination"),
                          "queued": msg.get("queued"), "given_up": time.time(), "reason": why[:2000],
                          "attempts": msg.get("attempts") or 0})

@@ -6,6 +6,7 @@ what it receives (the one module that imports aiosmtpd).
         s.wait_messages(1)         # [email.message.EmailMessage], with a deadline
         s.stop(); s.start()        # down for a while, then back on the same port
         s.hold()                   # DATA is not answered until s.release()
+        s.answer = f                # f(message) -> None (accept, 250) or a reply ("451 later")
 """
 
 import email
@@ -33,6 +34,11 @@ class _Handler:
         self.server.entered.set()
         await asyncio.get_event_loop().run_in_executor(None, self.server._gate.wait)
         msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        reply = self.server.answer(msg) if self.server.answer else None
+        if reply:
+            with self.server._lock:
+                self.server.refused.append(msg)
+            return reply
         with self.server._lock:
             self.server.messages.append(msg)
             self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
@@ -44,6 +50,8 @@ class SMTPServer:
         self.port = port or free_port()
         self.messages = []
         self.envelopes = []
+        self.refused = []
+        self.answer = None
         self.entered = threading.Event()
         self._gate = threading.Event()
         self._gate.set()
