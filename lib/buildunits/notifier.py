@@ -295,7 +295,7 @@ class Notifier(daemon.Daemon):
             key = self._destination(msg)
             if key in down:
                 # Down a moment ago: this one waits as long, untried.
-                self._hold(rid, down[key])
+                self.spool.hold("outbox", rid, down[key])
                 waiting += 1
                 soonest = down[key] if soonest is None else min(soonest, down[key])
                 continue
@@ -331,12 +331,6 @@ class Notifier(daemon.Daemon):
             from urllib.parse import urlsplit
             return (ch, urlsplit(msg.get("url") or "").netloc)
         return (ch, msg.get("destination"))
-
-    def _hold(self, rid, when):
-        try:
-            os.utime(self.spool.path("outbox", "new", rid), (when, when), follow_symlinks=False)
-        except FileNotFoundError:
-            pass
 
     def _finished(self, msg):
         try:

@@ -351,6 +351,14 @@ class Spool:
         fsutil.fsync_dir_after_commit(self.path(queue, "new"))
         return True
 
+    def hold(self, queue, rid, not_before):
+        """Hold the queued RID back until NOT_BEFORE without rewriting it
+        (its destination is down: it waits as long, untried)."""
+        try:
+            os.utime(self.path(queue, "new", rid), (not_before, not_before), follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+
     def pending(self, queue):
         """Ids queued in QUEUE/new, oldest first.  Stray names go to corrupt/."""
         out = []
