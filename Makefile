@@ -5,7 +5,7 @@
 #                 (the docstrings' >>> examples too: tests/test_doctests.py)
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
 #   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary,
-#                 the webhook's latency and bench-scale
+#                 the webhook's latency, a notification's cost and bench-scale
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
 #   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
 #   make torture  long fault-injection and fuzzing runs (N=kills)
@@ -59,6 +59,7 @@ bench: deps
 	QUICK=$(QUICK) $(PYTHON) bench/run.py
 	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
 	QUICK=$(QUICK) $(PYTHON) bench/webhook_bench.py
+	QUICK=$(QUICK) $(PYTHON) bench/notify_bench.py
 	$(MAKE) -s bench-scale QUICK=$(QUICK)
 
 # How one event's cost grows with builders, queue depth, repositories and
