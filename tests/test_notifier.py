@@ -379,3 +379,23 @@ def test_a_failed_build_is_mailed(daemons, smtp):
     body = msg.get_content()
     assert "Step test: failure (exit status 3)" in body
     assert "    test 3 of 7 failed: expected 4, got 5" in body
+
+
+def test_smtp_with_starttls(daemons, tmp_path):
+    """SMTPStartTLS=yes against a server that requires it, its certificate
+    (made here, for 127.0.0.1) the one authority the notifier trusts."""
+    import ssl
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    with SMTPServer(tls_context=ctx) as s:
+        start_notifier(daemons, smtp_conf(s.port, "SMTPStartTLS=yes\n"), "[Notify]\nMail=dev@example.org\n",
+                       env={"SSL_CERT_FILE": str(cert)})
+        n = finished_build(daemons, "b", "failure")
+        wake(daemons)
+        assert s.wait_messages(1)[0]["X-Buildunits-Build"] == str(n)
+        wait_for(lambda: not outbox(daemons))
