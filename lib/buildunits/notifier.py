@@ -53,7 +53,8 @@ DESCRIPTION
     the two queues them again: a crash delivers twice, never not at all.
     A lost signal costs latency: every wake-up reads the builds above
     the cursor.  At its first start the notifier handles only builds
-    that finish from then on (no mail for the whole history).
+    that finish from then on (no mail for the whole history; a builder
+    configured later, likewise).
 
     `buildunits status` shows the outbox: how many messages wait, the
     oldest's age and its last error.
@@ -81,6 +82,7 @@ GAP_SEC = 600             # a build number with no record this long is a gap (a 
 PREVIOUS_LOOKBACK = 50    # builds looked at, down from a build, for the previous one's result
 CATCH_UP = 200            # builds of one builder handled in one pass (the rest in the next)
 CURSOR = "cursor"
+FIRST_LOOK = 20           # builds of each builder looked at, at the first start
 
 
 class Notifier(daemon.Daemon):
@@ -144,9 +146,12 @@ class Notifier(daemon.Daemon):
         if rec is None or not isinstance(rec.get("builders"), dict):
             # The first start: the history is not notified; builds that
             # finish from now on are.
+            # The newest FIRST_LOOK builds are looked at once: one running
+            # now is notified when it finishes; the finished ones are not.
             rec = {"created": time.time(), "builders": {}}
             for b in self.cfg.builders:
-                rec["builders"][b] = {"done": self._latest(b), "handled": [], "started": []}
+                rec["builders"][b] = {"done": max(0, self._latest(b) - FIRST_LOOK), "handled": [], "started": [],
+                                      "new": True}
             records.write(path, "notifier", rec)
             log.info("notifier: first start; builds finished from now on are notified")
         return rec
@@ -208,8 +213,10 @@ class Notifier(daemon.Daemon):
                     continue
                 if rec.get("state") != "finished":
                     if n not in started and b.forge_status:
-                        out += self._plan(b, rec, started=True)
-                        started.add(n)
+                        pending = self._plan(b, rec, started=True)
+                        if pending:          # else (no revision yet) looked at again next time
+                            out += pending
+                            started.add(n)
                     continue
                 if e.get("new") and (rec.get("finished") or 0) < self.cursor.get("created", 0):
                     handled.add(n)
