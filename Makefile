@@ -5,7 +5,7 @@
 #                 (the docstrings' >>> examples too: tests/test_doctests.py)
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
 #   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary,
-#                 the webhook's latency and bench-scale
+#                 the webhook's latency, a notification's cost and bench-scale
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
 #   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
 #   make torture  long fault-injection and fuzzing runs (N=kills)
@@ -30,7 +30,7 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
 	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
-	mercurial subversion strace systemd chromium
+	mercurial subversion strace systemd chromium python3-aiosmtpd
 
 .PHONY: all deps check test demo demo-local bench bench-boundary bench-scale torture install man units clean
 
@@ -59,6 +59,7 @@ bench: deps
 	QUICK=$(QUICK) $(PYTHON) bench/run.py
 	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
 	QUICK=$(QUICK) $(PYTHON) bench/webhook_bench.py
+	QUICK=$(QUICK) $(PYTHON) bench/notify_bench.py
 	$(MAKE) -s bench-scale QUICK=$(QUICK)
 
 # How one event's cost grows with builders, queue depth, repositories and
@@ -89,7 +90,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook
+DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook notifier
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits-timer(8) buildunits.builder(5) \
 	buildunits-state(5)
 

@@ -49,6 +49,9 @@ FORMATS = {
     "timer": 1,         # state timers/BUILDER.json: the last elapse of a builder's OnCalendar= (no systemd)
     "deliveries": 1,    # state webhook/deliveries.jsonl: the webhook deliveries taken (first line)
     "lock-holder": 1,   # state locks/KIND/NAME.K: who holds a build lock's slot (the flock is the truth)
+    "message": 1,       # spool outbox/: one notification to send (notifier.py)
+    "notifier": 1,      # state notifier/cursor.json: the builds the notifier has queued messages for
+    "undelivered": 1,   # state notifier/BUILDER@NUMBER.json: a build's messages given up on
 }
 
 
