@@ -68,6 +68,7 @@ sealed is on its builder's pages only.
 import contextlib
 import heapq
 import os
+import stat
 
 from . import fsutil, sitefill, sitefiles, siteindex  # noqa: F401 (fsutil: what the tests see write)
 from .siteindex import HISTORY_PAGE, INDEX
@@ -479,8 +480,49 @@ class Site:
         if pages or not running:
             self.pages.build(self.cfg, b, bdir, view)
         if not running:
+            self._artifacts(b, n, bdir, view)
             self.files.mark(os.path.join(bdir, ".final"), FINAL_MARK)
             self.logs.forget(bdir)
+
+    def _artifacts(self, b, n, bdir, view):
+        """The finished build's artifacts in its directory of the site (a
+        hard link from the state, or a copy on another file system: the
+        state's copies are the history's own, which no step can change),
+        and builders/B/latest, a symbolic link to the artifacts of the
+        newest successful build that kept some (Laminar's archive/latest)."""
+        kept = []
+        for a in view["artifacts"]:
+            parts = a["name"].split("/")
+            if any(p in ("", ".", "..") or "\0" in p for p in parts):
+                continue
+            try:
+                fd = self.state.open_file("builds", b.name, str(n), "artifacts", *parts)
+            except OSError:
+                continue        # removed, or not what the record says
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                dst = os.path.join(bdir, "artifacts", *parts)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                self.files.link_or_copy(self.state.path("builds", b.name, str(n), "artifacts", *parts), dst, fd)
+                kept.append(a)
+            finally:
+                os.close(fd)
+        if not kept or view["result"] != "success":
+            return
+        latest = os.path.join(os.path.dirname(bdir), "latest")
+        try:
+            current = int(os.readlink(latest).split("/")[0])
+        except (OSError, ValueError):
+            current = 0
+        if n > current:
+            tmp = latest + ".tmp-%d" % os.getpid()
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            os.symlink("%d/artifacts" % n, tmp)
+            os.rename(tmp, latest)          # replaced whole: never missing
 
     def follow_logs(self):
         """Write again the log pages of running steps whose log changed
