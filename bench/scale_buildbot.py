@@ -24,9 +24,12 @@ lets the bench make one, else /proc/PID/stat).
   Compare with bench/scale_scheduler.py, "the scheduler, one change".
 - queue depth, 100 / 1k / 10k (QUICK: 100 / 1k): one builder of one no-op
   step (ShellCommand `true`), collapseRequests off, one worker.  While
-  the worker is down, one change to a scheduler that adds N buildsets
-  for it queues N requests (how long that took is shown); then the
-  worker is started, and from its connection the builds finished are
+  the worker is down, one change to a scheduler that adds 50 buildsets
+  queues 50 requests (the rate is shown: about 4 a second here, so 10k
+  would take 40 minutes); the master is stopped, and its database given
+  N-50 more copies of the last buildset and its request, as the
+  scheduler wrote them (sqlite3); the master is started again, then the
+  worker, and from the worker's connection the builds finished are
   counted: builds/s, the master's and the worker's CPU per build.  Each
   drain is stopped after DRAIN_CAP seconds (300; QUICK: 60), and its rate
   is then over the builds done by then (the table says how many): 10k
@@ -82,6 +85,7 @@ BUILDERS = _sizes("BUILDERS", (10, 100), (10, 100, 1000))
 DEPTHS = _sizes("DEPTHS", (100, 1000), (100, 1000, 10000))
 REPOSITORIES = _sizes("REPOSITORIES", (0, 1, 50), (0, 1, 50, 500))
 RUNS = 2 if QUICK else 3
+QUEUED_BY_BUILDBOT = 50
 DRAIN_CAP = float(os.environ.get("DRAIN_CAP", "60" if QUICK else "300"))
 INTERVAL = float(os.environ.get("INTERVAL", "10"))
 INTERVALS = int(os.environ.get("INTERVALS", "2" if QUICK else "3"))
@@ -232,16 +236,58 @@ def builders_case(venv, templates, root, b):
         s.close()
 
 
+def copy_requests(db, k):
+    """K more copies, in SQLite, of the last buildset and its one build
+    request (its source stamp shared, as a change's is), unclaimed."""
+    import sqlite3
+    c = sqlite3.connect(db)
+    with c:
+        cols = {t: [r[1] for r in c.execute("PRAGMA table_info(%s)" % t)]
+                for t in ("buildsets", "buildrequests", "buildset_sourcestamps", "buildset_properties")}
+
+        def row(table, where, arg):
+            names = [n for n in cols[table] if n != "id"]
+            return names, c.execute("SELECT %s FROM %s WHERE %s = ?" % (", ".join(names), table, where),
+                                    (arg,)).fetchall()
+        bsid = c.execute("SELECT max(id) FROM buildsets").fetchone()[0]
+        bs_cols, (bs,) = row("buildsets", "id", bsid)
+        br_cols, (br,) = row("buildrequests", "buildsetid", bsid)
+        ss_cols, sss = row("buildset_sourcestamps", "buildsetid", bsid)
+        pr_cols, props = row("buildset_properties", "buildsetid", bsid)
+
+        def insert(table, names, values):
+            return c.execute("INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(names), ", ".join("?" * len(names))),
+                             values).lastrowid
+        for _ in range(k):
+            new = insert("buildsets", bs_cols, bs)
+            for table, names, rows in (("buildset_sourcestamps", ss_cols, sss), ("buildset_properties", pr_cols, props),
+                                       ("buildrequests", br_cols, [br])):
+                i = names.index("buildsetid")
+                for r in rows:
+                    insert(table, names, r[:i] + (new,) + r[i + 1:])
+    n = c.execute("SELECT count(*) FROM buildrequests WHERE complete = 0 AND id NOT IN "
+                  "(SELECT brid FROM buildrequest_claims)").fetchone()[0]
+    c.close()
+    return n
+
+
 def queue_case(venv, templates, root, n):
-    s = Case(root, "queue%d" % n, venv, templates, builders=1, queue=n)
+    q0 = min(n, QUEUED_BY_BUILDBOT)
+    s = Case(root, "queue%d" % n, venv, templates, builders=1, queue=q0)
     try:
         s.start_master()
         m = s.events.mark()
         t0 = s.send("queue", "%040x" % 1)
-        got = s.wait_count("buildrequests", "new", n, m, time.monotonic() + 3600)
-        queued_s = got[-1] - t0 if got else None
-        if len(got) < n:
-            raise RuntimeError("%d of %d build requests queued after an hour" % (len(got), n))
+        got = s.wait_count("buildrequests", "new", q0, m, time.monotonic() + 1800)
+        if len(got) < q0:
+            raise RuntimeError("%d of %d build requests queued after 30 minutes" % (len(got), q0))
+        queued_s = got[-1] - t0
+        s.idle_cpu()
+        s.stop()
+        queued = copy_requests(os.path.join(s.master_dir, "state.sqlite"), n - q0)
+        if queued != n:
+            raise RuntimeError("%d requests unclaimed in the database, not %d" % (queued, n))
+        s.start_master()
         c0 = s.idle_cpu()
         m = s.events.mark()
         t_conn = s.start_worker()
@@ -252,8 +298,9 @@ def queue_case(venv, templates, root, n):
         failed = sum(1 for _, e in s.events_since(m) if e["event"].endswith("finished")
                      and e["event"].startswith("builds.") and e.get("results") not in (0, None))
         k = len(done)
-        return {"queued": n, "queueing_s": queued_s, "done": k, "capped": k < n, "cap_s": DRAIN_CAP,
-                "seconds": t_end - t_conn, "builds_per_s": k / (t_end - t_conn) if k else 0.0,
+        return {"queued": n, "queued_by_buildbot": q0, "queueing_per_s": q0 / queued_s, "done": k,
+                "capped": k < n, "cap_s": DRAIN_CAP, "seconds": t_end - t_conn,
+                "builds_per_s": k / (t_end - t_conn) if k else 0.0,
                 "master_cpu_ms_per_build": cpu_m / k * 1000 if k else None,
                 "worker_cpu_ms_per_build": cpu_w / k * 1000 if k else None, "failed": failed,
                 "cpu_kind": s.procs["master"]["cpu"].kind}
@@ -371,7 +418,8 @@ def main():
                  (n, "queue", "  master CPU per build (ms)", v.get("master_cpu_ms_per_build"),
                   bu.get(("queue", n, "cpu"))),
                  (n, "queue", "  worker CPU per build (ms)", v.get("worker_cpu_ms_per_build"), None),
-                 (n, "queue", "  queueing N requests (s)", v.get("queueing_s"), None)]
+                 (n, "queue", "  queueing through the scheduler (requests/s, the first %d)"
+                  % v.get("queued_by_buildbot", 0), v.get("queueing_per_s"), None)]
     for r in REPOSITORIES:
         v = data["repositories"][str(r)]
         rows += [(r, "repositories", "master CPU per %gs interval (ms)" % INTERVAL,
