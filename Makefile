@@ -8,6 +8,7 @@
 #                 the webhook's latency, a notification's cost and bench-scale
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
 #   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
+#                        (buildunits, and Buildbot where it has the axis)
 #   make torture  long fault-injection and fuzzing runs (N=kills)
 
 # Debian's Python, where python3-pydbus & co. live (a python3 earlier on
@@ -64,9 +65,11 @@ bench: deps
 
 # How one event's cost grows with builders, queue depth, repositories and
 # history: each bench/scale_*.py prints its table and writes
-# build/bench/scale_*.json.
+# build/bench/scale_*.json.  Buildbot's (scale_buildbot.py) runs last, so its
+# table has beside it the figures buildunits' benches just wrote.
 bench-scale: deps
-	for b in bench/scale_*.py; do QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
+	for b in $(filter-out bench/scale_buildbot.py,$(sort $(wildcard bench/scale_*.py))) bench/scale_buildbot.py; do \
+		QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
 
 # What the boundary costs: a no-op build with its steps as transient units
 # and as the runner's children, under systemd in a container.  Needs root;
