@@ -5,10 +5,10 @@
 #                 (the docstrings' >>> examples too: tests/test_doctests.py)
 #   make install  install programs, library, templates, units, man pages (DESTDIR, PREFIX)
 #   make bench    benchmarks against Buildbot (QUICK=1: short), then bench-boundary,
-#                 the webhook's latency and bench-scale
+#                 the webhook's latency, a notification's cost and bench-scale
 #   make bench-boundary  build steps as transient units or not, under systemd (root)
-#   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories;
-#                        a janitor pass over 100k builds
+#   make bench-scale     one event's cost at 10 to 1000 builders, 10k queued, 500 repositories
+#                        (buildunits, and Buildbot where it has the axis); a janitor pass over 100k builds
 #   make torture  long fault-injection and fuzzing runs (N=kills)
 
 # Debian's Python, where python3-pydbus & co. live (a python3 earlier on
@@ -31,7 +31,7 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 
 DEB_PACKAGES = python3 python3-pydbus python3-gi python3-sdnotify python3-watchdog \
 	python3-jinja2 python3-pytest python3-systemd python3-hypothesis dbus-daemon dbus-bin git make \
-	mercurial subversion strace systemd chromium
+	mercurial subversion strace systemd chromium python3-aiosmtpd
 
 .PHONY: all deps check test demo demo-local bench bench-boundary bench-scale torture install man units clean
 
@@ -60,14 +60,18 @@ bench: deps
 	QUICK=$(QUICK) $(PYTHON) bench/run.py
 	QUICK=$(QUICK) $(PYTHON) bench/boundary_bench.py
 	QUICK=$(QUICK) $(PYTHON) bench/webhook_bench.py
+	QUICK=$(QUICK) $(PYTHON) bench/notify_bench.py
 	$(MAKE) -s bench-scale QUICK=$(QUICK)
 
 # How one event's cost grows with builders, queue depth, repositories and
 # history: each bench/scale_*.py prints its table and writes
 # build/bench/scale_*.json; bench/janitor_bench.py, a janitor pass over
-# 100k builds (build/bench/janitor.json).
+# 100k builds (build/bench/janitor.json).  Buildbot's (scale_buildbot.py) runs last, so its
+# table has beside it the figures buildunits' benches just wrote.
 bench-scale: deps
-	for b in bench/scale_*.py bench/janitor_bench.py; do QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
+	for b in $(filter-out bench/scale_buildbot.py,$(sort $(wildcard bench/scale_*.py))) bench/janitor_bench.py \
+			bench/scale_buildbot.py; do \
+		QUICK=$(QUICK) $(PYTHON) $$b || exit 1; done
 
 # What the boundary costs: a no-op build with its steps as transient units
 # and as the runner's children, under systemd in a container.  Needs root;
@@ -91,7 +95,7 @@ demo-local: deps
 
 # Section 5 from docs/*.5.md; the daemons' (8) and the commands' (1) pages
 # from their module docstrings, which are their manuals.
-DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook
+DAEMONS = poller scheduler runner htmlgen launcher sandbox webhook notifier
 SEE_ALSO = buildunits(1) $(patsubst %,buildunits-%(8),$(DAEMONS)) buildunits-timer(8) buildunits-janitor(8) \
 	buildunits.builder(5) \
 	buildunits-state(5)

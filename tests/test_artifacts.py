@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from harness import wait_for
+
 from buildunits import artifacts, config
 
 
@@ -110,6 +112,7 @@ def test_a_builds_artifacts_are_in_its_record_and_its_directory(daemons, git_rep
     daemons.write_builder("pkg", BUILDER.format(repo=git_repo.bare))
     daemons.start("scheduler")
     daemons.start("runner", "w1")
+    daemons.start("htmlgen")
     assert daemons.cli("force", "pkg", "--revision", sha).returncode == 0
     b = daemons.wait_build_finished("pkg", 1)
     assert b["result"] == "success"
@@ -123,3 +126,17 @@ def test_a_builds_artifacts_are_in_its_record_and_its_directory(daemons, git_rep
                                        "reason": "a symbolic link that points outside the work directory"}]
     assert "artifact build/report.html kept" in daemons.step_log("pkg", 1, "make")
     json.dumps(b)
+    # The site: the page lists them, its links and builders/pkg/latest/ lead to the files.
+    daemons.wait_site_finished("pkg", 1)
+    site = daemons.site_dir
+    wait_for(lambda: os.path.exists(os.path.join(site, "builders", "pkg", "1", ".final")), what="the final page")
+    page = open(os.path.join(site, "builders", "pkg", "1", "index.html"), encoding="utf-8").read()
+    assert 'href="artifacts/dist/hello-1.tar.gz"' in page and kept["dist/hello-1.tar.gz"]["sha256"] in page
+    assert "not kept: a symbolic link that points outside the work directory" in page
+    with open(os.path.join(site, "builders", "pkg", "1", "artifacts", "dist", "hello-1.tar.gz"), "rb") as f:
+        assert f.read() == b"release\n"
+    with open(os.path.join(site, "builders", "pkg", "latest", "build", "report.html"), "rb") as f:
+        assert f.read() == b"report\n"
+    doc = json.load(open(os.path.join(site, "api", "builders", "pkg", "builds", "1.json")))
+    assert {a["name"]: a["href"] for a in doc["artifacts"]}["dist/hello-1.tar.gz"] == \
+        "builders/pkg/1/artifacts/dist/hello-1.tar.gz"

@@ -4,6 +4,7 @@ Trigger= step with and without Wait=yes.  What a user checks: which
 builds ran, on which revision, with which properties, and that each
 names its upstream."""
 
+import json
 import os
 
 import pytest
@@ -26,6 +27,7 @@ def builder(daemons, name, repo, command="true", extra=""):
 
 
 def start(daemons, runners=("w1",)):
+    daemons.start("htmlgen")
     daemons.start("scheduler")
     for w in runners:
         daemons.start("runner", w)
@@ -88,6 +90,20 @@ Command=echo never
         assert down["upstream"] == {"builder": "deploy", "number": 1}
         assert down["revision"] == sha and down["request_id"] == t["request"]
     assert sorted(daemons.builds("ok")) == [1, 2]
+    # A link both ways on the pages and in the JSON.
+    daemons.wait_site_finished("deploy", 1)
+    ok = [t for t in gate["triggered"] if t["builder"] == "ok"][0]
+    site = daemons.site_dir
+    wait_for(lambda: os.path.exists(os.path.join(site, "builders", "ok", str(ok["number"]), ".final")),
+             what="the downstream's final page")
+    wait_for(lambda: os.path.exists(os.path.join(site, "builders", "deploy", "1", ".final")),
+             what="the upstream's final page")
+    down = open(os.path.join(site, "builders", "ok", str(ok["number"]), "index.html")).read()
+    assert 'started by <a href="../../../builders/deploy/1/index.html">deploy #1</a>' in down
+    up = open(os.path.join(site, "builders", "deploy", "1", "index.html")).read()
+    assert 'href="../../../builders/ok/%d/index.html">ok #%d</a>' % (ok["number"], ok["number"]) in up
+    doc = json.load(open(os.path.join(site, "api", "builders", "deploy", "builds", "1.json")))
+    assert {(t["builder"], t["number"]) for t in doc["triggered"]} >= {("ok", ok["number"])}
 
 
 def test_a_cycle_is_an_error_naming_the_builders(tmp_path):

@@ -33,6 +33,7 @@ LIB = os.path.join(ROOT, "lib", "buildunits")
 # (module, section, page): the Makefile's man target makes these.
 DOCSTRING_PAGES = [("poller", "8", "buildunits-poller"), ("scheduler", "8", "buildunits-scheduler"),
                    ("runner", "8", "buildunits-runner"), ("htmlgen", "8", "buildunits-htmlgen"),
+                   ("notifier", "8", "buildunits-notifier"),
                    ("webhook", "8", "buildunits-webhook"), ("periodic", "8", "buildunits-timer"),
                    ("janitor", "8", "buildunits-janitor"),
                    ("cli", "1", "buildunits"), ("mask", "1", "buildunits-mask")]
@@ -79,7 +80,8 @@ def _terms(body):
 
 def _key_sections():
     sections = {"[Builder] section": (config.BUILDER_KEYS, config.Builder(name="x", path="x")),
-                "[Step NAME] section": (config.STEP_KEYS, config.Step(name="x", command="x"))}
+                "[Step NAME] section": (config.STEP_KEYS, config.Step(name="x", command="x")),
+                "[Notify] section of a builder": (config.NOTIFY_KEYS, config.Builder(name="x", path="x"))}
     cfg = config.Config(directory="x")
     for name, keys in config.GLOBAL_KEYS.items():
         sections["[%s] section" % name] = (keys, cfg)
@@ -112,11 +114,14 @@ def test_documented_defaults_are_the_code_defaults():
                 expected = {"span": config.parse_timespan, "bool": config.parse_boolean,
                             "int": int, "count": int, "str": str, "list": str.split, "executor": str, "path": str,
                             "credentials": str.split, "group": str, "priority": int, "results": str.split,
-                            "vcs": str, "size": config._size, "keep": config._keep_count,
+                            "vcs": str, "size": config._size, "modes": str.split, "addresses": str.split,
+                            "urls": str.split, "credential": str, "port": int, "url": str, "forge": str,
+                            "address": str, "command": lambda v: [v] if v else [], "keep": config._keep_count,
                             "days": config._days}[kind](value)
             elif re.search(r"Default: (empty|none)", text):
                 expected = {"str": "", "group": "", "env": {}, "list": [], "credentials": [], "locks": [],
-                            "builders": [], "vcs": "", "calendar": [], "artifacts": []}[kind]
+                            "builders": [], "vcs": "", "calendar": [], "artifacts": [], "addresses": [], "urls": [],
+                            "command": [], "credential": "", "url": "", "forge": "", "address": ""}[kind]
             elif re.search(r"Default: no limit", text):
                 expected = 0
             else:

@@ -25,6 +25,10 @@ again normally, and the invariants are checked:
 - `buildunits fsck` exits 0 afterwards, and its --repair removes only the
   documented leftovers (stale tmp/ files, after fsutil.TMP_SWEEP_AGE_SEC).
 
+    the notifier                               messages into the outbox, then its
+                                               cursor; a delivery, then the message's
+                                               removal; a deferral's rewrite; a mark
+
 The CLI runs under `strace -f` from its start.  A daemon is started
 normally and strace attaches to its main thread (`strace -p PID`, no -f)
 once it is READY=1, just before the work is handed to it: every write of
@@ -249,8 +253,10 @@ def check_records(daemons):
 def _formats(in_spool, rel, name):
     """The formats a file may hold, () for a non-record, "tmp", or None."""
     if in_spool:
-        if rel in (["changes", "tmp"], ["requests", "tmp"]):
+        if rel in (["changes", "tmp"], ["requests", "tmp"], ["outbox", "tmp"]):
             return "tmp"
+        if rel == ["outbox", "new"]:
+            return ("message",)
         if rel == ["changes", "new"]:
             return ("change", "force")
         if rel in (["requests", "new"], ["requests", "cancelled"]) or rel[:2] == ["requests", "active"]:
@@ -275,6 +281,8 @@ def _formats(in_spool, rel, name):
         return ()       # appended to, like progress.jsonl: a torn last line is ignored (consumed.py)
     if rel == ["poller"] and name.endswith(".json"):
         return ("poller",)
+    if rel == ["notifier"] and name.endswith(".json"):
+        return ("notifier",) if name == "cursor.json" else ("undelivered",)
     return None
 
 
@@ -665,6 +673,80 @@ def test_poller_crash_at_each_step(daemons, git_repo):
     check_one_build_each(daemons, "p", pushed, lambda r: r["revision"])
     check_records(daemons)
     check_fsck(daemons)
+
+
+# ====================================================================
+# the notifier
+
+@pytest.mark.parametrize("answer", ["accept", "defer-once", "refuse"])
+def test_notifier_crash_at_each_step(daemons, answer):
+    """A finished build's mail, from its record to the SMTP server: queued
+    in the outbox, the cursor moved, sent, removed.  With "defer-once"
+    the server answers 451 to each message's first try (the deferral's
+    rewrite and mtime are crash points too); with "refuse", 550 (the
+    build's mark, then the removal).  Killed anywhere: every build's mail
+    arrives at least once (or, refused, its mark is recorded), and none
+    is left queued."""
+    from support.smtp import SMTPServer
+    server = SMTPServer().start()
+    tried = set()
+
+    def policy(msg):
+        n = msg["X-Buildunits-Build"]
+        if answer == "refuse":
+            return "550 no such user"
+        if answer == "defer-once" and n not in tried:
+            tried.add(n)
+            return "451 try again later"
+        return None
+    server.answer = policy
+    try:
+        daemons.write_global("[Notify]\nSMTPServer=127.0.0.1\nSMTPPort=%d\nMailFrom=ci@example.org\n"
+                             "RetrySec=50ms\nRetryMaxSec=100ms\n" % server.port)
+        daemons.write_builder("b", "[Builder]\n[Step s]\nCommand=false\n[Notify]\nMail=dev@example.org\n")
+        daemons.start("notifier", bus=False)
+        handed = []
+
+        def hand_in():
+            st = daemons.state
+            n = st.allocate_number("b")
+            st.write_build({"builder": "b", "number": n, "state": "finished", "result": "failure",
+                            "started": 1.0, "finished": time.time(), "branch": "main", "revision": "",
+                            "steps": [{"name": "s", "state": "finished", "result": "failure"}], "request": {}})
+            handed.append(n)
+            daemons.signal("notifier", signal.SIGHUP)
+            return n
+
+        def arrived(n):
+            if answer == "refuse":
+                return daemons.state.read_undelivered("b", n) is not None
+            return any(m["X-Buildunits-Build"] == str(n) for m in list(server.messages))
+
+        def done(n):
+            try:
+                cursor = records.read(daemons.state.notifier_path(), "notifier")
+            except (OSError, records.RecordError):
+                return False
+            return arrived(n) and cursor["builders"]["b"]["done"] >= n and not daemons.spool.pending("outbox")
+
+        def one(sc, n):
+            killed = run_daemon_step(daemons, "notifier", sc, n, hand_in, done)
+            check_records(daemons)
+            missing = [b for b in handed if not arrived(b)]
+            assert not missing, "builds never notified: %s" % missing
+            assert not daemons.spool.pending("outbox")
+            check_fsck(daemons)
+            return killed
+
+        points = enumerate_points(one)
+        assert points["rename"] >= 2 and points["fsync"] >= 2
+        got = [m["X-Buildunits-Build"] for m in server.messages]
+        print("mails: %d for %d builds (%d twice)" % (len(got), len(handed), len(got) - len(set(got))))
+        if answer == "refuse":
+            for b in handed:
+                assert len(daemons.state.read_undelivered("b", b)["messages"]) == 1
+    finally:
+        server.stop()
 
 
 # ====================================================================

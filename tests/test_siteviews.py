@@ -40,7 +40,8 @@ def test_card_and_build_json_take_their_keys_from_the_one_view():
     c, doc = card(view), build_json(view)
     assert tuple(c) == siteviews.SUMMARY_KEYS
     assert list(doc) == ["format", "version", *siteviews.SUMMARY_KEYS, "repository", "properties", "force",
-                         "rebuild_of", "kept", "logs_removed", "artifacts_removed"]
+                         "rebuild_of", "upstream", "triggered", "collapsed", "artifacts", "artifacts_refused",
+                         "kept", "logs_removed", "artifacts_removed"]
     for key in siteviews.SUMMARY_KEYS:
         if key not in ("changes", "steps"):
             assert c[key] == doc[key] == view[key], key
@@ -118,7 +119,8 @@ def test_builder_documents_and_the_time_passed_in():
     col = siteviews.column(b, None, (1, [{"revision": "r", "changes": [{"message": "m"}]}]))
     assert col["configured"] is False and col["description"] == ""
     assert col["last"]["html"] == "builders/my%20builder/119/index.html"
-    assert col["running"] == [{"number": 120, "html": "builders/my%20builder/120/index.html", "current_step": ""}]
+    assert col["running"] == [{"number": 120, "html": "builders/my%20builder/120/index.html", "current_step": "",
+                               "locks": []}]
     entry = siteviews.builder_json(col)
     assert entry["queued"] == 1 and "queued" in entry
     top = siteviews.builders_doc("CI", [col], now=T0 + 5)

@@ -16,13 +16,15 @@ import harness
 
 ROOT = harness.REPO_ROOT
 DAEMON_UNITS = ["buildunits-poller.service", "buildunits-scheduler.service", "buildunits-htmlgen.service",
-                "buildunits-runner@.service"]
+                "buildunits-notifier.service", "buildunits-runner@.service"]
 UNITS = DAEMON_UNITS + ["buildunits-launcher.service", "buildunits-launcher.socket", "buildunits-webhook.service",
                         "buildunits-webhook.socket", "buildunits.target", "buildunits-timer@.service",
                         "buildunits-janitor.service", "buildunits-janitor.timer"]
 # Exposure targets from `systemd-analyze security` (0 = safe, 10 = exposed).
 TARGETS = {"buildunits-poller.service": 2.0, "buildunits-scheduler.service": 2.0,
            "buildunits-htmlgen.service": 2.0,
+           # Mail, webhooks and forges: the network, as the poller's.
+           "buildunits-notifier.service": 2.0,
            # Root, with CAP_SYS_ADMIN for systemd's unit calls and CAP_CHOWN,
            # CAP_FOWNER for the work directories.
            "buildunits-launcher.service": 2.0,

@@ -62,6 +62,8 @@ DESCRIPTION
                  counted by builder (in the JSON: queued_count,
                  queued_by_builder), from the queue's file names alone.
                  Each lock of Locks= is shown with the builds holding it.
+                 The notifier's outbox is shown when it holds messages:
+                 how many wait, and the oldest's age and last error.
     fsck         check the spool and state invariants and say what would
                  be repaired; --repair does it.  By default the build
                  history is checked for its structure: every builder's
@@ -472,6 +474,13 @@ def cmd_status(dirs, args):
         who = ", ".join("%s #%s on %s" % (_line(h["builder"]), h["number"] if h["number"] is not None else "?",
                                           _line(h["worker"])) for h in lk["held"])
         print("  %-20s %d of %d held%s" % (lk["lock"], len(lk["held"]), lk["slots"], ": " + who if who else ""))
+    ob = s.get("outbox") or {}
+    if ob.get("waiting"):
+        o = ob.get("oldest") or {}
+        print("outbox: %d message%s waiting; the oldest (%s to %s) queued %s%s" % (
+            ob["waiting"], "" if ob["waiting"] == 1 else "s", _line(o.get("channel") or "?"),
+            _line(o.get("destination") or "?"), _ago(o.get("queued")),
+            ", %d attempts, last error: %s" % (o["attempts"], _line(o["last_error"])) if o.get("last_error") else ""))
     print("builders:")
     for name, b in s["builders"].items():
         last = b["last"]

@@ -42,6 +42,10 @@ from .unitfile import (  # noqa: F401
 # \A...\Z and fullmatch: "$" would also match before a final newline ("ok\n").
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_STEPS = ("checkout",)
+# Notify= words (Buildbot's modes; notifyrules.py decides them), and the default.
+NOTIFY_MODES = ("failing", "passing", "warnings", "exception", "change", "problem", "all")
+DEFAULT_NOTIFY = ("failing", "exception")
+FORGES = ("github", "gitea", "gitlab")
 TAG_PREFIX = "refs/tags/"     # the branch of a change of a tag: refs/tags/NAME
 
 
@@ -115,6 +119,19 @@ class Builder:
     keep_days: float = math.inf                   # KeepDays=: builds started in the last this many days
     keep_log_days: float = math.inf               # KeepLogDays=: their logs, this many days
     keep_artifact_days: float = math.inf          # KeepArtifactDays=: their artifacts, this many days
+    # [Notify]: who hears about this builder's builds (notifier.py, notifyrules.py)
+    notify_modes: list = field(default_factory=lambda: list(DEFAULT_NOTIFY))
+    notify_branches: list = field(default_factory=lambda: ["*"])
+    mail: list = field(default_factory=list)
+    mail_authors: bool = False
+    webhook: list = field(default_factory=list)
+    exec_notify: list = field(default_factory=list)
+    webhook_credential: str = "notify-webhook"
+    forge_status: str = ""                        # ForgeStatus=: github, gitea or gitlab; "": none
+    forge_url: str = ""                           # the forge's API; "": GitHub's, or from Repository=
+    forge_repository: str = ""                    # owner/name (GitLab: the project's path or id); "": from Repository=
+    forge_context: str = ""                       # "": buildunits/BUILDER
+    forge_credential: str = ""                    # "": notify-FORGE
 
     @property
     def kind(self):
@@ -135,6 +152,31 @@ class Builder:
     def runs_on(self, worker):
         return any(fnmatch.fnmatchcase(worker, p) for p in self.workers)
 
+    def forge_target(self):
+        """(API base URL, repository) of ForgeStatus=: ForgeURL= and
+        ForgeRepository=, or what an http(s) or scp-like Repository= says
+        (GitHub's API is api.github.com; Gitea's and GitLab's are on the
+        forge's own host).  ValueError if neither says.
+
+        >>> b = Builder(name="x", path="x", repository="https://git.example.org/o/r.git", forge_status="gitea")
+        >>> b.forge_target()
+        ('https://git.example.org', 'o/r')
+        """
+        m = re.fullmatch(r"(?:(https?)://(?:[^@/]*@)?([^/:]+)(?::[0-9]+)?/|[^@/]+@([^:/]+):)(.+?)(?:\.git)?/*",
+                         self.repository.strip())
+        api, repo = self.forge_url, self.forge_repository
+        if not api:
+            if self.forge_status == "github":
+                api = "https://api.github.com"
+            elif m:
+                api = "%s://%s" % (m.group(1) or "https", m.group(2) or m.group(3))
+        if not repo and m and "/" in m.group(4):
+            repo = m.group(4)
+        if not api or not repo:
+            raise ValueError("cannot tell the forge's %s from Repository=; set %s"
+                             % ("API" if not api else "repository", "ForgeURL=" if not api else "ForgeRepository="))
+        return api.rstrip("/"), repo
+
 
 @dataclass
 class Config:
@@ -154,6 +196,26 @@ class Config:
     keep_days: float = math.inf
     keep_log_days: float = math.inf
     keep_artifact_days: float = math.inf
+    site_url: str = ""
+    # [Notify] of buildunits.conf: the site-wide rule, and how messages go
+    notify_modes: list = field(default_factory=lambda: list(DEFAULT_NOTIFY))
+    notify_branches: list = field(default_factory=lambda: ["*"])
+    mail: list = field(default_factory=list)
+    mail_authors: bool = False
+    webhook: list = field(default_factory=list)
+    exec_notify: list = field(default_factory=list)
+    webhook_credential: str = "notify-webhook"
+    mail_from: str = ""
+    sendmail: str = "/usr/sbin/sendmail"
+    smtp_server: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_credential: str = "notify-smtp"
+    notify_retry: float = 60.0
+    notify_retry_max: float = 3600.0
+    notify_give_up: float = 5 * 86400.0
+    notify_timeout: float = 30.0
     warnings: list = field(default_factory=list)
     _polled: dict = field(default=None, repr=False, compare=False)
     _kinds: dict = field(default=None, repr=False, compare=False)
@@ -314,9 +376,50 @@ def _days(text):
     return _whole_number(text)
 
 
+def _forge(text):
+    if text and text not in FORGES:
+        raise ValueError("not one of %s: %r" % ("|".join(FORGES), text))
+    return text
+
+
+def _http_url(text):
+    if text and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", text):
+        raise ValueError("not an http:// or https:// URL: %r" % text)
+    return text.rstrip("/")
+
+
+def _credential(text):
+    if text and credentialsmod.name_problem(text):
+        raise ValueError(credentialsmod.name_problem(text))
+    return text
+
+
+def _port(text):
+    n = _whole_number(text)
+    if not 1 <= n <= 65535:
+        raise ValueError("not a port number (1 to 65535): %r" % text)
+    return n
+
+
+def _address_problem(text):
+    """Why TEXT is not a mail address buildunits sends to (a bare
+    local@domain, no display name), or ""."""
+    if not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", text):
+        return "%r is not a mail address (local@domain)" % text
+    return ""
+
+
+def _address(text):
+    if text and _address_problem(text):
+        raise ValueError(_address_problem(text))
+    return text
+
+
 _CONVERT = {"str": str, "span": parse_timespan, "bool": parse_boolean, "int": _whole_number, "count": _at_least_one,
-            "priority": _priority, "size": _size, "keep": _keep_count, "days": _days,
-            "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path}
+            "priority": _priority, "size": _size,
+            "executor": _executor, "vcs": _vcs, "group": _group, "path": _absolute_path,
+            "forge": _forge, "address": _address, "url": _http_url, "credential": _credential, "port": _port,
+            "keep": _keep_count, "days": _days}
 
 
 def _assign(obj, attr, kind, value, key):
@@ -329,11 +432,22 @@ def _assign(obj, attr, kind, value, key):
         setattr(obj, attr, getattr(obj, attr) + [calendarmod.check(value.strip())] if value.strip() else [])
     elif kind in _CONVERT:
         setattr(obj, attr, _CONVERT[kind](value))
-    elif kind in ("list", "credentials", "builders", "results", "artifacts"):
+    elif kind == "command":
+        # ExecNotify=: one command a line (it has spaces), accumulating; empty resets.
+        setattr(obj, attr, getattr(obj, attr) + [value.strip()] if value.strip() else [])
+    elif kind in ("list", "credentials", "builders", "results", "artifacts", "modes", "addresses", "urls"):
         from .artifacts import pattern_problem
         for pat in value.split() if kind == "artifacts" else ():
             if pattern_problem(pat):
                 raise ValueError(pattern_problem(pat))
+        for name in value.split() if kind == "modes" else ():
+            if name not in NOTIFY_MODES:
+                raise ValueError("%r is not a Notify= mode (%s)" % (name, " ".join(NOTIFY_MODES)))
+        for name in value.split() if kind == "addresses" else ():
+            if _address_problem(name):
+                raise ValueError(_address_problem(name))
+        for name in value.split() if kind == "urls" else ():
+            _http_url(name)
         for name in value.split() if kind == "credentials" else ():
             if credentialsmod.name_problem(name):
                 raise ValueError(credentialsmod.name_problem(name))
@@ -426,6 +540,25 @@ KEEP_KEYS = {
 }
 BUILDER_KEYS.update(KEEP_KEYS)
 
+# The [Notify] section of a builder file; the site-wide one, in
+# buildunits.conf, has the rule's keys and the delivery's (GLOBAL_KEYS).
+NOTIFY_RULE_KEYS = {
+    "Notify": ("notify_modes", "modes"),
+    "NotifyBranches": ("notify_branches", "list"),
+    "Mail": ("mail", "addresses"),
+    "MailAuthors": ("mail_authors", "bool"),
+    "Webhook": ("webhook", "urls"),
+    "WebhookCredential": ("webhook_credential", "credential"),
+    "ExecNotify": ("exec_notify", "command"),
+}
+NOTIFY_KEYS = dict(NOTIFY_RULE_KEYS, **{
+    "ForgeStatus": ("forge_status", "forge"),
+    "ForgeURL": ("forge_url", "url"),
+    "ForgeRepository": ("forge_repository", "str"),
+    "ForgeContext": ("forge_context", "str"),
+    "ForgeCredential": ("forge_credential", "credential"),
+})
+
 STEP_KEYS = {
     "Command": ("command", "str"),
     "Description": ("description", "str"),
@@ -451,13 +584,20 @@ _STEP_SECTION = dict(STEP_KEYS, **UNIT_KEYS)
 assert len(_BUILDER_SECTION) + len(_STEP_SECTION) == len(BUILDER_KEYS) + len(STEP_KEYS) + 2 * len(UNIT_KEYS)
 
 GLOBAL_KEYS = {
-    "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int")},
+    "Site": {"Title": ("title", "str"), "WaterfallDepth": ("waterfall_depth", "int"),
+             "SiteURL": ("site_url", "url")},
     "Defaults": dict({"PollIntervalSec": ("poll_interval", "span"), "TreeStableSec": ("tree_stable", "span")},
                      **KEEP_KEYS),
     "Daemons": {"RescanIntervalSec": ("rescan_interval", "span"), "Executor": ("executor", "executor"),
                 "CredentialsDirectory": ("credentials_directory", "path"),
                 "MaxParallelPolls": ("max_parallel_polls", "count"), "PollTimeoutSec": ("poll_timeout", "span"),
                 "SandboxIdleSec": ("sandbox_idle", "span")},
+    "Notify": dict(NOTIFY_RULE_KEYS, **{
+        "MailFrom": ("mail_from", "address"), "Sendmail": ("sendmail", "path"), "SMTPServer": ("smtp_server", "str"),
+        "SMTPPort": ("smtp_port", "port"), "SMTPStartTLS": ("smtp_starttls", "bool"),
+        "SMTPUser": ("smtp_user", "str"), "SMTPCredential": ("smtp_credential", "credential"),
+        "RetrySec": ("notify_retry", "span"), "RetryMaxSec": ("notify_retry_max", "span"),
+        "GiveUpSec": ("notify_give_up", "span"), "TimeoutSec": ("notify_timeout", "span")}),
 }
 
 
@@ -478,6 +618,8 @@ def _read_steps(sections, b, setter, problems, warnings):
     for section, assignments, header in sections:
         if section == "Builder":
             setter.apply(b, assignments, _BUILDER_SECTION)
+        elif section == "Notify":
+            setter.apply(b, assignments, NOTIFY_KEYS)
         elif section.startswith("Step ") or section == "Step":
             sname = section[len("Step"):].strip()
             why = _step_name_problem(sname)
@@ -512,6 +654,11 @@ def _check_builder(b, steps, problems):
         problems.append(Problem(b.path, 0, "Builder", "TreeStableSec", "must be finite"))
     if not b.workers:
         problems.append(Problem(b.path, 0, "Builder", "Workers", "empty: no worker could run this builder"))
+    if b.forge_status:
+        try:
+            b.forge_target()
+        except ValueError as e:
+            problems.append(Problem(b.path, 0, "Notify", "ForgeStatus", str(e)))
 
 
 def load_builder(path, cfg, problems, warnings):

@@ -52,6 +52,9 @@ FORMATS = {
     "pruned": 1,        # state builds/BUILDER/NUMBER/pruned.json: its logs or artifacts removed (janitor.py)
     "retention": 1,     # state janitor/retention.json: what the janitor measured, how far it looked
     "lock-holder": 1,   # state locks/KIND/NAME.K: who holds a build lock's slot (the flock is the truth)
+    "message": 1,       # spool outbox/: one notification to send (notifier.py)
+    "notifier": 1,      # state notifier/cursor.json: the builds the notifier has queued messages for
+    "undelivered": 1,   # state notifier/BUILDER@NUMBER.json: a build's messages given up on
 }
 
 

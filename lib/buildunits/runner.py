@@ -535,6 +535,8 @@ class Runner(daemon.Daemon):
         if self._held is not None:
             self._held.note(number)
         rec = self._new_record(req, b.name, number, steps)
+        if self._held is not None and self._held.slots:
+            rec["locks"] = sorted({name for kind, name, _p, _fd in self._held.slots if kind == "named"})
         # Written whole once, with every step pending; the steps' progress
         # goes to progress.jsonl, a line per transition (state.py).
         self.state.write_build(rec, durable=False)

@@ -70,6 +70,7 @@ import contextlib
 import heapq
 import os
 import time
+import stat
 
 from . import fsutil, sitefill, sitefiles, siteindex, templates  # noqa: F401 (fsutil: what the tests see write)
 from .siteindex import HISTORY_PAGE, INDEX
@@ -507,6 +508,7 @@ class Site:
         self.pages.forget_build(b.name, n)
         self.files.remove(self.build_dir(b.name, n))
         self.files.remove(self.files.path("api/builders/%s/builds/%d.json" % (b.q, n)))
+        self._unlatest(b, n)
         self._dirty.add(b.name)
         self._touched.add(b.name)
         page = (n - 1) // HISTORY_PAGE + 1
@@ -595,6 +597,10 @@ class Site:
         if pages or not running:
             self.pages.build(self.cfg, b, bdir, view)
         if not running:
+            if view["artifacts_removed"] is None:
+                self._artifacts(b, n, bdir, view)
+            else:
+                self._artifacts_removed(b, n, bdir)
             if marks is _UNREAD:
                 marks = self.state.marker_stamp(b.name, n)
             if marks is None:
@@ -603,6 +609,7 @@ class Site:
                 self.files.write(os.path.join(bdir, MARKERS), repr(marks))
             self.files.mark(os.path.join(bdir, ".final"), FINAL_MARK)
             self.logs.forget(bdir)
+
 
     def _log_removed(self, b, bdir, view, step):
         """A log the janitor removed: its page says so (the pages of many
@@ -616,6 +623,62 @@ class Site:
             generated=time.time(), zone=time.strftime("%z"), builder_html="builders/%s/index.html" % b.q,
             build=view, step=step))
         self.logs.forget(bdir)
+
+    def _artifacts_removed(self, b, n, bdir):
+        """The janitor removed B #N's artifacts (KeepArtifactDays=): the
+        site's links to them go too (hard links: the disk is freed only
+        then), and builders/B/latest if it led there (it would lead
+        nowhere; the next successful build with artifacts makes it again)."""
+        self.files.remove(os.path.join(bdir, "artifacts"))
+        self._unlatest(b, n)
+
+    def _unlatest(self, b, n):
+        latest = os.path.join(os.path.dirname(self.build_dir(b.name, n)), "latest")
+        try:
+            if os.readlink(latest) == "%d/artifacts" % n:
+                os.unlink(latest)
+        except OSError:
+            pass
+
+    def _artifacts(self, b, n, bdir, view):
+        """The finished build's artifacts in its directory of the site (a
+        hard link from the state, or a copy on another file system: the
+        state's copies are the history's own, which no step can change),
+        and builders/B/latest, a symbolic link to the artifacts of the
+        newest successful build that kept some (Laminar's archive/latest)."""
+        kept = []
+        for a in view["artifacts"]:
+            parts = a["name"].split("/")
+            if any(p in ("", ".", "..") or "\0" in p for p in parts):
+                continue
+            try:
+                fd = self.state.open_file("builds", b.name, str(n), "artifacts", *parts)
+            except OSError:
+                continue        # removed, or not what the record says
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                dst = os.path.join(bdir, "artifacts", *parts)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                self.files.link_or_copy(self.state.path("builds", b.name, str(n), "artifacts", *parts), dst, fd)
+                kept.append(a)
+            finally:
+                os.close(fd)
+        if not kept or view["result"] != "success":
+            return
+        latest = os.path.join(os.path.dirname(bdir), "latest")
+        try:
+            current = int(os.readlink(latest).split("/")[0])
+        except (OSError, ValueError):
+            current = 0
+        if n > current:
+            tmp = latest + ".tmp-%d" % os.getpid()
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            os.symlink("%d/artifacts" % n, tmp)
+            os.rename(tmp, latest)          # replaced whole: never missing
 
     def follow_logs(self):
         """Write again the log pages of running steps whose log changed

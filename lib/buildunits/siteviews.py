@@ -39,7 +39,7 @@ MAX_CHANGES_SHOWN = 5                # per build on the waterfall, history and c
 # give them; a new key goes at the end of its tuple (and in docs/site.md).
 SUMMARY_KEYS = ("builder", "number", "state", "result", "status", "started", "finished", "duration",
                 "queued", "worker", "branch", "revision", "request_reason", "reason", "current_step",
-                "changes", "changes_count", "steps", "html", "json")
+                "changes", "changes_count", "steps", "html", "json", "locks")
 STEP_KEYS = ("name", "description", "state", "result", "status", "started", "finished", "duration",
              "summary", "log")
 CHANGE_SUMMARY_KEYS = ("revision", "author", "when", "subject")
@@ -88,6 +88,24 @@ def build_view(rec):
         # The build this one rebuilds (`buildunits rebuild`), of the same builder.
         "rebuild_of": rebuilt,
         "rebuild_of_html": "builders/%s/%d/index.html" % (q, rebuilt) if rebuilt else None,
+        # The build that started it (After=, Trigger=), and those its Trigger= steps queued.
+        "upstream": _build_link(rec.get("upstream")),
+        "triggered": [dict(_build_link(t) or {"builder": text(t.get("builder")), "number": None, "html": None},
+                           step=text(s.get("name")), result=_result(t.get("result")),
+                           request=text(t.get("request")))
+                      for s in _list(rec.get("steps")) if isinstance(s, dict)
+                      for t in _list(s.get("triggered")) if isinstance(t, dict)],
+        "collapsed": len([c for c in _list(request.get("collapsed")) if isinstance(c, str)]),
+        # The locks it holds while it runs (Locks=), as "NAME".
+        "locks": [text(x) for x in _list(rec.get("locks")) if isinstance(x, str)],
+        # What it kept (Artifacts=), each a file of its directory's artifacts/.
+        "artifacts": [{"name": text(a.get("name")), "size": a["size"] if _is_int(a.get("size")) else None,
+                       "sha256": text(a.get("sha256")), "step": text(a.get("step")),
+                       "href": "artifacts/" + quote(text(a.get("name")))}
+                      for a in _list(rec.get("artifacts")) if isinstance(a, dict) and text(a.get("name"))],
+        "artifacts_refused": [{"name": text(a.get("name")), "reason": text(a.get("reason")),
+                               "step": text(a.get("step"))}
+                              for a in _list(rec.get("artifacts_refused")) if isinstance(a, dict)],
         # What the janitor's markers beside the record say (Source.read):
         # pinned, by whom and when; when its logs and artifacts went.
         "kept": _kept(rec.get("_keep")),
@@ -102,6 +120,15 @@ def _kept(keep):
     if not keep:
         return None
     return {"user": text(keep.get("user")), "when": num(keep.get("when")), "reason": text(keep.get("reason"))}
+
+
+def _build_link(ref):
+    """{builder, number, html} of a reference to a build, or None."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("builder"), str) or not _is_int(ref.get("number")) \
+            or ref["number"] < 1:
+        return None
+    return {"builder": text(ref["builder"]), "number": ref["number"],
+            "html": "builders/%s/%d/index.html" % (quote(ref["builder"], safe=""), ref["number"])}
 
 
 def step_view(index, step, base, log_removed=False):
@@ -205,7 +232,10 @@ def build_json(view):
     doc["steps"] = [{k: s[k] for k in BUILD_STEP_KEYS} for s in view["steps"]]
     force = view["force_id"] if view["force_id"] is not None else dict(view["force"]) or None
     doc.update(repository=view["repository"], properties=dict(view["properties"]), force=force,
-               rebuild_of=view["rebuild_of"], kept=view["kept"], logs_removed=view["logs_removed"],
+               rebuild_of=view["rebuild_of"], upstream=view["upstream"], triggered=view["triggered"],
+               collapsed=view["collapsed"],
+               artifacts=[dict(a, href=view["html"].rsplit("/", 1)[0] + "/" + a["href"]) for a in view["artifacts"]],
+               artifacts_refused=view["artifacts_refused"], kept=view["kept"], logs_removed=view["logs_removed"],
                artifacts_removed=view["artifacts_removed"])
     return doc
 
@@ -236,7 +266,8 @@ def column(b, builder, queued):
     last = None
     if b.last:
         last = dict(b.last, html="builders/%s/%d/index.html" % (b.q, b.last["number"]))
-    running = [{"number": n, "html": b.cards[n]["html"], "current_step": b.cards[n]["current_step"]}
+    running = [{"number": n, "html": b.cards[n]["html"], "current_step": b.cards[n]["current_step"],
+                "locks": b.cards[n].get("locks") or []}
                for n in sorted(b.cards, reverse=True) if b.cards[n]["state"] != "finished"]
     return {
         "kind": "builder", "name": text(b.name), "description": text(builder.description) if builder else "",
@@ -244,6 +275,13 @@ def column(b, builder, queued):
         "queued": [request_view(r) for r in requests], "queued_count": count,
         "html": "builders/%s/index.html" % b.q, "json": "api/builders/%s/index.json" % b.q,
         "atom": "builders/%s/atom.xml" % b.q, "badge": "builders/%s/badge.svg" % b.q,
+        # How it takes its turn (the fair queue), and what starts it.
+        "priority": builder.priority if builder else 0,
+        "locks": ["%s:%d" % lk if lk[1] != 1 else lk[0] for lk in builder.locks] if builder else [],
+        "max_builds": builder.max_builds if builder else 0,
+        "after": [{"name": text(u), "html": "builders/%s/index.html" % quote(u, safe="")} for u in builder.after]
+        if builder else [],
+        "latest_artifacts": "builders/%s/latest/" % b.q,
     }
 
 

@@ -38,6 +38,13 @@ INTERNALS notation; "+" exists, "-" does not):
     cancel   K1  +cancel/.B@N.tmp-*              being written
              K2  +cancel/B@N                     COMMITTED: the runner of B #N cancels it
              K3  -cancel/B@N                     removed once B #N is final (by any runner)
+    message  M1  +outbox/tmp/ID                  being written (by the notifier)
+             M2  +outbox/new/ID                  COMMITTED: to be sent, not before its mtime
+             M2 -> M2                            deferred: rewritten (tmp/ID renamed over new/ID:
+                                                 the old or the new record, never neither), then
+                                                 its mtime set to the next attempt (os.utime)
+             M3  -outbox/new/ID                  sent (the destination accepted it) or given up
+                                                 (the build's mark is committed first)
 
 A crash in C1 or R1 leaves a file in tmp/ that nobody reads (in K1, a
 hidden file in cancel/); it is swept after fsutil.TMP_SWEEP_AGE_SEC.  A
@@ -61,8 +68,8 @@ from . import fsutil, records
 from .config import NAME_RE
 from .state import parse_number
 
-QUEUES = ("changes", "requests")
-QUEUE_FORMATS = {"changes": ("change", "force"), "requests": ("request",)}
+QUEUES = ("changes", "requests", "outbox")
+QUEUE_FORMATS = {"changes": ("change", "force"), "requests": ("request",), "outbox": ("message",)}
 
 # How long a request cancelled while queued stays in requests/cancelled/
 # (for `ls` and whoever asks what became of it) before the scheduler's
@@ -95,6 +102,9 @@ LAYOUT = (
     Dir("requests/cancelled", "ID: cancelled while queued, before any claim", keep=CANCELLED_KEEP_SEC),
     Dir("cancel", "BUILDER@NUMBER: cancel this running build", HIDDEN, mode=0o2770, group="buildunits-admin"),
     Dir("hints", "BUILDER@NUMBER: this build changed (for htmlgen)"),
+    Dir("outbox", "the notifier's queue of messages (mail, webhook, forge status, ExecNotify=)"),
+    Dir("outbox/tmp", "ID: a message being written, or rewritten to defer it", ALL, mode=0o750),
+    Dir("outbox/new", "ID: to be sent, not before the file's mtime (Postfix's deferred queue)", mode=0o750),
     Dir("corrupt", "QUEUE.ID and QUEUE.ID.reason: unreadable records, kept", HIDDEN, mode=0o750),
 )
 
@@ -302,6 +312,52 @@ class Spool:
         if done:
             fsutil.fsync_dir_after_commit(self.path(queue, "new"))
         return done
+
+    def due(self, queue, now=None):
+        """[(id, not before)] of QUEUE/new, oldest first: each entry's mtime,
+        the time before which it is not to be tried again (defer()).
+        Stray names go to corrupt/."""
+        out = []
+        for rid in self.pending(queue):
+            try:
+                st = os.stat(self.path(queue, "new", rid), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            out.append((rid, st.st_mtime))
+        return out
+
+    def defer(self, queue, rid, fmt, fields, not_before):
+        """Rewrite the queued record RID with FIELDS and hold it back until
+        NOT_BEFORE (its mtime), as Postfix's deferred queue does.
+
+        The new record is written to tmp/RID, fsync'd, and renamed over
+        new/RID: a crash leaves the old record or the new one, whole (the
+        rename is the commit point); then its mtime is set.  A crash before
+        os.utime() leaves it due now: tried once more at once, never lost.
+        False if RID is no longer queued (nothing is written then)."""
+        new = self.path(queue, "new", rid)
+        if not os.path.lexists(new):
+            return False
+        fields = dict(fields, id=rid)
+        tmp = self.path(queue, "tmp", rid)
+        fsutil._unlink_quietly(tmp)      # a leftover of a crash here, never read
+        fsutil.write_new(tmp, records.encode(fmt, fields))
+        try:
+            os.rename(tmp, new)          # commit point
+        except BaseException:
+            fsutil._unlink_quietly(tmp)
+            raise
+        os.utime(new, (not_before, not_before), follow_symlinks=False)
+        fsutil.fsync_dir_after_commit(self.path(queue, "new"))
+        return True
+
+    def hold(self, queue, rid, not_before):
+        """Hold the queued RID back until NOT_BEFORE without rewriting it
+        (its destination is down: it waits as long, untried)."""
+        try:
+            os.utime(self.path(queue, "new", rid), (not_before, not_before), follow_symlinks=False)
+        except FileNotFoundError:
+            pass
 
     def pending(self, queue):
         """Ids queued in QUEUE/new, oldest first.  Stray names go to corrupt/."""

@@ -62,12 +62,14 @@ LAYOUT = (
                 "(\"deliveries\")", True),
     ("janitor", "retention.json: what the last janitor pass measured, and how far it has looked, per "
                 "builder (\"retention\")", True),
+    ("notifier", "cursor.json: the finished builds the notifier has queued its messages for (\"notifier\"); "
+                 "BUILDER@NUMBER.json: the messages about a build it gave up on (\"undelivered\")", True),
     ("work", "WORKER/BUILDER/: a runner's work directory (the checkout)", False),
     ("locks", "PROGRAM[@WORKER].lock: held by the running daemon (flock)", False),
     ("corrupt", "DIR.NAME, DIR.NAME.reason: a record that could not be read, and why (quarantine)", True),
 )
 # The directories whose records are quarantined when they cannot be read.
-QUARANTINED = ("poller", "scheduler", "workers", "webhook", "timers", "janitor")
+QUARANTINED = ("poller", "scheduler", "workers", "webhook", "timers", "notifier", "janitor")
 
 
 class State:
@@ -668,6 +670,18 @@ class State:
     def deliveries_path(self):
         """buildunits-webhook's record of the deliveries it took (webhook.py)."""
         return self.path("webhook", "deliveries.jsonl")
+
+    # ------------------------------------------------------------ notifier
+    def notifier_path(self, name="cursor"):
+        """STATE/notifier/NAME.json: the cursor, or BUILDER@NUMBER's mark."""
+        return self.path("notifier", name + ".json")
+
+    def read_undelivered(self, builder, number):
+        """The "undelivered" record of B #N (messages given up on), or None."""
+        try:
+            return records.read(self.notifier_path("%s@%d" % (builder, number)), "undelivered")
+        except (FileNotFoundError, records.RecordError):
+            return None
 
     # ------------------------------------------------------------- workers
     def worker_path(self, worker):

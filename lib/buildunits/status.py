@@ -5,7 +5,7 @@ Reads only; never moves or repairs anything (fsck does that).
 """
 
 
-from . import config, fsutil, queueindex, records, redact
+from . import config, fsutil, queueindex, records, redact, spool as spoolmod
 from .spool import Spool
 from .state import State
 
@@ -62,10 +62,24 @@ def gather_status(dirs, cfg):
                         "finished": b.get("finished")}
                 break
         out["builders"][name] = {"configured": bool(cfg and name in cfg.builders), "last": last}
+    out["outbox"] = _outbox(sp)
     out["repositories"] = _repositories(st, cfg)
     out["locks"] = _locks(dirs, cfg)
     out["disk"] = _disk(st)
     return out
+
+
+def _outbox(sp):
+    """{waiting, oldest: {queued, channel, destination, attempts,
+    last_error, next_attempt}} of the notifier's outbox; only the oldest
+    message is read."""
+    names = [n for n in sp.entries("outbox") if spoolmod.valid_id(n)]
+    oldest = sp.peek("outbox", names[0]) if names else None
+    return {"waiting": len(names), "oldest": {
+        "queued": _t(oldest.get("queued")), "channel": _s(oldest.get("channel")),
+        "destination": _s(oldest.get("destination")), "attempts": _t(oldest.get("attempts")) or 0,
+        "last_error": _s(oldest.get("last_error")), "next_attempt": _t(oldest.get("next_attempt"))}
+        if oldest else None}
 
 
 def _disk(st):

@@ -25,6 +25,7 @@ PROGRAMS = {
     "scheduler": "buildunits-scheduler",
     "runner": "buildunits-runner",
     "htmlgen": "buildunits-htmlgen",
+    "notifier": "buildunits-notifier",
 }
 
 

@@ -1,0 +1,213 @@
+"""The notifier's channels: one message delivered, or why not.
+
+deliver(message, cfg, ...) sends one "message" record (notifyrules.py made
+it) and returns when the destination has ACCEPTED it: sendmail(8) exited
+0, the SMTP server answered 250 to the end of DATA, the HTTP server
+answered 2xx, the ExecNotify= command exited 0.  Otherwise it raises
+Deferred (try again later: a connection refused or timed out, a 4xx of
+SMTP, a 5xx, 408 or 429 of HTTP, a command that failed) or Refused (the
+destination said no for good: a 5xx of SMTP, another 4xx of HTTP; the
+notifier gives up on it at once).  Only this module talks to the outside.
+
+Secrets are systemd credentials (the unit's LoadCredential=): the file
+$CREDENTIALS_DIRECTORY/NAME, or, run by hand, CredentialsDirectory=/NAME;
+one trailing newline is dropped, and "none" (the unit's SetCredential=
+fallback) is no secret.  They are read at each delivery, so a secret put
+in place later is used without a restart.
+"""
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import signal
+import smtplib
+import ssl
+import stat
+import subprocess
+from urllib.parse import urlsplit
+
+from . import __version__, credentials
+
+USER_AGENT = "buildunits-notifier/" + __version__
+OUTPUT_KEPT = 2000       # bytes of a failed command's output, in the error
+
+
+class Deferred(Exception):
+    """The destination could not take the message now; try again later."""
+
+
+class Refused(Exception):
+    """The destination refused the message for good."""
+
+
+def read_secret(cfg, name):
+    """The bytes of credential NAME, or None (missing, empty, "none")."""
+    directory = os.environ.get(credentials.VARIABLE) or cfg.credentials_directory
+    if not name or not credentials.valid_name(name):
+        return None
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        value = f.read(64 * 1024)
+    value = value[:-2] if value.endswith(b"\r\n") else value[:-1] if value.endswith(b"\n") else value
+    return None if value in (b"", b"none") else value
+
+
+def deliver(msg, cfg):
+    """Send MSG (a "message" record) under CFG; see the module's docstring."""
+    channel = msg.get("channel")
+    if channel == "mail":
+        return smtp(msg, cfg) if cfg.smtp_server else sendmail(msg, cfg)
+    if channel == "webhook":
+        return webhook(msg, cfg)
+    if channel == "forge":
+        return forge(msg, cfg)
+    if channel == "exec":
+        return run(msg, cfg)
+    raise Refused("unknown channel %r" % (channel,))
+
+
+# ----------------------------------------------------------------- mail
+def sendmail(msg, cfg):
+    """The local MTA: `sendmail -oi -t`, the message on its standard input
+    (recipients from its To: header, which notifyrules.py made)."""
+    data = msg["message"].replace("\r\n", "\n").encode("utf-8")
+    try:
+        p = subprocess.run([cfg.sendmail, "-oi", "-t"], input=data, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=cfg.notify_timeout, start_new_session=True)
+    except FileNotFoundError:
+        raise Deferred("%s: not found (install an MTA, or set SMTPServer=)" % cfg.sendmail)
+    except subprocess.TimeoutExpired:
+        raise Deferred("%s did not finish within %gs" % (cfg.sendmail, cfg.notify_timeout))
+    except OSError as e:
+        raise Deferred("%s: %s" % (cfg.sendmail, e.strerror))
+    if p.returncode != 0:
+        raise Deferred("%s exited with status %d: %s" % (cfg.sendmail, p.returncode, _output(p.stdout)))
+
+
+def smtp(msg, cfg):
+    """SMTPServer=: SMTP, with STARTTLS (SMTPStartTLS=yes, certificate
+    checked) and AUTH (SMTPUser=, the password the credential
+    SMTPCredential=) when configured."""
+    try:
+        with smtplib.SMTP(cfg.smtp_server, cfg.smtp_port, timeout=cfg.notify_timeout) as s:
+            s.ehlo()
+            if cfg.smtp_starttls:
+                s.starttls(context=ssl.create_default_context())
+                s.ehlo()
+            if cfg.smtp_user:
+                password = read_secret(cfg, cfg.smtp_credential)
+                if password is None:
+                    raise Deferred("no credential %s for SMTPUser=%s" % (cfg.smtp_credential, cfg.smtp_user))
+                s.login(cfg.smtp_user, password.decode("utf-8", "replace"))
+            s.sendmail(msg["sender"], msg["recipients"], msg["message"].encode("utf-8"))
+    except smtplib.SMTPRecipientsRefused as e:
+        codes = [c for c, _t in e.recipients.values()]
+        text = "; ".join("%s: %d %s" % (a, c, _text(t)) for a, (c, t) in e.recipients.items())
+        raise (Refused if all(c >= 500 for c in codes) else Deferred)("recipients refused: " + text)
+    except smtplib.SMTPResponseException as e:
+        raise (Refused if e.smtp_code >= 500 else Deferred)("%s:%d said %d %s" % (
+            cfg.smtp_server, cfg.smtp_port, e.smtp_code, _text(e.smtp_error)))
+    except (smtplib.SMTPException, OSError) as e:
+        raise Deferred("%s:%d: %s" % (cfg.smtp_server, cfg.smtp_port, e))
+
+
+# ----------------------------------------------------------------- HTTP
+def post(url, body, headers, timeout):
+    """POST BODY (bytes) to URL; the status.  Raises Deferred or Refused.
+    No redirect is followed (a status API does not move)."""
+    u = urlsplit(url)
+    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    kw = {"context": ssl.create_default_context()} if u.scheme == "https" else {}
+    conn = cls(u.hostname, u.port, timeout=timeout, **kw)
+    path = (u.path or "/") + ("?" + u.query if u.query else "")
+    try:
+        conn.request("POST", path, body=body, headers=dict(headers, **{"User-Agent": USER_AGENT,
+                                                                       "Content-Length": str(len(body))}))
+        r = conn.getresponse()
+        answer = r.read(OUTPUT_KEPT)
+    except (OSError, http.client.HTTPException) as e:
+        raise Deferred("%s: %s" % (_where(u), e))
+    finally:
+        conn.close()
+    if 200 <= r.status < 300:
+        return r.status
+    why = "%s answered %d %s: %s" % (_where(u), r.status, r.reason, _output(answer))
+    if r.status in (408, 429) or r.status >= 500 or 300 <= r.status < 400:
+        raise Deferred(why)
+    raise Refused(why)
+
+
+def webhook(msg, cfg):
+    """Webhook=: the build's JSON document, signed as buildunits-webhook
+    checks its generic hook: X-Buildunits-Signature: sha256=HMAC-SHA256
+    of the body with the credential WebhookCredential= (unsigned when it
+    is missing)."""
+    body = json.dumps(msg["body"], ensure_ascii=False, sort_keys=True).encode("utf-8")
+    headers = {"Content-Type": "application/json", "X-Buildunits-Event": "build-" + msg.get("event", "finished"),
+               "X-Buildunits-Delivery": msg["id"]}
+    secret = read_secret(cfg, msg.get("credential"))
+    if secret is not None:
+        headers["X-Buildunits-Signature"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    post(msg["url"], body, headers, cfg.notify_timeout)
+
+
+def forge(msg, cfg):
+    """ForgeStatus=: a commit status, with the forge's token (credential
+    ForgeCredential=, default notify-FORGE) as each forge documents it."""
+    token = read_secret(cfg, msg.get("credential"))
+    if token is None:
+        raise Deferred("no credential %s (the %s token)" % (msg.get("credential"), msg["forge"]))
+    token = token.decode("ascii", "replace").strip()
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if msg["forge"] == "github":
+        headers.update({"Authorization": "Bearer " + token, "Accept": "application/vnd.github+json",
+                        "X-GitHub-Api-Version": "2022-11-28"})
+    elif msg["forge"] == "gitea":
+        headers["Authorization"] = "token " + token
+    else:
+        headers["PRIVATE-TOKEN"] = token
+    post(msg["url"], json.dumps(msg["body"], ensure_ascii=False).encode("utf-8"), headers, cfg.notify_timeout)
+
+
+# ----------------------------------------------------------------- exec
+def run(msg, cfg):
+    """ExecNotify=: `/bin/sh -c COMMAND` with the build's facts in its
+    environment (and PATH), as the notifier's child: NOT in the boundary
+    of a build step (buildunits-notifier(8) says so)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env.update({k: v for k, v in (msg.get("environment") or {}).items()
+                if isinstance(k, str) and isinstance(v, str) and k.startswith("BUILDUNITS_") and "\0" not in v})
+    p = subprocess.Popen(["/bin/sh", "-c", msg["command"]], env=env, cwd="/", stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=cfg.notify_timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+        raise Deferred("did not finish within %gs (killed)" % cfg.notify_timeout)
+    if p.returncode != 0:
+        raise Deferred("exited with status %d: %s" % (p.returncode, _output(out)))
+
+
+def _output(data):
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    text = " ".join(text.split())
+    return text[:OUTPUT_KEPT] or "(no output)"
+
+
+def _text(t):
+    return _output(t if isinstance(t, bytes) else str(t).encode())
+
+
+def _where(u):
+    return "%s://%s" % (u.scheme, u.netloc.rpartition("@")[2])
