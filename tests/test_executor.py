@@ -17,6 +17,7 @@ import pytest
 from gi.repository import GLib
 
 from buildunits import executor, proctree
+from support.procs import alive
 
 
 @pytest.fixture
@@ -74,15 +75,6 @@ def gone(*pids, timeout=10.0):
         proctree.reap()
         time.sleep(0.02)
     return not any(alive(p) for p in pids)
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
 
 
 def test_output_goes_to_the_log_and_the_exit_status_is_reported(ex, tmp_path):

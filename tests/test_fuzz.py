@@ -613,7 +613,7 @@ class _RecordingRunner(runner.Runner):
     record is made and encoded (what _start writes), then the claim is
     finished."""
 
-    def _start(self, rid, req, b):
+    def _start(self, rid, req, b, extra=()):
         rec = self._new_record(req, b.name, 1, [])
         records.encode("build", rec)
         self.started.append(rid)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from buildunits import proctree
+from support.procs import alive
 
 
 def wait_for(predicate, timeout=10.0):
@@ -21,16 +22,6 @@ def wait_for(predicate, timeout=10.0):
             return True
         time.sleep(0.02)
     return predicate()
-
-
-def alive(pid):
-    """PID exists and is not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from gi.repository import GLib
 
 import harness
 from buildunits import executor, executor_unit, sandbox
+from support.procs import alive
 
 PROGRAM = os.path.join(harness.BIN_DIR, "buildunits-sandbox")
 
@@ -115,15 +116,6 @@ class Run:
 
     def text(self):
         return self.log.read_text()
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
 
 
 def wait_gone(pid, timeout=10):

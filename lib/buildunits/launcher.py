@@ -444,30 +444,29 @@ class Launcher:
                 raise
             return e.partial
 
+    def _unit_job(self, op, req, fds, check, what):
+        """(the checked job, the configuration or None) of a request for a
+        unit, its credentials checked and its work directory given."""
+        if len(fds) != 1:
+            raise Refused("%s: exactly one descriptor (%s) must come with it" % (op, what))
+        job = check(req, self.dirs)
+        cfg = None
+        if job["spec"].credentials:
+            cfg = self.configuration()
+            check_credentials(job["spec"], cfg)
+        give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
+        return job, cfg
+
     def handle(self, req, fds):
         op = req.get("op")
         if op == "probe":
             return {"version": VERSION, "systemd": str(self.systemd.manager_property("Version"))}
         if op == "start":
-            if len(fds) != 1:
-                raise Refused("start: exactly one descriptor (the log file) must come with it")
-            job = check_start(req, self.dirs)
-            cfg = None
-            if job["spec"].credentials:
-                cfg = self.configuration()
-                check_credentials(job["spec"], cfg)
-            give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
+            job, cfg = self._unit_job(op, req, fds, check_start, "the log file")
             self.systemd.start(job["unit"], properties(job, self.dirs, cfg, self.user), fds[0])
             return {"unit": job["unit"]}
         if op == "sandbox":
-            if len(fds) != 1:
-                raise Refused("sandbox: exactly one descriptor (the runner's socket) must come with it")
-            job = check_sandbox(req, self.dirs)
-            cfg = None
-            if job["spec"].credentials:
-                cfg = self.configuration()
-                check_credentials(job["spec"], cfg)
-            give_work_dir(self.dirs.state, job["worker"], job["spec"].builder, self.user)
+            job, cfg = self._unit_job(op, req, fds, check_sandbox, "the runner's socket")
             self.systemd.start(job["unit"], sandbox_properties(job, self.dirs, cfg, self.sandbox_program,
                                                                self.user), fds[0])
             return {"unit": job["unit"]}

@@ -111,12 +111,13 @@ KILL_GRACE_SEC = 5      # from SIGTERM to SIGKILL when a step is stopped
 WORKER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")   # not "w1\n"
 
 
-def bad_request(req):
+def bad_request(req, kind=None):
     """Why the request REQ must not be built, or None.  Its revision must be
-    empty (build the branch's tip) or a full commit id."""
+    empty (build the branch's tip) or a full revision of KIND (git, hg,
+    svn; None: of any)."""
     rev = req.get("revision")
-    if rev not in (None, "") and not vcs.valid_revision(rev):
-        return "request whose revision %r is not empty or %s" % (rev, vcs.revision_rule(None))
+    if rev not in (None, "") and not vcs.valid_revision(rev, kind):
+        return "request whose revision %r is not empty or %s" % (rev, vcs.revision_rule(kind))
     return None
 
 
@@ -334,7 +335,9 @@ class Runner(daemon.Daemon):
                 held[1].release()
 
     def _unbuildable(self, rid, claimed, builder):
-        why = bad_request(claimed) or spoolmod.misnamed(rid, claimed)
+        b = self.cfg.builders.get(builder)
+        why = bad_request(claimed, b.kind if b is not None and b.repository else None) \
+            or spoolmod.misnamed(rid, claimed)
         if why is None and claimed.get("builder") != builder:
             why = "the record is for builder %r, not %r as when it was first read" % (
                 claimed.get("builder"), builder)

@@ -660,7 +660,7 @@ class Site:
                     continue
                 dst = os.path.join(bdir, "artifacts", *parts)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
-                self.files.link_or_copy(self.state.path("builds", b.name, str(n), "artifacts", *parts), dst, fd)
+                self.files.link_or_copy(self.state.artifact_path(b.name, n, *parts), dst, fd)
                 kept.append(a)
             finally:
                 os.close(fd)

@@ -537,6 +537,11 @@ class State:
     def _open_dir(self, *parts):
         return nofollow.open_dir(self.root, parts)
 
+    def artifact_path(self, builder, number, *parts):
+        """Where B #N keeps its artifact PARTS (artifacts.py); to be opened
+        with open_file(), which follows no link, never by this path."""
+        return self.path("builds", builder, str(number), "artifacts", *parts)
+
     def open_file(self, *parts, flags=os.O_RDONLY, mode=0o644):
         """os.open of STATE/PARTS, following no symbolic link below the root
         (nofollow.open_file).  Never blocks on a FIFO."""

@@ -90,3 +90,13 @@ OWN_PROCS = []  # the bus and monitor processes: not orphans to sweep
 def own_pids():
     OWN_PROCS[:] = [p for p in OWN_PROCS if p.poll() is None]
     return {p.pid for p in OWN_PROCS}
+
+
+def alive(pid):
+    """PID exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
