@@ -124,3 +124,34 @@ def test_removed_logs_keep_their_pages_saying_so_and_a_pin_shows(tmp_path, capsy
     s.update(sp.take_hints())
     assert "kept by" not in open(os.path.join(s.root, "builders", "hello", "3", "index.html"),
                                  encoding="utf-8").read()
+
+
+def test_removed_artifacts_leave_the_site_too(tmp_path):
+    """The site's copies of removed artifacts go (hard links: the disk is
+    freed only then), the build page lists them as removed, and
+    builders/B/latest, which led to them, goes."""
+    st, sp = State(str(tmp_path / "state")), Spool(str(tmp_path / "spool"))
+    st.ensure()
+    sp.ensure()
+    cfg = make_cfg(tmp_path, names=("hello",))
+    for i in range(3):
+        n = make_build(st, "hello", started=T0 + 60 * i, rev="%040x" % i, extra={"artifacts": [
+            {"name": "dist/a.tgz", "size": 5, "sha256": "0" * 64, "step": ""}]})
+        os.makedirs(os.path.join(st.build_dir("hello", n), "artifacts", "dist"))
+        with open(os.path.join(st.build_dir("hello", n), "artifacts", "dist", "a.tgz"), "wb") as f:
+            f.write(b"hello")
+    s = site.Site(str(tmp_path / "site"), st, sp, cfg)
+    s.rebuild(force=True)
+    latest = os.path.join(s.root, "builders", "hello", "latest")
+    assert os.readlink(latest) == "3/artifacts"
+    assert os.path.isfile(os.path.join(s.root, "builders", "hello", "2", "artifacts", "dist", "a.tgz"))
+    rep = _janitor(st, sp, cfg, keep_artifact_days=0)
+    assert rep.artifacts == {"hello": [1, 2, 3]}
+    s.update(sp.take_hints())
+    for n in (1, 2, 3):
+        assert not os.path.lexists(os.path.join(s.root, "builders", "hello", str(n), "artifacts")), n
+        page = open(os.path.join(s.root, "builders", "hello", str(n), "index.html"), encoding="utf-8").read()
+        assert "<code>dist/a.tgz</code> <span class=\"dim\">removed</span>" in page
+        assert "<dt>artifacts</dt><dd>removed" in page
+    assert not os.path.lexists(latest)
+    check_links(s.root)
