@@ -337,6 +337,7 @@ class Site:
                             if view["state"] != "finished":
                                 unfinal(name, n)
                     tick()
+        self.files.prepare_mark(FINAL_MARK)
         return sitefill.Pool(count, share)
 
     def _finish(self):

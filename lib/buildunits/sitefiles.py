@@ -98,6 +98,21 @@ class SiteFiles:
             raise
         self.count += 1
 
+    def prepare_mark(self, text):
+        """MARK_FILE made to hold TEXT now, before worker processes fork:
+        each would otherwise find it missing and make its own, and the
+        .final files would be links to several files (all holding TEXT)."""
+        shared = os.path.join(self.root, MARK_FILE)
+        try:
+            with open(shared, encoding="utf-8") as f:
+                held = f.read()
+        except (OSError, ValueError):
+            held = None
+        if held != text:
+            self.mkdir(self.root)
+            fsutil.write_atomic(shared, text, durable=False)
+        self._mark = text
+
     def mark(self, path, text):
         """Make PATH a file holding TEXT (a build's .final): a hard link to
         the site's one MARK_FILE, made when it does not hold TEXT.  A link
