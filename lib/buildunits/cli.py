@@ -151,15 +151,21 @@ def _err(msg):
 
 
 # ------------------------------------------------------------ checkconfig
+def _print_problems(e, warnings=False):
+    """The problems of ConfigError E on stderr, a line each, and its
+    warnings with WARNINGS (a misspelt key is often why a needed one is
+    missing)."""
+    for p in e.problems:
+        print(str(p), file=sys.stderr)
+    for w in e.warnings if warnings else ():
+        print("warning: %s" % w, file=sys.stderr)
+
+
 def cmd_checkconfig(dirs, args):
     try:
         cfg = config.load(dirs.config)
     except config.ConfigError as e:
-        # Warnings too: a misspelt key is often why a needed one is missing.
-        for p in e.problems:
-            print(str(p), file=sys.stderr)
-        for w in e.warnings:
-            print("warning: %s" % w, file=sys.stderr)
+        _print_problems(e, warnings=True)
         print("%s: %d problem%s" % (dirs.config, len(e.problems), "" if len(e.problems) == 1 else "s"),
               file=sys.stderr)
         return 1
@@ -214,8 +220,7 @@ def cmd_janitor(dirs, args):
     except config.ConfigError as e:
         # Removing is for good: a builder whose file has a problem would
         # be judged by [Defaults], not by its own keys.  Nothing is removed.
-        for p in e.problems:
-            print(str(p), file=sys.stderr)
+        _print_problems(e)
         _err("the configuration in %s has %d problem%s (run `buildunits checkconfig`); nothing removed"
              % (dirs.config, len(e.problems), "" if len(e.problems) == 1 else "s"))
         return 1

@@ -386,7 +386,7 @@ class Runner(daemon.Daemon):
         worker record before the build starts: a crash hands them all back
         or, once the build's record is final, removes them all (startup)."""
         branch, repo = req.get("branch"), req.get("repository")
-        extra, newest = [], req
+        extra, got, newest = [], [req], req
         for other in list(self._queue.ids(b.name)):
             rec = self.spool.read("requests", other)
             if not isinstance(rec, dict) or rec.get("branch") != branch or rec.get("repository") != repo \
@@ -397,13 +397,14 @@ class Runner(daemon.Daemon):
             if claimed is None:
                 continue
             extra.append(other)
+            got.append(claimed)
             if other > newest.get("id", ""):
                 newest = claimed
         if not extra:
             return [], req
         merged = dict(newest)
         seen, changes = set(), []
-        for r in [req] + [self.spool.read_claimed(self.worker, x) or {} for x in extra]:
+        for r in got:           # the records as claimed: not read again
             for c in r.get("changes") or []:
                 if isinstance(c, dict) and c.get("id") not in seen:
                     seen.add(c.get("id"))
