@@ -99,6 +99,8 @@ PACKAGES = (
     "git", "make", "ca-certificates",
     "polkitd", "libpam-systemd",  # the runner's right to start its steps' units (units/polkit-1)
     "procps",  # ps, pgrep for the tests
+    "mercurial", "subversion",  # Type=hg|svn repositories, polled and checked out for real
+    "python3-aiosmtpd",  # a real SMTP server for the notifier's mail
 )
 # Units that only slow a boot down or wake up during a test.
 MASKED_UNITS = (
