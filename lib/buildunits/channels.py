@@ -95,7 +95,15 @@ def sendmail(msg, cfg):
 def smtp(msg, cfg):
     """SMTPServer=: SMTP, with STARTTLS (SMTPStartTLS=yes, certificate
     checked) and AUTH (SMTPUser=, the password the credential
-    SMTPCredential=) when configured."""
+    SMTPCredential=) when configured.
+
+    A login the server refuses (535, and any other answer to AUTH) is
+    Deferred, not Refused, as Postfix's smtp_sasl_auth_soft_bounce does:
+    it is the configuration that is wrong, not the message, and the
+    credential is read again at each attempt, so once its file is right
+    the next retry sends every message waiting.  So is a server that
+    offers no AUTH (one that offers it only after STARTTLS, say).  The
+    error names the user and the credential, never the password."""
     try:
         with smtplib.SMTP(cfg.smtp_server, cfg.smtp_port, timeout=cfg.notify_timeout) as s:
             s.ehlo()
@@ -106,7 +114,16 @@ def smtp(msg, cfg):
                 password = read_secret(cfg, cfg.smtp_credential)
                 if password is None:
                     raise Deferred("no credential %s for SMTPUser=%s" % (cfg.smtp_credential, cfg.smtp_user))
-                s.login(cfg.smtp_user, password.decode("utf-8", "replace"))
+                try:
+                    s.login(cfg.smtp_user, password.decode("utf-8", "replace"))
+                except smtplib.SMTPAuthenticationError as e:
+                    raise Deferred("%s:%d refused the login of SMTPUser=%s (%d %s): check the credential %s" % (
+                        cfg.smtp_server, cfg.smtp_port, cfg.smtp_user, e.smtp_code, _text(e.smtp_error),
+                        cfg.smtp_credential))
+                except smtplib.SMTPNotSupportedError:
+                    raise Deferred("%s:%d offers no AUTH for SMTPUser=%s%s" % (
+                        cfg.smtp_server, cfg.smtp_port, cfg.smtp_user,
+                        "" if cfg.smtp_starttls else " (it may want SMTPStartTLS=yes first)"))
             s.sendmail(msg["sender"], msg["recipients"], msg["message"].encode("utf-8"))
     except smtplib.SMTPRecipientsRefused as e:
         codes = [c for c, _t in e.recipients.values()]
