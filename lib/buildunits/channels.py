@@ -285,6 +285,10 @@ class ExecUnits:
         unit = reply.get("unit")
         if not isinstance(unit, str) or not unit.startswith(eu.NOTIFY_PREFIX) or not lmod.UNIT_RE.fullmatch(unit):
             raise Deferred("buildunits-launcher answered no unit")
+        if reply.get("started") is False:
+            from . import log
+            log.notice("notifier: %s #%s: the unit %s of an earlier attempt still runs the command: "
+                       "waiting for its end" % (msg["builder"], msg["number"], unit))
         deadline = time.monotonic() + cfg.notify_timeout + lmod.NOTIFY_GRACE_SEC + 10
         delay = 0.01
         while True:
