@@ -411,7 +411,8 @@ def test_smtp_login_over_starttls_a_wrong_password_waits_for_the_right_one(daemo
     creds.mkdir()
     (creds / "notify-smtp").write_text("not-the-pass-word\n")
     with SMTPServer(tls_context=ctx, users={"ci": "pass-word-1"}) as s:
-        start_notifier(daemons, smtp_conf(s.port, "SMTPStartTLS=yes\nSMTPUser=ci\n"), "[Notify]\nMail=dev@example.org\n",
+        start_notifier(daemons, smtp_conf(s.port, "SMTPStartTLS=yes\nSMTPUser=ci\n"),
+                       "[Notify]\nMail=dev@example.org\n",
                        env={"SSL_CERT_FILE": str(cert), "CREDENTIALS_DIRECTORY": str(creds)})
         n = finished_build(daemons, "b", "failure")
         wake(daemons)

@@ -128,7 +128,7 @@ def notify_unit_name(builder, number, k):
     commands, notifyrules.exec_commands) for build NUMBER of BUILDER.
 
     >>> notify_unit_name("my-lib", 7, 0)
-    'buildunits-notify-my\\x2dlib-7-0.service'
+    'buildunits-notify-my\\\\x2dlib-7-0.service'
     """
     return "%s%s-%d-%d.service" % (NOTIFY_PREFIX, unit_escape(builder), number, k)
 

@@ -81,6 +81,7 @@ FILES
     STATE/notifier/B@N.json      the messages of build B #N given up on
     $CREDENTIALS_DIRECTORY/notify-webhook, notify-github, notify-gitea,
     notify-gitlab, notify-smtp   the secrets (the unit's LoadCredential=)
+    /run/buildunits/launcher.sock  buildunits-launcher(8), for ExecNotify= units
 
 SIGNALS
     SIGHUP re-reads the configuration and looks for builds to handle;

@@ -50,7 +50,8 @@ COMMAND = ("i=0; while [ ! -e %s ] && [ $i -lt 250 ]; do sleep 0.1; i=$((i+1)); 
            "result=$BUILDUNITS_RESULT branch=$BUILDUNITS_BRANCH\"; "
            "for f in /etc/buildunits/buildunits.conf /etc/buildunits/credentials/notify-webhook "
            "/var/lib/buildunits/builds/fails/1/build.json /var/spool/buildunits/outbox/new; do "
-           "if cat $f >/dev/null 2>&1 || ls $f >/dev/null 2>&1; then echo \"ESCAPED $f\"; else echo \"blocked $f\"; fi; "
+           "if cat $f >/dev/null 2>&1 || ls $f >/dev/null 2>&1; "
+           "then echo \"ESCAPED $f\"; else echo \"blocked $f\"; fi; "
            "done; if touch /var/lib/buildunits/pwned 2>/dev/null; then echo ESCAPED write-state; "
            "else echo blocked write-state; fi" % GO)
 
