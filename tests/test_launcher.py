@@ -189,22 +189,56 @@ def test_credentials_are_loaded_by_systemd_from_the_configured_directory(dirs, t
 # ------------------------------------------------------------ protocol
 
 class RecordingSystemd:
-    """A stand-in for systemd (which cannot run in process): records calls."""
+    """A stand-in for systemd (which cannot run in process): records calls.
+
+    For ExecNotify= units (started with no descriptor) it also stands in
+    for the unit: it runs the unit's ExecStart= at once, as this test's
+    user and with the unit's Environment= but in no boundary, and keeps
+    the unit "loaded", ended with the command's exit status, until it is
+    released; self.units holds the loaded ones ({name: properties}), which
+    a test may fill to leave a unit from an earlier attempt."""
 
     def __init__(self):
         self.calls = []
+        self.units = {}
 
     def manager_property(self, prop):
         return "252"
 
-    def start(self, unit, props, fd):
-        self.calls.append(("start", unit, os.fstat(fd).st_ino, dict(props)["User"].unpack()))
+    def start(self, unit, props, fd=None):
+        props = {k: v.unpack() for k, v in props}
+        self.calls.append(("start", unit, os.fstat(fd).st_ino if fd is not None else None, props["User"]))
+        if fd is None:
+            import subprocess
+            _path, argv, _ignore = props["ExecStart"][0]
+            env = dict(e.split("=", 1) for e in props["Environment"])
+            code = subprocess.run(argv, env=env, cwd=props["WorkingDirectory"]).returncode
+            self.units[unit] = {"ActiveState": "active" if code == 0 else "failed",
+                                "SubState": "exited" if code == 0 else "failed", "Job": (0, "/"),
+                                "ExecMainCode": 1, "ExecMainStatus": code, "Result": "success" if code == 0 else
+                                "exit-code", "ExecStart": [(argv[0], argv, False, 0, 0, 0, 0, 0, 0, 0)]}
+
+    def loaded(self, unit):
+        u = self.units.get(unit)
+        return None if u is None else {k: u[k] for k in executor_unit.STATE}
+
+    def get(self, unit, interface, prop):
+        return self.units.get(unit, {}).get(prop)
+
+    def get_some(self, unit, interface, names):
+        # A unit not loaded reads as systemd's stub: inactive, never ran.
+        u = self.units.get(unit) or {"ActiveState": "inactive", "SubState": "dead", "Job": (0, "/"),
+                                     "ExecMainCode": 0, "ExecMainStatus": 0}
+        if callable(u.get("ActiveState")):
+            u = dict(u, ActiveState=u["ActiveState"]())
+        return {n: u[n] for n in names if n in u}
 
     def kill(self, unit, sig):
         self.calls.append(("kill", unit, int(sig)))
 
     def release(self, unit):
         self.calls.append(("release", unit))
+        self.units.pop(unit, None)
 
 
 @pytest.fixture
@@ -420,3 +454,186 @@ def test_sandbox_over_the_socket(server, dirs):
 
 def test_the_sandbox_program_is_beside_the_launcher():
     assert launcher.sandbox_program_beside("/usr/bin/buildunits-launcher") == "/usr/bin/buildunits-sandbox"
+
+
+# -------------------------------------------------- ExecNotify= commands
+
+NOTIFYING = """\
+[Builder]
+[Step test]
+Command=make test
+[Notify]
+ExecNotify=echo first
+ExecNotify=echo "$BUILDUNITS_BRANCH" > %(out)s
+"""
+SITE = "[Notify]\nExecNotify=echo site\nExecNotify=echo first\nTimeoutSec=7s\n"
+
+
+def digest(command):
+    import hashlib
+    return hashlib.sha256(command.encode()).hexdigest()
+
+
+@pytest.fixture
+def notifying(dirs, tmp_path):
+    """The builder hello with two ExecNotify= commands, the site with one more."""
+    out = tmp_path / "out"
+    with open(os.path.join(dirs.config, "builders", "hello.builder"), "w") as f:
+        f.write(NOTIFYING % {"out": out})
+    with open(os.path.join(dirs.config, "buildunits.conf"), "w") as f:
+        f.write(SITE)
+    return config.load(dirs.config), 'echo "$BUILDUNITS_BRANCH" > %s' % out, out
+
+
+def notify_request(command_, **over):
+    """A notify request for COMMAND_, its facts those of the request's build."""
+    req = {"builder": "hello", "number": 42, "digest": digest(command_)}
+    req.update(over)
+    req.setdefault("environment", {"BUILDUNITS_BUILDER": req["builder"], "BUILDUNITS_NUMBER": str(req["number"]),
+                                   "BUILDUNITS_RESULT": "failure", "BUILDUNITS_BRANCH": "main; rm -rf /"})
+    return req
+
+
+def test_the_command_is_the_configurations_found_by_its_digest(notifying):
+    cfg, command, _ = notifying
+    # The request's own command, argv or unit are not looked at.
+    job = launcher.check_notify(notify_request(command, command="rm -rf /", argv=["/bin/evil"],
+                                               unit="ssh.service"), cfg)
+    assert job["argv"] == ["/bin/sh", "-c", command]
+    assert job["unit"] == "buildunits-notify-hello-42-1.service"
+    # K: the builder's commands, then the site's, each once.
+    assert launcher.check_notify(notify_request("echo first"), cfg)["unit"] == "buildunits-notify-hello-42-0.service"
+    assert launcher.check_notify(notify_request("echo site"), cfg)["unit"] == "buildunits-notify-hello-42-2.service"
+    assert job["timeout"] == 7.0
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("builder", "../etc", "builder: '../etc' is not a builder name"),
+    ("builder", "ghost", "builder: ghost is not configured"),
+    ("number", 0, "number: 0 is out of range"),
+    ("number", "42", "number: missing or not a int"),
+    ("digest", "abc", "digest: not the 64 hex digits"),
+    ("digest", digest("rm -rf /"), "digest: no ExecNotify= command of builder hello"),
+    ("environment", {"LD_PRELOAD": "/tmp/x.so"}, "environment: 'LD_PRELOAD' is not one of the facts"),
+    ("environment", {"BUILDUNITS_BRANCH": "a\nb"}, "environment: BUILDUNITS_BRANCH is not one line"),
+    ("environment", {"BUILDUNITS_BRANCH": "x" * 5000}, "is not one line of at most 4096"),
+    ("environment", {"BUILDUNITS_REASON": 3}, "BUILDUNITS_REASON is not one line"),
+    ("environment", {"BUILDUNITS_BUILDER": "other"}, "are not the request's build"),
+    ("environment", {"BUILDUNITS_NUMBER": "7"}, "are not the request's build"),
+])
+def test_notify_requests_are_refused_by_field(notifying, field, value, says):
+    cfg, command, _ = notifying
+    with pytest.raises(launcher.Refused) as e:
+        launcher.check_notify(notify_request(command, **{field: value}), cfg)
+    assert says in str(e.value)
+
+
+def test_an_exec_notify_unit_is_a_build_steps_boundary_without_a_work_directory(dirs, notifying):
+    cfg, command, _ = notifying
+    job = launcher.check_notify(notify_request(command), cfg)
+    p = [(k, v.unpack()) for k, v in launcher.notify_properties(job, dirs)]
+    step = props(dirs)
+    # Every fixed property of a step's unit that is not about its command
+    # or its work directory is the ExecNotify= unit's too, with the same value.
+    own = {"ExecStart", "WorkingDirectory", "Environment", "StandardInput", "StandardOutputFileDescriptor",
+           "StandardErrorFileDescriptor", "Description", "Before", "BindPaths", "ReadWritePaths",
+           "TimeoutStopUSec"}
+    for name in {k for k, _ in step} - own:
+        assert last(p, name) == last(step, name), name
+    assert last(p, "User") == "buildunits-build" and last(p, "ProtectSystem") == "strict"
+    assert last(p, "InaccessiblePaths") == ["-" + dirs.config, "-" + dirs.spool]
+    assert last(p, "TemporaryFileSystem") == [(dirs.state, "mode=0755")]
+    assert "BindPaths" not in dict(p) and "ReadWritePaths" not in dict(p)
+    assert last(p, "ExecStart") == [("/bin/sh", ["/bin/sh", "-c", command], False)]
+    assert last(p, "Before") == ["buildunits-notifier.service"]
+    assert last(p, "RuntimeMaxUSec") == 7000000 and last(p, "RemainAfterExit") is True
+    assert last(p, "StandardOutput") == last(p, "StandardError") == "journal"
+    env = dict(e.split("=", 1) for e in last(p, "Environment"))
+    assert env == {"BUILDUNITS_BUILDER": "hello", "BUILDUNITS_NUMBER": "42", "BUILDUNITS_RESULT": "failure",
+                   "BUILDUNITS_BRANCH": "main; rm -rf /", "PATH": launcher.NOTIFY_PATH, "LANG": "C.UTF-8",
+                   "HOME": "/tmp"}
+
+
+def test_notify_over_the_socket_runs_the_configured_command(server, notifying):
+    client, sd, _ = server
+    cfg, command, out = notifying
+    reply = client.request("notify", notify_request(command))
+    assert reply["unit"] == "buildunits-notify-hello-42-1.service" and reply["started"] is True
+    assert sd.calls == [("start", "buildunits-notify-hello-42-1.service", None, STEP_USER)]
+    assert out.read_text() == "main; rm -rf /\n"
+    with pytest.raises(OSError, match="no descriptor comes with it"):
+        r, w = os.pipe()
+        try:
+            client.request("notify", notify_request(command), fd=w)
+        finally:
+            os.close(r)
+            os.close(w)
+    with pytest.raises(OSError, match="digest: no ExecNotify= command"):
+        client.request("notify", notify_request("id > /tmp/owned"))
+
+
+def test_the_notifier_waits_for_its_unit_and_releases_it(server, notifying, dirs):
+    """channels.ExecUnits, the notifier's side, against the launcher."""
+    from buildunits import channels
+    client, sd, _ = server
+    cfg, command, out = notifying
+    units = channels.ExecUnits(client, sd, poll_max=0.01)
+    msg = {"channel": "exec", "builder": "hello", "number": 42, "command": command,
+           "environment": notify_request(command)["environment"]}
+    units.run(msg, cfg)
+    assert out.read_text() == "main; rm -rf /\n"
+    assert [c[0] for c in sd.calls] == ["start", "release"] and sd.units == {}
+    # A command that fails is deferred, its unit released too.
+    with open(os.path.join(dirs.config, "builders", "hello.builder"), "w") as f:
+        f.write(NOTIFYING % {"out": "/nonexistent/dir/out"})
+    failing = config.load(dirs.config)
+    with pytest.raises(channels.Deferred, match=r"exited with status 2 in its unit \(its output: journalctl -u "
+                                                r"buildunits-notify-hello-42-1.service\)"):
+        units.run(dict(msg, command='echo "$BUILDUNITS_BRANCH" > /nonexistent/dir/out'), failing)
+    assert sd.units == {}
+    # A command no longer configured is not asked for: given up at once.
+    with pytest.raises(channels.Refused, match="no longer an ExecNotify= command"):
+        units.run(dict(msg, command="echo gone"), cfg)
+
+
+def test_a_notifier_killed_while_its_unit_ran_finds_it_again(server, notifying):
+    """The unit left by a killed notifier: still running, the redelivery
+    waits for it (one run); ended, the command runs again (two runs)."""
+    from buildunits import channels
+    client, sd, _ = server
+    cfg, command, out = notifying
+    unit = "buildunits-notify-hello-42-1.service"
+    polls = []
+
+    def state():
+        polls.append(1)
+        return "active" if len(polls) < 3 else "failed"
+    sd.units[unit] = {"ActiveState": state, "SubState": "running", "Job": (0, "/"), "ExecMainCode": 1,
+                      "ExecMainStatus": 0, "Result": "success",
+                      "ExecStart": [("/bin/sh", ["/bin/sh", "-c", command], False, 0, 0, 0, 0, 0, 0, 0)]}
+    units = channels.ExecUnits(client, sd, poll_max=0.01)
+    msg = {"channel": "exec", "builder": "hello", "number": 42, "command": command,
+           "environment": notify_request(command)["environment"]}
+    assert client.request("notify", notify_request(command))["started"] is False
+    units.run(msg, cfg)
+    assert [c[0] for c in sd.calls] == ["release"] and not out.exists()       # waited for, not run again
+    # Running another command (the configuration changed): refused, deferred.
+    sd.units[unit] = {"ActiveState": "active", "SubState": "running", "Job": (0, "/"),
+                      "ExecStart": [("/bin/sh", ["/bin/sh", "-c", "echo old"], False, 0, 0, 0, 0, 0, 0, 0)]}
+    with pytest.raises(channels.Deferred, match="still runs another command"):
+        units.run(msg, cfg)
+    # Ended, how unread: released, and run again.
+    sd.units[unit].update(ActiveState="failed", SubState="failed")
+    sd.calls.clear()
+    units.run(msg, cfg)
+    assert [c[0] for c in sd.calls] == ["release", "start", "release"]
+    assert out.read_text() == "main; rm -rf /\n"
+
+
+def test_only_notify_and_step_units_may_be_killed_or_released(server):
+    client, sd, _ = server
+    client.request("release", {"unit": "buildunits-notify-hello-42-0.service"})
+    for unit in ("buildunits-notifier.service", "buildunits-notify-x.service/../../ssh.service"):
+        with pytest.raises(OSError, match="is not a build step's unit, nor an ExecNotify= command's"):
+            client.request("kill", {"unit": unit, "signal": "SIGKILL"})
+    assert sd.calls == [("release", "buildunits-notify-hello-42-0.service")]

@@ -381,17 +381,62 @@ def test_a_failed_build_is_mailed(daemons, smtp):
     assert "    test 3 of 7 failed: expected 4, got 5" in body
 
 
-def test_smtp_with_starttls(daemons, tmp_path):
-    """SMTPStartTLS=yes against a server that requires it, its certificate
-    (made here, for 127.0.0.1) the one authority the notifier trusts."""
+@pytest.fixture
+def tls(tmp_path):
+    """(server context, certificate file): a self-signed certificate for
+    127.0.0.1 made here by openssl(1), which the notifier is told to trust
+    (SSL_CERT_FILE) as its one authority.  (The standard library's ssl
+    cannot make a certificate: without openssl there is nothing to test.)"""
+    import shutil
     import ssl
     import subprocess
+    if not shutil.which("openssl"):
+        pytest.skip("openssl(1) is needed to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(key))
+    return ctx, cert
+
+
+def test_smtp_login_over_starttls_a_wrong_password_waits_for_the_right_one(daemons, tmp_path, tls):
+    """SMTPUser= against a server that takes AUTH only over TLS, the
+    password the credential notify-smtp.  Wrong, the mail is deferred with
+    an error naming the user and the credential (not the password); once
+    the credential's file is right, the next retry sends it: no restart."""
+    ctx, cert = tls
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "notify-smtp").write_text("not-the-pass-word\n")
+    with SMTPServer(tls_context=ctx, users={"ci": "pass-word-1"}) as s:
+        start_notifier(daemons, smtp_conf(s.port, "SMTPStartTLS=yes\nSMTPUser=ci\n"),
+                       "[Notify]\nMail=dev@example.org\n",
+                       env={"SSL_CERT_FILE": str(cert), "CREDENTIALS_DIRECTORY": str(creds)})
+        n = finished_build(daemons, "b", "failure")
+        wake(daemons)
+
+        def deferred():
+            recs = [daemons.spool.peek("outbox", r) for r in outbox(daemons)]
+            return recs and recs[0] and recs[0].get("attempts", 0) >= 2 and recs[0]
+        rec = wait_for(deferred, what="the mail deferred twice")
+        why = rec["last_error"]
+        assert "refused the login of SMTPUser=ci (535 " in why and "check the credential notify-smtp" in why, why
+        assert s.messages == [] and s.logins and all(login == ("ci", False) for login in list(s.logins))
+        assert "not-the-pass-word" not in daemons.log("notifier") + json.dumps(rec)
+        assert "refused the login of SMTPUser=ci" in daemons.cli("status", bus=False).stdout
+        (creds / "notify-smtp").write_text("pass-word-1\n")
+        assert s.wait_messages(1)[0]["X-Buildunits-Build"] == str(n)
+        wait_for(lambda: not outbox(daemons), what="the outbox to empty")
+    assert s.logins[-1] == ("ci", True)
+    assert daemons.state.read_undelivered("b", n) is None
+
+
+def test_smtp_with_starttls(daemons, tls):
+    """SMTPStartTLS=yes against a server that requires it, its certificate
+    (made here, for 127.0.0.1) the one authority the notifier trusts."""
+    ctx, cert = tls
     with SMTPServer(tls_context=ctx) as s:
         start_notifier(daemons, smtp_conf(s.port, "SMTPStartTLS=yes\n"), "[Notify]\nMail=dev@example.org\n",
                        env={"SSL_CERT_FILE": str(cert)})

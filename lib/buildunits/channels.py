@@ -59,8 +59,9 @@ def read_secret(cfg, name):
     return None if value in (b"", b"none") else value
 
 
-def deliver(msg, cfg):
-    """Send MSG (a "message" record) under CFG; see the module's docstring."""
+def deliver(msg, cfg, units=None):
+    """Send MSG (a "message" record) under CFG; see the module's docstring.
+    UNITS (an ExecUnits, or None): how ExecNotify= commands run."""
     channel = msg.get("channel")
     if channel == "mail":
         return smtp(msg, cfg) if cfg.smtp_server else sendmail(msg, cfg)
@@ -69,7 +70,7 @@ def deliver(msg, cfg):
     if channel == "forge":
         return forge(msg, cfg)
     if channel == "exec":
-        return run(msg, cfg)
+        return units.run(msg, cfg) if units is not None else run(msg, cfg)
     raise Refused("unknown channel %r" % (channel,))
 
 
@@ -94,7 +95,15 @@ def sendmail(msg, cfg):
 def smtp(msg, cfg):
     """SMTPServer=: SMTP, with STARTTLS (SMTPStartTLS=yes, certificate
     checked) and AUTH (SMTPUser=, the password the credential
-    SMTPCredential=) when configured."""
+    SMTPCredential=) when configured.
+
+    A login the server refuses (535, and any other answer to AUTH) is
+    Deferred, not Refused, as Postfix's smtp_sasl_auth_soft_bounce does:
+    it is the configuration that is wrong, not the message, and the
+    credential is read again at each attempt, so once its file is right
+    the next retry sends every message waiting.  So is a server that
+    offers no AUTH (one that offers it only after STARTTLS, say).  The
+    error names the user and the credential, never the password."""
     try:
         with smtplib.SMTP(cfg.smtp_server, cfg.smtp_port, timeout=cfg.notify_timeout) as s:
             s.ehlo()
@@ -105,7 +114,16 @@ def smtp(msg, cfg):
                 password = read_secret(cfg, cfg.smtp_credential)
                 if password is None:
                     raise Deferred("no credential %s for SMTPUser=%s" % (cfg.smtp_credential, cfg.smtp_user))
-                s.login(cfg.smtp_user, password.decode("utf-8", "replace"))
+                try:
+                    s.login(cfg.smtp_user, password.decode("utf-8", "replace"))
+                except smtplib.SMTPAuthenticationError as e:
+                    raise Deferred("%s:%d refused the login of SMTPUser=%s (%d %s): check the credential %s" % (
+                        cfg.smtp_server, cfg.smtp_port, cfg.smtp_user, e.smtp_code, _text(e.smtp_error),
+                        cfg.smtp_credential))
+                except smtplib.SMTPNotSupportedError:
+                    raise Deferred("%s:%d offers no AUTH for SMTPUser=%s%s" % (
+                        cfg.smtp_server, cfg.smtp_port, cfg.smtp_user,
+                        "" if cfg.smtp_starttls else " (it may want SMTPStartTLS=yes first)"))
             s.sendmail(msg["sender"], msg["recipients"], msg["message"].encode("utf-8"))
     except smtplib.SMTPRecipientsRefused as e:
         codes = [c for c, _t in e.recipients.values()]
@@ -177,13 +195,18 @@ def forge(msg, cfg):
 
 
 # ----------------------------------------------------------------- exec
+def exec_facts(msg):
+    """The build's facts of the exec message MSG, as the command's environment."""
+    return {k: v for k, v in (msg.get("environment") or {}).items()
+            if isinstance(k, str) and isinstance(v, str) and k.startswith("BUILDUNITS_") and "\0" not in v}
+
+
 def run(msg, cfg):
-    """ExecNotify=: `/bin/sh -c COMMAND` with the build's facts in its
-    environment (and PATH), as the notifier's child: NOT in the boundary
-    of a build step (buildunits-notifier(8) says so)."""
+    """ExecNotify= without systemd: `/bin/sh -c COMMAND` with the build's
+    facts in its environment (and PATH), as the notifier's child: NOT in
+    the boundary of a build step (buildunits-notifier(8) says so)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    env.update({k: v for k, v in (msg.get("environment") or {}).items()
-                if isinstance(k, str) and isinstance(v, str) and k.startswith("BUILDUNITS_") and "\0" not in v})
+    env.update(exec_facts(msg))
     p = subprocess.Popen(["/bin/sh", "-c", msg["command"]], env=env, cwd="/", stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -197,6 +220,106 @@ def run(msg, cfg):
         raise Deferred("did not finish within %gs (killed)" % cfg.notify_timeout)
     if p.returncode != 0:
         raise Deferred("exited with status %d: %s" % (p.returncode, _output(out)))
+
+
+def exec_units(setting):
+    """(ExecUnits, None) when ExecNotify= commands run as transient units,
+    else (None, why not): [Daemons] Executor= decides as it does for the
+    runners' steps (auto: under systemd, with buildunits-launcher
+    answering; transient: always, a launcher that does not answer defers
+    the messages; local: never)."""
+    if setting == "local":
+        return None, "Executor=local"
+    from . import executor
+    if setting != "transient" and not executor.under_systemd():
+        return None, "not under systemd"
+    units = ExecUnits()
+    if setting != "transient":
+        try:
+            units.launcher.request("probe")
+        except OSError as e:
+            return None, "cannot start units: %s" % (e.strerror or e)
+    return units, None
+
+
+class ExecUnits:
+    """ExecNotify= commands as transient units, buildunits-notify-BUILDER-
+    NUMBER-K.service, which buildunits-launcher(8) starts in the boundary
+    of a build step (user buildunits-build, the state, configuration and
+    spool out of sight, the system read-only, no privileges); LAUNCHER and
+    SYSTEMD as executor_unit has them (the socket, the system bus)."""
+
+    def __init__(self, launcher=None, systemd=None, poll_max=0.25):
+        from . import executor_unit
+        self.launcher = launcher or executor_unit.LauncherClient()
+        self.systemd = systemd or executor_unit.Systemd()
+        self.poll_max = poll_max
+
+    def run(self, msg, cfg):
+        """Run MSG's command in its unit and wait for its end; Deferred or
+        Refused as run() raises them.
+
+        The message is the truth, the unit only an attempt at it: the
+        notifier removes the message once this returns (the command exited
+        0), never before.  Killed while the unit runs, it leaves the
+        message queued and the unit loaded (RemainAfterExit=); its next
+        start delivers the message again, and the launcher, finding the
+        unit, lets a running one go on (this waits for it: one run) or runs
+        an ended one again (its end was never read: two runs).  At least
+        once, as every channel."""
+        import time
+        from . import executor_unit as eu, launcher as lmod, notifyrules
+        b = cfg.builders.get(msg.get("builder"))
+        command = msg.get("command")
+        if b is None or command not in notifyrules.exec_commands(cfg, b):
+            # The launcher runs only what the configuration says.
+            raise Refused("%r is no longer an ExecNotify= command of builder %s: not run"
+                          % (command, msg.get("builder")))
+        fields = {"builder": msg["builder"], "number": msg["number"],
+                  "digest": hashlib.sha256(command.encode("utf-8")).hexdigest(),
+                  "environment": {k: v for k, v in exec_facts(msg).items() if k in notifyrules.EXEC_FACTS}}
+        try:
+            reply = self.launcher.request("notify", fields)
+        except OSError as e:
+            raise Deferred("cannot start its unit: %s" % (e.strerror or e))
+        unit = reply.get("unit")
+        if not isinstance(unit, str) or not unit.startswith(eu.NOTIFY_PREFIX) or not lmod.UNIT_RE.fullmatch(unit):
+            raise Deferred("buildunits-launcher answered no unit")
+        if reply.get("started") is False:
+            from . import log
+            log.notice("notifier: %s #%s: the unit %s of an earlier attempt still runs the command: "
+                       "waiting for its end" % (msg["builder"], msg["number"], unit))
+        deadline = time.monotonic() + cfg.notify_timeout + lmod.NOTIFY_GRACE_SEC + 10
+        delay = 0.01
+        while True:
+            st = self.systemd.get_some(unit, eu.UNIT, eu.STATE)
+            if st is None or lmod.ended_state(st):
+                break
+            if time.monotonic() > deadline:
+                # systemd stops it at RuntimeMaxSec=; this is in case it did not.
+                self._release(unit, kill=True)
+                raise Deferred("its unit %s did not end within %gs (stopped)" % (unit, cfg.notify_timeout))
+            time.sleep(delay)
+            delay = min(delay * 2, self.poll_max)
+        svc = self.systemd.get_some(unit, eu.SERVICE, ("ExecMainCode", "ExecMainStatus", "Result")) or {}
+        self._release(unit)
+        see = "journalctl -u %s" % unit
+        if not svc.get("ExecMainCode"):
+            raise Deferred("its unit %s ended without running it (%s)" % (unit, see))
+        if svc.get("Result") == "timeout":
+            raise Deferred("did not finish within %gs, stopped by systemd (%s)" % (cfg.notify_timeout, see))
+        code = eu.exit_code(svc["ExecMainCode"], svc.get("ExecMainStatus", 0))
+        if code != 0:
+            raise Deferred("%s in its unit (its output: %s)" % (
+                "exited with status %d" % code if code > 0 else "killed by signal %d" % -code, see))
+
+    def _release(self, unit, kill=False):
+        try:
+            if kill:
+                self.launcher.request("kill", {"unit": unit, "signal": "SIGKILL"})
+            self.launcher.request("release", {"unit": unit})
+        except OSError:
+            pass    # left loaded: the launcher releases an ended one before its next run
 
 
 def _output(data):

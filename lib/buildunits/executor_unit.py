@@ -60,6 +60,7 @@ UNIT = SYSTEMD + ".Unit"
 SERVICE = SYSTEMD + ".Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 PREFIX = "buildunits-build-"
+NOTIFY_PREFIX = "buildunits-notify-"
 USER = "buildunits-build"
 CALL_TIMEOUT_MS = 10000
 POLL_SEC = 1.0
@@ -120,6 +121,16 @@ def sandbox_unit_name(builder, worker):
     'buildunits-build-hello-sandbox-w1.service'
     """
     return "%s%s-sandbox-%s.service" % (PREFIX, unit_escape(builder), unit_escape(worker))
+
+
+def notify_unit_name(builder, number, k):
+    """The unit of the ExecNotify= command K (its place among the builder's
+    commands, notifyrules.exec_commands) for build NUMBER of BUILDER.
+
+    >>> notify_unit_name("my-lib", 7, 0)
+    'buildunits-notify-my\\\\x2dlib-7-0.service'
+    """
+    return "%s%s-%d-%d.service" % (NOTIFY_PREFIX, unit_escape(builder), number, k)
 
 
 def object_path(unit):
@@ -297,11 +308,19 @@ class Systemd:
     def manager_property(self, prop):
         return self.call("Get", GLib.Variant("(ss)", (MANAGER, prop)), "(v)", interface=PROPERTIES)[0]
 
-    def units(self):
-        """[(unit, active state)] of every loaded buildunits-build-* unit."""
-        found = self.call("ListUnitsByPatterns", GLib.Variant("(asas)", ([], [PREFIX + "*"])),
+    def units(self, pattern=PREFIX + "*"):
+        """[(unit, active state)] of every loaded unit matching PATTERN
+        (by default buildunits-build-*)."""
+        found = self.call("ListUnitsByPatterns", GLib.Variant("(asas)", ([], [pattern])),
                           "(a(ssssssouso))")[0]
         return [(u[0], u[3]) for u in found]
+
+    def loaded(self, unit):
+        """{ActiveState, SubState, Job} of UNIT if systemd has it loaded,
+        else None (a name asked about by its path is a stub, not listed)."""
+        if not any(u == unit for u, _state in self.units(unit.replace("\\", "\\\\"))):
+            return None
+        return self.get_some(unit, UNIT, STATE)
 
     # The launcher's calls; OSError with systemd's message when refused.
     def _do(self, method, args, reply, fds=None):
@@ -310,9 +329,12 @@ class Systemd:
         except GLib.Error as e:
             raise OSError(0, "systemd: %s: %s" % (method, e.message))
 
-    def start(self, unit, props, fd):
-        fds = Gio.UnixFDList.new()
-        fds.append(fd)
+    def start(self, unit, props, fd=None):
+        """Start the transient UNIT with PROPS, and FD (if any) handed over."""
+        fds = None
+        if fd is not None:
+            fds = Gio.UnixFDList.new()
+            fds.append(fd)
         self._do("StartTransientUnit", GLib.Variant("(ssa(sv)a(sa(sv)))", (unit, "fail", props, [])), "(o)", fds)
 
     def kill(self, unit, sig):

@@ -1,7 +1,7 @@
 """buildunits-launcher [--socket PATH] [--client-user USER]: start and stop build steps' units.
 
 NAME
-    buildunits-launcher - the runners' one privilege: build steps as transient units
+    buildunits-launcher - the runners' one privilege: build steps (and ExecNotify= commands) as transient units
 
 DESCRIPTION
     The one part of buildunits that runs as root, and it does one thing:
@@ -36,7 +36,17 @@ DESCRIPTION
       launcher itself reads it; systemd loads it (LoadCredential=), so
       neither the runner nor the launcher reads a secret.
 
-    A runner asks over a Unix socket (SOCK_SEQPACKET, by default
+    The notifier's ExecNotify= commands run the same way, each in the
+    unit buildunits-notify-BUILDER-NUMBER-K.service (K: the command's
+    place among the builder's ExecNotify= commands, its own then the
+    site's), with the same fixed boundary and none of a builder's step
+    settings: the notifier names the build and the command (by the
+    SHA-256 of its text) and gives the build's facts; the launcher finds
+    the command in the configuration as it reads it itself, so a notifier
+    can have run only what an ExecNotify= of the configuration says, and
+    checks each fact is one line.
+
+    A runner (or the notifier: the same user) asks over a Unix socket (SOCK_SEQPACKET, by default
     /run/buildunits/launcher.sock, mode 0660, group buildunits); the
     launcher also checks the peer's user (SO_PEERCRED) is buildunits or
     root.  One request per message, a JSON object {"v": 1, "op": ...};
@@ -58,6 +68,15 @@ DESCRIPTION
                           directives, credentials, the builder's alone;
                           one descriptor: the runner's end of a socket
                           pair, the sandbox's standard input)
+        notify            start an ExecNotify= command's unit (fields:
+                          builder, number, digest, environment; no
+                          descriptor): /bin/sh -c COMMAND, its output to
+                          the journal, at most [Notify] TimeoutSec= long,
+                          kept loaded when it ends until released.  If
+                          the unit is loaded already (an earlier attempt
+                          whose end no notifier saw), a running one is
+                          left to run (the reply's "started" is false)
+                          and an ended one is released and run again
         kill UNIT SIGNAL  SIGTERM or SIGKILL to every process of UNIT
         release UNIT      stop UNIT (SIGTERM, TimeoutStopSec= the grace,
                           SIGKILL) and let systemd unload it
@@ -70,12 +89,15 @@ DESCRIPTION
     Every refusal is a journal line naming the peer and the field.
 
 FILES
-    /run/buildunits/launcher.sock     the runners' socket
-    /etc/buildunits/builders/         read for the credentials a builder names
+    /run/buildunits/launcher.sock     the runners' (and the notifier's) socket
+    /etc/buildunits/builders/         read for the credentials a builder names,
+                                      and the ExecNotify= commands
+    /etc/buildunits/buildunits.conf   read for the site's ExecNotify= commands
     /etc/buildunits/credentials/      never read: systemd loads from it
 """
 
 import argparse
+import hashlib
 import json
 import os
 import pwd
@@ -99,7 +121,12 @@ MAX_GRACE_SEC = 3600
 UMASK = 0o007
 TOKEN_RE = re.compile(r"\A[0-9a-f]{16,64}\Z")
 ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,255}\Z")
-UNIT_RE = re.compile(r"\Abuildunits-build-[A-Za-z0-9:_.\\-]{1,240}\.service\Z")
+UNIT_RE = re.compile(r"\Abuildunits-(build|notify)-[A-Za-z0-9:_.\\-]{1,240}\.service\Z")
+DIGEST_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+NOTIFY_GRACE_SEC = 5         # an ExecNotify= unit's TimeoutStopSec=
+NOTIFY_PATH = "/usr/local/bin:/usr/bin:/bin"
+NOTIFIER_UNIT = "buildunits-notifier.service"
+GONE_SEC = 10                # an ended ExecNotify= unit left over, to be unloaded before its next run
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 MS_REC = 16384
 # The sandbox settings a builder may turn off again, on for every step:
@@ -239,10 +266,56 @@ def check_credentials(spec, cfg):
         raise Refused("credentials: %s not named by builder %s (Credential=)" % (" ".join(missing), spec.builder))
 
 
+def check_notify(req, cfg):
+    """The notify request REQ checked against CFG, the configuration as
+    the launcher reads it: the builder, the build's number, the command
+    (named by the SHA-256 of its text, looked up among the builder's
+    ExecNotify= commands, notifyrules.exec_commands: the command run is
+    the one of the file, never one the request carries), and the build's
+    facts (BUILDUNITS_*, notifyrules.EXEC_FACTS, one line each, the
+    builder and number those of the request).  A dict of what the unit
+    is made from, or Refused naming the field."""
+    from . import notifyrules
+    from .executor import StepSpec
+    from .executor_unit import notify_unit_name
+    builder = _field(req, "builder", str)
+    if not config.NAME_RE.fullmatch(builder):
+        raise Refused("builder: %r is not a builder name" % builder)
+    number = _field(req, "number", int)
+    if not 1 <= number < 2 ** 32:
+        raise Refused("number: %d is out of range" % number)
+    digest = _field(req, "digest", str)
+    if not DIGEST_RE.fullmatch(digest):
+        raise Refused("digest: not the 64 hex digits of a SHA-256")
+    env = _field(req, "environment", dict)
+    for k, v in env.items():
+        if k not in notifyrules.EXEC_FACTS:
+            raise Refused("environment: %r is not one of the facts of a build" % (k,))
+        if not isinstance(v, str) or len(v) > notifyrules.EXEC_FACT_MAX \
+                or any(ord(c) < 32 or ord(c) == 0x7f for c in v):
+            raise Refused("environment: %s is not one line of at most %d characters"
+                          % (k, notifyrules.EXEC_FACT_MAX))
+    if env.get("BUILDUNITS_BUILDER", builder) != builder or env.get("BUILDUNITS_NUMBER", str(number)) != str(number):
+        raise Refused("environment: BUILDUNITS_BUILDER and BUILDUNITS_NUMBER are not the request's build")
+    b = cfg.builders.get(builder)
+    if b is None:
+        raise Refused("builder: %s is not configured" % builder)
+    commands = notifyrules.exec_commands(cfg, b)
+    found = [k for k, c in enumerate(commands) if hashlib.sha256(c.encode("utf-8")).hexdigest() == digest]
+    if not found:
+        raise Refused("digest: no ExecNotify= command of builder %s (or of the site) has it: "
+                      "the configuration changed since the message was queued?" % builder)
+    k = found[0]
+    env = dict(env, BUILDUNITS_BUILDER=builder, BUILDUNITS_NUMBER=str(number))
+    return {"spec": StepSpec(builder, number, "", "", (), ()), "unit": notify_unit_name(builder, number, k),
+            "argv": ["/bin/sh", "-c", commands[k]], "env": env, "grace": NOTIFY_GRACE_SEC,
+            "timeout": cfg.notify_timeout, "before": NOTIFIER_UNIT}
+
+
 def check_unit(req):
     unit = _field(req, "unit", str)
     if not UNIT_RE.fullmatch(unit):
-        raise Refused("unit: %r is not a build step's unit" % unit)
+        raise Refused("unit: %r is not a build step's unit, nor an ExecNotify= command's" % unit)
     return unit
 
 
@@ -342,6 +415,31 @@ def sandbox_properties(job, dirs, cfg, program, user=STEP_USER):
     ])
 
 
+def notify_properties(job, dirs, user=STEP_USER):
+    """The unit properties of the checked notify request JOB: an
+    ExecNotify= command in the boundary of a build step (the same fixed
+    part: buildunits-build, the state an empty tmpfs, the configuration
+    and the spool inaccessible, the system read-only, no privileges), with
+    no work directory and none of a builder's step settings.  It may take
+    [Notify] TimeoutSec= (RuntimeMaxSec=); its output goes to the journal;
+    and it stays loaded when it has ended (RemainAfterExit=) until the
+    notifier has read how, and releases it."""
+    from gi.repository import GLib
+    env = dict(job["env"], PATH=NOTIFY_PATH, LANG="C.UTF-8", HOME="/tmp")
+    spec = job["spec"]
+    return _unit(job, dirs, None, user, "buildunits %s #%d ExecNotify= command" % (spec.builder, spec.number), [
+        ("Type", GLib.Variant("s", "exec")),
+        ("ExecStart", GLib.Variant("a(sasb)", [(job["argv"][0], job["argv"], False)])),
+        ("WorkingDirectory", GLib.Variant("s", "/")),
+        ("Environment", GLib.Variant("as", ["%s=%s" % kv for kv in sorted(env.items())])),
+        ("StandardInput", GLib.Variant("s", "null")),
+        ("StandardOutput", GLib.Variant("s", "journal")),
+        ("StandardError", GLib.Variant("s", "journal")),
+        ("RemainAfterExit", GLib.Variant("b", True)),
+        ("RuntimeMaxUSec", GLib.Variant("t", max(1, int(job["timeout"] * 1e6)))),
+    ])
+
+
 def _unit(job, dirs, cfg, user, description, execution):
     """The properties of a unit of the checked request JOB, described as
     DESCRIPTION, running what EXECUTION says, inside the boundary."""
@@ -376,14 +474,19 @@ def _unit(job, dirs, cfg, user, description, execution):
         # Stopped after its runner (at shutdown, say): the runner stops the
         # step and records the build as interrupted, rather than seeing its
         # step killed under it and recording a failure.
-        ("Before", GLib.Variant("as", ["buildunits-runner@%s.service" % unit_escape(job["worker"])])),
+        # (An ExecNotify= command's: after its notifier, which reads its end.)
+        ("Before", GLib.Variant("as", [job.get("before") or
+                                       "buildunits-runner@%s.service" % unit_escape(job["worker"])])),
         ("InaccessiblePaths", GLib.Variant("as", ["-" + d for d in hidden])),
         # The state (the history, the site under it, other builders' work)
         # is an empty private tmpfs with this step's work directory in it.
         ("TemporaryFileSystem", GLib.Variant("a(ss)", [(dirs.state, "mode=0755")])),
-        ("BindPaths", GLib.Variant("a(ssbt)", [(job["workdir"], job["workdir"], False, MS_REC)])),
-        ("ReadWritePaths", GLib.Variant("as", [job["workdir"]])),
     ]
+    if job.get("workdir"):
+        props += [
+            ("BindPaths", GLib.Variant("a(ssbt)", [(job["workdir"], job["workdir"], False, MS_REC)])),
+            ("ReadWritePaths", GLib.Variant("as", [job["workdir"]])),
+        ]
     loads = {}
     for name in spec.credentials:
         # The directory from the launcher's own reading of the configuration.
@@ -470,6 +573,10 @@ class Launcher:
             self.systemd.start(job["unit"], sandbox_properties(job, self.dirs, cfg, self.sandbox_program,
                                                                self.user), fds[0])
             return {"unit": job["unit"]}
+        if op == "notify":
+            if fds:
+                raise Refused("notify: no descriptor comes with it")
+            return self.notify(check_notify(req, self.configuration()))
         if op == "kill":
             unit = check_unit(req)
             sig = SIGNALS.get(req.get("signal"))
@@ -481,6 +588,35 @@ class Launcher:
             self.systemd.release(check_unit(req))
             return {}
         raise Refused("op: %r is not an operation" % (op,))
+
+    def notify(self, job):
+        """Start the ExecNotify= unit of the checked JOB; {"unit", "started"}.
+
+        The unit may be loaded already: an earlier attempt at the same
+        message whose end its notifier did not see (killed while it ran,
+        or this launcher killed before it answered).  Still running the
+        same command, it is left to run and the reply says so (started:
+        false): the notifier watches it to its end as its own, and the
+        command runs once.  Ended, how is unknown to anyone who kept the
+        message, so it is released and the command run again: twice,
+        never not at all, as every channel delivers after a crash."""
+        unit = job["unit"]
+        state = self.systemd.loaded(unit)
+        if state is not None and not ended_state(state):
+            running = self.systemd.get(unit, "org.freedesktop.systemd1.Service", "ExecStart") or []
+            if [list(e[1]) for e in running[:1]] == [job["argv"]]:
+                return {"unit": unit, "started": False}
+            raise Refused("unit: %s still runs another command (the configuration changed): try later" % unit)
+        if state is not None:
+            self.systemd.release(unit)
+            import time
+            deadline = time.monotonic() + GONE_SEC
+            while self.systemd.loaded(unit) is not None:
+                if time.monotonic() > deadline:
+                    raise Refused("unit: %s, an earlier run, is still being unloaded: try later" % unit)
+                time.sleep(0.05)
+        self.systemd.start(unit, notify_properties(job, self.dirs, self.user))
+        return {"unit": unit, "started": True}
 
     def connection(self, conn):
         uid = peer_uid(conn)
@@ -528,6 +664,13 @@ class Launcher:
                     self.connection(conn)
                 except OSError as e:
                     log.warning("launcher: connection dropped: %s" % e)
+
+
+def ended_state(state):
+    """Whether a unit in STATE ({ActiveState, SubState, Job}) has no main process."""
+    from .executor_unit import ended
+    job = state.get("Job") or (0, "")
+    return ended(state.get("ActiveState"), state.get("SubState"), job[0] if isinstance(job, (tuple, list)) else 0)
 
 
 def sandbox_program_beside(launcher):

@@ -26,15 +26,30 @@ DESCRIPTION
                    result when it ends
         exec       ExecNotify=: `/bin/sh -c COMMAND` with BUILDUNITS_BUILDER,
                    _NUMBER, _RESULT, _REVISION, _BRANCH, _URL, _REASON and
-                   _WORKER in its environment.  The command runs as the
+                   _WORKER in its environment.  Under systemd, the command
+                   runs in the boundary of a build step: a transient unit,
+                   buildunits-notify-BUILDER-NUMBER-K.service (K: the
+                   command's place among the builder's, its own then the
+                   site's), which buildunits-launcher(8) starts as the
+                   user buildunits-build, the state, configuration and
+                   spool out of its sight, the system read-only; the
+                   launcher takes the command from the configuration as
+                   it reads it, the notifier only names it.  Its output
+                   is in the journal (journalctl -u 'buildunits-notify-*').
+                   [Daemons] Executor= decides, read at start, as for
+                   build steps: auto (units under systemd, when the
+                   launcher answers), transient or local.  Otherwise (no
+                   systemd, Executor=local) the command runs as the
                    notifier's child, with the notifier's user and unit
-                   hardening: it is NOT in the boundary of a build step
-                   (no sandbox of its own, no step user); the journal says
-                   so when the configuration has one.
+                   hardening: it is NOT in the boundary of a build step;
+                   the journal says which, when the configuration has
+                   one.
 
     A message is removed from the outbox only once its destination took
     it (sendmail exited 0, the SMTP server accepted the data, the HTTP
-    server answered 2xx, the command exited 0).  One that could not be
+    server answered 2xx, the command exited 0).  A notifier killed while
+    a command's unit runs finds it at its next start: a running one is
+    waited for, one that ended (how, nobody read) is run again.  One that could not be
     sent is deferred: rewritten with its attempts and last error, and
     its file's mtime set to the time of the next attempt, as Postfix's
     deferred queue does, RetrySec= after the first failure, doubling up
@@ -66,6 +81,7 @@ FILES
     STATE/notifier/B@N.json      the messages of build B #N given up on
     $CREDENTIALS_DIRECTORY/notify-webhook, notify-github, notify-gitea,
     notify-gitlab, notify-smtp   the secrets (the unit's LoadCredential=)
+    /run/buildunits/launcher.sock  buildunits-launcher(8), for ExecNotify= units
 
 SIGNALS
     SIGHUP re-reads the configuration and looks for builds to handle;
@@ -99,6 +115,8 @@ class Notifier(daemon.Daemon):
         self._given_up = 0
         self._waiting = 0
         self._more = False
+        self._units = None       # channels.ExecUnits: ExecNotify= as units; None: as children
+        self._units_why = "not decided yet"
 
     # ----------------------------------------------------------- events
     def signal_BuildStarted(self, builder, number, worker):
@@ -110,15 +128,22 @@ class Notifier(daemon.Daemon):
         self.wake()
 
     def startup(self):
+        # Decided once, as a runner decides its executor ([Daemons] Executor=).
+        self._units, self._units_why = channels.exec_units(self.cfg.executor)
         self._say_exec()
 
     def on_config(self, old, new):
         self._say_exec()
 
     def _say_exec(self):
-        if self.cfg.exec_notify or any(b.exec_notify for b in self.cfg.builders.values()):
+        if not (self.cfg.exec_notify or any(b.exec_notify for b in self.cfg.builders.values())):
+            return
+        if self._units is not None:
+            log.info("ExecNotify= commands run as transient units (buildunits-notify-BUILDER-NUMBER-K.service) "
+                     "started by buildunits-launcher, as buildunits-build in the boundary of a build step")
+        else:
             log.notice("ExecNotify= commands run as the notifier's children, with its user and limits: "
-                       "not isolated as build steps are")
+                       "not isolated as build steps are (%s)" % self._units_why)
 
     def work(self):
         if self.cursor is None:
@@ -311,7 +336,7 @@ class Notifier(daemon.Daemon):
                 continue
             self.keepalive()
             try:
-                channels.deliver(msg, self.cfg)
+                channels.deliver(msg, self.cfg, self._units)
             except channels.Refused as e:
                 self.give_up(rid, msg, "refused: %s" % e)
                 continue

@@ -197,6 +197,26 @@ def plan(cfg, builder, rec, previous, log_tail=None, started=False):
     return out
 
 
+def exec_commands(cfg, builder):
+    """Every ExecNotify= command of BUILDER under CFG, whatever the build:
+    its own, then the site's, each once.  A command's place here is its K
+    in the unit buildunits-launcher(8) runs it as (under systemd), which
+    looks a command up in this list as the launcher itself reads the
+    configuration, never in the request."""
+    out = []
+    for r in rules(cfg, builder):
+        for c in r.exec_notify:
+            if c not in out:
+                out.append(c)
+    return out
+
+
+# ExecNotify='s facts, and the longest value the launcher passes on.
+EXEC_FACTS = ("BUILDUNITS_BUILDER", "BUILDUNITS_NUMBER", "BUILDUNITS_RESULT", "BUILDUNITS_REVISION",
+              "BUILDUNITS_BRANCH", "BUILDUNITS_URL", "BUILDUNITS_REASON", "BUILDUNITS_WORKER")
+EXEC_FACT_MAX = 4096
+
+
 def exec_environment(f):
     """ExecNotify='s environment: the build's facts, as BUILDUNITS_*."""
     return {"BUILDUNITS_BUILDER": f["builder"], "BUILDUNITS_NUMBER": str(f["number"]),

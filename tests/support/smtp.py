@@ -7,6 +7,10 @@ what it receives (the one module that imports aiosmtpd).
         s.stop(); s.start()        # down for a while, then back on the same port
         s.hold()                   # DATA is not answered until s.release()
         s.answer = f                # f(message) -> None (accept, 250) or a reply ("451 later")
+
+    SMTPServer(tls_context=ctx)                  # STARTTLS required before MAIL
+    SMTPServer(tls_context=ctx, users={"ci": "pw"})   # AUTH (PLAIN, LOGIN) required too,
+        s.logins                                      # over TLS only: [(login, accepted)]
 """
 
 import email
@@ -15,6 +19,7 @@ import socket
 import threading
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from .wait import wait_for
 
@@ -45,8 +50,19 @@ class _Handler:
         return "250 OK"
 
 
+def _authenticator(server):
+    def check(smtp, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and server.users.get(
+            auth_data.login.decode("utf-8", "replace")) == auth_data.password.decode("utf-8", "replace")
+        with server._lock:
+            server.logins.append((auth_data.login.decode("utf-8", "replace") if isinstance(auth_data, LoginPassword)
+                                  else None, ok))
+        return AuthResult(success=ok, handled=False)     # aiosmtpd answers (235, or 535)
+    return check
+
+
 class SMTPServer:
-    def __init__(self, port=None, tls_context=None):
+    def __init__(self, port=None, tls_context=None, users=None):
         self.port = port or free_port()
         self.messages = []
         self.envelopes = []
@@ -57,10 +73,14 @@ class SMTPServer:
         self._gate.set()
         self._lock = threading.Lock()
         self._tls = tls_context
+        self.users = dict(users or {})
+        self.logins = []
         self._controller = None
 
     def start(self):
         kw = {"tls_context": self._tls, "require_starttls": True} if self._tls else {}
+        if self.users:
+            kw.update(authenticator=_authenticator(self), auth_required=True, auth_require_tls=True)
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port, **kw)
         self._controller.start()
         return self
