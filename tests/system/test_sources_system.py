@@ -219,6 +219,12 @@ def test_an_hg_commit_is_polled_and_built_across_the_user_boundary(ci):
     # line with them would be a blob journalctl does not show).
     journal_has(ci, "buildunits-poller", "%s release/1.x %s: change queued: subject ?[31mred </a> \"q\"\n"
                 % (HG, node[:12]))
+    # Forced, of the branch's tip: the runner reads what the step checked
+    # out (its file in .hg/, buildunits-build's) into the record.
+    ci.sh("buildunits force hg-hello --branch release/1.x")
+    b = finished(ci, "hg-hello", 2)
+    assert (b["result"], b["request"]["revision"], b["revision"], b["branch"]) == (
+        "success", "", node, "release/1.x"), b
 
 
 SVN_COMMIT = r"""
@@ -245,6 +251,10 @@ def test_an_svn_commit_is_polled_and_built_from_a_file_url_and_from_svnserve(ci)
         assert "checked out r3 of ^/trunk" in step_log(ci, builder, 1, "checkout")
         show = step_log(ci, builder, 1, "show")
         assert show == "revision 3\nurl ^/trunk\nuser buildunits-build\ntwo\n", (builder, show)
+    # Forced, of trunk's head: the revision the step checked out is recorded.
+    ci.sh("buildunits force svn-file")
+    b = finished(ci, "svn-file", 2)
+    assert (b["result"], b["request"]["revision"], b["revision"], b["branch"]) == ("success", "", rev, "trunk"), b
 
 
 # ------------------------------------------------------------- webhooks
