@@ -8,6 +8,7 @@ change records a user would see in the spool, and the state record.
 """
 
 import os
+import pathlib
 import subprocess
 
 import pytest
@@ -109,7 +110,7 @@ def test_branches_globs_choose_the_branches_polled(tmp_path, repo):
     assert [(c["branch"], c["revision"]) for c in take(p)] == [("release-1", rel)]
 
 
-def test_hostile_messages_authors_and_file_names_keep_the_records_structure(tmp_path, repo):
+def test_hostile_messages_authors_and_file_names_keep_the_records_structure(tmp_path, repo, logged):
     p = make_poller(tmp_path, repo.url)
     p.poll(p.key)
     # (hg refuses a new line in a user name, not in a message.)
@@ -126,6 +127,8 @@ def test_hostile_messages_authors_and_file_names_keep_the_records_structure(tmp_
     # a file name is bytes, and an undecodable byte becomes U+FFFD.
     assert c2["revision"] == n2 and c2["message"] == "caf\xe9 cr\xe8me" and c2["author"] == "Jos\xe9 <j@x>"
     assert c2["files"] == ["caf\ufffd.txt"]
+    # The journal line shows the subject with its control characters as "?".
+    assert "%s default %s: change queued: first line?after NUL" % (p.key, n1[:12]) in logged()
 
 
 def test_a_branch_whose_name_could_be_an_option_or_a_revset_is_not_polled(tmp_path, repo):
@@ -204,6 +207,37 @@ def test_the_checkout_step_gives_the_revision_and_a_clean_tree(tmp_path, repo):
     p = run_checkout(work, repo.url, "stable", "")
     assert p.returncode == 0, p.stderr
     assert checkout.head(str(work)) == s and (work / "v").read_text() == "stable"
+
+
+def test_no_repositorys_own_hgrc_runs_in_the_checkout_or_the_poll(tmp_path, repo):
+    """A repository's .hg/hgrc is its owner's (the source's) or a build's
+    (the work directory's): its hooks run in no checkout step and no
+    poll.  (A hook of another user's repository also made hg abort the
+    pull: "untrusted hook preoutgoing not executed".)"""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    hook = "touch %s/%%s" % marks
+    n1 = repo.commit({"v": "1"}, "one")
+    (pathlib.Path(repo.path) / ".hg" / "hgrc").write_text(
+        "[hooks]\npreoutgoing = %s\noutgoing = %s\n[extensions]\nnot_there = %s/none.py\n"
+        % (hook % "source-pre", hook % "source-out", tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    p = run_checkout(work, repo.url, "default", n1)
+    assert p.returncode == 0, p.stderr
+    # A build writes hooks into its checkout's .hg/hgrc; the next checkout ignores them.
+    (work / ".hg" / "hgrc").write_text("[hooks]\npre-pull = %s\nupdate = %s\n" % (hook % "work-pre", hook % "work-up"))
+    n2 = repo.commit({"v": "2"}, "two")
+    p = run_checkout(work, repo.url, "default", n2)
+    assert p.returncode == 0, p.stderr
+    assert checkout.head(str(work)) == n2 and "none.py" not in p.stderr, p.stderr
+    # The poll reads the repository without its hgrc (its extension is not loaded).
+    p = make_poller(tmp_path, repo.url)
+    p.poll(p.key)
+    n3 = repo.commit({"v": "3"}, "three")
+    p.poll(p.key)
+    assert [c["revision"] for c in take(p)] == [n3]
+    assert sorted(os.listdir(marks)) == []
 
 
 def test_the_checkout_step_refuses_a_revision_hg_cannot_have(tmp_path, repo):

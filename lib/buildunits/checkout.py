@@ -117,13 +117,17 @@ def _hg_script(repository, branch, revision):
     expands itself (it expands variables in paths): on no command line and
     in no file, as for git.  REVISION (a full node, checked) enters the
     revset only as id(NODE), the branch (checked by vcs.branch_problem: no
-    quote or backslash) as a literal: string."""
+    quote or backslash) as a literal: string.  hg reads no repository's
+    .hg/hgrc here (HGRCSKIPREPO, as in hg.py)."""
     q = shlex.quote
     target = "id(%s)" % revision if revision else "max(branch('literal:%s'))" % branch
     lines = [
         _shown(repository),
         "set -e",
-        "export HGPLAIN=1 HGENCODING=utf-8",
+        # No repository's .hg/hgrc is read (hg.py): not the source's (its
+        # hooks are its owner's; one of another user's makes hg abort the
+        # pull), not the work directory's (a build may have written it).
+        "export HGPLAIN=1 HGENCODING=utf-8 HGRCSKIPREPO=1",
         "[ -d .hg ] || hg init .",
         # An hg killed with its runner leaves its locks and an unfinished
         # transaction; only this worker's runner works here.

@@ -22,8 +22,14 @@ json.loads either returns the whole list or fails.  hg writes bytes that
 are not UTF-8 (a message committed with another HGENCODING, a file name)
 as lone surrogates \\udcXX; they become U+FFFD here, as undecodable bytes
 do in git.py.  hg runs with HGPLAIN=1 (no aliases, defaults or localised
-messages from anyone's configuration change its output) and
-HGENCODING=utf-8.
+messages from anyone's configuration change its output),
+HGENCODING=utf-8 and HGRCSKIPREPO=1: no repository's own .hg/hgrc is
+read, so its hooks and extensions (its owner's, or, in a build's
+checkout, a build's) run in no poll and no checkout step, and a hook hg
+would refuse to run from a repository of another user (hg aborts a pull
+on an untrusted pre- hook) cannot stop either.  What a repository needs
+enabled to be read (an extension its .hg/requires names) goes in the
+reading user's or the system's configuration (/etc/mercurial/hgrc.d/).
 
 Revisions are full changeset ids (vcs.valid_revision(rev, "hg")) and
 enter a revset only as id(NODE), whose argument is 40 hex digits; branch
@@ -39,7 +45,7 @@ from . import git, vcs
 
 HgError = git.GitError      # the poller's readings all fail with a GitError
 MIRROR_SUFFIX = ".hg"       # the poller's mirror of a remote: poller/KEY.hg
-_ENV = {"HGPLAIN": "1", "HGENCODING": "utf-8", "LC_ALL": "C"}
+_ENV = {"HGPLAIN": "1", "HGENCODING": "utf-8", "HGRCSKIPREPO": "1", "LC_ALL": "C"}
 _LOG_TEMPLATE = "json(node,branch,user,date,desc,files)"
 
 

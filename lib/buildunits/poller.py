@@ -86,6 +86,7 @@ SIGNALS
 """
 
 import fnmatch
+import re
 import time
 
 from gi.repository import GLib
@@ -93,6 +94,8 @@ from gi.repository import GLib
 from . import daemon, git, gitjob, hg, log, records, svn
 from . import redact
 from .config import TAG_PREFIX
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # The readings of each kind of repository (vcs.py), all of git.py's shape.
 READERS = {"git": git, "hg": hg, "svn": svn}
@@ -372,8 +375,11 @@ class Poller(daemon.Daemon):
         fields.update(c)
         cid = self.spool.deliver("changes", "change", fields)
         self._queued += 1
-        log.info("%s %s %s: change queued: %s" % (repo, branch, c["revision"][:12],
-                                                  (c["message"].splitlines() or [""])[0][:72]),
+        # The subject is the committer's text: its control characters (an
+        # escape sequence, a NUL, which hg and git keep) would make the
+        # line a blob journalctl does not show, or reach a terminal.
+        subject = _CONTROL.sub("?", (c["message"].splitlines() or [""])[0][:72])
+        log.info("%s %s %s: change queued: %s" % (repo, branch, c["revision"][:12], subject),
                  repository=repo, branch=branch, revision=c["revision"], change=cid)
         self.bus.emit("ChangeQueued", cid, repo, branch, c["revision"])
 
