@@ -27,6 +27,10 @@ DESCRIPTION
     file) and the receiver reads $CREDENTIALS_DIRECTORY/NAME once at
     start, without one trailing newline; without $CREDENTIALS_DIRECTORY
     (run by hand) it reads the CredentialsDirectory= of buildunits.conf.
+    The unit's LoadCredential= paths are fixed: with another
+    CredentialsDirectory= in buildunits.conf, a drop-in of
+    buildunits-webhook.service names the files there (LoadCredential=
+    webhook-github:/srv/secrets/webhook-github), as for the notifier's.
     A forge whose credential is missing, or is "none" (what the unit
     gives when the file is not there), is not enabled: its path answers
     404.  A secret shorter than MIN_SECRET_BYTES (16) is refused as too
