@@ -21,3 +21,14 @@ HaltOnFailure=yes
 Description=run the tests
 Command=make test
 TimeoutSec=600
+
+# Who hears about its builds (buildunits-notifier(8)): here, as by
+# default, of those that fail or end in an exception.  The mail goes
+# through the local MTA, or to SMTPServer= of buildunits.conf; the
+# command runs, under systemd, in a transient unit of its own
+# (buildunits-notify-hello-NUMBER-0.service) as buildunits-build, its
+# output in the journal.
+[Notify]
+Notify=failing exception
+Mail=dev@example.org
+ExecNotify=echo "ExecNotify: $BUILDUNITS_BUILDER #$BUILDUNITS_NUMBER $BUILDUNITS_RESULT on $BUILDUNITS_BRANCH, run as $(id -un)"

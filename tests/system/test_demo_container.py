@@ -1,9 +1,18 @@
 """`make demo` stays true: under a real systemd in a container, a passing and
-a failing build, the site copied out, the journal lines printed."""
+a failing build, the site copied out, the journal lines printed; the
+failure's mail at a real SMTP server and its ExecNotify= command in a unit
+of its own as buildunits-build, the package's tarball on the site, the
+failing build pinned on its page."""
 
+import email
+import email.policy
+import hashlib
+import io
+import json
 import os
 import re
 import subprocess
+import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,3 +47,41 @@ def test_make_demo_in_a_container(image, tmp_path):
     index = (out / "site" / "index.html").read_text()
     assert "builders/hello/1/index.html" in index and "builders/hello/2/index.html" in index
     assert (out / "site" / "builders" / "hello" / "2" / "index.html").exists()
+
+    # The mail waited in the outbox while the SMTP server was down
+    # (`buildunits status`), then arrived, naming the failing step.
+    assert re.search(r"\n  outbox: 1 message waiting; the oldest \(mail to dev@example\.org\) queued .*, "
+                     r"last error: 127\.0\.0\.1:2525: .*Connection refused\n", p.stdout), p.stdout
+    mails = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+             for f in sorted((out / "mail" / "new").iterdir())]
+    assert len(mails) == 1, mails
+    assert mails[0]["Subject"] == "buildunits: hello #2 failure on main (step test)"
+    body = mails[0].get_content()
+    assert "Step test: failure (exit status 2)" in body and "    got:      Goodbye, world!" in body, body
+    assert "  Subject: buildunits: hello #2 failure on main (step test)\n" in p.stdout
+
+    # ExecNotify= ran once, in its own transient unit, as buildunits-build.
+    journal = p.stdout.split("$ journalctl -o cat -u 'buildunits-notify-*'\n", 1)[1]
+    assert "Started buildunits-notify-hello-2-0.service - buildunits hello #2 ExecNotify= command." in journal
+    assert journal.count("ExecNotify: hello #2") == 1, journal
+    assert "\nExecNotify: hello #2 failure on main, run as buildunits-build\n" in journal, journal
+
+    # Artifacts=: package #1's tarball of the program hello #1 built, on
+    # the site with the sha256 its record has, and builders/package/latest.
+    doc = json.loads((out / "site" / "api" / "builders" / "package" / "builds" / "1.json").read_text())
+    (art,) = doc["artifacts"]
+    assert art["name"] == "dist/hello.tar.gz" and art["href"] == "builders/package/1/artifacts/dist/hello.tar.gz"
+    data = (out / "site" / art["href"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == art["sha256"] and len(data) == art["size"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.extractfile("build/hello").read().decode().endswith('echo "Hello, world!"\n# greet politely\n')
+    assert art["sha256"] in (out / "site" / "builders" / "package" / "1" / "index.html").read_text()
+    assert os.readlink(out / "site" / "builders" / "package" / "latest") == "1/artifacts"
+    assert (out / "site" / "builders" / "package" / "latest" / "dist" / "hello.tar.gz").read_bytes() == data
+    assert "file://%s/site/builders/package/latest/dist/hello.tar.gz\n" % out in p.stdout
+
+    # `buildunits keep hello 2` (as root): its page says so.
+    page2 = (out / "site" / "builders" / "hello" / "2" / "index.html").read_text()
+    assert re.search(r"<dt>kept</dt><dd>kept by root .*: the failure the mail was about", page2), page2
+    assert re.search(r"\n  kept: kept by root .*: the failure the mail was about \(the janitor never removes it\)\n",
+                     p.stdout), p.stdout
