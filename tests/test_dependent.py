@@ -74,9 +74,11 @@ def test_the_upstreams_finished_page_links_to_its_downstream_build_with_its_resu
             return '<dt>downstream</dt><dd><a href="../../../builders/down/1/index.html">down #1</a> failure</dd>' \
                 in f.read()
     wait_for(lambda: os.path.exists(page) and listed(), what="up #1's page listing down #1 and its result")
-    doc = json.load(open(os.path.join(site, "api", "builders", "up", "builds", "1.json")))
-    assert doc["downstream"] == [{"builder": "down", "number": 1, "html": "builders/down/1/index.html",
-                                  "status": "failure", "removed": False}]
+    want = [{"builder": "down", "number": 1, "html": "builders/down/1/index.html", "status": "failure",
+             "removed": False}]
+    # The JSON file is written right after the page.
+    wait_for(lambda: json.load(open(os.path.join(site, "api", "builders", "up", "builds", "1.json")))[
+        "downstream"] == want, what="up #1's JSON listing down #1 and its result")
 
 
 def test_a_trigger_step_queues_builds_and_with_wait_takes_the_worst(daemons, git_repo):

@@ -83,6 +83,39 @@ def test_the_upstreams_page_lists_its_downstream_build_and_its_result(tmp_path):
     assert written_since(s.root, before) == []
 
 
+@pytest.mark.parametrize("crash_at", ["page", "links"])
+def test_a_crash_while_linking_is_made_good_by_the_next_process(tmp_path, monkeypatch, crash_at):
+    """htmlgen dies writing U's page, or U's links after it: a new process
+    (from INDEX) finds D not final, links it again, and U's page lists it."""
+    st, sp, cfg, s = _env(tmp_path, ("up", "down"))
+    u = make_build(st, "up", started=T0)
+    s.update([("up", u)])
+    d = make_build(st, "down", started=T0 + 200, extra={"upstream": {"builder": "up", "number": u}})
+    real_write, real_build = s.files.write, s.pages.build
+
+    class Crash(Exception):
+        pass
+
+    def write(path, data):
+        if crash_at == "links" and path.endswith(os.path.join("up", "1", site.LINKS)):
+            raise Crash()
+        return real_write(path, data)
+
+    def build(cfg, b, bdir, view):
+        if crash_at == "page" and b.name == "up":
+            raise Crash()
+        return real_build(cfg, b, bdir, view)
+    monkeypatch.setattr(s.files, "write", write)
+    monkeypatch.setattr(s.pages, "build", build)
+    with pytest.raises(Crash):
+        s.update([("down", d)])
+    assert not os.path.exists(os.path.join(s.root, "builders", "down", str(d), ".final"))
+    s = site.Site(s.root, st, sp, cfg)
+    s.update([])
+    assert _row(_page(s, "up", u), "downstream") == _link("down", d) + " success"
+    assert ("down", "down", d, "success") in s._read_links(os.path.join(s.root, "builders", "up", "1"))
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_rendering_from_the_state_alone_makes_the_same_links(tmp_path, workers):
     """The links are the site's (beside the pages), derived: a site lost
@@ -237,8 +270,26 @@ def test_a_notification_given_up_shows_on_the_builds_page(daemons, refuser):
     assert row.startswith("notification to the webhook at 127.0.0.1 given up: ")
     assert "answered 400" in row and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; no" in row
     assert "<script>" not in open(page, encoding="utf-8").read() and "s3cret" not in open(page).read()
-    doc = json.load(open(os.path.join(daemons.site_dir, "api", "builders", "b", "builds", "%d.json" % n)))
-    [m] = doc["undelivered"]
+    doc = os.path.join(daemons.site_dir, "api", "builders", "b", "builds", "%d.json" % n)
+    [m] = wait_for(lambda: json.load(open(doc))["undelivered"], what="the JSON file (written after the page)")
     assert m["channel"] == "webhook" and m["to"] == "the webhook at 127.0.0.1" and "answered 400" in m["reason"]
     assert isinstance(m["given_up"], float)
     check_links(daemons.site_dir)
+
+
+def test_what_a_given_up_notification_shows_keeps_its_secrets():
+    """A webhook's URL (its path or query may be the secret), an
+    ExecNotify= command line, credentials in a reason: never shown."""
+    from buildunits import siteviews
+    mark = {"messages": [
+        {"channel": "webhook", "destination": "https://hooks.example.org/services/T0/B0/SECRET?x=1",
+         "reason": "refused: https://user:pw@hooks.example.org/ said 403 \x00", "given_up": T0, "attempts": 2},
+        {"channel": "exec", "destination": "/usr/bin/notify --token SECRET", "reason": "exit 1", "given_up": T0},
+        {"channel": "mail", "destination": "dev@example.org", "reason": "550 no", "given_up": "never"},
+        "junk", {"channel": "webhook", "destination": "http://[::1", "reason": 5}]}
+    v = siteviews.build_view({"builder": "b", "number": 1, "state": "finished", "_undelivered": mark})
+    shown = [(m["to"], m["reason"], m["given_up"]) for m in v["undelivered"]]
+    assert shown == [("the webhook at hooks.example.org", "refused: https://user:***@hooks.example.org/ said 403 \ufffd", T0),
+                     ("ExecNotify=", "exit 1", T0), ("mail to dev@example.org", "550 no", None),
+                     ("a webhook", "5", None)]
+    assert "SECRET" not in json.dumps(siteviews.build_json(v))

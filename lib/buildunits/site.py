@@ -57,6 +57,12 @@ changed, and INDEX only when its text did.  A builder's counter is looked
 at by one lstat and read when it changed (sitesource.catch_up): by a pass
 named by hints, only the hinted builders' (_pass).
 
+A finished build's page is written again only when a hint names it and
+what it shows from outside its record changed: its markers (a pin, logs
+or artifacts removed, a notification given up: MARKERS), or the builds
+linked to it and from it (LINKS: a downstream build that started or
+ended, a linked build removed; see "links between builds" below).
+
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
 next pass starts again from it.
@@ -657,11 +663,17 @@ class Site:
         finally:
             os.close(fd)
 
-    def _add_links(self, builder, n, entries):
+    def _add_links(self, builder, n, entries, render=False):
         """Add ENTRIES to BUILDER #N's LINKS (an entry of the same kind and
-        build replaced: a new status).  Returns whether what its page
-        shows of them changed.  Nothing for a build that is not there
-        (removed: the page linking to it says so)."""
+        build replaced: a new status), and if RENDER and what its page
+        shows of them changed, write its page again first.  Returns
+        whether what its page shows changed.  Nothing for a build that
+        is not there (removed: the page linking to it says so).
+
+        Crash safety: LINKS is replaced after the page (its commit
+        point), so a crash between leaves LINKS without the entries its
+        page shows: the next linking finds them new, and writes both
+        again; a crash before leaves neither."""
         if not safe_name(builder) or not os.path.isdir(self.state.build_dir(builder, n)):
             return False
         bdir = self.build_dir(builder, n)
@@ -671,10 +683,13 @@ class Site:
             new.update((e[:3], e[3]) for e in entries)
             if new == have:
                 return False
+            links = [list(k) + [v] for k, v in sorted(new.items())]
+            shown = any(k[0] != LINKS_TO and have.get(k) != v for k, v in new.items())
+            if render and shown:
+                self._render_page(builder, n, [tuple(e) for e in links])
             self.files.write(os.path.join(bdir, LINKS), json.dumps(
-                {"version": LINKS_VERSION, "links": [list(k) + [v] for k, v in sorted(new.items())]},
-                ensure_ascii=False) + "\n")
-        return any(k[0] != LINKS_TO and have.get(k) != v for k, v in new.items())
+                {"version": LINKS_VERSION, "links": links}, ensure_ascii=False) + "\n")
+        return shown
 
     def _link(self, b, n, view):
         """B #N's page was written from VIEW: the builds it links to learn
@@ -682,9 +697,9 @@ class Site:
         build, or its new status) get their page written again.
 
         Crash safety: this comes before B #N's .final, so a crash before
-        their pages are written leaves B #N not final, visited again by
-        the next process (from INDEX, or a full rendering), and linked
-        again.  Not while a full rendering collects the links (it makes
+        their pages and LINKS are written leaves B #N not final, visited
+        again by the next process (from INDEX, or a full rendering), and
+        linked again (_add_links: the page first, then LINKS).  Not while a full rendering collects the links (it makes
         them at its end), nor in its workers."""
         if self._collect is not None:
             return
@@ -693,12 +708,12 @@ class Site:
             return
         self._add_links(b.name, n, [(LINKS_TO, tb, tn, "") for _k, tb, tn in targets])
         for kind, tb, tn in targets:
-            if self._add_links(tb, tn, [(kind, b.name, n, view["status"])]):
-                self._render_page(tb, tn)
+            self._add_links(tb, tn, [(kind, b.name, n, view["status"])], render=True)
 
-    def _render_page(self, builder, n):
+    def _render_page(self, builder, n, links=None):
         """Write BUILDER #N's page and JSON file again (not its logs): its
-        links changed.  Not if it has none yet (its rendering, to come,
+        LINKS (those of its file, or LINKS) changed, or a build they name
+        was removed.  Not if it has none yet (its rendering, to come,
         reads its LINKS) or no record."""
         bdir = self.build_dir(builder, n)
         if not os.path.isfile(os.path.join(bdir, "index.html")):
@@ -707,7 +722,9 @@ class Site:
         if rec is None:
             return
         b = self._b.get(builder) or siteindex.Builder(builder)
-        self.pages.build(self.cfg, b, bdir, self._annotate(bdir, build_view(rec)))
+        view = build_view(rec)
+        view = annotate(view, self._read_links(bdir) if links is None else links, self._gone)
+        self.pages.build(self.cfg, b, bdir, view)
 
     def _collect_links(self, b, n, view):
         """A full rendering: B #N's links, written at its end."""
@@ -725,8 +742,8 @@ class Site:
         collect, again = self._collect or {}, set(self._relink)
         self._collect = None
         for (builder, n), entries in sorted(collect.items()):
-            if self._add_links(builder, n, entries):
-                again.add((builder, n))
+            if self._add_links(builder, n, entries, render=True):
+                again.discard((builder, n))
         for builder, n in sorted(again):
             self._render_page(builder, n)
 
