@@ -293,3 +293,22 @@ def test_what_a_given_up_notification_shows_keeps_its_secrets():
                      ("ExecNotify=", "exit 1", T0), ("mail to dev@example.org", "550 no", None),
                      ("a webhook", "5", None)]
     assert "SECRET" not in json.dumps(siteviews.build_json(v))
+
+
+def test_hostile_names_in_links_come_out_escaped_and_link_nowhere_unknown(tmp_path):
+    """A record naming an upstream, a rebuild and triggered builds that
+    are no builds (hostile names, numbers never taken): shown escaped,
+    as removed, never as a link; no LINKS is made for them."""
+    st, sp, cfg, s = _env(tmp_path, ("up",))
+    n = make_build(st, "up", started=T0, request_extra={"rebuild_of": 99},
+                   extra={"upstream": {"builder": "<b>x</b>&", "number": 3},
+                          "steps": [{"name": "fire", "state": "finished", "result": "success",
+                                     "triggered": [{"builder": "../../etc", "number": 1, "request": "r"}]}]})
+    s.update([("up", n)])
+    page = _page(s, "up", n)
+    assert _row(page, "upstream") == 'started by &lt;b&gt;x&lt;/b&gt;&amp; #3 <span class="dim">(removed)</span>'
+    assert _row(page, "rebuild") == 'rebuild of #99 <span class="dim">(removed)</span>'
+    assert _row(page, "triggered").startswith('../../etc #1 <span class="dim">(removed)</span>')
+    check_links(s.root)
+    assert sorted(os.listdir(os.path.join(s.root, "builders"))) == ["up"]
+    assert "99" not in os.listdir(os.path.join(s.root, "builders", "up"))
