@@ -56,6 +56,31 @@ def test_after_builds_the_downstream_on_the_upstreams_revision_when_it_succeeds(
     assert daemons.builds("down") == [1, 2]
 
 
+def test_the_upstreams_finished_page_links_to_its_downstream_build_with_its_result(daemons, git_repo):
+    """U #1's page is written once, when it finishes; D #1, which After=
+    starts later, is listed on it (and in its JSON) with its result."""
+    sha = git_repo.commit({"f": "1"}, "one")
+    builder(daemons, "up", git_repo)
+    builder(daemons, "down", git_repo, command="exit 3", extra="After=up\n")
+    start(daemons)
+    assert daemons.cli("force", "up", "--revision", sha).returncode == 0
+    daemons.wait_build_finished("up", 1)
+    assert daemons.wait_build_finished("down", 1)["result"] == "failure"
+    site = daemons.site_dir
+    page = os.path.join(site, "builders", "up", "1", "index.html")
+
+    def listed():
+        with open(page, encoding="utf-8") as f:
+            return '<dt>downstream</dt><dd><a href="../../../builders/down/1/index.html">down #1</a> failure</dd>' \
+                in f.read()
+    wait_for(lambda: os.path.exists(page) and listed(), what="up #1's page listing down #1 and its result")
+    want = [{"builder": "down", "number": 1, "html": "builders/down/1/index.html", "status": "failure",
+             "removed": False}]
+    # The JSON file is written right after the page.
+    wait_for(lambda: json.load(open(os.path.join(site, "api", "builders", "up", "builds", "1.json")))[
+        "downstream"] == want, what="up #1's JSON listing down #1 and its result")
+
+
 def test_a_trigger_step_queues_builds_and_with_wait_takes_the_worst(daemons, git_repo):
     sha = git_repo.commit({"f": "1"}, "one")
     builder(daemons, "ok", git_repo)

@@ -735,6 +735,9 @@ def test_notifier_crash_at_each_step(daemons, answer):
             missing = [b for b in handed if not arrived(b)]
             assert not missing, "builds never notified: %s" % missing
             assert not daemons.spool.pending("outbox")
+            if answer == "refuse":   # the site is told of each mark (nothing takes the hints here)
+                unhinted = [b for b in handed if not os.path.exists(daemons.spool.path("hints", "b@%d" % b))]
+                assert not unhinted, "marks the site was never told of: %s" % unhinted
             check_fsck(daemons)
             return killed
 

@@ -41,7 +41,8 @@ def test_card_and_build_json_take_their_keys_from_the_one_view():
     assert tuple(c) == siteviews.SUMMARY_KEYS
     assert list(doc) == ["format", "version", *siteviews.SUMMARY_KEYS, "repository", "properties", "force",
                          "rebuild_of", "upstream", "triggered", "collapsed", "artifacts", "artifacts_refused",
-                         "kept", "logs_removed", "artifacts_removed"]
+                         "kept", "logs_removed", "artifacts_removed", "rebuild_of_removed", "downstream",
+                         "rebuilds", "undelivered"]
     for key in siteviews.SUMMARY_KEYS:
         if key not in ("changes", "steps"):
             assert c[key] == doc[key] == view[key], key

@@ -46,8 +46,9 @@ DESCRIPTION
     htmlgen notices and takes up from the result.
 
 FILES
-    SPOOL/hints/             wake-up hints from runners, and from the janitor
+    SPOOL/hints/             wake-up hints from runners, from the janitor
                              (a build removed: its pages go, docs/site.md)
+                             and from the notifier (a message given up on)
     STATE/builds/            what it renders
     SITE/index.html          the waterfall
     SITE/api/                the JSON files (docs/site.md)

@@ -59,7 +59,8 @@ DESCRIPTION
     of SMTP, a 4xx of HTTP but 408 and 429), is given up: a journal
     line, and a mark in STATE/notifier/BUILDER@NUMBER.json (format
     "undelivered"), which says which messages of that build were lost
-    and why.
+    and why, and a hint to buildunits-htmlgen, whose page of the build
+    says so.
 
     Which builds it has queued messages for is its cursor,
     STATE/notifier/cursor.json: per builder, the number up to which every
@@ -79,6 +80,7 @@ FILES
     SPOOL/outbox/tmp/ID          a message being written (swept when stale)
     STATE/notifier/cursor.json   the builds handled
     STATE/notifier/B@N.json      the messages of build B #N given up on
+    SPOOL/hints/B@N              B #N's page must show its mark (for htmlgen)
     $CREDENTIALS_DIRECTORY/notify-webhook, notify-github, notify-gitea,
     notify-gitlab, notify-smtp   the secrets (the unit's LoadCredential=)
     /run/buildunits/launcher.sock  buildunits-launcher(8), for ExecNotify= units
@@ -393,9 +395,11 @@ class Notifier(daemon.Daemon):
 
     def give_up(self, rid, msg, why):
         """Give MSG up: its build's mark first (STATE/notifier/B@N.json,
-        the commit point), then the message is removed.  A crash between
-        the two tries the message again (and marks it again: one entry
-        per destination)."""
+        the commit point), then a hint to the site (SPOOL/hints/B@N, made
+        durable: the build's page shows the mark), then the message is
+        removed.  A crash before the removal tries the message again (and
+        marks and hints again: one entry per destination), so the hint is
+        never lost with the message gone."""
         b, n = msg.get("builder"), msg.get("number")
         log.error("notifier: %s #%s: gave up on the %s to %s: %s" % (
             b, n, msg.get("channel"), notifyrules.clean(msg.get("destination")), notifyrules.clean(why, 500)))
@@ -411,6 +415,8 @@ class Notifier(daemon.Daemon):
             mark["messages"] = lost
             records.write(self.state.notifier_path("%s@%d" % (b, n)), "undelivered",
                           {k: v for k, v in mark.items() if k not in ("format", "version")})
+            self.spool.hint(b, n)
+            self.spool.sync_hints()
         self.spool.remove("outbox", rid)
         self._given_up += 1
 

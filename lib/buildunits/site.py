@@ -57,6 +57,12 @@ changed, and INDEX only when its text did.  A builder's counter is looked
 at by one lstat and read when it changed (sitesource.catch_up): by a pass
 named by hints, only the hinted builders' (_pass).
 
+A finished build's page is written again only when a hint names it and
+what it shows from outside its record changed: its markers (a pin, logs
+or artifacts removed, a notification given up: MARKERS), or the builds
+linked to it and from it (LINKS: a downstream build that started or
+ended, a linked build removed; see "links between builds" below).
+
 A crash costs a second rendering of what was being written, nothing else;
 so does a pass that fails (a full disk): INDEX is written last, and the
 next pass starts again from it.
@@ -67,7 +73,9 @@ sealed is on its builder's pages only.
 
 import bisect
 import contextlib
+import fcntl
 import heapq
+import json
 import os
 import time
 import stat
@@ -78,10 +86,13 @@ from .sitelogs import LogPages
 from .sitepages import MAX_QUEUED_SHOWN, Pages
 from .sitesource import Source
 from .numbers import parse_number
-from .siteviews import build_view, card, card_order, removed_card
+from .siteviews import LINKS_TO, annotate, build_view, card, card_order, link_targets, removed_card, safe_name
 
 FINAL_MARK = "buildunits-site 2\n"   # bump when finished builds' pages must be rendered again
-MARKERS = ".markers"                 # beside .final: the janitor's markers the pages show (State.marker_stamp)
+MARKERS = ".markers"                 # beside .final: the markers the pages show (State.marker_stamp)
+LINKS = ".links"                     # beside .final: the builds linked to it and from it (_add_links)
+LINKS_LOCK = ".buildunits-links.lock"  # held while a .links is read and replaced (another process: the fill)
+LINKS_VERSION = 1
 GAP_PATIENCE = 10                    # later numbers taken before a number without a record is a gap
 PARALLEL_MIN_BUILDS = 400            # a full rendering of fewer builds stays in one process
 MAX_WORKERS = 8
@@ -112,6 +123,10 @@ class Site:
         # (htmlgen's fill), wrote INDEX (_provisional_load).
         self.heads_first = None
         self.needs_fill = False
+        # A full rendering's links ({(B, N): [entry]}), written at its end
+        # (_reconcile_links), and the pages to render again then.
+        self._collect = None
+        self._relink = set()
         self._reset()
 
     def _reset(self):
@@ -249,6 +264,14 @@ class Site:
         the cards, the pages of many builds and INDEX meanwhile."""
         self._reset()
         self._loaded = True
+        self._collect, self._relink = {}, set()
+        try:
+            return self._generate_all(progress, force)
+        finally:
+            self._collect = None
+            self._relink = set()
+
+    def _generate_all(self, progress, force):
         names = self._names = self.source.builder_names(self.cfg.builders)
         numbers = {name: self.state.build_numbers(name) for name in names}
         for name, nums in numbers.items():
@@ -296,6 +319,7 @@ class Site:
                 b = self._b.get(name)
                 if b is not None and 0 < n <= b.known and self.state.build_stamp(name, n) is not None:
                     b.unfinal.add(n)
+        self._reconcile_links()
         self._all = True
         self._finish()
         self.pages.remove_stale_waterfall_pages(self._wf_pages)
@@ -451,6 +475,8 @@ class Site:
             return
         changed = force or stamp != b.stamps.get(n) or n not in b.cards
         view = build_view(rec)   # the one reshaping of the record; the card is made of it
+        if self._collect is not None:
+            self._collect_links(b, n, view)
         c = b.cards[n] = card(view) if changed else b.cards[n]
         b.stamps[n] = stamp
         if render and (force or not final):
@@ -507,6 +533,11 @@ class Site:
         b.recs.pop(n, None)
         b.unfinal.discard(n)
         self.pages.forget_build(b.name, n)
+        # The builds whose pages link to it say "removed" instead, before
+        # its .links goes with its pages: a crash between leaves its pages,
+        # which the next full rendering removes, with the same renderings.
+        for builder, m in sorted({(tb, tn) for _k, tb, tn, _s in self._read_links(self.build_dir(b.name, n))}):
+            self._render_page(builder, m)
         self.files.remove(self.build_dir(b.name, n))
         self.files.remove(self.files.path("api/builders/%s/builds/%d.json" % (b.q, n)))
         self._unlatest(b, n)
@@ -537,6 +568,7 @@ class Site:
             n = parse_number(name)
             if n is not None and n <= b.known and n not in have:
                 b.add_removed(n)
+                self._relink.update((tb, tn) for _k, tb, tn, _s in self._read_links(self.build_dir(b.name, n)))
                 self.files.remove(self.build_dir(b.name, n))
                 self.files.remove(self.files.path("api/builders/%s/builds/%d.json" % (b.q, n)))
 
@@ -584,6 +616,137 @@ class Site:
         marks = self.state.marker_stamp(b.name, n)
         return shown != ("" if marks is None else repr(marks))
 
+    # --------------------------------------------------- links between builds
+    # A build's record names the builds it links to (its upstream, the
+    # build it rebuilds, those its Trigger= steps queued), never the builds
+    # made later that name it, and a finished build's pages are written
+    # once.  So the site keeps, beside each build's pages, LINKS: the
+    # builds linked to it and from it, entries [kind, builder, number,
+    # status] (kinds: siteviews.link_targets, and LINKS_TO for the builds
+    # its own page links to).  A build that names others adds itself to
+    # theirs when its page is written (and again when its status
+    # changed), and their pages are written again; a build removed has its
+    # referrers' pages written again, from its LINKS, saying "removed".
+    # LINKS is the site's own, derived from the records: a full rendering
+    # makes them again from the records it reads anyway (_collect_links).
+    def _annotate(self, bdir, view):
+        """VIEW, of the build whose pages are in BDIR, with its links."""
+        return annotate(view, self._read_links(bdir), self._gone)
+
+    def _gone(self, builder, n):
+        """True if BUILDER #N is no build: the janitor removed it (one lstat)."""
+        return not safe_name(builder) or not os.path.lexists(self.state.build_dir(builder, n))
+
+    def _read_links(self, bdir):
+        """The entries of BDIR's LINKS, as tuples; none if there is no
+        usable one (a full rendering makes it again)."""
+        try:
+            with open(os.path.join(bdir, LINKS), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return []
+        if not isinstance(doc, dict) or doc.get("version") != LINKS_VERSION or not isinstance(doc.get("links"), list):
+            return []
+        return [tuple(e) for e in doc["links"]
+                if isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and safe_name(e[1])
+                and isinstance(e[2], int) and not isinstance(e[2], bool) and e[2] > 0 and isinstance(e[3], str)]
+
+    @contextlib.contextmanager
+    def _links_locked(self):
+        """One writer of any LINKS at a time: htmlgen and its fill (another
+        process) may both add to one (a read, then a replacement)."""
+        self.files.mkdir(self.root)
+        fd = os.open(os.path.join(self.root, LINKS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _add_links(self, builder, n, entries, render=False):
+        """Add ENTRIES to BUILDER #N's LINKS (an entry of the same kind and
+        build replaced: a new status), and if RENDER and what its page
+        shows of them changed, write its page again first.  Returns
+        whether what its page shows changed.  Nothing for a build that
+        is not there (removed: the page linking to it says so).
+
+        Crash safety: LINKS is replaced after the page (its commit
+        point), so a crash between leaves LINKS without the entries its
+        page shows: the next linking finds them new, and writes both
+        again; a crash before leaves neither."""
+        if not safe_name(builder) or not os.path.isdir(self.state.build_dir(builder, n)):
+            return False
+        bdir = self.build_dir(builder, n)
+        with self._links_locked():
+            have = {e[:3]: e[3] for e in self._read_links(bdir)}
+            new = dict(have)
+            new.update((e[:3], e[3]) for e in entries)
+            if new == have:
+                return False
+            links = [list(k) + [v] for k, v in sorted(new.items())]
+            shown = any(k[0] != LINKS_TO and have.get(k) != v for k, v in new.items())
+            if render and shown:
+                self._render_page(builder, n, [tuple(e) for e in links])
+            self.files.write(os.path.join(bdir, LINKS), json.dumps(
+                {"version": LINKS_VERSION, "links": links}, ensure_ascii=False) + "\n")
+        return shown
+
+    def _link(self, b, n, view):
+        """B #N's page was written from VIEW: the builds it links to learn
+        it (their LINKS), and those whose entry changed (a new downstream
+        build, or its new status) get their page written again.
+
+        Crash safety: this comes before B #N's .final, so a crash before
+        their pages and LINKS are written leaves B #N not final, visited
+        again by the next process (from INDEX, or a full rendering), and
+        linked again (_add_links: the page first, then LINKS).  Not while a full rendering collects the links (it makes
+        them at its end), nor in its workers."""
+        if self._collect is not None:
+            return
+        targets = link_targets(view)
+        if not targets:
+            return
+        self._add_links(b.name, n, [(LINKS_TO, tb, tn, "") for _k, tb, tn in targets])
+        for kind, tb, tn in targets:
+            self._add_links(tb, tn, [(kind, b.name, n, view["status"])], render=True)
+
+    def _render_page(self, builder, n, links=None):
+        """Write BUILDER #N's page and JSON file again (not its logs): its
+        LINKS (those of its file, or LINKS) changed, or a build they name
+        was removed.  Not if it has none yet (its rendering, to come,
+        reads its LINKS) or no record."""
+        bdir = self.build_dir(builder, n)
+        if not os.path.isfile(os.path.join(bdir, "index.html")):
+            return
+        rec = self.source.read(builder, n)
+        if rec is None:
+            return
+        b = self._b.get(builder) or siteindex.Builder(builder)
+        view = build_view(rec)
+        view = annotate(view, self._read_links(bdir) if links is None else links, self._gone)
+        self.pages.build(self.cfg, b, bdir, view)
+
+    def _collect_links(self, b, n, view):
+        """A full rendering: B #N's links, written at its end."""
+        for kind, tb, tn in link_targets(view):
+            self._collect.setdefault((b.name, n), []).append((LINKS_TO, tb, tn, ""))
+            self._collect.setdefault((tb, tn), []).append((kind, b.name, n, view["status"]))
+
+    def _reconcile_links(self):
+        """The end of a full rendering, once every build's page is written
+        (by this process or its workers) and before INDEX: each LINKS made
+        from the records read, added to what is there (the entries of
+        builds removed stay: their referrers say "removed"), and the pages
+        whose links changed, or that linked to a build removed, written
+        again.  A crash before INDEX renders everything again: this too."""
+        collect, again = self._collect or {}, set(self._relink)
+        self._collect = None
+        for (builder, n), entries in sorted(collect.items()):
+            if self._add_links(builder, n, entries, render=True):
+                again.discard((builder, n))
+        for builder, n in sorted(again):
+            self._render_page(builder, n)
+
     def _render_build(self, b, n, view, pages, force, marks=_UNREAD):
         """Write a build's log pages (those whose log or step changed) and,
         if PAGES, its page and JSON; then .final once it is finished."""
@@ -596,7 +759,8 @@ class Site:
             elif step["log_page"]:
                 self.logs.render(bdir, view, step, self.cfg.title, force)
         if pages or not running:
-            self.pages.build(self.cfg, b, bdir, view)
+            self.pages.build(self.cfg, b, bdir, self._annotate(bdir, view))
+            self._link(b, n, view)
         if not running:
             if view["artifacts_removed"] is None:
                 self._artifacts(b, n, bdir, view)

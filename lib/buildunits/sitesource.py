@@ -100,8 +100,10 @@ class Source:
             return None
         rec = dict(rec, builder=builder, number=number)  # the directory names the build
         # The janitor's markers beside the record (keep.json, pruned.json;
-        # buildunits-state(5)), for the build's page: never in a record.
-        for key, reader in (("_keep", self.state.read_keep), ("_pruned", self.state.read_pruned)):
+        # buildunits-state(5)) and the notifier's mark (notifier/B@N.json),
+        # for the build's page: never in a record.
+        for key, reader in (("_keep", self.state.read_keep), ("_pruned", self.state.read_pruned),
+                            ("_undelivered", self.state.read_undelivered)):
             try:
                 extra = reader(builder, number)
             except (OSError, ValueError):

@@ -28,7 +28,7 @@ log_page and log_raw are file names in the build's own directory.
 import json
 import math
 import re
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from . import buildrecord, redact, templates
 
@@ -88,9 +88,11 @@ def build_view(rec):
         # The build this one rebuilds (`buildunits rebuild`), of the same builder.
         "rebuild_of": rebuilt,
         "rebuild_of_html": "builders/%s/%d/index.html" % (q, rebuilt) if rebuilt else None,
+        "rebuild_of_removed": False,
         # The build that started it (After=, Trigger=), and those its Trigger= steps queued.
         "upstream": _build_link(rec.get("upstream")),
-        "triggered": [dict(_build_link(t) or {"builder": text(t.get("builder")), "number": None, "html": None},
+        "triggered": [dict(_build_link(t) or {"builder": text(t.get("builder")), "number": None, "html": None,
+                                              "removed": False},
                            step=text(s.get("name")), result=_result(t.get("result")),
                            request=text(t.get("request")))
                       for s in _list(rec.get("steps")) if isinstance(s, dict)
@@ -111,7 +113,110 @@ def build_view(rec):
         "kept": _kept(rec.get("_keep")),
         "logs_removed": num(_dict(rec.get("_pruned")).get("logs_removed")),
         "artifacts_removed": num(_dict(rec.get("_pruned")).get("artifacts_removed")),
+        # The notifier's mark (STATE/notifier/B@N.json, Source.read): what it gave up on.
+        "undelivered": _undelivered(rec.get("_undelivered")),
+        # What only the builds made later say (annotate): those it started, its rebuilds.
+        "downstream": [], "rebuilds": [],
     }
+
+
+def _undelivered(mark):
+    """The messages of an "undelivered" mark as the build page shows them:
+    where (never a secret: a webhook's host only, no ExecNotify= command
+    line), why (the remote server's words: hostile, escaped where shown,
+    credentials in URLs masked), when, after how many attempts."""
+    out = []
+    for m in _list(_dict(mark).get("messages")):
+        if not isinstance(m, dict):
+            continue
+        channel = text(m.get("channel"))
+        dest = m.get("destination")
+        if channel == "mail":
+            where = "mail to " + (", ".join(text(a) for a in dest if isinstance(a, str)) if isinstance(dest, list)
+                                  else text(dest))
+        elif channel == "webhook":
+            try:
+                host = urlsplit(dest).hostname if isinstance(dest, str) else None
+            except ValueError:
+                host = None
+            where = "the webhook at " + text(host) if host else "a webhook"
+        elif channel == "exec":
+            where = "ExecNotify="
+        elif channel == "forge":
+            where = "the status on " + (text(dest).split(" ", 1)[0] if isinstance(dest, str) else "the forge")
+        else:
+            where = channel or "(unknown)"
+        out.append({"channel": channel, "to": where, "reason": text(redact.text(text(m.get("reason"))))[:2000],
+                    "given_up": num(m.get("given_up")),
+                    "attempts": m["attempts"] if _is_int(m.get("attempts")) else None})
+    return out
+
+
+# The kinds of links the site keeps (site.py, .links beside a build's
+# pages): what the build that names a build is to it.
+DOWN, REBUILD, TRIGGERED_BY, LINKS_TO = "down", "rebuild", "from", "to"
+
+
+def link_targets(view):
+    """The other builds VIEW's page links to, as (kind, builder, number):
+    KIND is what this build is to that one: DOWN (it started this one:
+    After=, or a Trigger= step), REBUILD (this one rebuilds it),
+    TRIGGERED_BY (this one's Trigger= step queued it).
+
+    >>> v = build_view({"builder": "d", "number": 2, "upstream": {"builder": "u", "number": 5},
+    ...                 "request": {"rebuild_of": 1}})
+    >>> link_targets(v)
+    [('down', 'u', 5), ('rebuild', 'd', 1)]
+    """
+    out = []
+    if view["upstream"]:
+        out.append((DOWN, view["upstream"]["builder"], view["upstream"]["number"]))
+    if view["rebuild_of"]:
+        out.append((REBUILD, view["builder"], view["rebuild_of"]))
+    for t in view["triggered"]:
+        if t["number"] is not None:
+            out.append((TRIGGERED_BY, t["builder"], t["number"]))
+    return [x for i, x in enumerate(out) if x not in out[:i]]
+
+
+def annotate(view, links, gone):
+    """VIEW (a build_view) with what its record cannot say, for its page
+    and JSON file: LINKS, the builds that name it ((kind, builder,
+    number, status) of link_targets() seen from the other side), become
+    its downstream builds and its rebuilds; and every build it links to
+    for which GONE(builder, number) is true (the janitor removed it) is
+    marked removed, without a link.
+
+    >>> v = build_view({"builder": "u", "number": 5, "state": "finished", "result": "success"})
+    >>> v = annotate(v, [("down", "d", 2, "failure"), ("down", "d", 1, "success")], lambda b, n: n == 1)
+    >>> [(d["number"], d["status"], d["html"]) for d in v["downstream"]]
+    [(1, 'removed', None), (2, 'failure', 'builders/d/2/index.html')]
+    """
+    def link(builder, number, status=None):
+        removed = gone(builder, number)
+        return {"builder": text(builder), "number": number,
+                "html": None if removed else "builders/%s/%d/index.html" % (quote(builder, safe=""), number),
+                "status": "removed" if removed else text(status) or "running", "removed": removed}
+    up = view["upstream"]
+    if up and gone(up["builder"], up["number"]):
+        view["upstream"] = dict(up, html=None, removed=True)
+    if view["rebuild_of"] and gone(view["builder"], view["rebuild_of"]):
+        view.update(rebuild_of_html=None, rebuild_of_removed=True)
+    down = {(b, n): s for kind, b, n, s in links if kind == DOWN}
+    triggered = []
+    for t in view["triggered"]:
+        if t["number"] is not None:
+            status = down.pop((t["builder"], t["number"]), None)
+            if gone(t["builder"], t["number"]):
+                t = dict(t, html=None, removed=True)
+            elif t["result"] is None and status not in (None, "running", "pending"):
+                t = dict(t, result=text(status))   # it ended after its upstream did (no Wait=)
+        triggered.append(t)
+    view["triggered"] = triggered
+    view["downstream"] = [link(b, n, s) for (b, n), s in sorted(down.items())]
+    view["rebuilds"] = [link(b, n, s) for kind, b, n, s in sorted(links)
+                        if kind == REBUILD and b == view["builder"]]
+    return view
 
 
 def _kept(keep):
@@ -128,7 +233,8 @@ def _build_link(ref):
             or ref["number"] < 1:
         return None
     return {"builder": text(ref["builder"]), "number": ref["number"],
-            "html": "builders/%s/%d/index.html" % (quote(ref["builder"], safe=""), ref["number"])}
+            "html": "builders/%s/%d/index.html" % (quote(ref["builder"], safe=""), ref["number"]),
+            "removed": False}
 
 
 def step_view(index, step, base, log_removed=False):
@@ -236,7 +342,8 @@ def build_json(view):
                collapsed=view["collapsed"],
                artifacts=[dict(a, href=view["html"].rsplit("/", 1)[0] + "/" + a["href"]) for a in view["artifacts"]],
                artifacts_refused=view["artifacts_refused"], kept=view["kept"], logs_removed=view["logs_removed"],
-               artifacts_removed=view["artifacts_removed"])
+               artifacts_removed=view["artifacts_removed"], rebuild_of_removed=view["rebuild_of_removed"],
+               downstream=view["downstream"], rebuilds=view["rebuilds"], undelivered=view["undelivered"])
     return doc
 
 

@@ -397,11 +397,16 @@ class State:
         records.write(os.path.join(self.build_dir(builder, number), PRUNED), "pruned", fields)
 
     def marker_stamp(self, builder, number):
-        """What tells the janitor's markers of B #N (keep.json, pruned.json)
-        from others without reading them, or None when it has none: they
-        are replaced by rename (a new inode each time)."""
+        """What tells the markers of B #N from others without reading them,
+        or None when it has none: the janitor's beside its record
+        (keep.json, pruned.json) and the notifier's mark of what it gave
+        up on (notifier/B@N.json).  Each is replaced by rename (a new
+        inode each time)."""
         stamps = tuple(fsutil.stamp(os.path.join(self.build_dir(builder, number), name), follow_symlinks=False)
                        for name in (KEEP, PRUNED))
+        given_up = fsutil.stamp(self.notifier_path("%s@%d" % (builder, number)), follow_symlinks=False)
+        if given_up is not None:
+            stamps += (given_up,)
         return None if stamps == (None, None) else stamps
 
     def build_mtime(self, builder, number):
