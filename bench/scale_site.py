@@ -28,8 +28,8 @@ never judged):
   (update and follow_logs) after each; the bytes this process wrote
   (/proc/self/io wchar, less the log itself) over the log's size.
 
-PARTS=builders,history,copy picks the parts; HISTORIES=10000,100000 the
-history sizes; FULL=0 skips the full renders and FILL=0 the wait for the
+PARTS=builders,history,copy picks the parts; BUILDERS=10,100,1000 the
+numbers of builders; HISTORIES=10000,100000 the history sizes; FULL=0 skips the full renders and FILL=0 the wait for the
 fill (a 100k history takes minutes each).  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
 goes to build/bench/scale_site.json.
 """
@@ -59,6 +59,8 @@ from support.inprocess import RecordingNotifier  # noqa: E402
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 BUILDERS = (10, 100) if QUICK else (10, 100, 1000)
+if os.environ.get("BUILDERS"):
+    BUILDERS = tuple(int(x) for x in os.environ["BUILDERS"].split(","))
 HISTORIES = (10_000,) if QUICK else (10_000, 100_000)
 if os.environ.get("HISTORIES"):
     HISTORIES = tuple(int(x) for x in os.environ["HISTORIES"].split(","))
