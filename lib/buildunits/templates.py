@@ -120,8 +120,23 @@ def forget_times(zone):
     not the zone they were made in."""
     if _zone[0] != zone:
         _zone[0] = zone
-        for f in (timestamp, clock, isotime, day):
+        for f in (timestamp, clock, isotime, day, time_tag):
             f.cache_clear()
+
+
+@functools.lru_cache(maxsize=_TIMES)
+def time_tag(t, fmt="timestamp"):
+    """The markup of macros.html's when(T, FMT), as a filter: a page's rows
+    call it a hundred times, and a macro's call costs ten times a
+    function's.  The same bytes as the macro's.
+
+    >>> time_tag(None)
+    Markup('')
+    """
+    if t is None:
+        return markupsafe.Markup("")
+    return markupsafe.Markup('<time datetime="%s" title="%s">%s</time>') % (
+        isotime(t), timestamp(t), timestamp(t) if fmt == "timestamp" else clock(t))
 
 
 @functools.lru_cache(maxsize=_TIMES)
@@ -231,6 +246,7 @@ FILTERS = {
     "timestamp": timestamp,
     "clock": clock,
     "isotime": isotime,
+    "time_tag": time_tag,
     "rfc3339": rfc3339,
     "timespan": timespan,
     "firstline": firstline,
