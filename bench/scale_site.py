@@ -10,7 +10,10 @@ never judged):
   builders 10 / 100 / 1000 (QUICK: 10 / 100), one repository, three
   finished builds each:
     - one finished build: Site.update() after one more build of one builder
-      (after gc.freeze(), as htmlgen does after a full pass);
+      (after gc.freeze(), as htmlgen does after a full pass), and the KB
+      of the files it wrote (pages, JSON, INDEX; a log's link is none):
+      past 50 builders the pages of the builder's section (sitegroups),
+      not of every builder;
     - a pass with nothing new: Site.update([]), and the files it wrote;
     - all head pages: Site.rebuild() on a site it knows (every head page).
   history 10k / 100k (QUICK: 10k) builds of four builders (site_bench's
@@ -28,8 +31,8 @@ never judged):
   (update and follow_logs) after each; the bytes this process wrote
   (/proc/self/io wchar, less the log itself) over the log's size.
 
-PARTS=builders,history,copy picks the parts; HISTORIES=10000,100000 the
-history sizes; FULL=0 skips the full renders and FILL=0 the wait for the
+PARTS=builders,history,copy picks the parts; BUILDERS=10,100,1000 the
+numbers of builders; HISTORIES=10000,100000 the history sizes; FULL=0 skips the full renders and FILL=0 the wait for the
 fill (a 100k history takes minutes each).  Workloads live in BENCH_CACHE (default /var/tmp/buildunits-bench); JSON
 goes to build/bench/scale_site.json.
 """
@@ -59,6 +62,8 @@ from support.inprocess import RecordingNotifier  # noqa: E402
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 BUILDERS = (10, 100) if QUICK else (10, 100, 1000)
+if os.environ.get("BUILDERS"):
+    BUILDERS = tuple(int(x) for x in os.environ["BUILDERS"].split(","))
 HISTORIES = (10_000,) if QUICK else (10_000, 100_000)
 if os.environ.get("HISTORIES"):
     HISTORIES = tuple(int(x) for x in os.environ["HISTORIES"].split(","))
@@ -123,18 +128,31 @@ def measure_builders(count, work):
     s.update([])
     gc.collect()
     gc.freeze()   # as htmlgen does after a full pass
-    one, idle, idle_files, heads = [], [], [], []
+    one, one_kb, idle, idle_files, heads = [], [], [], [], []
     serial = count * PER_BUILDER
+    wrote = []
+    real_write = site.fsutil.write_atomic
+
+    def counting(path, data, *a, **k):
+        wrote.append(len(data))
+        return real_write(path, data, *a, **k)
     for r in range(RUNS):
         name = names[(r * 7) % count]
         n = site_bench.write_build(st, name, T0 + 60 * serial, serial)
         serial += 1
-        one.append(cpu(lambda: s.update([(name, n)]))[0])
+        wrote.clear()
+        site.fsutil.write_atomic = counting
+        try:
+            one.append(cpu(lambda: s.update([(name, n)]))[0])
+        finally:
+            site.fsutil.write_atomic = real_write
+        one_kb.append(sum(wrote) / 1000)
         ms, files = cpu(lambda: s.update([]))
         idle.append(ms)
         idle_files.append(files)
         heads.append(cpu(lambda: s.rebuild())[0])
-    return {"one finished build (ms CPU)": one, "pass with nothing new (ms CPU)": idle,
+    return {"one finished build (ms CPU)": one, "one finished build: KB written": one_kb,
+            "pass with nothing new (ms CPU)": idle,
             "files written by a pass with nothing new": idle_files, "all head pages (ms CPU)": heads}
 
 

@@ -76,7 +76,7 @@ def check_against_a_new_process(tmp_path, cfg, st, sp, s, step):
 
 
 def run_updates(tmp_path, count, grouped):
-    names = ["b%02d" % i for i in range(count)]
+    names = ["b%03d" % i for i in range(count)] if count > 100 else ["b%02d" % i for i in range(count)]
     cfg = write_config(str(tmp_path / "config"), names, grouped)
     st, sp = State(str(tmp_path / "state")), Spool(str(tmp_path / "spool"))
     st.ensure()
@@ -99,6 +99,7 @@ def run_updates(tmp_path, count, grouped):
                                                    "reason": "queued <x>", "changes": [], "force": None,
                                                    "properties": {}}), s.update([])),
         lambda: s.update([(names[0], write_build(st, names[0], serial + 1))]),
+        lambda: s.update([(names[-1], write_build(st, names[-1], serial + 2))]),   # another section
         lambda: s.update([]),                                           # nothing new
     ]
     for i, step in enumerate(steps):
@@ -116,3 +117,13 @@ def test_heads_of_many_builders_without_groups_stay_as_a_new_process_renders_the
 
 def test_heads_of_a_few_builders_stay_as_a_new_process_renders_them(tmp_path):
     run_updates(tmp_path, 8, grouped=False)
+
+
+def test_heads_of_builders_in_sections_stay_as_a_new_process_renders_them(tmp_path):
+    """Past sitegroups.PAGE_BUILDERS builders: the index pages, each
+    section's list and console, and a group's waterfall in chunks."""
+    run_updates(tmp_path, 110, grouped=False)
+
+
+def test_heads_of_builders_in_sections_of_groups_stay_as_a_new_process_renders_them(tmp_path):
+    run_updates(tmp_path, 160, grouped=True)

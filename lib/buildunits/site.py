@@ -149,6 +149,7 @@ class Site:
         self._dirty_wf = set()   # sealed waterfall pages to render again
         self._touched = set()    # builders whose numbers, builds or seal changed in this pass
         self._index_text = None  # INDEX's text as this process last wrote it
+        self._index_entries = {}  # builder -> its entry in INDEX's text (siteindex.save)
         self._shown = None       # (builders, older waterfall pages, queue) the heads show
         self._provisional = False  # the heads of a site whose full rendering is under way
 
@@ -964,8 +965,11 @@ class Site:
         if self._seals_json is None or self._seals_json[0] is not self._wf_seals \
                 or self._seals_json[1] != len(self._wf_seals):
             self._seals_json = (self._wf_seals, len(self._wf_seals), siteindex.seals_text(self._wf_seals))
+        # A builder's entry changes only with its numbers, builds, seal or
+        # pages, which put it in _touched or _dirty (_badges: its last).
+        changed = None if self._all else self._touched | self._dirty | self._badges
         text = siteindex.save(path, self._b, self._wf_pages, self._wf_open, FINAL_MARK, self._index_text,
-                              seals_json=self._seals_json[2])
+                              seals_json=self._seals_json[2], entries=self._index_entries, changed=changed)
         if text != self._index_text:
             self._index_text = text
             self._index_stamp = sitefiles.stamp(path)

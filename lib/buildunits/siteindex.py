@@ -224,9 +224,13 @@ def _builder(name, e):
     return b
 
 
-def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None, seals_json=None):
+def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None, seals_json=None,
+         entries=None, changed=None):
     """Write INDEX at PATH (no fsync: a lost INDEX costs a full rendering)
-    unless its text would be PREVIOUS; returns the text."""
+    unless its text would be PREVIOUS; returns the text.  ENTRIES (a dict
+    the caller keeps) holds each builder's entry as the last call wrote
+    it; CHANGED names the builders whose entries may differ since (None:
+    any), so a pass that changed one builder encodes one entry."""
     idx = {"format": "site-index", "version": INDEX_VERSION, "mark": mark,
            "history_page": HISTORY_PAGE,
            "waterfall": {"pages": wf_pages, "open": [
@@ -238,9 +242,20 @@ def save(path, builders, wf_pages, wf_open, mark, previous=None, seals=None, sea
         '"\\u0000seals"', seals_json if seals_json is not None else seals_text(seals or {}), 1)
     # A builder's entry is encoded again only when it changed: a pass
     # that changed nothing costs a comparison per builder.
-    entries = ", ".join("%s: %s" % (json.dumps(name, ensure_ascii=True), b.index_text())
-                        for name, b in sorted(builders.items()))
-    text = head[:-3] + "{" + entries + "}}\n"   # head ends with {}}
+    if entries is None:
+        entries = {}
+    if changed is None or len(entries) != len(builders):
+        entries.clear()
+        changed = builders
+    for name in changed:
+        b = builders.get(name)
+        if b is not None:
+            entries[name] = "%s: %s" % (json.dumps(name, ensure_ascii=True), b.index_text())
+    if len(entries) != len(builders):      # one gone: not ours to guess which
+        entries.clear()
+        entries.update((name, "%s: %s" % (json.dumps(name, ensure_ascii=True), b.index_text()))
+                       for name, b in builders.items())
+    text = head[:-3] + "{" + ", ".join(entries[name] for name in sorted(entries)) + "}}\n"   # head ends with {}}
     if text != previous:
         fsutil.write_atomic(path, text, durable=False)
     return text

@@ -20,11 +20,22 @@ of the console or the waterfall is its cells joined, an empty one a
 constant: what a pass costs does not grow with the builders but by a
 join of their parts.
 
+Past sitegroups.PAGE_BUILDERS builders, builders.html and console.html
+are the index of sections (sitegroups.sections: by WaterfallGroup=, in
+chunks of PAGE_BUILDERS builders), each section with its own list of
+builders and console, and a group's waterfall is cut into the same
+chunks: a finished build rewrites the pages of its section, its chunk of
+its group and the indexes, a bounded number of bytes whatever the number
+of builders (_sections_pages).
+
 The site's layout, with relative links only, so it reads the same through
 any web server, from file://, or copied elsewhere (B is a builder, N a
 build number; docs/site.md has the same table for readers):
 
     index.html                  the waterfall's first page: the newest builds
+    groups/G.html, groups/G/K.html   group G's waterfall, its chunk 1 or K
+    groups/G/builders-K.html    section (G, K): its builders (sitegroups)
+    groups/G/console-K.html     section (G, K): its console
     waterfall/K.html            older waterfall pages, 1 the oldest (sealed)
     console.html                revisions against builders
     builders.html               every builder and its last result
@@ -44,6 +55,7 @@ build number; docs/site.md has the same table for readers):
 """
 
 import heapq
+import itertools
 import json
 import operator
 import os
@@ -88,13 +100,19 @@ class Pages:
         self._parts = {}         # id(column) -> (column, its parts): this pass's columns
         self._group_parts = {}   # group -> (its column, its parts)
         self._cells = {}         # (boxes, more) -> consolecell.html: last pass's and this one's
-        self._joined = {}        # (template, root) -> (columns, their parts joined)
+        self._cells_old = {}
+        self._joined = {}        # (template, root, slot) -> (_join_parts' list, those parts joined)
+        self._joined_parts = {}  # (template, root, slot) -> (columns, their parts)
         self._row_cells = {}     # (root, columns, cells) -> a row's cells joined: last pass's and this one's
         self._row_cells_old = {}
         self._group_cells = {}   # (cards, href, root) -> groupcell.html: last pass's and this one's
         self._group_cells_old = {}
         self._plan = None        # (names, cfg, sitegroups.plan of them)
-        self._group_cols = {}    # group -> (member columns, sitegroups.group_column of them)
+        self._feed_last = None   # atom.xml's cards (_feed_cards)
+        self._group_cols = {}    # (kind, group, k) -> (a chunk's columns, sitegroups.group_column of them)
+        self._group_merged = {}  # group -> (its chunks' group_columns, sitegroups.merge of them)
+        self._sections = None    # (names, cfg, sitegroups.sections of them)
+        self._section_seen = {}  # (what, group, k) or what -> what its page showed
 
     def forget_build(self, name, n):
         self._pieces.pop((name, n), None)
@@ -173,26 +191,36 @@ class Pages:
         to write.  api/builders.json comes last."""
         every = changed is None
         dirty, finished, badges = changed or (set(), set(), set())
+        templates.forget_times(time.strftime("%z"))
         if every:
-            self._cols, self._group_parts = {}, {}
-        self._parts = {}
+            self._cols, self._group_parts, self._parts = {}, {}, {}
         # What this pass's rows use is kept for the next, and no more.
         self._row_cells_old, self._row_cells = self._row_cells, {}
         self._group_cells_old, self._group_cells = self._group_cells, {}
-        columns = [self._column(cfg, b, queued.get(b.name, (0, [])), every or b.name in dirty) for b in bs]
+        self._cells_old, self._cells = self._cells, {}
+        if every:
+            self._section_seen = {}
+        columns = self._columns(cfg, bs, queued, dirty, every)
         common = dict(root="", refresh=REFRESH_SEC, feed="atom.xml")
-        self._waterfall_head(cfg, bs, wf_pages, columns, common, None if every else dirty)
-        self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
-                         columns=columns, rows=self._join("builderrow.html", columns, ""), **common)
-        if every or dirty:
-            self._write_page(cfg, "console.html", "console.html", title="%s: console" % cfg.title,
-                             columns=columns, head=self._join("consolehead.html", columns, ""),
-                             rows=self._console_rows(bs), **common)
+        by_name = {b.name: (b, col) for b, col in zip(bs, columns)}
+        written = set()          # the pages under groups/ a full pass keeps
+        layout = self._waterfall_head(cfg, bs, wf_pages, columns, by_name, common, None if every else dirty,
+                                      written)
+        sections = self._sections_of(cfg, [b.name for b in bs])
+        if sections is None:
+            self._write_page(cfg, "builders.html", "builders.html", title="%s: builders" % cfg.title,
+                             columns=columns, rows=self._join("builderrow.html", columns, ""), **common)
+            if every or dirty:
+                self._write_page(cfg, "console.html", "console.html", title="%s: console" % cfg.title,
+                                 columns=columns, head=self._join("consolehead.html", columns, ""),
+                                 rows=self._console_rows(bs, ""), **common)
+        else:
+            self._sections_pages(cfg, sections, layout, by_name, common, None if every else dirty, written)
+        if every:
+            self._remove_stale_group_pages(written)
         if every or finished:
-            cards = heapq.nlargest(FEED_ENTRIES, (c for b in bs for c in b.cards.values()
-                                                  if c["state"] == "finished" and c["finished"] is not None),
-                                   key=_feed_order)
-            self._feed(cfg, "atom.xml", "", "index.html", cfg.title, cards, "")
+            self._feed(cfg, "atom.xml", "", "index.html", cfg.title, self._feed_cards(bs, by_name, dirty | finished,
+                                                                                       every), "")
         for b, column in zip(bs, columns):
             if every or b.name in dirty:
                 self._builder_head(cfg, b, column)
@@ -208,14 +236,32 @@ class Pages:
         # pass that put it there: the build's own, the heads, feeds, badges.
         doc = siteviews.builders_doc(cfg.title, [], time.time())
         del doc["builders"]   # the last key: the builders' parts, spliced
-        self.files.write_json("api/builders.json", doc, [self._part("json", c, "") for c in columns],
-                              key="builders")
+        self.files.write_json("api/builders.json", doc, self._join_parts("json", columns, ""), key="builders")
 
     # ------------------------------------------------- a builder's parts
-    def _column(self, cfg, b, queued, changed):
+    def _columns(self, cfg, bs, queued, dirty, every):
+        """The columns of BS, in order (_column).  A builder not in DIRTY
+        whose number, last build (the same object: siteindex.Builder
+        replaces it), queue and configuration are what its column was made
+        of keeps it without a look at more: at 1000 builders, a key made
+        for each would be the most of what a finished build costs."""
+        out, cols = [], self._cols
+        for b in bs:
+            name = b.name
+            q = queued.get(name)
+            kept = cols.get(name)
+            if (kept is not None and not every and name not in dirty and kept[3] is cfg
+                    and kept[4] == b.known and kept[5] is b.last and kept[6] == q):
+                out.append(kept[1])
+            else:
+                out.append(self._column(cfg, b, q, every or name in dirty))
+        return out
+
+    def _column(self, cfg, b, q, changed):
         """B's column (siteviews.column), that of the last pass unless B's
         builds CHANGED or what else it shows did; then the parts of pages
-        made of it are kept too (_part).  QUEUED: (count, [requests])."""
+        made of it are kept too (_part).  Q: (count, [requests]) or None."""
+        queued = q or (0, [])
         builder = cfg.builders.get(b.name)
         count, reqs = queued
         key = (b.known, None if b.last is None else tuple(b.last.values()), count,
@@ -224,8 +270,10 @@ class Pages:
         if kept is not None and not changed and kept[0] == key:
             col, parts = kept[1], kept[2]
         else:
+            if kept is not None:
+                self._parts.pop(id(kept[1]), None)
             col, parts = siteviews.column(b, builder, queued), {}
-            self._cols[b.name] = (key, col, parts)
+        self._cols[b.name] = (key, col, parts, cfg, b.known, b.last, q)
         self._parts[id(col)] = (col, parts)
         return col
 
@@ -247,23 +295,34 @@ class Pages:
             piece = parts[(template, root)] = _make_part(template, c, root)
         return piece
 
-    def _join(self, template, columns, root):
+    def _join(self, template, columns, root, slot=None):
         """The parts of COLUMNS joined, those of the last page of TEMPLATE
-        again but for the columns that are not the same objects."""
-        kept = self._joined.get((template, root))
+        (at SLOT: a section's) again but for the columns that are not the
+        same objects."""
+        kept = self._joined.get((template, root, slot))
+        parts = self._join_parts(template, columns, root, slot)
+        if kept is not None and kept[0] is parts:
+            return kept[1]
+        joined = markupsafe.Markup("".join(parts))
+        self._joined[(template, root, slot)] = (parts, joined)
+        return joined
+
+    def _join_parts(self, template, columns, root, slot=None):
+        """The parts of COLUMNS (_part), the list of the last call at
+        TEMPLATE, ROOT and SLOT again (the same object) if every column is
+        the same object, else a new list, made again but for those."""
+        kept = self._joined_parts.get((template, root, slot))
         if kept is not None and len(kept[0]) == len(columns):
-            parts = kept[1]
             changed = [i for i, same in enumerate(map(operator.is_, columns, kept[0])) if not same]
             if not changed:
-                return kept[2]
-            parts = list(parts)
+                return kept[1]
+            parts = list(kept[1])
             for i in changed:
                 parts[i] = self._part(template, columns[i], root)
         else:
             parts = [self._part(template, c, root) for c in columns]
-        joined = markupsafe.Markup("".join(parts))
-        self._joined[(template, root)] = (list(columns), parts, joined)
-        return joined
+        self._joined_parts[(template, root, slot)] = (list(columns), parts)
+        return parts
 
     def _layout(self, cfg, names):
         """sitegroups.plan of NAMES, made again when they or CFG changed."""
@@ -272,24 +331,84 @@ class Pages:
             self._plan = (names, cfg, sitegroups.plan(list(names), _group_of(cfg)))
         return self._plan[2]
 
-    def _group_column(self, name, columns):
-        kept = self._group_cols.get(name)
+    def _sections_of(self, cfg, names):
+        """sitegroups.sections of NAMES, made again when they or CFG changed."""
+        names = tuple(names)
+        if self._sections is None or self._sections[1] is not cfg or self._sections[0] != names:
+            self._sections = (names, cfg, sitegroups.sections(list(names), _group_of(cfg)))
+        return self._sections[2]
+
+    def _chunk_column(self, key, name, columns):
+        """sitegroups.group_column of COLUMNS (a chunk, at KEY), made again
+        when one of them is not the same."""
+        kept = self._group_cols.get(key)
         if kept is None or kept[0] != columns:
-            kept = self._group_cols[name] = (columns, sitegroups.group_column(name, columns))
+            kept = self._group_cols[key] = (columns, sitegroups.group_column(name, columns))
         return kept[1]
 
-    def _waterfall_head(self, cfg, bs, wf_pages, columns, common, dirty):
+    def _group_column(self, name, columns):
+        """Group NAME's column of index.html: merged from its chunks', so
+        that a finished build costs a chunk's summary, not the group's."""
+        parts = [self._chunk_column(("group", name, k), name, chunk)
+                 for k, chunk in enumerate(sitegroups.chunks(columns), 1)]
+        kept = self._group_merged.get(name)
+        if kept is None or len(kept[0]) != len(parts) or not all(map(operator.is_, kept[0], parts)):
+            kept = self._group_merged[name] = (parts, sitegroups.merge(name, parts))
+        return kept[1]
+
+    def _sections_pages(self, cfg, sections, layout, by_name, common, dirty, written):
+        """Past PAGE_BUILDERS builders: each section's list of builders
+        (when one of its columns changed) and console (when one of its
+        builders' builds did: in DIRTY, None for all), then builders.html
+        and console.html, their index (when a section's summary changed)."""
+        waterfalls = {name for kind, name, _names in (layout or ()) if kind == "group"}
+        counts = {}
+        for g, _k, _names in sections:
+            counts[g] = counts.get(g, 0) + 1
+        rows, root = [], "../../"
+        for g, k, names in sections:
+            members = [by_name[n] for n in names]
+            cols = [col for _b, col in members]
+            paths = {"builders": sitegroups.builders_path(g, k), "console": sitegroups.console_path(g, k)}
+            written.update(paths.values())
+            label = text(g) if counts[g] == 1 else "%s %d of %d" % (text(g), k, counts[g])
+            nav = {"label": label, "pages": [("%s %d" % (text(g), j), sitegroups.builders_path(g, j))
+                                             for j in range(1, counts[g] + 1)] if counts[g] > 1 else []}
+            if dirty is None or self._section_seen.get(("builders", g, k)) != cols:
+                self._section_seen[("builders", g, k)] = cols
+                self._write_page(cfg, paths["builders"], "builders.html", root=root, refresh=REFRESH_SEC,
+                                 feed="atom.xml", title="%s: builders, %s" % (cfg.title, label),
+                                 columns=cols, rows=self._join("builderrow.html", cols, root, (g, k)),
+                                 section=dict(nav, what="builders"))
+            if dirty is None or dirty.intersection(names):
+                console_nav = dict(nav, what="console", pages=[(lbl, sitegroups.console_path(g, j))
+                                                               for j, (lbl, _p) in enumerate(nav["pages"], 1)])
+                self._write_page(cfg, paths["console"], "console.html", root=root, refresh=REFRESH_SEC,
+                                 feed="atom.xml", title="%s: console, %s" % (cfg.title, label), columns=cols,
+                                 head=self._join("consolehead.html", cols, root, (g, k)),
+                                 rows=self._console_rows([b for b, _col in members], root), section=console_nav)
+            rows.append(dict(paths, group=text(g), label=label, first=text(names[0]), last=text(names[-1]),
+                             waterfall=sitegroups.page_path(g, k) if g in waterfalls else "",
+                             column=self._chunk_column(("section", g, k), g, cols)))
+        total = len(by_name)
+        if dirty is None or self._section_seen.get("index") != rows:
+            self._section_seen["index"] = rows
+            for what, rel in (("builders", "builders.html"), ("console", "console.html")):
+                self._write_page(cfg, rel, "sections.html", title="%s: %s" % (cfg.title, what), what=what,
+                                 sections=rows, total=total, per_page=sitegroups.PAGE_BUILDERS, **common)
+
+    def _waterfall_head(self, cfg, bs, wf_pages, columns, by_name, common, dirty, written):
         """index.html, and the groups' pages (sitegroups) whose builders
-        are in DIRTY (None: all) or whose head rows changed."""
+        are in DIRTY (None: all) or whose head rows changed; the layout
+        (sitegroups.plan) it used.  WRITTEN gets the group pages' paths."""
         heads = [c for b in bs for n, c in b.cards.items() if n > b.sealed]
         older = "waterfall/%d.html" % wf_pages if wf_pages else ""
         pages = [("page %d" % k, "waterfall/%d.html" % k) for k in range(wf_pages - 1, max(0, wf_pages - 5), -1)]
         if wf_pages > 5:
             pages.append(("page 1 (oldest)", "waterfall/1.html"))
         pager = {"newer": "", "older": older, "pages": pages}
-        layout = self._layout(cfg, [b.name for b in bs])
+        plan = layout = self._layout(cfg, [b.name for b in bs])
         wf_columns = columns
-        by_name = {b.name: (b, col) for b, col in zip(bs, columns)}
         if layout is not None:
             wf_columns = [by_name[names[0]][1] if kind == "builder"
                           else self._group_column(name, [by_name[n][1] for n in names])
@@ -303,42 +422,62 @@ class Pages:
                          **self._wf_cells(wf_columns, "", True, any_queued), **common)
         groups = {name: [by_name[n] for n in names] for kind, name, names in layout if kind == "group"}
         for name, members in groups.items():
-            self._group_page(cfg, name, members, dict(pager, pages=[]), dirty)
-        if dirty is None:
-            self._remove_stale_group_pages(groups)
+            parts = sitegroups.chunks(members)
+            pages = [] if len(parts) == 1 else [
+                ("builders %d-%d" % ((k - 1) * sitegroups.PAGE_BUILDERS + 1,
+                                     (k - 1) * sitegroups.PAGE_BUILDERS + len(chunk)), sitegroups.page_path(name, k))
+                for k, chunk in enumerate(parts, 1)]
+            for k, chunk in enumerate(parts, 1):
+                written.add(sitegroups.page_path(name, k))
+                self._group_page(cfg, name, k, len(parts), chunk, dict(pager, pages=pages), dirty)
+        return plan
 
-    def _group_page(self, cfg, name, members, pager, dirty):
-        """groups/G.html: group NAME's waterfall, MEMBERS [(Builder, column)]:
-        its 2*WaterfallDepth= newest builds."""
+    def _group_page(self, cfg, name, k, count, members, pager, dirty):
+        """groups/G.html (groups/G/K.html: chunk K of COUNT): group NAME's
+        waterfall, MEMBERS [(Builder, column)]: their 2*WaterfallDepth=
+        newest builds."""
         columns = [col for _b, col in members]
         seen = (columns, pager)
-        if dirty is not None and self._group_seen.get(name) == seen and not dirty.intersection(
+        if dirty is not None and self._group_seen.get((name, k)) == seen and not dirty.intersection(
                 b.name for b, _col in members):
             return
-        self._group_seen[name] = seen
+        self._group_seen[(name, k)] = seen
+        title = text(name) if count == 1 else "%s %d of %d" % (text(name), k, count)
         layout = [("builder", b.name, [b.name]) for b, _col in members]
-        # The group's newest builds of those in memory (each builder's first
+        # The chunk's newest builds of those in memory (each builder's first
         # page's worth), sealed or not: its share of index.html may be none.
         heads = heapq.nlargest(2 * max(1, int(cfg.waterfall_depth)),
                                (c for b, _col in members for c in b.cards.values()), key=card_order)
         any_queued = any(c["queued_count"] for c in columns)
-        self._write_page(cfg, sitegroups.page_path(name), "waterfall.html", root="../", refresh=REFRESH_SEC,
-                         feed="atom.xml", title="%s: %s" % (cfg.title, text(name)), head=True, group=text(name),
-                         columns=columns, rows=self._rows(heads, _slots(layout), columns, "../"),
+        root = "../" if k == 1 else "../../"
+        self._write_page(cfg, sitegroups.page_path(name, k), "waterfall.html", root=root, refresh=REFRESH_SEC,
+                         feed="atom.xml", title="%s: %s" % (cfg.title, title), head=True, group=title,
+                         columns=columns, rows=self._rows(heads, _slots(layout), columns, root),
                          pager=pager, any_queued=any_queued, max_queued=MAX_QUEUED_SHOWN,
-                         **self._wf_cells(columns, "../", True, any_queued))
+                         **self._wf_cells(columns, root, True, any_queued, (name, k)))
 
-    def _remove_stale_group_pages(self, groups):
-        """After a full rendering: the pages of groups no builder is in now."""
-        keep = {sitegroups.page_path(name).split("/", 1)[1] for name in groups}
+    def _remove_stale_group_pages(self, written):
+        """After a full rendering: the pages under groups/ it did not
+        write (WRITTEN: paths from the top), of groups or sections gone."""
+        top = self.files.path("groups")
+        keep = {self.files.path(rel) for rel in written}
         try:
-            names = os.listdir(self.files.path("groups"))
+            names = os.listdir(top)
         except FileNotFoundError:
             return
         for name in names:
-            if name.endswith(".html") and not name.startswith(".") and name not in keep:
-                fsutil._unlink_quietly(os.path.join(self.files.path("groups"), name))
-        self._group_seen = {k: v for k, v in self._group_seen.items() if k in groups}
+            path = os.path.join(top, name)
+            if name.endswith(".html") and not name.startswith("."):
+                if path not in keep:
+                    fsutil._unlink_quietly(path)
+            elif not name.startswith(".") and os.path.isdir(path) and not os.path.islink(path):
+                for inner in os.listdir(path):
+                    if inner.endswith(".html") and not inner.startswith(".") \
+                            and os.path.join(path, inner) not in keep:
+                        fsutil._unlink_quietly(os.path.join(path, inner))
+        groups = {rel for rel in written}
+        self._group_seen = {k: v for k, v in self._group_seen.items()
+                            if sitegroups.page_path(*k) in groups}
 
     def _builder_head(self, cfg, b, column):
         floor = b.head_floor()
@@ -383,7 +522,7 @@ class Pages:
             cells = tuple((col, self._cell(cards, columns[col], root)) for col, cards in row["cells"].items())
             row["cells"] = self._join_cells((root, len(columns), cells), len(columns), WATERFALL_EMPTY,
                                             '<td class="build">%s</td>\n')
-            day = time.strftime("%Y-%m-%d", time.localtime(row["started"])) if row["started"] else ""
+            day = templates.day(row["started"]) if row["started"] else ""
             row["day"] = day if day != last_day else ""
             last_day = day
         return rows
@@ -413,7 +552,7 @@ class Pages:
         self._row_cells[key] = joined
         return joined
 
-    def _console_rows(self, bs):
+    def _console_rows(self, bs, root):
         """Console rows: a revision each, newest first, from the cards in
         memory.  Only the CONSOLE_ROWS newest get cells: a row has a cell
         per builder, so making them all would cost rows x builders."""
@@ -433,7 +572,7 @@ class Pages:
                         first[key] = order
         newest = [groups[key] for key in heapq.nlargest(CONSOLE_ROWS, groups, key=first.__getitem__)]
         rows = []
-        old, self._cells = self._cells, {}   # the cells of this pass are kept for the next
+        old = self._cells_old                # the cells of this pass are kept for the next (heads)
         for cards in newest:
             cards.sort(key=card_order, reverse=True)
             lead = next((c for c in cards if c["changes"]), cards[-1])
@@ -442,7 +581,7 @@ class Pages:
                 mine.setdefault(index[c["builder"]], []).append(c)
             cells = []
             for i, cell in sorted(mine.items()):
-                key = (tuple(self.fragment("consolebox.html", c, "") for c in cell[:CONSOLE_CELL]),
+                key = (tuple(self.fragment("consolebox.html", c, root) for c in cell[:CONSOLE_CELL]),
                        max(0, len(cell) - CONSOLE_CELL))
                 td = old.get(key) or self._cells.get(key)
                 if td is None:
@@ -451,12 +590,34 @@ class Pages:
                 cells.append((i, td))
             # Most builders did not build this revision: an empty cell each.
             rows.append({"started": min(card_time(c) for c in cards) or None, "branch": lead["branch"],
-                         "changes": self.fragment("changes.html", lead, ""),
+                         "changes": self.fragment("changes.html", lead, root),
                          "cells": self._join_cells(("console", len(bs), tuple(cells)), len(bs), CONSOLE_EMPTY,
                                                    "%s")})
         return rows
 
     # ---------------------------------------------------- feeds, badges
+    def _feed_cards(self, bs, by_name, changed, every):
+        """The FEED_ENTRIES newest finished builds of BS: of the last
+        feed's and those of the builders CHANGED, while every card of the
+        last feed is still the builder's (a card not there, replaced or
+        pruned or removed, and every full pass: of all the cards).  A card
+        of a builder not changed that was not in the last feed is older
+        than its entries, so it is not in this one either."""
+        last = self._feed_last
+        if every or last is None or any(by_name.get(c["builder"], (None,))[0] is None
+                                        or by_name[c["builder"]][0].cards.get(c["number"]) is not c for c in last):
+            pool = (c for b in bs for c in b.cards.values())
+        else:
+            pool = itertools.chain(last, (c for name in changed if name in by_name
+                                          for c in by_name[name][0].cards.values()))
+        seen, cards = set(), []
+        for c in pool:
+            if c["state"] == "finished" and c["finished"] is not None and id(c) not in seen:
+                seen.add(id(c))
+                cards.append(c)
+        self._feed_last = heapq.nlargest(FEED_ENTRIES, cards, key=_feed_order)
+        return self._feed_last
+
     def _feed(self, cfg, rel, root, alternate, title, cards, builder):
         entries = sorted((c for c in cards if c["state"] == "finished" and c["finished"] is not None),
                          key=_feed_order, reverse=True)
@@ -487,12 +648,13 @@ class Pages:
             piece = pieces[(template, root)] = _make_piece(template, c, root)
         return piece
 
-    def _wf_cells(self, columns, root, head, any_queued):
-        """The columns' parts of a waterfall page (waterfall.html)."""
+    def _wf_cells(self, columns, root, head, any_queued, slot=None):
+        """The columns' parts of a waterfall page (waterfall.html); SLOT
+        the page's, for _join (a group's chunk)."""
         none = markupsafe.Markup("")
-        return {"head_cells": self._join("wfhead.html", columns, root),
-                "last_cells": self._join("wflast.html", columns, root) if head else none,
-                "queued_cells": self._join("wfqueued.html", columns, root) if head and any_queued else none}
+        return {"head_cells": self._join("wfhead.html", columns, root, slot),
+                "last_cells": self._join("wflast.html", columns, root, slot) if head else none,
+                "queued_cells": self._join("wfqueued.html", columns, root, slot) if head and any_queued else none}
 
     def _write_page(self, cfg, rel, template, **context):
         context.setdefault("site_title", cfg.title)
