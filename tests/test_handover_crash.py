@@ -271,6 +271,8 @@ def _formats(in_spool, rel, name):
     if rel[0] == "builds" and len(rel) == 3:
         # progress.jsonl is appended to, not replaced: a crash may tear its
         # last line, which readers ignore (state.py).
+        if name in ("keep.json", "pruned.json"):
+            return (name[:-len(".json")],)     # the janitor's markers: a pin, what it removed
         return ("build",) if name == "build.json" else (() if name.endswith(".log") or name == "progress.jsonl"
                                                         else None)
     if rel == ["workers"] and name.endswith(".json"):
@@ -283,6 +285,8 @@ def _formats(in_spool, rel, name):
         return ("poller",)
     if rel == ["notifier"] and name.endswith(".json"):
         return ("notifier",) if name == "cursor.json" else ("undelivered",)
+    if rel == ["janitor"] and name == "retention.json":
+        return ("retention",)
     return None
 
 

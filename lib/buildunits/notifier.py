@@ -239,8 +239,7 @@ class Notifier(daemon.Daemon):
             records.write(self.state.notifier_path(CURSOR), "notifier", self.cursor)   # commit point 2
 
     def _has_destinations(self, b):
-        return bool(b.forge_status or any(r.mail or r.mail_authors or r.webhook or r.exec_notify
-                                          for r in notifyrules.rules(self.cfg, b)))
+        return notifyrules.has_destinations(self.cfg, b)
 
     def _old_gap(self, builder, n):
         try:
