@@ -56,6 +56,10 @@ DESCRIPTION
     that finish from then on (no mail for the whole history; a builder
     configured later, likewise).
 
+    The janitor reads the cursor too: it keeps a finished build the
+    notifier has still to read (`buildunits janitor`), so a build
+    removed while the notifier is down is not one told of to no one.
+
     `buildunits status` shows the outbox: how many messages wait, the
     oldest's age and its last error.
 
