@@ -268,6 +268,8 @@ def _formats(in_spool, rel, name):
         return None     # corrupt/ included: nothing may be torn
     if rel[0] == "builds" and len(rel) == 2 and name == "next.json":
         return ("counter",)
+    if rel[0] == "builds" and len(rel) > 3 and rel[3] == "artifacts":
+        return ()       # a build's artifacts: the files of its work directory, as they were
     if rel[0] == "builds" and len(rel) == 3:
         # progress.jsonl is appended to, not replaced: a crash may tear its
         # last line, which readers ignore (state.py).

@@ -55,6 +55,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -130,13 +131,15 @@ Description=forced only
 Command=sleep 0.05
 """
 
+# Its artifacts make a removal long enough for a kill to land in it.
 BUILDER_K = """\
 [Builder]
 Description=forced only, thinned by the janitor
 KeepBuilds=2
+Artifacts=out/*
 
 [Step one]
-Command=sleep 0.05
+Command=mkdir -p out && for i in $(seq 100); do echo $i >out/f$i; done
 """
 
 
@@ -160,12 +163,19 @@ def say(capsys, text):
 class Janitor:
     """`buildunits janitor` passes, one at a time, each run in the
     background while the rounds go on: SIGKILLed at its round's kill, or
-    left to finish (and its exit status checked before the next starts)."""
+    left to finish (and its exit status checked before the next starts).
+
+    Most of a pass is the interpreter starting: a kill at the round's
+    moment would land there.  So a pass to be killed is killed at a random
+    moment of the span passes have taken (their median so far), where
+    its work is (the renames, the deletions, the hints, the markers), or
+    as soon as it has renamed a build out."""
 
     def __init__(self, daemons):
         self.daemons = daemons
         self.proc = None
         self.passes = self.killed = 0
+        self.took = [0.5]
         self.log_path = os.path.join(daemons.logs_dir, "janitor.log")
 
     def start(self):
@@ -175,19 +185,45 @@ class Janitor:
             self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.daemons.env(bus=False),
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
+        self.started = time.monotonic()
+        self.ended = None
+        proc = self.proc
+
+        def watch():            # when it ended, not when the test looked
+            proc.wait()
+            self.ended = time.monotonic()
+        threading.Thread(target=watch, daemon=True).start()
         self.passes += 1
 
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
+    def kill(self, rng):
+        if self.proc is None:
+            return
+        span = sorted(self.took)[len(self.took) // 2]
+        at = self.started + rng.uniform(0.5, 1.1) * span
+        if rng.random() < 0.5:
+            # Or the moment a build is half removed (renamed out, not yet
+            # deleted), a window of milliseconds a random kill seldom hits.
+            at = self.started + 1.5 * span
+            while self.proc.poll() is None and time.monotonic() < at \
+                    and not self.daemons.state.removals_left("k"):
+                time.sleep(0.001)       # a fault's aim, not a wait for a result
+            at = time.monotonic()
+        try:
+            self.proc.wait(timeout=max(0.0, at - time.monotonic()))    # the fault's timing
+        except subprocess.TimeoutExpired:
             kill_group(self.proc, True)
             self.proc.wait()
             self.killed += 1
             self.proc = None
+        else:
+            self.wait()
 
     def wait(self):
         if self.proc is not None:
             rc = self.proc.wait(timeout=60)
             assert rc == 0, "buildunits janitor exited with status %d:\n%s" % (rc, self.log())
+            wait_for(lambda: self.ended is not None, what="the janitor's end seen")
+            self.took.append(self.ended - self.started)
             self.proc = None
 
     def log(self):
@@ -309,7 +345,7 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
             pytest.fail("%s exited with status %s on its own\n%s"
                         % (victim, daemons.procs[victim].returncode, daemons.log(victim, -1)))
         if janitor_now and rng.random() < JANITOR_KILL_P:
-            jan.kill()
+            jan.kill(rng)
         if rng.random() < 0.7:
             daemons.start(victim)
         else:
