@@ -10,9 +10,10 @@ janitor` passes run now and then, with retention keys that remove builds
 round a seeded RNG picks a daemon, waits a random moment and kills it with
 SIGKILL (with everything below it, as systemd kills a unit's cgroup), then
 starts it again (at once, or after the next round); a janitor pass started
-in the round is SIGKILLed at that moment too, half the time; and now and
-then the SMTP server is stopped, or started again (an outage of one or more
-rounds, during which the notifier defers).
+in the round is SIGKILLed half the time (at a random moment of the span
+passes take, or as soon as it has renamed a build out, half-removed); and
+now and then the SMTP server is stopped, or started again (an outage of
+one or more rounds, during which the notifier defers).
 
 The calm phase.  Then every daemon is started and the SMTP server with
 them, and the test waits (events with deadlines) for every commit to be
