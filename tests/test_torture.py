@@ -9,7 +9,8 @@ janitor` passes run now and then, with retention keys that remove builds
 (KeepBuilds=2 on one builder) and logs (KeepLogDays=0 on another).  Each
 round a seeded RNG picks a daemon, waits a random moment and kills it with
 SIGKILL (with everything below it, as systemd kills a unit's cgroup), then
-starts it again (at once, or after the next round); a janitor pass started
+starts it again (at once, or after the next round; the notifier after up
+to six: an outage of its own); a janitor pass started
 in the round is SIGKILLed half the time (at a random moment of the span
 passes take, or as soon as it has renamed a build out, half-removed); and
 now and then the SMTP server is stopped, or started again (an outage of
@@ -77,6 +78,7 @@ KILL_DELAY_MAX = 0.3     # seconds after a hand-in: where in the work the kill l
 JANITOR_P = 0.3          # a round starts a janitor pass...
 JANITOR_KILL_P = 0.5     # ...SIGKILLed at the round's kill this often (else left to finish)
 SMTP_TOGGLE_P = 0.12     # a round stops the SMTP server, or starts it again
+NOTIFIER_DOWN_MAX = 6    # rounds
 FORCE_K_P = 0.4          # a forced build is of k (thinned by the janitor), else of f
 
 GLOBAL = """\
@@ -302,7 +304,7 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
 
     commits = {"main": [], "topic": []}
     forces = {}          # reason -> (builder, exit status of `buildunits force`)
-    dead = set()
+    dead = {}            # key -> rounds it stays down
     jan = Janitor(daemons)
     ledger = Ledger()
     outages = 0
@@ -311,8 +313,10 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
 
     for k in range(1, kills + 1):
         for key in sorted(dead):
-            daemons.start(key)
-        dead.clear()
+            dead[key] -= 1
+            if dead[key] <= 0:
+                del dead[key]
+                daemons.start(key)
         # Hand in some work.
         if rng.random() < 0.6:
             branch = "main" if rng.random() < 0.75 else "topic"
@@ -337,7 +341,7 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
         if janitor_now:
             jan.start()
         # The kill, at a random moment of the work just handed in.
-        victim = rng.choice(DAEMONS)
+        victim = rng.choice([d for d in DAEMONS if d not in dead])
         time.sleep(rng.uniform(0, KILL_DELAY_MAX))     # the fault's timing, not a wait for anything
         if daemons.running(victim):
             daemons.kill(victim)
@@ -350,7 +354,10 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
         if rng.random() < 0.7:
             daemons.start(victim)
         else:
-            dead.add(victim)            # down for a round, while work arrives
+            # Down for a round, while work arrives; the notifier for up to
+            # NOTIFIER_DOWN_MAX rounds, long enough for the janitor to
+            # find builds it has not read.
+            dead[victim] = rng.randint(1, NOTIFIER_DOWN_MAX) if victim == "notifier" else 1
         ledger.look(daemons, BUILDERS)
         if k % every == 0 or k == kills:
             nbuilds = sum(len(daemons.builds(b)) for b in BUILDERS)
