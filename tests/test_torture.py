@@ -332,7 +332,7 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
             assert p.returncode == 0 or "refused" in p.stderr or "buildunits:" in p.stderr, p.stderr
             forces[reason] = (builder, p.returncode)
         if rng.random() < SMTP_TOGGLE_P:
-            if smtp._controller is not None:
+            if smtp.listening:
                 smtp.stop()
                 outages += 1
             else:
@@ -370,7 +370,7 @@ def _torture(daemons, git_repo, capsys, kills, rng, smtp):
     jan.wait()
     for key in sorted(dead):
         daemons.start(key)
-    if smtp._controller is None:
+    if not smtp.listening:
         smtp.start()
     for key in DAEMONS:
         assert daemons.running(key), "%s died:\n%s" % (key, daemons.log(key, -1))
