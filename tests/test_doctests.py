@@ -11,7 +11,7 @@ import pytest
 import harness  # noqa: F401  (puts lib/ on sys.path)
 
 MODULES = ("config", "unitfile", "results", "templates", "bus", "buildrecord", "executor_unit", "proctree", "queueindex", "spool",
-           "unitprops", "credentials", "mask", "checkout")
+           "unitprops", "credentials", "mask", "checkout", "notifyrules", "janitor")
 
 
 @pytest.mark.parametrize("name", MODULES)

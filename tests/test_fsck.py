@@ -199,6 +199,28 @@ def test_removals_a_build_half_removed_by_the_janitor_is_deleted(run, dirs):
     assert sorted(os.listdir(st(dirs).builder_dir("hello"))) == [str(second), "next.json"]
 
 
+def test_removals_the_site_is_told_of_a_build_fsck_deletes(run, dirs):
+    """What the torture run found: a janitor killed between its rename and
+    its hint, then `fsck --repair`, left the removed build's pages on the
+    site for good.  The repair hints the site as the janitor's next pass
+    would, and the site's update from the hints removes the pages."""
+    from buildunits import config, site
+    from buildunits.spool import Spool
+    first, second = build(dirs), build(dirs)
+    cfg = config.load(dirs.config)
+    sp = Spool(dirs.spool)
+    s = site.Site(dirs.site, st(dirs), sp, cfg)
+    s.rebuild(force=True)
+    sp.take_hints()
+    page = os.path.join(dirs.site, "builders", "hello", str(first), "index.html")
+    assert os.path.exists(page)
+    assert st(dirs).begin_removal("hello", first)       # a janitor killed after its rename, before its hint
+    assert run("--repair")[0] == 0
+    s.update(sp.take_hints())
+    assert not os.path.lexists(page)
+    assert os.path.exists(os.path.join(dirs.site, "builders", "hello", str(second), "index.html"))
+
+
 def test_counters_a_missing_hint_is_written(run, dirs):
     build(dirs)
     os.unlink(st(dirs).counter_path("hello"))

@@ -268,9 +268,13 @@ def _formats(in_spool, rel, name):
         return None     # corrupt/ included: nothing may be torn
     if rel[0] == "builds" and len(rel) == 2 and name == "next.json":
         return ("counter",)
+    if rel[0] == "builds" and len(rel) > 3 and rel[3] == "artifacts":
+        return ()       # a build's artifacts: the files of its work directory, as they were
     if rel[0] == "builds" and len(rel) == 3:
         # progress.jsonl is appended to, not replaced: a crash may tear its
         # last line, which readers ignore (state.py).
+        if name in ("keep.json", "pruned.json"):
+            return (name[:-len(".json")],)     # the janitor's markers: a pin, what it removed
         return ("build",) if name == "build.json" else (() if name.endswith(".log") or name == "progress.jsonl"
                                                         else None)
     if rel == ["workers"] and name.endswith(".json"):
@@ -283,6 +287,8 @@ def _formats(in_spool, rel, name):
         return ("poller",)
     if rel == ["notifier"] and name.endswith(".json"):
         return ("notifier",) if name == "cursor.json" else ("undelivered",)
+    if rel == ["janitor"] and name == "retention.json":
+        return ("retention",)
     return None
 
 

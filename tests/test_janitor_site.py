@@ -155,3 +155,27 @@ def test_removed_artifacts_leave_the_site_too(tmp_path):
         assert "<dt>artifacts</dt><dd>removed" in page
     assert not os.path.lexists(latest)
     check_links(s.root)
+
+
+def test_a_removal_hint_outlives_a_pass_that_did_not_finish(tmp_path):
+    """What the torture run found: htmlgen killed in a pass after it had
+    taken the janitor's hints left the removed build's files on the site
+    for good (the next start takes up from INDEX, which did not know of
+    the removal, and the hint was gone).  Hints are taken for a pass and
+    dropped only once it is committed: the next process takes them again."""
+    st, sp, cfg, s = _site(tmp_path, size=30)
+    rep = _janitor(st, sp, cfg, keep_builds=5)
+    touched, _taken = sp.claim_hints()                   # a pass took them...
+    assert sorted(touched) == sorted((b, n) for b, nums in rep.removed.items() for n in nums)
+    victim = rep.removed["hello"][0]
+    os.unlink(os.path.join(s.root, "builders", "hello", str(victim), "index.html"))   # ...and died mid-way
+    sp.hint("hello", victim)                             # a hint made again meanwhile: one more
+    fresh = site.Site(s.root, st, sp, cfg)               # the next start, from INDEX
+    touched, taken = sp.claim_hints()
+    assert sorted(touched) == sorted((b, n) for b, nums in rep.removed.items() for n in nums)
+    fresh.rebuild(touched=touched)
+    sp.drop_hints(taken)
+    assert sp.claim_hints() == ([], [])
+    _assert_gone(fresh, rep.removed)
+    assert not os.path.lexists(os.path.join(s.root, "builders", "hello", str(victim)))
+    check_links(fresh.root)

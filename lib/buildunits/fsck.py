@@ -216,11 +216,18 @@ def _running(ctx, b, n, rec, worker, found):
 
 def removals(ctx, found):
     """builds/B/.removing-N: a build the janitor renamed out of the builds
-    (its commit point) and had not deleted yet; the next pass deletes it."""
+    (its commit point) and had not deleted yet; the next pass deletes it.
+    The repair does what that pass would: tells the site first (a hint,
+    made durable), since the pass that renamed it may have been stopped
+    before it did, and the hint is the site's only word of a removal."""
+    def repair(b, n):
+        ctx.sp.hint(b, n)
+        ctx.sp.sync_hints()
+        ctx.st.finish_removal(b, n)
     for b in ctx.st.builders():
         for n in ctx.st.removals_left(b):
             found("%s #%d: half removed by the janitor (renamed out of the builds, not yet deleted); deleted by "
-                  "its next pass" % (b, n), lambda b=b, n=n: ctx.st.finish_removal(b, n))
+                  "its next pass" % (b, n), lambda b=b, n=n: repair(b, n))
 
 
 def counters(ctx, found):

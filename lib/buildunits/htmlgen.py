@@ -48,7 +48,9 @@ DESCRIPTION
 FILES
     SPOOL/hints/             wake-up hints from runners, from the janitor
                              (a build removed: its pages go, docs/site.md)
-                             and from the notifier (a message given up on)
+                             and from the notifier (a message given up on);
+                             hints/.taken-B@N: taken by a pass, dropped once
+                             its INDEX is written (a crash: taken again)
     STATE/builds/            what it renders
     SITE/index.html          the waterfall
     SITE/api/                the JSON files (docs/site.md)
@@ -71,7 +73,7 @@ import time
 from gi.repository import GLib
 
 from . import config, daemon, fsutil, log, sitefill
-from .spool import Spool
+from .spool import HINT_TAKEN, Spool
 from .state import State
 
 LOG_FOLLOW_SEC = 2      # how often a running step's log page is brought up to date
@@ -138,6 +140,8 @@ class HTMLGen(daemon.Daemon):
     def spool_event(self, path, present):
         """A hint, or a request queued or gone: the queue's index learns it
         (sitesource.py), and a pass follows."""
+        if os.path.basename(path).startswith(HINT_TAKEN):
+            return          # a hint taken, or dropped: this process's own doing
         name = self.spool.entry_name("requests", path)
         if name is not None and self._site is not None:
             if present:
@@ -157,7 +161,11 @@ class HTMLGen(daemon.Daemon):
         self._stop_fill()   # it renders with the old configuration; the next pass starts another
 
     def work(self):
-        touched = self.spool.take_hints()
+        # The hints are dropped after the pass, whose INDEX is its commit
+        # point: a crash before that takes them again at the next start.
+        # (Taken and dropped first, a removal the janitor hinted would be
+        # lost with the pass: its hint is the site's only word of it.)
+        touched, taken = self.spool.claim_hints()
         if self._full:
             self._full = False
             self.site().rebuild(progress=lambda done, total: self.keepalive(), touched=touched)
@@ -168,6 +176,7 @@ class HTMLGen(daemon.Daemon):
             gc.freeze()
         else:
             self.site().update(touched)
+        self.spool.drop_hints(taken)
         self._renders += 1
         for b, n in touched:
             self.bus.emit("SiteUpdated", b, n)

@@ -39,6 +39,13 @@ WHAT IT NEVER REMOVES
 
     A build whose record cannot be read: history is kept as it is.
 
+    A finished build the notifier has still to read (above its cursor,
+    STATE/notifier/cursor.json, and not handled), of a builder with
+    destinations: its messages are made from its record, so once removed
+    it would be told of to no one.  Kept until the notifier has read it,
+    or GiveUpSec= after it finished (a notifier down that long has given
+    it up anyway); `buildunits janitor` says so, a line each.
+
 CRASH SAFETY
     A build is removed whole or not at all (state.py, begin_removal and
     finish_removal): builds/B/N is renamed to builds/B/.removing-N (THE
@@ -91,7 +98,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import fsutil, records
+from . import fsutil, notifyrules, records
 
 DAY = 86400.0
 # A number without a record younger than this may be a runner's between
@@ -149,6 +156,7 @@ class Report:
     artifacts: dict = field(default_factory=dict)      # builder -> [numbers] whose artifacts went
     finished: dict = field(default_factory=dict)       # builder -> [numbers] half-removed, finished now
     kept: dict = field(default_factory=dict)           # builder -> [numbers] pinned, spared
+    unnotified: dict = field(default_factory=dict)     # builder -> [numbers] the notifier has still to read
     pruned: list = field(default_factory=list)         # spool entries pruned (requests/cancelled)
     freed: int = 0                                     # bytes
     records_read: int = 0
@@ -211,10 +219,10 @@ class _Builder:
         old enough), its record readable."""
         if not self.numbers or n >= self.numbers[-1] or self.st.is_kept(self.name, n):
             return False
-        what, _rec = self.record(n)
+        what, rec = self.record(n)
         if what == "gap":
             return not self.young_gap(n)
-        return what == "finished"
+        return what == "finished" and not self.j.awaits_notifier(self.name, n, rec)
 
     def subtract(self, n, usage):
         if n < self.entry["measured_below"]:
@@ -235,6 +243,23 @@ class Janitor:
         self.site = site if site is not None and not dry_run else _NoSite()
         self.say = say or (lambda text: None)
         self.report = Report(dry_run=dry_run)
+        self._cursor = False      # the notifier's cursor, read once a pass (None: none)
+
+    def awaits_notifier(self, builder, n, rec):
+        """Whether the finished B #N (record REC) has still to be read by
+        the notifier: its messages are made from the record, so removed
+        first, it would be told of to no one (the notifier takes a number
+        with no directory for a gap)."""
+        b = self.cfg.builders.get(builder) if self.cfg is not None else None
+        if not rec or b is None or not notifyrules.has_destinations(self.cfg, b):
+            return False
+        if self._cursor is False:
+            try:
+                self._cursor = records.read(self.state.notifier_path(), "notifier")
+            except (OSError, records.RecordError):
+                self._cursor = None     # none, or unreadable: the notifier starts afresh, reading no history
+        return notifyrules.awaits_notifier(self._cursor, builder, n, rec.get("finished"), self.now,
+                                           self.cfg.notify_give_up)
 
     def run(self):
         lock = self._lock(self.state.lock_path("buildunits-janitor"), blocking=False)
@@ -303,6 +328,9 @@ class Janitor:
             if not b.removable(n):
                 if self.state.is_kept(b.name, n):
                     self.report.kept.setdefault(b.name, []).append(n)
+                elif self.awaits_notifier(b.name, n, b.record(n)[1]):
+                    self.report.unnotified.setdefault(b.name, []).append(n)
+                    self.say("%s #%d: kept until the notifier has read it" % (b.name, n))
                 continue
             why = "KeepBuilds=%d" % pol.keep_builds if counted and n <= b.numbers[counted - 1] \
                 else "KeepDays=%d" % pol.keep_days

@@ -72,6 +72,10 @@ DESCRIPTION
     that finish from then on (no mail for the whole history; a builder
     configured later, likewise).
 
+    The janitor reads the cursor too: it keeps a finished build the
+    notifier has still to read (`buildunits janitor`), so a build
+    removed while the notifier is down is not one told of to no one.
+
     `buildunits status` shows the outbox: how many messages wait, the
     oldest's age and its last error.
 
@@ -266,8 +270,7 @@ class Notifier(daemon.Daemon):
             records.write(self.state.notifier_path(CURSOR), "notifier", self.cursor)   # commit point 2
 
     def _has_destinations(self, b):
-        return bool(b.forge_status or any(r.mail or r.mail_authors or r.webhook or r.exec_notify
-                                          for r in notifyrules.rules(self.cfg, b)))
+        return notifyrules.has_destinations(self.cfg, b)
 
     def _old_gap(self, builder, n):
         try:

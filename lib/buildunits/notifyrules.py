@@ -97,6 +97,41 @@ def rules(cfg, builder):
     return [builder, cfg]
 
 
+def has_destinations(cfg, builder):
+    """Whether any build of BUILDER (a config.Builder) may be told of: the
+    notifier reads its builds (and the janitor waits for it to)."""
+    return bool(builder.forge_status or any(r.mail or r.mail_authors or r.webhook or r.exec_notify
+                                            for r in rules(cfg, builder)))
+
+
+def awaits_notifier(cursor, builder, number, finished, now, give_up):
+    """Whether the notifier has still to read build BUILDER #NUMBER, which
+    finished at FINISHED, by its CURSOR (the "notifier" record of
+    notifier.py, or None: no notifier ever ran).  A build finished before
+    the cursor was made (the history at its first start) is never read,
+    nor one older than GIVE_UP seconds (GiveUpSec=: a message that old is
+    given up; a notifier down that long has lost it anyway).
+
+    >>> c = {"created": 100.0, "builders": {"b": {"done": 4, "handled": [6]}}}
+    >>> [awaits_notifier(c, "b", n, 150.0, 200.0, 1000) for n in (4, 5, 6)]
+    [False, True, False]
+    >>> awaits_notifier(c, "b", 5, 50.0, 200.0, 1000), awaits_notifier(c, "b", 5, 150.0, 2000.0, 1000)
+    (False, False)
+    >>> awaits_notifier(c, "new", 1, 150.0, 200.0, 1000), awaits_notifier(None, "b", 5, 150.0, 200.0, 1000)
+    (True, False)
+    """
+    if not isinstance(cursor, dict) or not isinstance(finished, (int, float)) or isinstance(finished, bool):
+        return False
+    created = cursor.get("created")
+    if isinstance(created, (int, float)) and finished < created or now - finished >= give_up:
+        return False
+    e = (cursor.get("builders") or {}).get(builder)
+    if not isinstance(e, dict) or not isinstance(e.get("done"), int):
+        return True          # a builder the notifier has not looked at yet: from 0
+    handled = e.get("handled")
+    return number > e["done"] and not (isinstance(handled, list) and number in handled)
+
+
 def clean(text, limit=200):
     """TEXT on one line: every control character (CR, LF, NUL, ...) a
     space, at most LIMIT characters.  For header values and one-line facts.

@@ -76,6 +76,7 @@ QUEUE_FORMATS = {"changes": ("change", "force"), "requests": ("request",), "outb
 # sweep prunes it.  Nothing reads it after the cancel, so unlike
 # fsutil.TMP_SWEEP_AGE_SEC it pairs with no writer's limit.
 CANCELLED_KEEP_SEC = 7 * 86400
+HINT_TAKEN = ".taken-"    # hints/.taken-B@N: a hint a pass of htmlgen took, dropped once it is committed
 
 ALL, HIDDEN = "all", "hidden"   # which old files a sweep removes: any, or hidden temp names
 
@@ -101,7 +102,8 @@ LAYOUT = (
     Dir("requests/active", "WORKER/ID: claimed by runner WORKER"),
     Dir("requests/cancelled", "ID: cancelled while queued, before any claim", keep=CANCELLED_KEEP_SEC),
     Dir("cancel", "BUILDER@NUMBER: cancel this running build", HIDDEN, mode=0o2770, group="buildunits-admin"),
-    Dir("hints", "BUILDER@NUMBER: this build changed (for htmlgen)"),
+    Dir("hints", "BUILDER@NUMBER: this build changed (for htmlgen); .taken-BUILDER@NUMBER: taken by a pass of "
+                 "htmlgen not yet committed"),
     Dir("outbox", "the notifier's queue of messages (mail, webhook, forge status, ExecNotify=)"),
     Dir("outbox/tmp", "ID: a message being written, or rewritten to defer it", ALL, mode=0o750),
     Dir("outbox/new", "ID: to be sent, not before the file's mtime (Postfix's deferred queue)", mode=0o750),
@@ -581,6 +583,42 @@ class Spool:
             fsutil.fsync_dir(self.path("hints"))
         except OSError:
             pass
+
+    def claim_hints(self):
+        """The hints waiting, taken for a pass that may not finish: each is
+        renamed to hints/.taken-NAME, and dropped (drop_hints) only once
+        the pass that acts on them is committed.  The hints a pass that
+        did not finish (a crash) had taken are taken again.  A hint made
+        again meanwhile (the janitor's, after its rename, of a build a
+        runner had hinted) is a new file, not lost with the one taken.
+        Returns ([(builder, number)], the names to drop)."""
+        out, taken = set(), []
+        try:
+            names = os.listdir(self.path("hints"))
+        except FileNotFoundError:
+            return [], taken
+        for n in names:
+            if n.startswith(HINT_TAKEN):
+                t, n = n, n[len(HINT_TAKEN):]
+            else:
+                t = HINT_TAKEN + n
+                try:
+                    os.rename(self.path("hints", n), self.path("hints", t))
+                except FileNotFoundError:
+                    continue
+            taken.append(t)
+            b, at, num = n.rpartition("@")
+            if at and parse_number(num) is not None:
+                out.add((b, parse_number(num)))
+        return sorted(out), taken
+
+    def drop_hints(self, taken):
+        """Remove the hints TAKEN (claim_hints) once their pass is committed."""
+        for t in taken:
+            try:
+                os.unlink(self.path("hints", t))
+            except FileNotFoundError:
+                pass
 
     def take_hints(self):
         """The (builder, number) hints waiting, removed as they are taken."""

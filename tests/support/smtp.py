@@ -4,7 +4,7 @@ what it receives (the one module that imports aiosmtpd).
     with SMTPServer() as s:        # listens on 127.0.0.1:s.port
         ...
         s.wait_messages(1)         # [email.message.EmailMessage], with a deadline
-        s.stop(); s.start()        # down for a while, then back on the same port
+        s.stop(); s.start()        # down for a while, then back on the same port (s.listening)
         s.hold()                   # DATA is not answered until s.release()
         s.answer = f                # f(message) -> None (accept, 250) or a reply ("451 later")
 
@@ -90,6 +90,11 @@ class SMTPServer:
             self._gate.set()
             self._controller.stop()
             self._controller = None
+
+    @property
+    def listening(self):
+        """True between start() and stop()."""
+        return self._controller is not None
 
     def hold(self):
         self.entered.clear()
