@@ -65,12 +65,15 @@ class LogPages:
             if not force and self._memo.get(page) == memo and os.path.exists(page):
                 return
             excerpt = LogExcerpt(src, fd=fd)
-            pieces = templates.generate("log.html", title="%s #%d %s" % (name, n, step["name"]),
-                                        root="../../../", refresh=0, site_title=title,
-                                        builder_html="builders/%s/index.html" % quote(name, safe=""),
-                                        build=build, step=step, log=excerpt,
-                                        max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
-            self.files.write_pieces(page, pieces)
+            context = dict(title="%s #%d %s" % (name, n, step["name"]), root="../../../", refresh=0,
+                           site_title=title, builder_html="builders/%s/index.html" % quote(name, safe=""),
+                           build=build, step=step, log=excerpt, max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
+            if excerpt.size < MAX_LINE_BYTES:
+                # A short log: its page is small, made as one string and
+                # written at once (a piece per write costs more than it).
+                self.files.write(page, templates.render("log.html", **context))
+            else:
+                self.files.write_pieces(page, templates.generate("log.html", **context))
         finally:
             if fd is not None:
                 os.close(fd)
