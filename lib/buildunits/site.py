@@ -271,9 +271,13 @@ class Site:
                 if n % HISTORY_PAGE == 0 or n == b.known:
                     self._complete_pages(b, n // HISTORY_PAGE)
                 done += 1
+                if n % 16 == 0:
+                    # Each builder every 16 of its own builds: by DONE, the
+                    # builders taking turns, one builder alone was pruned
+                    # and every seal went through the others' whole history.
+                    self._prune(b)
                 if done % 16 == 0:
                     self._seal()
-                    self._prune(b)
                     if pool is not None:
                         pool.poll()
                 if progress:
