@@ -12,6 +12,12 @@ change (not timed) and times one pass, Scheduler.work(): wall and CPU
 (time.process_time) in ms, the fsyncs it made (os.fsync wrapped
 in-process), the files it renamed into place, and the signals.
 
+Then the start: Q requests queued (100 / 1000 / 10000, for 10 builders,
+delivered as the scheduler delivers them, then its memory folded as a
+running scheduler does every consumed.FOLD_LINES lines), and a new
+Scheduler's startup() timed (wall, CPU) with the request files it opened
+(records.read wrapped in-process).  STARTUP=only: the start alone.
+
 Prints one table (size | figure | value, the median over the runs) and
 writes build/bench/scale_scheduler.json.  Never fails on the figures.
 """
@@ -28,9 +34,11 @@ sys.path.insert(0, os.path.join(ROOT, "lib"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from common import write_json  # noqa: E402
-from buildunits import config, paths, scheduler  # noqa: E402
+from buildunits import config, paths, records, scheduler  # noqa: E402
 
 SIZES = (10, 100, 1000)
+QUEUED = (100, 1000, 10000)
+START_BUILDERS = 10
 RUNS, QUICK_RUNS = 7, 3
 REPO = "/srv/git/hello.git"
 
@@ -133,19 +141,80 @@ def measure(n, runs, cache):
         shutil.rmtree(root, ignore_errors=True)
 
 
+class CountingReads:
+    """records.read wrapped in-process: the request records it opens."""
+
+    def __init__(self, spool_root):
+        self.requests = 0
+        self._read = records.read
+        self._where = os.path.join(spool_root, "requests") + os.sep
+
+    def __enter__(self):
+        def read(path, *a, **kw):
+            if str(path).startswith(self._where):
+                self.requests += 1
+            return self._read(path, *a, **kw)
+        records.read = read
+        return self
+
+    def __exit__(self, *exc):
+        records.read = self._read
+
+
+def measure_start(q, runs, cache):
+    root = tempfile.mkdtemp(prefix="scale-scheduler-start-%d-" % q, dir=cache)
+    try:
+        s = make_scheduler(root, START_BUILDERS)
+        names = sorted(s.cfg.builders)
+        batch = []
+        for i in range(q):
+            b = names[i % len(names)]
+            cid = "%019d.1.%d.abcdef" % (time.time_ns(), i)
+            batch.append({"builder": b, "repository": REPO, "branch": "main", "revision": "%040x" % (i + 1),
+                          "changes": [{"id": cid, "revision": "%040x" % (i + 1), "branch": "main",
+                                       "repository": REPO, "when": 1.0, "queued": 1.0, "source": "poller"}],
+                          "reason": "bench", "properties": {}})
+            s.memory(b).add([cid], [("main", "%040x" % (i + 1))])
+            s._unfolded.add(b)
+        for i in range(0, q, 500):
+            s.spool.deliver_many("requests", "request", batch[i:i + 500])
+        s._fold()                 # what the running scheduler does every FOLD_LINES lines
+        rows = {"wall_ms": [], "cpu_ms": [], "requests_read": []}
+        for _ in range(runs):
+            again = scheduler.Scheduler(s.dirs, s.cfg, CountingBus(), NullNotifier())
+            with CountingReads(s.dirs.spool) as c:
+                w, p = time.perf_counter(), time.process_time()
+                again.startup()
+                w, p = time.perf_counter() - w, time.process_time() - p
+            rows["wall_ms"].append(w * 1000)
+            rows["cpu_ms"].append(p * 1000)
+            rows["requests_read"].append(c.requests)
+        assert len(s.spool.pending("requests")) == q
+        return {k: statistics.median(v) for k, v in rows.items()} | {"runs": runs}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     quick = os.environ.get("QUICK") == "1"
     cache = os.environ.get("BENCH_CACHE") or "/var/tmp/buildunits-bench"
     os.makedirs(cache, exist_ok=True)
-    out = {}
+    out, start = {}, {}
+    only = os.environ.get("STARTUP") == "only"
     print("%-9s | %-26s | %s" % ("builders", "figure (one change)", "value"))
-    for n in SIZES:
+    for n in () if only else SIZES:
         r = out[n] = measure(n, QUICK_RUNS if quick else RUNS, cache)
         for k, label in (("wall_ms", "wall ms"), ("cpu_ms", "CPU ms"), ("fsyncs", "fsyncs"),
                          ("renames", "renames"), ("signals", "signals")):
             print("%-9d | %-26s | %.1f" % (n, label, r[k]))
+    print("%-9s | %-26s | %s" % ("queued", "figure (startup)", "value"))
+    for q in QUEUED:
+        r = start[q] = measure_start(q, QUICK_RUNS if quick else RUNS, cache)
+        for k, label in (("wall_ms", "wall ms"), ("cpu_ms", "CPU ms"), ("requests_read", "request files read")):
+            print("%-9d | %-26s | %.1f" % (q, label, r[k]))
     write_json(os.path.join(ROOT, "build", "bench", "scale_scheduler.json"),
-               {"quick": quick, "sizes": {str(k): v for k, v in out.items()}})
+               {"quick": quick, "sizes": {str(k): v for k, v in out.items()},
+                "startup": {str(k): v for k, v in start.items()}})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ never judged):
   cached histories):
     - full render: Site.rebuild(force=True), wall time, with its worker
       processes (one per CPU, sitefill.Pool), and the CPU time of all of
-      them; at 10k also in one process (workers=1), as before them;
+      them (and its user and system parts: the kernel's share is the
+      files made); at 10k also in one process (workers=1), as before them;
     - time to READY=1: an HTMLGen on a site without INDEX, startup() and
       its first work(), what runs before the daemon says READY=1 (the
       head pages); then until its background fill is done and the pass
@@ -174,11 +175,14 @@ def measure_history(size, work):
         say("  %d builds: full render in one process %.1fs" % (size, out["full render, one process (s wall)"][0]))
         shutil.rmtree(d.site)
     if FULL:
-        t, c = time.perf_counter(), _cpu_all()
+        t, c, t0 = time.perf_counter(), _cpu_all(), os.times()
         site.Site(d.site, st, sp, cfg).rebuild(force=True)
-        full = time.perf_counter() - t
+        full, t1 = time.perf_counter() - t, os.times()
         out["full render (s wall)"] = [full]
         out["full render, CPU of every process (s)"] = [_cpu_all() - c]
+        out["full render, user CPU of every process (s)"] = [t1.user - t0.user + t1.children_user - t0.children_user]
+        out["full render, system CPU of every process (s)"] = [
+            t1.system - t0.system + t1.children_system - t0.children_system]
         out["full render: workers"] = [min(site.MAX_WORKERS, sitefill.cpus())]
         say("  %d builds: full render %.1fs" % (size, full))
         shutil.rmtree(d.site)

@@ -283,6 +283,8 @@ def _formats(in_spool, rel, name):
         return ("scheduler",)
     if rel == ["scheduler"] and name == "consumed.jsonl":
         return ()       # appended to, like progress.jsonl: a torn last line is ignored (consumed.py)
+    if rel == ["scheduler"] and name == "consumed.mark":
+        return ("consumed-mark",)
     if rel == ["poller"] and name.endswith(".json"):
         return ("poller",)
     if rel == ["notifier"] and name.endswith(".json"):

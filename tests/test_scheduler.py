@@ -357,3 +357,96 @@ def test_a_failed_batch_consumes_what_it_delivered(tmp_path, monkeypatch):
     s.work()                                        # the next pass requests the others, not b0 again
     assert sorted(r["builder"] for r in requests(s)) == ["b0", "b1", "b2"]
     assert s.spool.pending("changes") == [] and cid
+
+
+def _spoil_queued(s):
+    """Overwrite every queued request with bytes no reader accepts: a start
+    that opened one would move it to corrupt/."""
+    names = s.spool.pending("requests")
+    for rid in names:
+        with open(s.spool.path("requests", "new", rid), "wb") as f:
+            f.write(b"not a record\n")
+    return names
+
+
+def test_startup_does_not_read_the_requests_queued_before_its_mark(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder(), "other": builder()})
+    s.startup()
+    cids = [change(s, rev(n)) for n in range(1, 31)]
+    s.work()                                        # 60 requests, consumed in the journal
+    assert len(s.spool.pending("requests")) == 60
+    make_scheduler(tmp_path).startup()              # a restart folds them and sets the mark
+    queued = _spoil_queued(s)
+
+    again = make_scheduler(tmp_path)
+    again.startup()
+    assert again.spool.corrupted() == []            # not one queued request was opened
+    assert again.spool.pending("requests") == queued
+    # ... and what they consumed is still known: the poller re-sending the
+    # same commits after a crash requests nothing.
+    for n in range(1, 31):
+        change(again, rev(n))
+    again.work()
+    assert again.spool.pending("requests") == queued and again.spool.pending("changes") == []
+    assert set(cids) <= set(again.state.read_scheduler("hello")["consumed"])
+
+
+def test_a_crash_after_the_mark_is_recovered_from_the_requests_made_since(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    s.startup()
+    for n in range(1, 11):
+        change(s, rev(n))
+    s.work()
+    make_scheduler(tmp_path).startup()              # folded: the mark is after these ten
+    old = _spoil_queued(s)
+
+    crashed = make_scheduler(tmp_path)
+    crashed.startup()
+    cid = change(crashed, rev(11))
+    crashed._done = lambda cid: None
+    crashed._work()                                 # delivered, then a crash: no journal line
+    [new] = [r for r in crashed.spool.pending("requests") if r not in old]
+
+    s2 = make_scheduler(tmp_path)
+    s2.startup()
+    assert s2.spool.corrupted() == []               # the old ones unread ...
+    assert cid in s2.state.read_scheduler("hello")["consumed"]     # ... the new one read
+    s2.work()
+    assert s2.spool.pending("requests") == old + [new] and s2.spool.pending("changes") == []
+
+
+def test_a_clock_set_back_below_the_mark_lowers_it_before_delivering(tmp_path, monkeypatch):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    s.startup()
+    ahead = spoolmod.now_ns() + 3600 * 10 ** 9
+    real = spoolmod.now_ns
+    monkeypatch.setattr(spoolmod, "now_ns", lambda: ahead)
+    s._fold()                                       # a fold while the clock was an hour ahead
+    assert s.state.read_mark() == ahead
+    monkeypatch.setattr(spoolmod, "now_ns", real)   # the clock set right again
+    cid = change(s, rev(1))
+    s._done = lambda cid: None
+    s._work()                                       # delivered, then a crash: no journal line
+    [rid] = s.spool.pending("requests")
+    assert s.state.read_mark() < spoolmod.id_time(rid)
+
+    s2 = make_scheduler(tmp_path)
+    s2.startup()
+    s2.work()
+    assert s2.spool.pending("requests") == [rid] and s2.spool.pending("changes") == []
+    assert cid in s2.state.read_scheduler("hello")["consumed"]
+
+
+def test_an_unreadable_mark_is_quarantined_and_every_request_read(tmp_path):
+    s = make_scheduler(tmp_path, {"hello": builder()})
+    cid = change(s, rev(1))
+    s._done = lambda cid: None
+    s._work()                                       # delivered, then a crash: no journal line
+    with open(s.state.mark_path(), "wb") as f:
+        f.write(b'{"format": "consumed-mark", "version": 1, "through": "soon"}\n')
+    s2 = make_scheduler(tmp_path)
+    s2.startup()
+    assert cid in s2.state.read_scheduler("hello")["consumed"]
+    s2.work()
+    assert len(requests(s2)) == 1 and s2.spool.pending("changes") == []
+    assert [n for n, _r in s2.state.quarantined()] == ["scheduler.consumed.mark"]

@@ -1008,6 +1008,27 @@ def test_log_excerpt_counts_and_truncation(tmp_path):
     assert list(ex) == [] and ex.missing
 
 
+@pytest.mark.parametrize("data", [
+    b"", b"one\n", b"no newline", b"a\n\nb\n\n", b"<b>&amp;\"'</b>\n", "caf\u00e9 \u20ac\n".encode(),
+    b"bad \xff\xe2\x82 utf-8\nnext\n", b"tab\there\n", b"crlf\r\n", b"\x1b[31mred\x1b[0m\n", b"nul\x00\n",
+    b"x" * 70000 + b"\n"])
+def test_a_log_page_is_the_same_read_whole_or_line_by_line(tmp_path, data):
+    # A short plain log is read and escaped at once (LogExcerpt._whole):
+    # its lines must come out as the line-by-line reading makes them.
+    p = tmp_path / "log"
+    p.write_bytes(data)
+    fd = os.open(str(p), os.O_RDONLY)
+    try:
+        for max_lines in (5000, 1):
+            whole = sitelogs.LogExcerpt(str(p), max_lines=max_lines, fd=fd)
+            by_line = sitelogs.LogExcerpt(str(p), max_lines=max_lines, fd=fd)
+            by_line._whole = lambda: None
+            assert ("".join(whole.html()), whole.shown, whole.truncated) == \
+                ("".join(by_line.html()), by_line.shown, by_line.truncated)
+    finally:
+        os.close(fd)
+
+
 def test_raw_log_is_copied_across_filesystems(env, tmp_path, monkeypatch):
     st, sp, cfg, s = env
     n = make_build(st, "hello", running_step=("compile", "cc a.c\n"))

@@ -163,13 +163,13 @@ def test_worker_processes_render_the_site_one_process_renders(tmp_path):
 def test_a_worker_that_fails_fails_the_rendering_and_leaves_no_index(tmp_path, monkeypatch):
     d = make_dirs(tmp_path)
     write_history(State(d.state), 120, running=False)
-    real = sitepages.Pages.build
+    real = sitepages.Pages.build_page
 
     def build(self, cfg, b, bdir, view):
         if (view["builder"], view["number"]) == ("docs", 30):
             os.kill(os.getpid(), signal.SIGKILL)   # a worker dies mid-way
         return real(self, cfg, b, bdir, view)
-    monkeypatch.setattr(sitepages.Pages, "build", build)
+    monkeypatch.setattr(sitepages.Pages, "build_page", build)
     from buildunits import config
     s = site.Site(d.site, State(d.state), Spool(d.spool), config.load(d.config), workers=2)
     with pytest.raises(RuntimeError, match="killed by signal 9"):
@@ -177,7 +177,7 @@ def test_a_worker_that_fails_fails_the_rendering_and_leaves_no_index(tmp_path, m
     assert not os.path.exists(os.path.join(d.site, INDEX))
     assert not os.path.exists(os.path.join(d.site, "builders/docs/30/.final"))
     # The next try renders what is missing and commits the whole.
-    monkeypatch.setattr(sitepages.Pages, "build", real)
+    monkeypatch.setattr(sitepages.Pages, "build_page", real)
     s.rebuild()
     assert os.path.exists(os.path.join(d.site, INDEX))
     assert_same_site(pages(d.site), one_process_site(d, tmp_path))
@@ -244,13 +244,13 @@ def test_a_crash_mid_fill_is_finished_by_the_next_start(tmp_path, gens, monkeypa
     monkeypatch.setattr(site, "PARALLEL_MIN_BUILDS", 10 ** 9)   # the fill's own process renders
     d = make_dirs(tmp_path)
     write_history(State(d.state), 450)
-    real = sitepages.Pages.build
+    real = sitepages.Pages.build_page
 
     def build(self, cfg, b, bdir, view):
         if (view["builder"], view["number"]) == ("libfoo", 60):
             os.kill(os.getpid(), signal.SIGKILL)   # the fill dies here
         return real(self, cfg, b, bdir, view)
-    monkeypatch.setattr(sitepages.Pages, "build", build)
+    monkeypatch.setattr(sitepages.Pages, "build_page", build)
     h = gens(d)
     h.startup()
     h.work()
@@ -259,7 +259,7 @@ def test_a_crash_mid_fill_is_finished_by_the_next_start(tmp_path, gens, monkeypa
     h._on_term()                                # the daemon is gone too
     half = {p: os.stat(os.path.join(d.site, p)) for p in pages(d.site)}
     assert "builders/hello/20/.final" in half and "builders/libfoo/60/.final" not in half
-    monkeypatch.setattr(sitepages.Pages, "build", real)
+    monkeypatch.setattr(sitepages.Pages, "build_page", real)
     again = gens(d)                             # the next start
     again.startup()
     again.work()
@@ -272,3 +272,28 @@ def test_a_crash_mid_fill_is_finished_by_the_next_start(tmp_path, gens, monkeypa
     st = os.stat(os.path.join(d.site, "builders/hello/20/index.html"))
     assert (st.st_ino, st.st_mtime_ns) == (half["builders/hello/20/index.html"].st_ino,
                                            half["builders/hello/20/index.html"].st_mtime_ns)
+
+
+def test_a_new_build_directory_appears_whole(tmp_path, monkeypatch):
+    """A finished build's directory is written hidden and renamed into
+    place: while its page is being written (its logs' pages already are)
+    no reader finds builders/B/N; once there, it holds every page."""
+    d = make_dirs(tmp_path)
+    write_history(State(d.state), 20, running=False)
+    real = sitepages.Pages.build_page
+    seen = []
+
+    def build_page(self, cfg, b, bdir, view):
+        shown = os.path.join(d.site, "builders", view["builder"], str(view["number"]))
+        seen.append((os.path.lexists(shown), sorted(n for n in os.listdir(bdir) if n.endswith(".html"))))
+        return real(self, cfg, b, bdir, view)
+    monkeypatch.setattr(sitepages.Pages, "build_page", build_page)
+    from buildunits import config
+    s = site.Site(d.site, State(d.state), Spool(d.spool), config.load(d.config), workers=1)
+    s.rebuild()
+    assert seen and all(not there and logs for there, logs in seen)
+    for b in ("hello", "docs"):
+        names = os.listdir(os.path.join(d.site, "builders", b))
+        assert not [n for n in names if n.startswith(".")]          # nothing hidden left behind
+    monkeypatch.setattr(sitepages.Pages, "build_page", real)
+    assert_same_site(pages(d.site), one_process_site(d, tmp_path))

@@ -14,14 +14,21 @@ The journal's first line names the format; each further line is
 
     {"builders": [NAME, ...], "ids": [ID, ...], "revisions": [[BRANCH, REV], ...]}
 
-Neither the journal nor the files are fsync'd, as the files were not
-before: a crash may lose the latest lines (or tear the last one, which
-replay() ignores), and the scheduler's startup
-recovery (from the requests still queued or claimed and the recent
-builds, scheduler.py) counts those changes as consumed again.  A crash
-while folding leaves the journal beside files that already hold some of
-its lines: replaying a line twice changes nothing (add() ignores what is
-known), so the next start simply folds again.
+The journal is not fsync'd: a crash may lose the latest lines (or tear
+the last one, which replay() ignores), and the scheduler's startup
+recovery (from the requests queued or claimed since the mark and the
+recent builds, scheduler.py) counts those changes as consumed again.  A
+fold is durable: the files are fsync'd (State.write_schedulers: one
+directory fsync for them all), then the mark (STATE/scheduler/
+consumed.mark, format "consumed-mark") is set to the time the fold began,
+durably, then the journal is removed.  The mark says: every request whose
+id's time (spool.new_id) is not after it was consumed in the files, so
+the recovery opens only the requests after it, whatever the depth of the
+queue.  A crash before the mark is set leaves the earlier mark (more
+requests read, nothing missed); a crash after it, the journal beside
+files that already hold its lines: replaying a line twice changes
+nothing (add() ignores what is known), so the next start simply folds
+again.
 
 >>> m = Memory(None)
 >>> m.add(["c1"], [("main", "a" * 40)])
@@ -41,6 +48,7 @@ KEEP = 1000          # consumed ids / revisions remembered per builder (at least
 SLACK = 100          # ... and at most KEEP + SLACK: trimmed in batches, not at every add
 FOLD_LINES = 100     # journal lines after which the builders' files are rewritten
 NAME = "consumed.jsonl"
+MARK = "consumed.mark"
 
 
 class Memory:

@@ -253,13 +253,19 @@ def pollers(ctx, found):
 
 
 def schedulers(ctx, found):
-    """scheduler/B.json: readable (else quarantined; the memory starts afresh)."""
+    """scheduler/B.json: readable (else quarantined; the memory starts afresh);
+    scheduler/consumed.mark: readable (else quarantined; no mark)."""
     for b in ctx.st.schedulers():
         try:
             ctx.st.read_scheduler(b)
         except records.RecordError as e:
             found("%s (quarantined: the scheduler starts %s's memory afresh)" % (e, b),
                   lambda e=e: ctx.st.quarantine(e.path, e.reason))
+    try:
+        ctx.st.read_mark()
+    except records.RecordError as e:
+        found("%s (quarantined: the scheduler reads every queued request at its next start)" % e,
+              lambda e=e: ctx.st.quarantine(e.path, e.reason))
 
 
 def state_corrupt(ctx, found):

@@ -10,6 +10,7 @@ than TMP_SWEEP_AGE_SEC.
 
 import hashlib
 import os
+import shutil
 import re
 import secrets
 import time
@@ -134,9 +135,15 @@ def makedirs(path, mode=0o755):
         fsync_dir(os.path.dirname(d))
 
 
-def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False, everything=None):
+def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False, everything=None, dead=False):
     """Remove abandoned temporary files in DIRECTORY; return their paths.
-    EVERYTHING: every file is temporary (default: when DIRECTORY is a tmp/)."""
+    EVERYTHING: every file is temporary (default: when DIRECTORY is a tmp/).
+    A hidden temporary directory (tmp_name()'s, a directory written whole
+    before its rename: sitefiles.SiteFiles.begin_dir) goes with what it
+    holds.  DEAD: also, whatever their age, the hidden temporary names
+    whose writer (the PID in the name) is no process now: for the one
+    writer of a tree (htmlgen, holding its lock), whose earlier instance
+    and children are gone."""
     if everything is None:
         everything = os.path.basename(directory) == "tmp"
     now = time.time() if now is None else now
@@ -149,17 +156,37 @@ def sweep_stale_tmp(directory, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False, e
         # In a spool tmp/ directory everything is temporary; elsewhere only
         # the hidden names tmp_name() makes (".NAME.tmp-PID-HEX"), so a
         # file whose name merely contains ".tmp-" is never touched.
-        if not everything and not (e.name.startswith(".") and TMP_MARK in e.name):
+        hidden = e.name.startswith(".") and TMP_MARK in e.name
+        if not everything and not hidden:
             continue
         try:
-            if now - e.stat(follow_symlinks=False).st_mtime < age:
+            if now - e.stat(follow_symlinks=False).st_mtime < age and not (dead and hidden and _writer_gone(e.name)):
                 continue
+            is_dir = e.is_dir(follow_symlinks=False)
         except FileNotFoundError:
             continue
         swept.append(e.path)
         if not dry_run:
-            _unlink_quietly(e.path)
+            if is_dir and hidden:
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                _unlink_quietly(e.path)
     return swept
+
+
+def _writer_gone(name):
+    """Whether the writer of the temporary NAME (tmp_name()'s: .BASE.tmp-PID-HEX)
+    is no process now."""
+    pid = name.rpartition(TMP_MARK)[2].partition("-")[0]
+    if not pid.isdigit() or not 0 < int(pid) < 2 ** 31 or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def stale_tmp(paths, now=None, age=TMP_SWEEP_AGE_SEC):
@@ -187,12 +214,15 @@ def _unlink_quietly(path):
         pass
 
 
-def sweep_stale_tmp_tree(top, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False):
+def sweep_stale_tmp_tree(top, now=None, age=TMP_SWEEP_AGE_SEC, dry_run=False, dead=False):
     """sweep_stale_tmp() in TOP and every directory below it (not through
     symbolic links); return the paths removed."""
     swept = []
-    for d, _dirs, _names in os.walk(top):
-        swept += sweep_stale_tmp(d, now=now, age=age, dry_run=dry_run, everything=False)
+    for d, dirs, _names in os.walk(top):
+        got = sweep_stale_tmp(d, now=now, age=age, dry_run=dry_run, everything=False, dead=dead)
+        swept += got
+        gone = {os.path.basename(p) for p in got}
+        dirs[:] = [n for n in dirs if n not in gone]
     return swept
 
 

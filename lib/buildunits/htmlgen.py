@@ -126,8 +126,13 @@ class HTMLGen(daemon.Daemon):
         site which crashed left in it; htmlgen, the site's one writer, does
         it (the scheduler's unit is not given the site directory)."""
         self._swept = time.monotonic()
-        for p in fsutil.sweep_stale_tmp_tree(self.dirs.site):
+        self._swept_once = getattr(self, "_swept_once", False)
+        # At the start, what a writer that is gone left (an earlier
+        # instance, its fill or workers: none runs while this one holds
+        # the lock) goes whatever its age; later only the old.
+        for p in fsutil.sweep_stale_tmp_tree(self.dirs.site, dead=not self._swept_once):
             log.notice("removed %s, abandoned by a writer that crashed" % p)
+        self._swept_once = True
 
     def site(self):
         if self._site is None:

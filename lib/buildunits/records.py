@@ -44,6 +44,7 @@ FORMATS = {
     "poller": 1,        # state poller/KEY.json: last seen refs of a repository
     "scheduler": 1,     # state scheduler/BUILDER.json: consumed change ids and revisions
     "consumed": 1,      # state scheduler/consumed.jsonl: the scheduler's journal of what was consumed
+    "consumed-mark": 1,  # state scheduler/consumed.mark: requests up to when are in the files, durably
     "worker": 1,        # state workers/WORKER.json: what a runner holds
     "counter": 1,       # state builds/BUILDER/next.json: next build number hint
     "timer": 1,         # state timers/BUILDER.json: the last elapse of a builder's OnCalendar= (no systemd)

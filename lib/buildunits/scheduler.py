@@ -50,19 +50,35 @@ DESCRIPTION
     A crash before a request's rename leaves its changes queued: they are
     requested after the restart.  A crash after some renames, or between
     1 and 2, would request them twice; so, at startup, before READY=1,
-    the scheduler replays its journal, reads the requests still queued or
-    claimed and the last RECOVERY_BUILDS builds of each builder, and
-    counts the changes they carry as consumed: a request delivered before
-    the crash is never delivered again.  (A request that was also built
-    more than RECOVERY_BUILDS times over while the scheduler was down
-    would be built twice: better twice than never.)  A crash between 2
-    and 3 leaves a consumed change in the spool, removed on the next pass.
+    the scheduler replays its journal, reads the requests queued or
+    claimed since its mark and the last RECOVERY_BUILDS builds of each
+    builder, and counts the changes they carry as consumed: a request
+    delivered before the crash is never delivered again.  (A request that
+    was also built more than RECOVERY_BUILDS times over while the
+    scheduler was down would be built twice: better twice than never.)
+    A crash between 2 and 3 leaves a consumed change in the spool,
+    removed on the next pass.
+
+    The mark (STATE/scheduler/consumed.mark, consumed.py) bounds that
+    reading: every consumed.FOLD_LINES journal lines, and at each start,
+    the memories are written to the builders' files durably and the mark
+    set to the time the fold began.  A request's id begins with the time
+    it was made (spool.new_id), so a queued request whose id is not after
+    the mark was delivered before that fold and is in the files: its
+    record is not opened.  The start costs a listing of the queue's names
+    and the requests of the last FOLD_LINES passes at most, not one open
+    per queued request.  No mark (a first start, or an earlier release's
+    state): every queued request is read, once.  A wall clock set back
+    below the mark would make new ids look old, so before delivering the
+    scheduler lowers the mark below now (durably, before the commit
+    point) whenever now is not after it.
 
 FILES
     SPOOL/changes/new/ID      its inbox
     SPOOL/requests/new/ID     the requests it queues
     STATE/scheduler/B.json    consumed ids and revisions per builder
     STATE/scheduler/consumed.jsonl   what was consumed since they were written
+    STATE/scheduler/consumed.mark    requests up to when are in those files
     STATE/timers/B.json       a persistent timer's last elapse (without systemd)
 
 SIGNALS
@@ -103,6 +119,7 @@ class Scheduler(daemon.Daemon):
         self._finished = set()     # (builder, number) said finished, to look at for After=
         self._after_scan = True    # read the upstreams' recent builds (start, rescan)
         self._calendar = None      # periodic.PlainTimers, when the OnCalendar= timers are ours
+        self._mark = None          # the durable mark (ns): requests up to it are in the files
 
     def memory(self, builder):
         m = self._memory.get(builder)
@@ -127,11 +144,11 @@ class Scheduler(daemon.Daemon):
     def _flush_memory(self):
         # Once per pass, one journal line per distinct set of consumed
         # changes (one change to B builders: one line, not B files), and
-        # the builders' files only every consumed.FOLD_LINES lines.  Not
-        # fsync'd: if a crash loses the latest lines, startup() recovers
-        # them from the requests still queued or claimed and the recent
-        # builds, exactly as for a crash between steps 1 and 2 (see the
-        # docstring).
+        # the builders' files only every consumed.FOLD_LINES lines.  The
+        # journal is not fsync'd: if a crash loses the latest lines,
+        # startup() recovers them from the requests queued or claimed
+        # since the mark and the recent builds, exactly as for a crash
+        # between steps 1 and 2 (see the docstring).
         if self._added:
             data = consumed.group(self._added)
             self.state.append_journal(data)
@@ -142,13 +159,33 @@ class Scheduler(daemon.Daemon):
             self._fold()
 
     def _fold(self):
-        """Write the memories the journal holds into their files, then drop
-        the journal (a crash in between: replayed again, no harm)."""
-        for b in sorted(self._unfolded):
-            self.state.write_scheduler(b, self.memory(b).fields(), durable=False)
+        """Write the memories the journal holds into their files, durably,
+        set the mark to when this began, then drop the journal.
+
+        Every request delivered before THROUGH is in the memories (each is
+        consumed as soon as its rename returned), so once the files are on
+        disk the mark may say so.  A crash before the mark is written
+        leaves the earlier one (the recovery reads more requests); between
+        the mark and the removal, the journal is replayed again, no harm."""
+        through = spoolmod.now_ns()
+        self.state.write_schedulers({b: self.memory(b).fields() for b in sorted(self._unfolded)})
+        self.state.write_mark(through)
+        self._mark = through
         self.state.remove_journal()
         self._unfolded.clear()
         self._journal_lines = 0
+
+    def _before_delivery(self):
+        """Called before each commit point: the requests about to be made
+        must have ids after the mark, or a crash before their journal line
+        would hide them from the recovery.  Only a wall clock set back
+        below the mark breaks that; the mark is then lowered below now,
+        durably, first."""
+        now = spoolmod.now_ns()
+        if self._mark is not None and now <= self._mark:
+            log.warning("the wall clock is before the scheduler's mark; lowering the mark")
+            self.state.write_mark(now - 1)
+            self._mark = now - 1
 
     # ---------------------------------------------------------- recovery
     def startup(self):
@@ -159,12 +196,22 @@ class Scheduler(daemon.Daemon):
             for b in builders:
                 self.memory(b).add(ids, revisions)
                 self._unfolded.add(b)
+        try:
+            mark = self.state.read_mark()
+        except records.RecordError as e:
+            self.state.quarantine(e.path, e.reason)
+            log.error("%s; reading every queued request once" % e)
+            mark = None
         carried = []
+        # Names only, then the records of the requests made after the mark
+        # (the others are in the builders' files: see the docstring).
         for rid in self.spool.pending("requests"):
-            carried.append(self.spool.read("requests", rid))
+            if _after(rid, mark):
+                carried.append(self.spool.read("requests", rid))
         for worker, ids in self.spool.all_claimed().items():
             for rid in ids:
-                carried.append(self.spool.read_claimed(worker, rid))
+                if _after(rid, mark):
+                    carried.append(self.spool.read_claimed(worker, rid))
         for b in self.cfg.builders:
             for n in self.state.recent_numbers(b, RECOVERY_BUILDS):
                 try:
@@ -353,6 +400,8 @@ class Scheduler(daemon.Daemon):
         carry.  What was delivered is consumed even if a later one failed
         (Undelivered): otherwise the next pass would request it again."""
         fields = [routing.request_fields(b, branch, changes) for b, branch, changes in requests]
+        if fields:
+            self._before_delivery()
         try:
             rids = self.spool.deliver_many("requests", "request", fields) if fields else []
         except spoolmod.Undelivered as e:
@@ -363,10 +412,10 @@ class Scheduler(daemon.Daemon):
     def _requested_each(self, requests, fields, rids):
         finished = set()
         for (b, branch, changes), f, rid in zip(requests, fields, rids):
+            self._consume(b.name, [c["id"] for c in changes], [(branch, c["revision"]) for c in changes])
             self.bus.emit("BuildRequested", rid, b.name, branch, f["revision"])
             log.info("%s: build requested for %s %s (%s)" % (b.name, branch, f["revision"][:12], f["reason"]),
                      builder=b.name, request=rid)
-            self._consume(b.name, [c["id"] for c in changes], [(branch, c["revision"]) for c in changes])
             self._requested += 1
             finished.update(c["id"] for c in changes)
         return finished
@@ -396,10 +445,11 @@ class Scheduler(daemon.Daemon):
             if isinstance(p, int) and not isinstance(p, bool) and abs(p) <= spoolmod.MAX_PRIORITY:
                 fields["priority"] = p        # the forced build's own, in the request's id too
             fields.update(rebuild_fields(rec))
+            self._before_delivery()
             rid = self.spool.deliver("requests", "request", fields)   # commit point
+            self._consume(b.name, [fid])
             self.bus.emit("BuildRequested", rid, b.name, branch, fields["revision"])
             log.info("%s: forced build requested (%s)" % (b.name, fields["reason"]), builder=b.name, request=rid)
-            self._consume(b.name, [fid])
             self._requested += 1
         self._done(fid)
 
@@ -469,10 +519,11 @@ class Scheduler(daemon.Daemon):
                   "revision": rev, "changes": req.get("changes") if isinstance(req.get("changes"), list) else [],
                   "reason": "after %s #%d (%s)" % (u, n, result), "properties": dict(props),
                   "upstream": {"builder": u, "number": n, "result": result, "key": key}}
+        self._before_delivery()
         rid = self.spool.deliver("requests", "request", fields)   # commit point
+        self._consume(d.name, [key])
         self.bus.emit("BuildRequested", rid, d.name, fields["branch"], fields["revision"])
         log.info("%s: build requested after %s #%d (%s)" % (d.name, u, n, result), builder=d.name, request=rid)
-        self._consume(d.name, [key])
         self._requested += 1
 
     def status_text(self):
@@ -538,6 +589,12 @@ class Scheduler(daemon.Daemon):
         s["scheduler"] = {"requested": self._requested,
                           "waiting": {"%s %s" % k: v for k, v in self._waiting.items()}}
         return json.dumps(s, sort_keys=True)
+
+
+def _after(rid, mark):
+    """Whether the request RID (a valid id) was made after MARK (ns; None:
+    no mark, every request is)."""
+    return mark is None or spoolmod.id_time(rid) > mark
 
 
 def rebuild_fields(rec):

@@ -295,9 +295,13 @@ class Site:
                 if n % HISTORY_PAGE == 0 or n == b.known:
                     self._complete_pages(b, n // HISTORY_PAGE)
                 done += 1
+                if n % 16 == 0:
+                    # Each builder every 16 of its own builds: by DONE, the
+                    # builders taking turns, one builder alone was pruned
+                    # and every seal went through the others' whole history.
+                    self._prune(b)
                 if done % 16 == 0:
                     self._seal()
-                    self._prune(b)
                     if pool is not None:
                         pool.poll()
                 if progress:
@@ -309,6 +313,10 @@ class Site:
         except BaseException:
             if pool is not None:
                 pool.kill()
+                # What the workers began and did not commit (SiteFiles.
+                # begin_dir): their processes are gone, so are these.
+                for name in names:
+                    fsutil.sweep_stale_tmp(os.path.dirname(self.build_dir(name, 1)), everything=False, dead=True)
             raise
         for name in names:
             b = self._b[name]
@@ -750,32 +758,64 @@ class Site:
 
     def _render_build(self, b, n, view, pages, force, marks=_UNREAD):
         """Write a build's log pages (those whose log or step changed) and,
-        if PAGES, its page and JSON; then .final once it is finished."""
-        bdir = self.build_dir(b.name, n)
-        self.files.mkdir(bdir)
+        if PAGES, its page and JSON; then .final once it is finished.
+
+        A finished build whose directory does not exist yet (a full
+        rendering, a build seen first when it is over) is written whole
+        in a fresh hidden directory and renamed into place (SiteFiles.
+        begin_dir): its pages, raw logs, artifacts and MARKERS; then its
+        JSON, builders/B/latest and .final, as for any build, so .final
+        still comes last and a crash before it has the build rendered
+        again (in place then: its directory exists)."""
+        final_dir = self.build_dir(b.name, n)
         running = view["state"] != "finished"
-        for step in view["steps"]:
-            if step["log_removed"]:
-                self._log_removed(b, bdir, view, step)
-            elif step["log_page"]:
-                self.logs.render(bdir, view, step, self.cfg.title, force)
+        # With its links (LINKS, beside its pages where they are: none in a
+        # directory not made yet), for its page and its JSON.
+        shown = self._annotate(final_dir, view) if pages or not running else view
+        bdir = final_dir
+        if not running and final_dir not in self.files._dirs and not os.path.lexists(final_dir):
+            bdir = self.files.begin_dir(final_dir)
+        else:
+            self.files.mkdir(bdir)
+        try:
+            for step in view["steps"]:
+                if step["log_removed"]:
+                    self._log_removed(b, bdir, view, step)
+                elif step["log_page"]:
+                    self.logs.render(bdir, view, step, self.cfg.title, force)
+            if pages or not running:
+                self.pages.build_page(self.cfg, b, bdir, shown)
+            if not running:
+                if view["artifacts_removed"] is None:
+                    newest = self._artifacts(b, n, bdir, view)
+                else:
+                    newest = False
+                    self._artifacts_removed(b, n, bdir)
+                if marks is _UNREAD:
+                    marks = self.state.marker_stamp(b.name, n)
+                if marks is None:
+                    if bdir == final_dir:
+                        fsutil._unlink_quietly(os.path.join(bdir, MARKERS))
+                else:
+                    self.files.write(os.path.join(bdir, MARKERS), repr(marks))
+        except BaseException:
+            if bdir != final_dir:
+                self.files.abandon_dir(bdir)
+            raise
+        if bdir != final_dir:
+            self.logs.forget(bdir)
+            if not self.files.commit_dir(bdir, final_dir):     # commit point of its pages
+                # Another writer made the directory meanwhile: in place.
+                return self._render_build(b, n, view, pages, force, marks)
+            bdir = final_dir
         if pages or not running:
-            self.pages.build(self.cfg, b, bdir, self._annotate(bdir, view))
+            self.pages.build_json(shown)
             self._link(b, n, view)
         if not running:
-            if view["artifacts_removed"] is None:
-                self._artifacts(b, n, bdir, view)
-            else:
-                self._artifacts_removed(b, n, bdir)
-            if marks is _UNREAD:
-                marks = self.state.marker_stamp(b.name, n)
-            if marks is None:
-                fsutil._unlink_quietly(os.path.join(bdir, MARKERS))
-            else:
-                self.files.write(os.path.join(bdir, MARKERS), repr(marks))
+            if newest:
+                self._latest(b, n)
             self.files.mark(os.path.join(bdir, ".final"), FINAL_MARK)
             self.logs.forget(bdir)
-
 
     def _log_removed(self, b, bdir, view, step):
         """A log the janitor removed: its page says so (the pages of many
@@ -810,8 +850,9 @@ class Site:
         """The finished build's artifacts in its directory of the site (a
         hard link from the state, or a copy on another file system: the
         state's copies are the history's own, which no step can change),
-        and builders/B/latest, a symbolic link to the artifacts of the
-        newest successful build that kept some (Laminar's archive/latest)."""
+        True if builders/B/latest is to lead to them (_latest): a
+        symbolic link to the artifacts of the newest successful build that
+        kept some (Laminar's archive/latest)."""
         kept = []
         for a in view["artifacts"]:
             parts = a["name"].split("/")
@@ -830,9 +871,12 @@ class Site:
                 kept.append(a)
             finally:
                 os.close(fd)
-        if not kept or view["result"] != "success":
-            return
-        latest = os.path.join(os.path.dirname(bdir), "latest")
+        return bool(kept) and view["result"] == "success"
+
+    def _latest(self, b, n):
+        """builders/B/latest made to lead to B #N's artifacts, if N is newer
+        than the build it leads to (after N's directory is in place)."""
+        latest = os.path.join(os.path.dirname(self.build_dir(b.name, n)), "latest")
         try:
             current = int(os.readlink(latest).split("/")[0])
         except (OSError, ValueError):

@@ -9,6 +9,16 @@ state's log, or a copy across filesystems, made from the descriptor the
 reader opened (never through a link planted at its name); a copy of a
 log that grew gets only the new bytes appended (_append).
 
+A directory made whole (a finished build's, the first time: Site.
+_render_build) is written in a fresh hidden directory instead
+(begin_dir(): fsutil.tmp_name's .NAME.tmp-PID-RANDOM, no other writer
+knows it, no link leads into it), with plain writes and links, no
+temporary name and rename per file, and renamed into place once
+(commit_dir(), its commit point): a reader finds no directory, or the
+directory with every one of its pages whole.  A crash leaves the hidden
+directory, which htmlgen's sweep removes with the other temporary files
+(fsutil.sweep_stale_tmp), and no .final: the build is rendered again.
+
 SiteFiles counts what it writes: Site.update() returns that count.
 """
 
@@ -34,6 +44,7 @@ class SiteFiles:
         self.count = 0
         self._dirs = set()       # directories known to exist
         self._mark = None        # the text MARK_FILE was found or made to hold
+        self._fresh = set()      # hidden directories begun (begin_dir) and not yet committed
 
     def forget_dirs(self):
         self._dirs = set()
@@ -61,7 +72,47 @@ class SiteFiles:
             return
         self.count += 1
 
+    def begin_dir(self, d):
+        """A fresh hidden directory beside D, to be D once commit_dir()
+        renames it: what is written in it is written plainly."""
+        self.mkdir(os.path.dirname(d))
+        tmp = fsutil.tmp_name(d)
+        os.mkdir(tmp)
+        self._fresh.add(tmp)
+        self._dirs.add(tmp)
+        return tmp
+
+    def commit_dir(self, tmp, d):
+        """Rename the directory TMP (begin_dir) to D: the commit point of
+        every file in it.  False if D exists already (another writer made
+        it meanwhile): TMP is removed, and the caller writes in D."""
+        self._fresh.discard(tmp)
+        self._dirs.discard(tmp)
+        try:
+            os.rename(tmp, d)      # commit point
+        except OSError as e:
+            self.abandon_dir(tmp)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                return False
+            raise
+        self._dirs.add(d)
+        return True
+
+    def abandon_dir(self, tmp):
+        import shutil
+        self._fresh.discard(tmp)
+        self._dirs.discard(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def in_fresh(self, path):
+        """Whether PATH is in a directory begun by begin_dir and not committed."""
+        return bool(self._fresh) and os.path.dirname(path) in self._fresh
+
     def write(self, path, data):
+        if self.in_fresh(path):
+            _write_plain(path, data.encode("utf-8") if isinstance(data, str) else data)
+            self.count += 1
+            return
         self.mkdir(os.path.dirname(path))
         try:
             fsutil.write_atomic(path, data, durable=False)
@@ -87,6 +138,12 @@ class SiteFiles:
 
     def write_pieces(self, path, pieces):
         """Replace PATH atomically with the str PIECES, written as they come."""
+        if self.in_fresh(path):
+            with open(os.open(path, _PLAIN, 0o644), "w", encoding="utf-8", buffering=256 * 1024) as f:
+                for piece in pieces:
+                    f.write(piece)
+            self.count += 1
+            return
         tmp = fsutil.tmp_name(path)
         try:
             with open(tmp, "x", encoding="utf-8", buffering=256 * 1024) as f:
@@ -123,6 +180,15 @@ class SiteFiles:
         older one (another TEXT, or one with as many links as its
         filesystem allows) keep what they held.  Where links fail, a file."""
         shared = os.path.join(self.root, MARK_FILE)
+        direct = self._mark == text and not os.path.lexists(path)
+        if direct:
+            # PATH is new (a .final after its directory was committed): a
+            # link is made whole or not at all, no temporary name needed.
+            try:
+                os.link(shared, path, follow_symlinks=False)
+                return
+            except OSError:
+                pass           # full, gone, or made meanwhile: as below
         for attempt in (1, 2):
             if self._mark != text or attempt == 2:
                 try:
@@ -154,15 +220,43 @@ class SiteFiles:
 
     def link_or_copy(self, src, dst, fd):
         """Make DST the raw log SRC, open as FD; counted if it was (re)written."""
-        self.count += int(link_or_copy(src, dst, fd))
+        self.count += int(link_or_copy(src, dst, fd, fresh=self.in_fresh(dst)))
 
 
-def link_or_copy(src, dst, fd):
+_PLAIN = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_plain(path, data):
+    """Write DATA (bytes) to the new file PATH, in a directory begun by
+    begin_dir (its rename is the commit point: no temporary name here)."""
+    fd = os.open(path, _PLAIN, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(src, dst, fd, fresh=False):
     """Make DST the raw log SRC, open as FD (a regular file reached without
     a link): a hard link, or a chunked copy across filesystems.  True if
     DST was (re)written.  What is linked is checked to be FD's file, never
-    what a link at SRC's name points to."""
+    what a link at SRC's name points to.  FRESH: DST is new, in a
+    directory not committed yet (SiteFiles.begin_dir): made in place."""
     s = os.fstat(fd)
+    if fresh:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            if os.path.samestat(os.lstat(dst), s):
+                return True
+            os.unlink(dst)      # SRC was replaced since FD was opened
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES,
+                               errno.ENOENT):
+                raise
+        _copy(fd, dst)
+        return True
     try:
         d = os.stat(dst)
         if (d.st_dev, d.st_ino) == (s.st_dev, s.st_ino):

@@ -65,12 +65,15 @@ class LogPages:
             if not force and self._memo.get(page) == memo and os.path.exists(page):
                 return
             excerpt = LogExcerpt(src, fd=fd)
-            pieces = templates.generate("log.html", title="%s #%d %s" % (name, n, step["name"]),
-                                        root="../../../", refresh=0, site_title=title,
-                                        builder_html="builders/%s/index.html" % quote(name, safe=""),
-                                        build=build, step=step, log=excerpt,
-                                        max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
-            self.files.write_pieces(page, pieces)
+            context = dict(title="%s #%d %s" % (name, n, step["name"]), root="../../../", refresh=0,
+                           site_title=title, builder_html="builders/%s/index.html" % quote(name, safe=""),
+                           build=build, step=step, log=excerpt, max_lines=MAX_LOG_LINES, max_bytes=MAX_LOG_BYTES)
+            if excerpt.size < MAX_LINE_BYTES:
+                # A short log: its page is small, made as one string and
+                # written at once (a piece per write costs more than it).
+                self.files.write(page, templates.render("log.html", **context))
+            else:
+                self.files.write_pieces(page, templates.generate("log.html", **context))
         finally:
             if fd is not None:
                 os.close(fd)
@@ -117,6 +120,7 @@ class LogPages:
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")   # _CONTROL's, \r and escape included
 
 
 class LogExcerpt:
@@ -178,11 +182,46 @@ class LogExcerpt:
                 yield self.shown, _clean(line, cut and len(line) == MAX_LINE_BYTES)
             self.truncated = bool(f.read(1))
 
+    def _whole(self):
+        """The lines of a short plain log, read and cleaned at once, or
+        None when the log is not one (then line by line, __iter__).
+        Short: under MAX_LINE_BYTES in all, so no line is cut and no
+        limit reached; plain: no byte _clean() would change (a control
+        character, an escape, a carriage return), so that what is left to
+        do is the decoding, which a newline never falls inside of, and the
+        escaping, which is character by character: done on the whole log
+        they give what they give line by line."""
+        if self.missing or self.fd is _UNREAD or self.max_lines < 1 or self.max_bytes < MAX_LINE_BYTES:
+            return None
+        try:
+            data = os.pread(self.fd, MAX_LINE_BYTES, 0)
+        except OSError:
+            return None
+        if len(data) >= MAX_LINE_BYTES or _CONTROL_BYTES.search(data):
+            return None
+        if not data:
+            return []
+        lines = str(markupsafe.escape(data.decode("utf-8", errors="replace"))).split("\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        if len(lines) > self.max_lines:
+            return None
+        self.shown = len(lines)
+        self.truncated = False
+        return lines
+
     def html(self, batch=256):
         """The lines as HTML, each with its anchor, in pieces of BATCH
         lines: made here, not in the template, since a log has thousands
         of lines and a template pays per piece.  The text is escaped; the
         rest is numbers."""
+        whole = self._whole()
+        if whole is not None:
+            for i in range(0, len(whole), batch):
+                yield markupsafe.Markup("".join(
+                    '<a class="ln" id="L%d" href="#L%d">%d</a>%s\n' % (n, n, n, text)
+                    for n, text in enumerate(whole[i:i + batch], i + 1)))
+            return
         out = []
         for n, text in self:
             out.append('<a class="ln" id="L%d" href="#L%d">%d</a>%s\n' % (n, n, n, markupsafe.escape(text)))

@@ -120,6 +120,15 @@ class Pages:
     # ------------------------------------------------------- one build
     def build(self, cfg, b, bdir, view):
         """B's build's page (in BDIR) and its JSON file, from a build_view()."""
+        self.build_page(cfg, b, bdir, view)
+        self.build_json(view)
+
+    def build_json(self, view):
+        """The JSON file of a build, from a build_view()."""
+        self._write_json(view["json"], siteviews.build_json(view))
+
+    def build_page(self, cfg, b, bdir, view):
+        """B's build's page, in BDIR, from a build_view()."""
         running = view["state"] != "finished"
         q = b.q
         page = templates.render("build.html", title="%s #%d" % (view["builder"], view["number"]),
@@ -127,7 +136,6 @@ class Pages:
                                 site_title=cfg.title, feed="builders/%s/atom.xml" % q, build=view,
                                 builder_html="builders/%s/index.html" % q, json=view["json"])
         self.files.write(os.path.join(bdir, "index.html"), page)
-        self._write_json(view["json"], siteviews.build_json(view))
 
     # ------------------------------------------------ pages written once
     def history(self, cfg, b, page, cards):

@@ -123,7 +123,7 @@ def new_id(builder=None, priority=None):
     t = tag(builder) if builder is not None else None
     if t and isinstance(priority, int) and not isinstance(priority, bool) and abs(priority) <= MAX_PRIORITY:
         t += "Z%s%d" % ("p" if priority >= 0 else "n", abs(priority))
-    return "%019d.%d.%d.%s%s" % (time.time_ns(), os.getpid(), _id_counter, secrets.token_hex(3),
+    return "%019d.%d.%d.%s%s" % (now_ns(), os.getpid(), _id_counter, secrets.token_hex(3),
                                  "x" + t if t else "")
 
 
@@ -131,6 +131,20 @@ def _record_id(queue, fields):
     if queue != "requests":
         return new_id()
     return new_id(fields.get("builder"), fields.get("priority"))
+
+
+def id_time(rid):
+    """The time (ns) the valid id RID was made: its first field.
+
+    >>> id_time("0001700000000000000000.12.3.abcdef")
+    1700000000000000000
+    """
+    return int(rid.partition(".")[0])
+
+
+def now_ns():
+    """The clock new_id() reads, in the unit of id_time()."""
+    return time.time_ns()
 
 
 _ID_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9A-Za-z]+")

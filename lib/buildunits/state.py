@@ -54,7 +54,8 @@ LAYOUT = (
                "BUILDER/.removing-NUMBER/: a build being removed", False),
     ("poller", "KEY.json: last seen refs of one repository (\"poller\"); KEY.git/: its bare mirror", True),
     ("scheduler", "BUILDER.json: consumed change ids and revisions (\"scheduler\"); consumed.jsonl: "
-                  "what was consumed since they were written (\"consumed\")", True),
+                  "what was consumed since they were written (\"consumed\"); consumed.mark: the time up to which "
+                  "every request's consumption is in the files, durably (\"consumed-mark\")", True),
     ("workers", "WORKER.json: the build a runner holds (\"worker\")", True),
     ("timers", "BUILDER.json: when the scheduler's own OnCalendar= timer of a Persistent=yes builder last "
                "elapsed (\"timer\"; only without systemd, whose timers keep theirs)", True),
@@ -622,6 +623,50 @@ class State:
 
     def write_scheduler(self, builder, rec, durable=True):
         records.write(self.scheduler_path(builder), "scheduler", rec, durable=durable)
+
+    def write_schedulers(self, recs):
+        """Replace the BUILDER.json files of RECS, {builder: fields},
+        durably and for the cost of one directory fsync: each written
+        to a temporary name and fsync'd, each renamed into place (its
+        commit point: a reader sees the old record or the new one), then
+        scheduler/ fsync'd once for all the renames."""
+        done = []
+        try:
+            for b, rec in recs.items():
+                path = self.scheduler_path(b)
+                tmp = fsutil.tmp_name(path)
+                fsutil.write_new(tmp, records.encode("scheduler", rec))
+                done.append((tmp, path))
+            for tmp, path in done:
+                os.rename(tmp, path)     # commit point of this builder's file
+        except BaseException:
+            for tmp, _path in done:
+                fsutil._unlink_quietly(tmp)
+            raise
+        if done:
+            fsutil.fsync_dir_after_commit(self.path("scheduler"))
+
+    def mark_path(self):
+        """The scheduler's mark (consumed.py): up to when the requests'
+        consumption is in the BUILDER.json files, durably."""
+        return self.path("scheduler", consumed.MARK)
+
+    def read_mark(self):
+        """The time (ns, as in a request's id) of the mark, or None if
+        there is none.  Raises records.RecordError if it is unreadable."""
+        try:
+            rec = records.read(self.mark_path(), "consumed-mark")
+        except FileNotFoundError:
+            return None
+        t = rec.get("through")
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise records.RecordError(self.mark_path(), "through is not a time in nanoseconds")
+        return t
+
+    def write_mark(self, through):
+        """Set the mark to THROUGH (ns), durably (written whole, fsync'd,
+        renamed into place, the directory fsync'd)."""
+        records.write(self.mark_path(), "consumed-mark", {"through": through})
 
     def journal_path(self):
         """The scheduler's journal (consumed.py): lines not yet folded

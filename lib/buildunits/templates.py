@@ -66,6 +66,11 @@ def environment(directory=None):
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            # Each template is compiled once per process and never looked
+            # at again: a page would otherwise stat every template it uses
+            # (18 a build in a full rendering).  The templates change with
+            # the package, whose upgrade restarts the daemons.
+            auto_reload=False,
         )
         e.filters.update(FILTERS)
         _environments[directory] = e
