@@ -16,7 +16,10 @@ Then the start: Q requests queued (100 / 1000 / 10000, for 10 builders,
 delivered as the scheduler delivers them, then its memory folded as a
 running scheduler does every consumed.FOLD_LINES lines), and a new
 Scheduler's startup() timed (wall, CPU) with the request files it opened
-(records.read wrapped in-process).  STARTUP=only: the start alone.
+(records.read wrapped in-process).  Last, one change to those 10
+builders with Q requests waiting: the pass's wall and CPU and the
+request files it opened (the queue is not read: the figures stay flat).
+STARTUP=only: the start alone.
 
 Prints one table (size | figure | value, the median over the runs) and
 writes build/bench/scale_scheduler.json.  Never fails on the figures.
@@ -161,24 +164,31 @@ class CountingReads:
         records.read = self._read
 
 
+def queue_requests(s, q):
+    """Q requests for the builders of S, delivered as the scheduler
+    delivers them, their changes in its memory, the memory folded as a
+    running scheduler does every FOLD_LINES lines."""
+    names = sorted(s.cfg.builders)
+    batch = []
+    for i in range(q):
+        b = names[i % len(names)]
+        cid = "%019d.1.%d.abcdef" % (time.time_ns(), i)
+        batch.append({"builder": b, "repository": REPO, "branch": "main", "revision": "%040x" % (i + 1),
+                      "changes": [{"id": cid, "revision": "%040x" % (i + 1), "branch": "main",
+                                   "repository": REPO, "when": 1.0, "queued": 1.0, "source": "poller"}],
+                      "reason": "bench", "properties": {}})
+        s.memory(b).add([cid], [("main", "%040x" % (i + 1))])
+        s._unfolded.add(b)
+    for i in range(0, q, 500):
+        s.spool.deliver_many("requests", "request", batch[i:i + 500])
+    s._fold()
+
+
 def measure_start(q, runs, cache):
     root = tempfile.mkdtemp(prefix="scale-scheduler-start-%d-" % q, dir=cache)
     try:
         s = make_scheduler(root, START_BUILDERS)
-        names = sorted(s.cfg.builders)
-        batch = []
-        for i in range(q):
-            b = names[i % len(names)]
-            cid = "%019d.1.%d.abcdef" % (time.time_ns(), i)
-            batch.append({"builder": b, "repository": REPO, "branch": "main", "revision": "%040x" % (i + 1),
-                          "changes": [{"id": cid, "revision": "%040x" % (i + 1), "branch": "main",
-                                       "repository": REPO, "when": 1.0, "queued": 1.0, "source": "poller"}],
-                          "reason": "bench", "properties": {}})
-            s.memory(b).add([cid], [("main", "%040x" % (i + 1))])
-            s._unfolded.add(b)
-        for i in range(0, q, 500):
-            s.spool.deliver_many("requests", "request", batch[i:i + 500])
-        s._fold()                 # what the running scheduler does every FOLD_LINES lines
+        queue_requests(s, q)
         rows = {"wall_ms": [], "cpu_ms": [], "requests_read": []}
         for _ in range(runs):
             again = scheduler.Scheduler(s.dirs, s.cfg, CountingBus(), NullNotifier())
@@ -190,6 +200,30 @@ def measure_start(q, runs, cache):
             rows["cpu_ms"].append(p * 1000)
             rows["requests_read"].append(c.requests)
         assert len(s.spool.pending("requests")) == q
+        return {k: statistics.median(v) for k, v in rows.items()} | {"runs": runs}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_queued(q, runs, cache):
+    """One change to START_BUILDERS builders with Q requests waiting: the
+    pass that turns it into requests (wall, CPU, request files read)."""
+    root = tempfile.mkdtemp(prefix="scale-scheduler-queued-%d-" % q, dir=cache)
+    try:
+        s = make_scheduler(root, START_BUILDERS)
+        queue_requests(s, q)
+        rows = {"wall_ms": [], "cpu_ms": [], "requests_read": []}
+        for i in range(runs + 1):           # the first pass warms the memories up: not counted
+            one_change(s, 10 ** 7 + i)
+            with CountingReads(s.dirs.spool) as c:
+                w, p = time.perf_counter(), time.process_time()
+                s.work()
+                w, p = time.perf_counter() - w, time.process_time() - p
+            assert len(s.spool.pending("requests")) == q + START_BUILDERS * (i + 1), "a builder not requested"
+            if i:
+                rows["wall_ms"].append(w * 1000)
+                rows["cpu_ms"].append(p * 1000)
+                rows["requests_read"].append(c.requests)
         return {k: statistics.median(v) for k, v in rows.items()} | {"runs": runs}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -212,9 +246,16 @@ def main():
         r = start[q] = measure_start(q, QUICK_RUNS if quick else RUNS, cache)
         for k, label in (("wall_ms", "wall ms"), ("cpu_ms", "CPU ms"), ("requests_read", "request files read")):
             print("%-9d | %-26s | %.1f" % (q, label, r[k]))
+    queued = {}
+    print("%-9s | %-26s | %s" % ("queued", "figure (one change, %d b.)" % START_BUILDERS, "value"))
+    for q in () if only else QUEUED:
+        r = queued[q] = measure_queued(q, QUICK_RUNS if quick else RUNS, cache)
+        for k, label in (("wall_ms", "wall ms"), ("cpu_ms", "CPU ms"), ("requests_read", "request files read")):
+            print("%-9d | %-26s | %.1f" % (q, label, r[k]))
     write_json(os.path.join(ROOT, "build", "bench", "scale_scheduler.json"),
                {"quick": quick, "sizes": {str(k): v for k, v in out.items()},
-                "startup": {str(k): v for k, v in start.items()}})
+                "startup": {str(k): v for k, v in start.items()},
+                "one change with requests queued": {str(k): v for k, v in queued.items()}})
 
 
 if __name__ == "__main__":
