@@ -608,6 +608,42 @@ def test_checkout_after_a_git_killed_mid_checkout(daemons, git_repo):
     assert b2["result"] == results.SUCCESS, daemons.step_log("w", 2, "checkout")
 
 
+BUILDER_L = """\
+[Builder]
+Description=forced only, its logs removed at once
+KeepLogDays=0
+
+[Step fails]
+Command=echo the-last-words-of-the-log; exit 3
+"""
+
+
+def test_logs_the_notifier_has_not_read_yet_are_kept(daemons):
+    """A failure's mail carries the failing step's last lines, which the
+    notifier reads from the log: KeepLogDays= does not remove a log before
+    the notifier has read its build, and does once it has."""
+    with SMTPServer() as smtp:
+        daemons.write_global(GLOBAL.format(port=smtp.port))
+        daemons.write_builder("l", BUILDER_L)
+        daemons.start("notifier")
+        wait_for(lambda: os.path.exists(daemons.state.notifier_path()), what="the notifier's cursor")
+        daemons.stop("notifier")
+        daemons.start("scheduler")
+        daemons.start("runner", "w1")
+        daemons.cli("force", "l", check=True)
+        assert daemons.wait_build_finished("l", 1)["result"] == results.FAILURE
+        log = daemons.state.build_file("l", 1, daemons.state.read_build("l", 1)["steps"][0]["log"])
+        p = daemons.cli("janitor", bus=False, check=True)
+        assert "logs kept until the notifier" in p.stdout and os.path.exists(log), p.stdout
+        daemons.start("notifier")
+        got = wait_for(lambda: mails(smtp).get(("l", 1)), what="the mail of l #1")
+        assert "the-last-words-of-the-log" in got[0].get_content(), got[0].get_content()
+        wait_for(lambda: records.read(daemons.state.notifier_path(), "notifier")["builders"]["l"]["done"] == 1,
+                 what="the cursor past l #1")
+        p = daemons.cli("janitor", bus=False, check=True)
+        assert "l #1: logs removed" in p.stdout and not os.path.exists(log), p.stdout
+
+
 def test_a_build_the_notifier_has_not_read_yet_is_not_removed(daemons):
     """The torture's notification invariant, made deterministic (builds of
     the builder KeepBuilds= thins were never mailed when the janitor ran

@@ -44,7 +44,9 @@ WHAT IT NEVER REMOVES
     destinations: its messages are made from its record, so once removed
     it would be told of to no one.  Kept until the notifier has read it,
     or GiveUpSec= after it finished (a notifier down that long has given
-    it up anyway); `buildunits janitor` says so, a line each.
+    it up anyway); `buildunits janitor` says so, a line each.  Its logs
+    too (KeepLogDays=): a failure's mail carries the failing step's last
+    lines, read from its log.
 
 CRASH SAFETY
     A build is removed whole or not at all (state.py, begin_removal and
@@ -415,6 +417,12 @@ class Janitor:
                 continue
             t = b.started(n)
             if t is None or t >= cutoff:
+                break
+            if kind == "logs" and self.awaits_notifier(b.name, n, rec):
+                # Its mail carries the failing step's last lines, read from
+                # the log when the notifier reads the build: looked at
+                # again next pass, as a running build is.
+                self.say("%s #%d: logs kept until the notifier has read it" % (b.name, n))
                 break
             if self._prune_one(b, n, rec, kind):
                 changed.add(n)
