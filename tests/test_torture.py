@@ -618,18 +618,25 @@ Command=echo the-last-words-of-the-log; exit 3
 """
 
 
+def notifier_down(daemons, smtp, name, text):
+    """Builder NAME (TEXT) mailed through SMTP; the notifier started once
+    (its cursor made: it reads no history) and stopped; the scheduler
+    and a runner up."""
+    daemons.write_global(GLOBAL.format(port=smtp.port))
+    daemons.write_builder(name, text)
+    daemons.start("notifier")
+    wait_for(lambda: os.path.exists(daemons.state.notifier_path()), what="the notifier's cursor")
+    daemons.stop("notifier")
+    daemons.start("scheduler")
+    daemons.start("runner", "w1")
+
+
 def test_logs_the_notifier_has_not_read_yet_are_kept(daemons):
     """A failure's mail carries the failing step's last lines, which the
     notifier reads from the log: KeepLogDays= does not remove a log before
     the notifier has read its build, and does once it has."""
     with SMTPServer() as smtp:
-        daemons.write_global(GLOBAL.format(port=smtp.port))
-        daemons.write_builder("l", BUILDER_L)
-        daemons.start("notifier")
-        wait_for(lambda: os.path.exists(daemons.state.notifier_path()), what="the notifier's cursor")
-        daemons.stop("notifier")
-        daemons.start("scheduler")
-        daemons.start("runner", "w1")
+        notifier_down(daemons, smtp, "l", BUILDER_L)
         daemons.cli("force", "l", check=True)
         assert daemons.wait_build_finished("l", 1)["result"] == results.FAILURE
         log = daemons.state.build_file("l", 1, daemons.state.read_build("l", 1)["steps"][0]["log"])
@@ -650,13 +657,7 @@ def test_a_build_the_notifier_has_not_read_yet_is_not_removed(daemons):
     while the notifier was down): the janitor keeps a finished build the
     notifier has still to read, and removes it once the notifier has."""
     with SMTPServer() as smtp:
-        daemons.write_global(GLOBAL.format(port=smtp.port))
-        daemons.write_builder("k", BUILDER_K)
-        daemons.start("notifier")
-        wait_for(lambda: os.path.exists(daemons.state.notifier_path()), what="the notifier's cursor")
-        daemons.stop("notifier")
-        daemons.start("scheduler")
-        daemons.start("runner", "w1")
+        notifier_down(daemons, smtp, "k", BUILDER_K)
         for i in range(3):
             daemons.cli("force", "k", "--reason", "r%d" % i, check=True)
             daemons.wait_build_finished("k", i + 1)

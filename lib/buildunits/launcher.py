@@ -150,6 +150,14 @@ def _field(req, name, kind):
     return v
 
 
+def _number(req):
+    """The request's build number, 1 to 2^32-1, or Refused."""
+    number = _field(req, "number", int)
+    if not 1 <= number < 2 ** 32:
+        raise Refused("number: %d is out of range" % number)
+    return number
+
+
 def _text(v, what):
     if not isinstance(v, str) or "\0" in v:
         raise Refused("%s: not a string without NUL bytes" % what)
@@ -209,9 +217,7 @@ def check_start(req, dirs):
     step = _field(req, "step", str)
     if step not in config.RESERVED_STEPS and not config.NAME_RE.fullmatch(step):
         raise Refused("step: %r is not a step name" % step)
-    number = _field(req, "number", int)
-    if not 1 <= number < 2 ** 32:
-        raise Refused("number: %d is out of range" % number)
+    number = _number(req)
     token = _field(req, "token", str)
     if not TOKEN_RE.fullmatch(token):
         raise Refused("token: not 16 to 64 hex digits")
@@ -281,9 +287,7 @@ def check_notify(req, cfg):
     builder = _field(req, "builder", str)
     if not config.NAME_RE.fullmatch(builder):
         raise Refused("builder: %r is not a builder name" % builder)
-    number = _field(req, "number", int)
-    if not 1 <= number < 2 ** 32:
-        raise Refused("number: %d is out of range" % number)
+    number = _number(req)
     digest = _field(req, "digest", str)
     if not DIGEST_RE.fullmatch(digest):
         raise Refused("digest: not the 64 hex digits of a SHA-256")
