@@ -148,13 +148,22 @@ def test_htmlgen_sweeps_the_sites_abandoned_temp_files_at_startup(tmp_path):
     h = _daemon(htmlgen.HTMLGen, tmp_path)
     deep = os.path.join(h.dirs.site, "builders", "hello", "1")
     os.makedirs(deep)
-    old, young, page = (os.path.join(deep, n) for n in (".index.html.tmp-9-ab", ".log.html.tmp-9-cd", "index.html"))
-    for p in (old, young, page):
+    # A writer that is gone: a child of ours, reaped.
+    child = subprocess.Popen(["true"])
+    child.wait()
+    alive, dead = os.getppid(), child.pid
+    names = (".index.html.tmp-%d-ab" % alive, ".log.html.tmp-%d-cd" % alive, ".raw.txt.tmp-%d-ef" % dead,
+             "index.html")
+    old, young, orphan, page = (os.path.join(deep, n) for n in names)
+    for p in (old, young, orphan, page):
         open(p, "w").close()
     _age(old, fsutil.TMP_SWEEP_AGE_SEC + 10)
     _age(page, fsutil.TMP_SWEEP_AGE_SEC + 10)
     h.startup()
-    assert sorted(os.listdir(deep)) == [".log.html.tmp-9-cd", "index.html"]
+    # At the start: the old, and a young one whose writer is gone (no
+    # writer of the site runs while htmlgen holds its lock); the page and a
+    # live writer's young file stay.
+    assert sorted(os.listdir(deep)) == [".log.html.tmp-%d-cd" % alive, "index.html"]
 
 
 # ------------------------------------------------------------ quarantine

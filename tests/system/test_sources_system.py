@@ -387,7 +387,8 @@ def test_a_trigger_step_waits_for_its_builds_and_takes_the_worst_result(ci):
         ("down-b", 1, "warnings", "builders/down-b/1/index.html")], doc
     for name in ("down-a", "down-b"):
         d = ct._wait(lambda: site_json(ci, "api/builders/%s/builds/1.json" % name), 30, "%s #1's JSON" % name)
-        assert d["upstream"] == {"builder": "pipeline", "number": 1, "html": "builders/pipeline/1/index.html"}, d
+        assert d["upstream"] == {"builder": "pipeline", "number": 1, "html": "builders/pipeline/1/index.html",
+                                 "removed": False}, d
         page = ci.sh("cat /var/lib/buildunits/site/builders/%s/1/index.html" % name).stdout
         assert re.search(r'href="(\.\./)*builders/pipeline/1/index\.html">pipeline #1</a>', page), page
     page = ci.sh("cat /var/lib/buildunits/site/builders/pipeline/1/index.html").stdout
