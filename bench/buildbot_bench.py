@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402
 
 VERSION = "4.3.0"
-CACHE = os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench")
+CACHE = common.CACHE
 
 
 def venv_dir():

@@ -27,6 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from support.git import make_repo  # noqa: E402  (support also puts lib/ on sys.path)
 from support.wait import WaitTimeout as Timeout, wait_for  # noqa: E402
 
+# Every bench's two settings: QUICK=1 (or yes) for the smaller sizes, and
+# BENCH_CACHE for where workloads are built (a disk: fsyncs cost what they cost).
+QUICK = os.environ.get("QUICK", "") not in ("", "0", "no")
+CACHE = os.environ.get("BENCH_CACHE") or "/var/tmp/buildunits-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MiB = 1024 * 1024

@@ -37,8 +37,8 @@ sys.dont_write_bytecode = True
 
 import common  # noqa: E402  (puts tests/, for support, and lib/ on sys.path)
 
-QUICK = os.environ.get("QUICK", "") not in ("", "0", "no")
-CACHE = os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench")
+QUICK = common.QUICK
+CACHE = common.CACHE
 N = 20 if QUICK else 100
 BURST = 10 if QUICK else 50
 

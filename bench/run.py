@@ -38,8 +38,8 @@ sys.dont_write_bytecode = True   # no __pycache__ in the checkout
 import common  # noqa: E402
 from common import figure, summary, single  # noqa: E402
 
-QUICK = os.environ.get("QUICK", "") not in ("", "0", "no")
-CACHE = os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench")
+QUICK = common.QUICK
+CACHE = common.CACHE
 OUT_DIR = os.path.join(REPO_ROOT, "build", "bench", "quick" if QUICK else "")
 
 # Repeats and sizes: (full, quick).

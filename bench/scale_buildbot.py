@@ -74,8 +74,8 @@ import common  # noqa: E402
 import buildbot_bench as bbb  # noqa: E402
 import scale_poller  # noqa: E402  (its repositories, made once)
 
-QUICK = os.environ.get("QUICK", "") not in ("", "0", "no")
-CACHE = os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench")
+QUICK = common.QUICK
+CACHE = common.CACHE
 
 
 def _sizes(name, quick, full):

@@ -52,8 +52,8 @@ sys.path.insert(0, HERE)
 
 import common  # noqa: E402  (tests/support, for make_repo and wait_for)
 
-CACHE = os.path.join(os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench"), "scale-poller-v1")
-QUICK = os.environ.get("QUICK", "") not in ("", "0")
+CACHE = os.path.join(common.CACHE, "scale-poller-v1")
+QUICK = common.QUICK
 
 
 # ============================================================ the workload

@@ -48,8 +48,8 @@ from buildunits.bus import NoBus  # noqa: E402
 from buildunits.spool import Spool  # noqa: E402
 from support.inprocess import RecordingNotifier  # noqa: E402
 
-QUICK = os.environ.get("QUICK", "") not in ("", "0", "no")
-CACHE = os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench")
+QUICK = common.QUICK
+CACHE = common.CACHE
 SIZES = (100, 1000) if QUICK else (100, 1000, 10000)
 CLAIMS = 200
 NEW_REQUESTS = 20

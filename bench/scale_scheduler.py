@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+import common  # noqa: E402
 from common import write_json  # noqa: E402
 from buildunits import config, paths, records, scheduler  # noqa: E402
 
@@ -230,8 +231,7 @@ def measure_queued(q, runs, cache):
 
 
 def main():
-    quick = os.environ.get("QUICK") == "1"
-    cache = os.environ.get("BENCH_CACHE") or "/var/tmp/buildunits-bench"
+    quick, cache = common.QUICK, common.CACHE
     os.makedirs(cache, exist_ok=True)
     out, start = {}, {}
     only = os.environ.get("STARTUP") == "only"

@@ -46,8 +46,8 @@ sys.dont_write_bytecode = True
 import common  # noqa: E402  (puts tests/, for support, and lib/ on sys.path)
 from buildunits.spool import Spool  # noqa: E402
 
-QUICK = os.environ.get("QUICK", "") not in ("", "0", "no")
-CACHE = os.environ.get("BENCH_CACHE", "/var/tmp/buildunits-bench")
+QUICK = common.QUICK
+CACHE = common.CACHE
 PYTHON = "/usr/bin/python3"
 WARM = 50 if QUICK else 300
 COLD = 3 if QUICK else 10
