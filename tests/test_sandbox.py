@@ -228,7 +228,7 @@ def test_halt_stops_the_step_without_the_main_loop(ex, tmp_path):
     pid = r.handle.pid
     t = time.monotonic()
     r.handle.halt(1)
-    assert time.monotonic() - t < 5
+    assert time.monotonic() - t < 60, "halt waited for the step, not the grace"
     assert wait_gone(pid)
     assert r.ended == []
 
