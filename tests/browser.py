@@ -16,10 +16,12 @@ The DOMs come through the DevTools protocol on a pipe
 (--remote-debugging-pipe: JSON messages ended by NUL on file descriptors 3
 and 4), so that one browser loads page after page: a browser per page, as
 `chromium --dump-dom` is, costs a second or two of start-up each, and a
-site has hundreds of pages.  Each page is loaded in the browser's one tab
-(a top-level navigation: nothing of the page before it stays but the
-profile's storage, which no page of the site uses), given SCRIPT_BUDGET_MS
-of virtual time after its load event, and serialized as --dump-dom does.
+site has hundreds of pages.  Each page is loaded in a tab of its own,
+in real time up to its load event, then given SCRIPT_BUDGET_MS of
+virtual time for its timers, and serialized as --dump-dom does.  (Not in
+virtual time from the start, as --dump-dom: virtual time jumps to the
+next timer whenever the page is idle, and the site's pages reload
+themselves after 60 s, so a load could be overtaken by a reload.)
 Dialogs a payload opens are accepted, so that they cannot stall the test.
 The client is the standard library's: no Selenium, no DevTools package.
 
@@ -119,8 +121,8 @@ _SERIALIZE = ("(document.doctype ? new XMLSerializer().serializeToString(documen
 
 class Browser:
     """One headless chromium, driven through the DevTools protocol on a
-    pipe: dom(page) for each page, in its one tab.  A context manager;
-    TIMEOUT bounds each wait for the browser."""
+    pipe: dom(page) for each page, each in a tab of its own.  A context
+    manager; TIMEOUT bounds each wait for the browser."""
 
     def __init__(self, timeout=TIMEOUT):
         self.timeout = timeout
@@ -151,7 +153,6 @@ class Browser:
         self._buf = b""
         self._next = 0
         self._events = []
-        self._session = None
 
     def __enter__(self):
         return self
@@ -231,33 +232,32 @@ class Browser:
             if "method" in m:
                 self._events.append(m)
 
-    def _tab(self):
-        if self._session is None:
-            target = self._send("Target.createTarget", {"url": "about:blank"})["targetId"]
-            self._session = self._send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            for method, params in (("Page.enable", {}), ("Page.setLifecycleEventsEnabled", {"enabled": True}),
-                                   ("Runtime.enable", {})):
-                self._send(method, params, self._session)
-        return self._session
-
     def dom(self, url_or_path, budget_ms=SCRIPT_BUDGET_MS):
         """The DOM of the page at URL_OR_PATH, as dump_dom's."""
         url = to_url(url_or_path)
-        tab = self._tab()
-        self._events = []     # the page before this one's: nothing waits for them
-        self._send("Emulation.setVirtualTimePolicy", {"policy": "advance"}, tab)
-        nav = self._send("Page.navigate", {"url": url}, tab)
-        if nav.get("errorText"):
-            raise self._fail("load %s: %s" % (url, nav["errorText"]))
-        # The load of this navigation (its loader), not a late one of the
-        # page before or of a redirect it made.
-        self._event("load %s" % url, lambda m: m.get("method") == "Page.lifecycleEvent" and m.get("sessionId") == tab
-                    and m["params"].get("name") == "load" and m["params"].get("loaderId") == nav.get("loaderId"))
-        self._send("Emulation.setVirtualTimePolicy",
-                   {"policy": "pauseIfNetworkFetchesPending", "budget": budget_ms}, tab)
-        self._event("let %s run its timers" % url,
-                    lambda m: m.get("method") == "Emulation.virtualTimeBudgetExpired" and m.get("sessionId") == tab)
-        got = self._send("Runtime.evaluate", {"expression": _SERIALIZE, "returnByValue": True}, tab)
+        target = self._send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        try:
+            tab = self._send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self._send("Page.enable", {}, tab)
+            self._send("Page.setLifecycleEventsEnabled", {"enabled": True}, tab)
+            nav = self._send("Page.navigate", {"url": url}, tab)
+            if nav.get("errorText"):
+                raise self._fail("load %s: %s" % (url, nav["errorText"]))
+            # The load of this navigation (its loader), not of one the page
+            # started itself.  It loads in real time: virtual time, once
+            # on, jumps to the next timer whenever the page is idle, and
+            # the site's pages reload themselves after 60 s.
+            self._event("load %s" % url, lambda m: m.get("method") == "Page.lifecycleEvent"
+                        and m.get("sessionId") == tab and m["params"].get("name") == "load"
+                        and m["params"].get("loaderId") == nav.get("loaderId"))
+            self._send("Emulation.setVirtualTimePolicy",
+                       {"policy": "pauseIfNetworkFetchesPending", "budget": budget_ms}, tab)
+            self._event("let %s run its timers" % url, lambda m: m.get("sessionId") == tab
+                        and m.get("method") == "Emulation.virtualTimeBudgetExpired")
+            got = self._send("Runtime.evaluate", {"expression": _SERIALIZE, "returnByValue": True}, tab)
+        finally:
+            self._send("Target.closeTarget", {"targetId": target})
+            self._events = [m for m in self._events if "sessionId" not in m]
         if "exceptionDetails" in got:
             raise self._fail("serialize %s: %s" % (url, got["exceptionDetails"].get("text")))
         dom = got.get("result", {}).get("value") or ""
