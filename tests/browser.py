@@ -235,29 +235,29 @@ class Browser:
     def dom(self, url_or_path, budget_ms=SCRIPT_BUDGET_MS):
         """The DOM of the page at URL_OR_PATH, as dump_dom's."""
         url = to_url(url_or_path)
+        # A failure below leaves the tab open: the browser goes with it
+        # (dump_doms' with), and a wait for its close would hide the cause.
         target = self._send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        try:
-            tab = self._send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            self._send("Page.enable", {}, tab)
-            self._send("Page.setLifecycleEventsEnabled", {"enabled": True}, tab)
-            nav = self._send("Page.navigate", {"url": url}, tab)
-            if nav.get("errorText"):
-                raise self._fail("load %s: %s" % (url, nav["errorText"]))
-            # The load of this navigation (its loader), not of one the page
-            # started itself.  It loads in real time: virtual time, once
-            # on, jumps to the next timer whenever the page is idle, and
-            # the site's pages reload themselves after 60 s.
-            self._event("load %s" % url, lambda m: m.get("method") == "Page.lifecycleEvent"
-                        and m.get("sessionId") == tab and m["params"].get("name") == "load"
-                        and m["params"].get("loaderId") == nav.get("loaderId"))
-            self._send("Emulation.setVirtualTimePolicy",
-                       {"policy": "pauseIfNetworkFetchesPending", "budget": budget_ms}, tab)
-            self._event("let %s run its timers" % url, lambda m: m.get("sessionId") == tab
-                        and m.get("method") == "Emulation.virtualTimeBudgetExpired")
-            got = self._send("Runtime.evaluate", {"expression": _SERIALIZE, "returnByValue": True}, tab)
-        finally:
-            self._send("Target.closeTarget", {"targetId": target})
-            self._events = [m for m in self._events if "sessionId" not in m]
+        tab = self._send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self._send("Page.enable", {}, tab)
+        self._send("Page.setLifecycleEventsEnabled", {"enabled": True}, tab)
+        nav = self._send("Page.navigate", {"url": url}, tab)
+        if nav.get("errorText"):
+            raise self._fail("load %s: %s" % (url, nav["errorText"]))
+        # The load of this navigation (its loader), not of one the page
+        # started itself.  It loads in real time: virtual time, once on,
+        # jumps to the next timer whenever the page is idle, and the site's
+        # pages reload themselves after 60 s.
+        self._event("load %s" % url, lambda m: m.get("method") == "Page.lifecycleEvent"
+                    and m.get("sessionId") == tab and m["params"].get("name") == "load"
+                    and m["params"].get("loaderId") == nav.get("loaderId"))
+        self._send("Emulation.setVirtualTimePolicy",
+                   {"policy": "pauseIfNetworkFetchesPending", "budget": budget_ms}, tab)
+        self._event("let %s run its timers" % url, lambda m: m.get("sessionId") == tab
+                    and m.get("method") == "Emulation.virtualTimeBudgetExpired")
+        got = self._send("Runtime.evaluate", {"expression": _SERIALIZE, "returnByValue": True}, tab)
+        self._send("Target.closeTarget", {"targetId": target})
+        self._events = [m for m in self._events if "sessionId" not in m]
         if "exceptionDetails" in got:
             raise self._fail("serialize %s: %s" % (url, got["exceptionDetails"].get("text")))
         dom = got.get("result", {}).get("value") or ""

@@ -619,6 +619,24 @@ def script_traces(tree, rel):
     return found
 
 
+def test_the_dom_is_taken_after_dialogs_and_timers_and_a_missing_page_is_named(tmp_path):
+    """What tests/browser.py promises: a dialog a payload opens is accepted
+    and cannot stall the test, a timer within the virtual-time budget runs
+    (a second, which costs no second), and a page that is not there is a
+    BrowserError naming it, not an empty DOM."""
+    page = tmp_path / "dialogs.html"
+    page.write_text("<!DOCTYPE html><html><head><title>d</title></head><body><p id=p>before</p><script>"
+                    "alert('a'); confirm('b');"
+                    "setTimeout(function(){ document.getElementById('p').textContent = 'after' }, 1000);"
+                    "</script></body></html>", encoding="utf-8")
+    missing = tmp_path / "missing.html"
+    doms = browser.dump_doms([str(page)])
+    assert '<p id="p">after</p>' in doms[str(page)]
+    assert doms[str(page)].startswith("<!DOCTYPE html>")
+    with pytest.raises(browser.BrowserError, match=re.escape(missing.name)):
+        browser.dump_dom(str(missing))
+
+
 def test_corpus_payloads_run_when_not_escaped(tmp_path):
     """The control: each payload put raw into the context it attacks marks
     the DOM in Chromium (so the hostile test below can see a script run),
